@@ -1,0 +1,1 @@
+"""noduleflow bench: accuracy (LUNA16 FROC/CPM) and throughput measurements."""

@@ -1,0 +1,1 @@
+"""noduleflow export: PyTorch checkpoints -> ONNX / TensorRT / AOTInductor model packages."""

@@ -18,6 +18,8 @@ from .errors import NoduleflowError
 
 # Order is the order in `noduleflow --help`.
 COMMAND_MODULES: list[str] = [
+    "engine.commands.inspect",
+    "engine.commands.convert",
 ]
 
 log = logging.getLogger("noduleflow")

@@ -20,6 +20,7 @@ from .errors import NoduleflowError
 COMMAND_MODULES: list[str] = [
     "engine.commands.inspect",
     "engine.commands.convert",
+    "trainer.commands.synth",
 ]
 
 log = logging.getLogger("noduleflow")

@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "engine.commands.inspect",
     "engine.commands.convert",
     "trainer.commands.synth",
+    "bench.cli",
 ]
 
 log = logging.getLogger("noduleflow")

@@ -1,0 +1,18 @@
+"""`noduleflow bench ...`: one module per benchmark, each with `register(subparsers)`."""
+from __future__ import annotations
+
+import importlib
+
+BENCH_MODULES: list[str] = [
+    "bench.froc_cli",
+]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="accuracy (LUNA16 FROC/CPM) and throughput benchmarks",
+                       description="Benchmarks: accuracy with the LUNA16 protocol, and speed of "
+                                   "the preprocessing kernels and the whole pipeline.")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+    for name in BENCH_MODULES:
+        importlib.import_module(name).register(bsub)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -1,0 +1,37 @@
+"""Plots for benchmark reports (matplotlib, imported lazily; the `bench` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_froc(results: dict, out_path, title: str = "FROC") -> Path:
+    """FROC curves (log2 FP axis, 1/8..8 FPs per scan) of one or more FrocResults by name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.froc import FP_POINTS
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, r in results.items():
+        ax.plot(r.froc_fps, r.froc_sensitivity, lw=1.8, label=f"{name} (CPM {r.cpm:.3f})")
+        lo = [v[0] for v in r.sensitivity_at_fp_ci95.values()]
+        hi = [v[1] for v in r.sensitivity_at_fp_ci95.values()]
+        ax.fill_between(FP_POINTS, lo, hi, alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(0.125, 8)
+    ax.set_xticks(FP_POINTS)
+    ax.set_xticklabels(["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean false positives per scan")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

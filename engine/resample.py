@@ -1,0 +1,121 @@
+"""Crop and resample to isotropic 1 mm (numba, trilinear or nearest).
+
+Output-grid convention (the same as SimpleITK's ResampleImageFilter given these
+parameters): the output origin is the input origin (the centre of voxel 0), the
+direction is kept, the spacing is the requested one, and the size along each axis is
+the largest n with (n - 1) * new_spacing <= (n_in - 1) * old_spacing, so every output
+voxel centre lies inside the input's sampled extent and nothing is extrapolated.
+Output voxel i along an axis samples the input at continuous index
+i * new_spacing / old_spacing.
+
+Crop before resampling: the lung box plus margin is a fraction of the scan.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .errors import ConfigError
+from .volume import Volume
+
+
+@njit(cache=True, parallel=True)
+def _trilinear(src, out, scale_z, scale_y, scale_x):
+    nz, ny, nx = src.shape
+    oz, oy, ox = out.shape
+    for k in prange(oz):
+        fz = k * scale_z
+        z0 = min(int(fz), nz - 1)
+        z1 = min(z0 + 1, nz - 1)
+        wz = fz - z0
+        for j in range(oy):
+            fy = j * scale_y
+            y0 = min(int(fy), ny - 1)
+            y1 = min(y0 + 1, ny - 1)
+            wy = fy - y0
+            for i in range(ox):
+                fx = i * scale_x
+                x0 = min(int(fx), nx - 1)
+                x1 = min(x0 + 1, nx - 1)
+                wx = fx - x0
+                c00 = src[z0, y0, x0] * (1.0 - wx) + src[z0, y0, x1] * wx
+                c01 = src[z0, y1, x0] * (1.0 - wx) + src[z0, y1, x1] * wx
+                c10 = src[z1, y0, x0] * (1.0 - wx) + src[z1, y0, x1] * wx
+                c11 = src[z1, y1, x0] * (1.0 - wx) + src[z1, y1, x1] * wx
+                c0 = c00 * (1.0 - wy) + c01 * wy
+                c1 = c10 * (1.0 - wy) + c11 * wy
+                out[k, j, i] = c0 * (1.0 - wz) + c1 * wz
+
+
+@njit(cache=True, parallel=True)
+def _nearest(src, out, scale_z, scale_y, scale_x):
+    nz, ny, nx = src.shape
+    oz, oy, ox = out.shape
+    for k in prange(oz):
+        z = min(int(k * scale_z + 0.5), nz - 1)
+        for j in range(oy):
+            y = min(int(j * scale_y + 0.5), ny - 1)
+            for i in range(ox):
+                out[k, j, i] = src[z, y, min(int(i * scale_x + 0.5), nx - 1)]
+
+
+def output_grid(volume: Volume, spacing_zyx_mm) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """(shape, spacing) of the resampled grid; see the module docstring."""
+    sp = tuple(float(s) for s in spacing_zyx_mm)
+    if len(sp) != 3 or min(sp) <= 0:
+        raise ConfigError(f"spacing_zyx_mm must be 3 positive numbers, got {spacing_zyx_mm}")
+    shape = tuple(int(np.floor((n - 1) * s_in / s_out + 1e-6)) + 1
+                  for n, s_in, s_out in zip(volume.shape, volume.spacing_zyx_mm, sp))
+    return shape, sp  # type: ignore[return-value]
+
+
+def resample(volume: Volume, spacing_zyx_mm=(1.0, 1.0, 1.0), order: int = 1) -> Volume:
+    """Resample to ``spacing_zyx_mm``: order 1 = trilinear (HU), 0 = nearest (masks, labels).
+
+    int16 input gives int16 output (rounded; trilinear values of int16 data fit), float
+    input float32, bool input bool (use order 0). World geometry is exact: origin and
+    direction unchanged, see the module docstring for the grid.
+    """
+    if order not in (0, 1):
+        raise ConfigError(f"order must be 0 (nearest) or 1 (trilinear), got {order}")
+    shape, sp = output_grid(volume, spacing_zyx_mm)
+    scales = [s_out / s_in for s_out, s_in in zip(sp, volume.spacing_zyx_mm)]
+    src = np.ascontiguousarray(volume.hu)
+    if order == 0:
+        out = np.empty(shape, dtype=src.dtype)
+        _nearest(src, out, *scales)
+    else:
+        if src.dtype == np.bool_:
+            raise ConfigError("trilinear resampling of a boolean mask: use order=0")
+        out = np.empty(shape, dtype=np.float32)
+        _trilinear(src, out, *scales)
+        if np.issubdtype(src.dtype, np.integer):
+            out = np.rint(out).astype(src.dtype)
+    return volume.with_array(out, spacing_zyx_mm=sp)
+
+
+def crop(volume: Volume, bbox_zyx) -> Volume:
+    """Sub-volume ``[z0:z1, y0:y1, x0:x1]`` (bbox = (z0, z1, y0, y1, x0, x1)) with exact geometry:
+    the origin moves to the world position of voxel (z0, y0, x0)."""
+    z0, z1, y0, y1, x0, x1 = (int(v) for v in bbox_zyx)
+    nz, ny, nx = volume.shape
+    if not (0 <= z0 < z1 <= nz and 0 <= y0 < y1 <= ny and 0 <= x0 < x1 <= nx):
+        raise ConfigError(f"crop box {tuple(bbox_zyx)} is empty or outside the volume of shape {volume.shape}")
+    origin = tuple(float(v) for v in volume.voxel_to_world((z0, y0, x0)))
+    return volume.with_array(volume.hu[z0:z1, y0:y1, x0:x1], origin_xyz_mm=origin)
+
+
+def lung_bbox(mask: np.ndarray, spacing_zyx_mm, margin_mm: float) -> tuple[int, int, int, int, int, int]:
+    """Bounding box (z0, z1, y0, y1, x0, x1) of a mask grown by ``margin_mm``, clipped to the volume.
+
+    The detection pipeline uses a margin of half a patch (20 mm) plus the mask dilation,
+    so that every patch centred in the lung sees real image data, not padding.
+    """
+    zs, ys, xs = (np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    if zs.size == 0:
+        raise ConfigError("empty mask: no bounding box")
+    out = []
+    for idx, n, s in zip((zs, ys, xs), mask.shape, spacing_zyx_mm):
+        m = int(np.ceil(margin_mm / s))
+        out += [max(int(idx[0]) - m, 0), min(int(idx[-1]) + 1 + m, n)]
+    return tuple(out)  # type: ignore[return-value]

@@ -21,6 +21,8 @@ COMMAND_MODULES: list[str] = [
     "engine.commands.inspect",
     "engine.commands.convert",
     "trainer.commands.synth",
+    "trainer.commands.train",
+    "export.cli",
     "bench.cli",
 ]
 

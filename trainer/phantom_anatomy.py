@@ -73,9 +73,10 @@ class Anatomy:
         for side in (-1, 1):  # -1: patient's right (x < 0 in LPS), +1: left
             if params.one_lung and side == 1:
                 continue
+            # lung size follows the chest: it must stay inside the ribs and muscle for every draw
             cx = self.bx + side * (52 if touch else 63) * s * rng.uniform(0.95, 1.05)
-            ax = (62 if touch else 54) * s * rng.uniform(0.95, 1.05)
-            ay = 82 * s * rng.uniform(0.93, 1.05)
+            ax = (62 if touch else 54) / 165.0 * self.body_ax * rng.uniform(0.95, 1.05)
+            ay = 0.62 * self.body_ay * rng.uniform(0.95, 1.0)
             self.lungs.append((side, cx, self.by + 6 * s, ax, ay, 38 * s * rng.uniform(0.8, 1.2)))
         self.heart = (self.bx + 22 * s, self.by - 22 * s, self.z_base + 0.22 * self.h,
                       62 * s, 52 * s, 0.26 * self.h)

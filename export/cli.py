@@ -1,0 +1,28 @@
+"""`noduleflow export CHECKPOINT OUT_DIR`."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a checkpoint to a model package (patch.onnx, dense.onnx, manifest)",
+        description="Export a trained checkpoint (best.safetensors + best.json) to a model package: "
+                    "patch.onnx (dynamic batch), dense.onnx (3-D models: fully convolutional, dynamic "
+                    "D/H/W), manifest.json with sha256 of every file. ONNX Runtime is checked against "
+                    "PyTorch (max |logit diff| <= 1e-4) and dense against patch at every grid point.")
+    p.add_argument("checkpoint", help="checkpoint .safetensors (its .json beside it) or its folder")
+    p.add_argument("out", help="package folder to write")
+    p.add_argument("--model-id", help="model id written in the manifest")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.package import export_package
+
+    report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite)
+    for k, v in report.items():
+        print(f"{k}: {v:.2e}")
+    print(f"wrote package {args.out}")
+    return 0

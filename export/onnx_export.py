@@ -1,0 +1,119 @@
+"""PyTorch checkpoint -> ONNX patch and dense graphs, with parity checks against PyTorch."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from engine import ConfigError, PackageError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+class _Dense:
+    """Wrapper module exposing ``dense_forward`` as ``forward`` for export."""
+
+    @staticmethod
+    def make(model):
+        import torch
+
+        class Dense(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x, loc_map=None):
+                return self.m.dense_forward(x, loc_map)
+
+        return Dense(model).eval()
+
+
+def export_patch(model, path: Path, uses_location: bool, opset: int = OPSET) -> Path:
+    import torch
+
+    x = torch.rand(2, 1, 41, 41, 41)
+    args = (x, torch.rand(2, 3)) if uses_location else (x,)
+    names = ["patch", "location"] if uses_location else ["patch"]
+    axes = {"patch": {0: "batch"}, "logit": {0: "batch"}}
+    if uses_location:
+        axes["location"] = {0: "batch"}
+    torch.onnx.export(model.eval(), args, str(path), input_names=names, output_names=["logit"],
+                      dynamic_axes=axes, opset_version=opset, dynamo=False)
+    return path
+
+
+def export_dense(model, path: Path, uses_location: bool, opset: int = OPSET) -> Path:
+    import torch
+
+    dense = _Dense.make(model)
+    x = torch.rand(1, 1, 49, 53, 57)
+    s = model.dense_stride
+    out_shape = [(n - 41) // s + 1 for n in x.shape[2:]]
+    args = (x, torch.rand(1, 3, *out_shape)) if uses_location else (x,)
+    names = ["volume", "location_map"] if uses_location else ["volume"]
+    axes = {"volume": {0: "batch", 2: "depth", 3: "height", 4: "width"},
+            "logits": {0: "batch", 1: "out_depth", 2: "out_height", 3: "out_width"}}
+    if uses_location:
+        axes["location_map"] = {0: "batch", 2: "out_depth", 3: "out_height", 4: "out_width"}
+    torch.onnx.export(dense, args, str(path), input_names=names, output_names=["logits"],
+                      dynamic_axes=axes, opset_version=opset, dynamo=False)
+    return path
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def parity_patch(model, path: Path, patches: np.ndarray, uses_location: bool) -> float:
+    """max |logit(ONNX Runtime) - logit(PyTorch)| over ``patches`` (N, 1, 41, 41, 41)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    loc = rng.uniform(size=(len(patches), 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(patches), torch.from_numpy(loc)).numpy()
+    feeds = {"patch": patches}
+    if uses_location:
+        feeds["location"] = loc
+    got = _session(path).run(None, feeds)[0]
+    return float(np.abs(got - ref).max())
+
+
+def parity_dense(dense_path: Path, patch_path: Path, tile: np.ndarray, stride: int, uses_location: bool) -> float:
+    """max |dense(tile)[i,j,k] - patch(tile[s*i:s*i+41, ...])| over every output point."""
+    out_shape = [(n - 41) // stride + 1 for n in tile.shape]
+    rng = np.random.default_rng(1)
+    loc_map = rng.uniform(size=(1, 3, *out_shape)).astype(np.float32)
+    feeds = {"volume": tile[None, None].astype(np.float32)}
+    if uses_location:
+        feeds["location_map"] = loc_map
+    dense = _session(dense_path).run(None, feeds)[0][0]
+    if list(dense.shape) != out_shape:
+        raise PackageError(f"dense graph gives {list(dense.shape)} outputs for a {list(tile.shape)} tile, "
+                           f"expected {out_shape}")
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in out_shape], indexing="ij"), -1).reshape(-1, 3)
+    patches = np.stack([tile[s0:s0 + 41, s1:s1 + 41, s2:s2 + 41] for s0, s1, s2 in idx * stride])[:, None]
+    feeds = {"patch": patches.astype(np.float32)}
+    if uses_location:
+        feeds["location"] = loc_map[0].reshape(3, -1).T.copy()
+    patch = _session(patch_path).run(None, feeds)[0]
+    return float(np.abs(dense.reshape(-1) - patch).max())
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and activations, fp32 inputs/outputs (onnx's float16 converter)."""
+    import onnx
+    from onnx import version_converter  # noqa: F401  (keeps onnx's optional helpers importable)
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise ConfigError("--fp16 needs onnxconverter-common: pip install onnxconverter-common") from exc
+    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    return dst

@@ -1,0 +1,37 @@
+"""Checkpoints: safetensors weights + a JSON config (no pickle; loading reads weights only)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine import ConfigError
+
+
+def save_checkpoint(out_dir, model, config: dict, name: str = "model") -> Path:
+    """Write ``name.safetensors`` and ``name.json`` (model name, kwargs, preprocessing, metrics)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / f"{name}.safetensors"))
+    (out / f"{name}.json").write_text(json.dumps(config, indent=2))
+    return out / f"{name}.safetensors"
+
+
+def load_checkpoint(path):
+    """-> (model in eval mode, config dict). ``path``: the .safetensors file or its folder."""
+    from safetensors.torch import load_file
+
+    from .models import build_model
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    cfg_path = p.with_suffix(".json")
+    if not p.exists() or not cfg_path.exists():
+        raise ConfigError(f"checkpoint needs {p.name} and {cfg_path.name} in {p.parent}")
+    config = json.loads(cfg_path.read_text())
+    model = build_model(config["model"], **config.get("model_kwargs", {}))
+    model.load_state_dict(load_file(str(p)))
+    return model.eval(), config

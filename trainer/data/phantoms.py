@@ -1,0 +1,76 @@
+"""Phantom cohorts as training data: generated in memory by seed, or read from a `synth` folder."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.preprocess import PreprocessSpec, preprocess
+
+from .annotations import read_annotations
+from .sampling import SamplingSpec, sample_scan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PatchSet:
+    patches: np.ndarray   # uint8 (N, 1, 41, 41, 41): [0, 1] window in 1/255 steps
+    labels: np.ndarray    # int8 (N,)
+    locations: np.ndarray  # float32 (N, 3)
+    scan: np.ndarray      # int32 (N,): index of the source scan (splits are by scan)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @staticmethod
+    def concat(parts: list["PatchSet"]) -> "PatchSet":
+        return PatchSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                          ("patches", "labels", "locations", "scan")))
+
+
+def _xyzd(nodules) -> np.ndarray:
+    return np.asarray([[*n.center_xyz_mm, n.diameter_mm] for n in nodules], dtype=np.float64).reshape(-1, 4)
+
+
+def phantom_patches(seeds, spec: PreprocessSpec = PreprocessSpec(), sampling: SamplingSpec = SamplingSpec(),
+                    phantom_params=None, progress: bool = True) -> PatchSet:
+    """Generate phantoms for ``seeds``, preprocess them with the engine, sample patches."""
+    from tqdm import tqdm
+
+    from trainer.phantom import generate_phantom
+
+    parts = []
+    for i, seed in enumerate(tqdm(list(seeds), desc="phantoms", unit="scan", disable=not progress)):
+        ph = generate_phantom(int(seed), params=phantom_params)
+        pre = preprocess(ph.volume, spec)
+        rng = np.random.default_rng(int(seed) + 7919)
+        p, y, loc, _ = sample_scan(pre, _xyzd(ph.nodules), _xyzd(ph.excluded), sampling, rng)
+        parts.append(PatchSet(p, y, loc, np.full(len(y), i, np.int32)))
+    return PatchSet.concat(parts)
+
+
+def folder_patches(folder, spec: PreprocessSpec = PreprocessSpec(), sampling: SamplingSpec = SamplingSpec(),
+                   progress: bool = True, seed: int = 0) -> PatchSet:
+    """A cohort folder as `noduleflow synth` writes it (or any folder of scans with a LUNA16-style
+    annotations.csv): every DICOM series folder / .mhd under it."""
+    from tqdm import tqdm
+
+    from engine.io import load_volume
+
+    folder = Path(folder)
+    ann = read_annotations(folder / "annotations.csv")
+    exc = read_annotations(folder / "annotations_excluded.csv")
+    scans = sorted([p for p in folder.rglob("*.mhd")] +
+                   [p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.dcm"))])
+    parts = []
+    for i, path in enumerate(tqdm(scans, desc="scans", unit="scan", disable=not progress)):
+        vol = load_volume(path)
+        pre = preprocess(vol, spec)
+        rng = np.random.default_rng(seed + i)
+        p, y, loc, _ = sample_scan(pre, ann.get(vol.series_uid, np.zeros((0, 4))),
+                                   exc.get(vol.series_uid, np.zeros((0, 4))), sampling, rng)
+        parts.append(PatchSet(p, y, loc, np.full(len(y), i, np.int32)))
+    return PatchSet.concat(parts)

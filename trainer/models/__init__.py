@@ -1,0 +1,36 @@
+"""The seed's model zoo (seeds/000): 3D-1, 3D-2, 3D-LOC, 2.5D-1, 2.5D-2, 3D-ST.
+
+All take (N, 1, 41, 41, 41) float32 patches in [0, 1] (1 mm voxels, HU window
+[-1000, 400]) and return (N,) logits. 3D-1, 3D-2 and 3D-LOC are exactly fully
+convolutional (`dense_forward`); see `trainer.models.net3d`.
+"""
+from __future__ import annotations
+
+MODEL_NAMES = ("3d-1", "3d-2", "3d-loc", "2.5d-1", "2.5d-2", "3d-st")
+DENSE_MODELS = ("3d-1", "3d-2", "3d-loc")
+
+
+def build_model(name: str, **kwargs):
+    from engine import ConfigError
+
+    from .net3d import Net3D, Net3DST
+    from .net25d import Net25D1, Net25D2
+
+    name = name.lower()
+    if name == "3d-1":
+        return Net3D("3d-1", **kwargs)
+    if name == "3d-2":
+        return Net3D("3d-2", **kwargs)
+    if name == "3d-loc":
+        return Net3D("3d-1", loc=True, **kwargs)
+    if name == "2.5d-1":
+        return Net25D1(**kwargs)
+    if name == "2.5d-2":
+        return Net25D2(**kwargs)
+    if name == "3d-st":
+        return Net3DST(**kwargs)
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def uses_location(name: str) -> bool:
+    return name.lower() == "3d-loc"

@@ -1,0 +1,101 @@
+"""The seed's 3-D models: 3D-1, 3D-2 (more filters), 3D-LOC (with the patch location), 3D-ST.
+
+Geometry of 3D-1/3D-2/3D-LOC on a 41^3 patch (valid convolutions, floor pooling):
+41 -conv3-> 39 -pool2-> 19 -inception-> 15 -pool2-> 7 -inception-> 3 -head conv 3^3-> 1.
+Total stride 4, receptive field 41: run on a tile of D voxels it returns
+(D - 41) // 4 + 1 scores per axis, score i being the patch whose first voxel is 4 i
+(its centre 4 i + 20). The head is convolutional (a 3^3 conv then 1^3 convs), i.e. the
+fully connected layers of the paper written as convolutions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import ConvBN, Inception
+
+WIDTHS = {
+    # stem, inception 1 (c1, c3r, c3, c5r, c5, cp), inception 2, head width
+    "3d-1": (16, (8, 12, 16, 6, 8, 8), (16, 16, 24, 8, 12, 12), 64),
+    "3d-2": (24, (16, 16, 32, 8, 16, 16), (32, 24, 48, 12, 24, 24), 128),
+}
+
+
+class Net3D(nn.Module):
+    """3D-1 / 3D-2 / 3D-LOC. ``loc=True`` concatenates the patch centre's relative position
+    in the scan (3 values in [0, 1]) to the features before the fully connected layers."""
+
+    patch_size = 41
+    dense_stride = 4
+    dense_offset = 20
+
+    def __init__(self, width: str = "3d-1", loc: bool = False, dropout: float = 0.2):
+        super().__init__()
+        stem, i1, i2, head = WIDTHS[width]
+        self.loc = loc
+        self.stem = ConvBN(1, stem, 3)
+        self.inc1 = Inception(stem, *i1)
+        self.inc2 = Inception(self.inc1.out_channels, *i2)
+        self.fc1 = nn.Conv3d(self.inc2.out_channels, head, 3)  # "FC" over the 3^3 map
+        self.fc2 = nn.Conv3d(head + (3 if loc else 0), head // 2, 1)
+        self.out = nn.Conv3d(head // 2, 1, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def features(self, x):
+        x = F.max_pool3d(self.stem(x), 2)
+        x = F.max_pool3d(self.inc1(x), 2)
+        return F.relu(self.fc1(self.inc2(x)))
+
+    def dense_forward(self, x, loc_map=None):
+        """(N, 1, D, H, W) -> (N, D', H', W') logits, D' = (D - 41) // 4 + 1; ``loc_map``
+        (N, 3, D', H', W') for 3D-LOC. Trailing voxels that no complete patch covers are
+        trimmed first (floor pooling would otherwise emit one more, partial, output)."""
+        s, p = self.dense_stride, self.patch_size
+        d, h_, w = x.shape[2:]
+        x = x[:, :, : (d - p) // s * s + p, : (h_ - p) // s * s + p, : (w - p) // s * s + p]
+        h = self.drop(self.features(x))
+        if self.loc:
+            if loc_map is None:
+                raise ValueError("3D-LOC needs the location map")
+            h = torch.cat([h, loc_map.to(h.dtype)], dim=1)
+        h = self.drop(F.relu(self.fc2(h)))
+        return self.out(h)[:, 0]
+
+    def forward(self, x, loc=None):
+        """(N, 1, 41, 41, 41) -> (N,) logits; ``loc`` (N, 3) for 3D-LOC."""
+        lm = loc[:, :, None, None, None] if loc is not None else None
+        return self.dense_forward(x, lm).reshape(x.shape[0])
+
+
+def rotation_from_6d(p: torch.Tensor) -> torch.Tensor:
+    """(N, 6) -> (N, 3, 3) rotation matrices by Gram-Schmidt (Zhou et al. 2019): no scale, no shear."""
+    a, b = p[:, :3], p[:, 3:]
+    e1 = F.normalize(a, dim=1)
+    e2 = F.normalize(b - (e1 * b).sum(1, keepdim=True) * e1, dim=1)
+    e3 = torch.cross(e1, e2, dim=1)
+    return torch.stack([e1, e2, e3], dim=2)
+
+
+class Net3DST(nn.Module):
+    """3D-ST: a rotation-only 3-D spatial transformer in front of 3D-1 (the seed found it
+    worse than 3D-1; kept as an option). Not convertible to dense form: the rotation
+    depends on the patch."""
+
+    patch_size = 41
+
+    def __init__(self, dropout: float = 0.2):
+        super().__init__()
+        self.localizer = nn.Sequential(
+            nn.AvgPool3d(2), ConvBN(1, 8, 3), nn.MaxPool3d(2), ConvBN(8, 16, 3), nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(), nn.Linear(16, 6))
+        nn.init.zeros_(self.localizer[-1].weight)
+        with torch.no_grad():
+            self.localizer[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 1.0, 0]))  # start at identity
+        self.net = Net3D("3d-1", dropout=dropout)
+
+    def forward(self, x, loc=None):
+        rot = rotation_from_6d(self.localizer(x))
+        theta = torch.cat([rot, torch.zeros_like(rot[:, :, :1])], dim=2)  # rotation about the centre
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return self.net(F.grid_sample(x, grid, align_corners=False, padding_mode="border"))

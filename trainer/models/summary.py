@@ -1,0 +1,45 @@
+"""Parameters and GFLOPs per 41^3 patch of every model: ``python -m trainer.models.summary``.
+
+FLOPs = 2 x multiply-accumulates of the convolutions and linear layers (counted with
+forward hooks on one patch); pooling, BatchNorm and activations are not counted.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import MODEL_NAMES, build_model
+
+
+def count(model: nn.Module) -> tuple[int, float]:
+    macs = 0
+
+    def hook(mod, inp, out):
+        nonlocal macs
+        if isinstance(mod, (nn.Conv3d, nn.Conv2d)):
+            k = mod.weight[0].numel()  # cin/groups * kernel volume
+            macs += out.numel() * k
+        elif isinstance(mod, nn.Linear):
+            macs += out.numel() * mod.in_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Conv2d, nn.Linear))]
+    model.eval()
+    with torch.no_grad():
+        model(torch.rand(1, 1, 41, 41, 41), torch.rand(1, 3))
+    for h in hs:
+        h.remove()
+    return sum(p.numel() for p in model.parameters()), 2 * macs / 1e9
+
+
+def table() -> str:
+    rows = ["| model | parameters | GFLOPs / patch | dense |", "|---|---:|---:|---|"]
+    from . import DENSE_MODELS
+
+    for name in MODEL_NAMES:
+        params, gflops = count(build_model(name))
+        rows.append(f"| {name} | {params:,} | {gflops:.3f} | {'yes' if name in DENSE_MODELS else 'no'} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -1,0 +1,212 @@
+"""Training loop: RMSprop (the seed's settings), balanced batches, on-the-fly rotation/flip
+augmentation, best checkpoint by validation ROC AUC, CSV log, resumable."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from engine import ConfigError
+
+log = logging.getLogger(__name__)
+
+# seed 000: 3-D models lr 0.002, decay 0.87, eps 1.0; 2.5-D models lr 0.04, decay 0.9, eps 1.0
+SEED_RMSPROP = {"3d": (0.002, 0.87, 1.0), "2.5d": (0.04, 0.9, 1.0)}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "3d-1"
+    epochs: int = 8
+    batch_size: int = 32
+    steps_per_epoch: int = 0          # 0: one pass over the positives x 2 (balanced)
+    optimizer: str = "rmsprop"        # rmsprop | adam | sgd
+    lr: float | None = None           # None: the seed's value for the model family
+    rmsprop_alpha: float | None = None
+    rmsprop_eps: float = 1.0
+    weight_decay: float = 0.0
+    rotate_deg: float = 15.0          # limited-angle 3-D rotations (0: off)
+    flip: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0                  # torch CPU threads (0: torch's default)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("rmsprop", "adam", "sgd"):
+            raise ConfigError(f"optimizer must be rmsprop, adam or sgd, got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError(f"epochs >= 1 and batch_size >= 2 needed, got {self.epochs}, {self.batch_size}")
+
+    @classmethod
+    def from_toml(cls, path, **overrides) -> "TrainConfig":
+        data = tomllib.loads(Path(path).read_text()).get("train", {}) if path else {}
+        known = {f.name for f in fields(cls)}
+        bad = set(data) - known
+        if bad:
+            raise ConfigError(f"unknown [train] keys in {path}: {sorted(bad)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    s = np.asarray(scores)[order]
+    ranks = np.empty(len(s))
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1
+        i = j + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _augment(x, cfg: TrainConfig, gen):
+    import torch
+    import torch.nn.functional as F
+
+    if cfg.rotate_deg > 0:
+        n = x.shape[0]
+        axis = F.normalize(torch.randn(n, 3, generator=gen), dim=1)
+        ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)
+        # Rodrigues: R = I + sin(a) K + (1 - cos(a)) K^2
+        k = torch.zeros(n, 3, 3)
+        k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+        k = k - k.transpose(1, 2)
+        rot = torch.eye(3) + torch.sin(ang)[:, None, None] * k + (1 - torch.cos(ang))[:, None, None] * k @ k
+        theta = torch.cat([rot, torch.zeros(n, 3, 1)], dim=2)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, align_corners=False, padding_mode="border")
+    if cfg.flip:
+        for d in (2, 3, 4):
+            m = torch.rand(x.shape[0], generator=gen) < 0.5
+            x[m] = x[m].flip(d)
+    return x
+
+
+def _to_tensor(patches_u8, idx):
+    import torch
+
+    return torch.from_numpy(patches_u8[idx].astype(np.float32) / 255.0)
+
+
+def predict(model, patches_u8, locations, batch_size=64, device="cpu") -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(patches_u8), batch_size):
+            idx = np.arange(s, min(s + batch_size, len(patches_u8)))
+            x = _to_tensor(patches_u8, idx).to(device)
+            loc = torch.from_numpy(locations[idx]).to(device)
+            out.append(model(x, loc).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | None = None, progress=True) -> dict:
+    """Train ``cfg.model`` on PatchSets; writes best/last checkpoints and train_log.csv into out_dir.
+
+    Returns a summary dict (best validation AUC, epoch, seconds, checkpoint path).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .models import build_model
+
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg.model).to(device)
+    family = "2.5d" if cfg.model.startswith("2.5d") else "3d"
+    lr0, alpha0, eps0 = SEED_RMSPROP[family]
+    lr = cfg.lr if cfg.lr is not None else lr0
+    if cfg.optimizer == "rmsprop":
+        opt = torch.optim.RMSprop(model.parameters(), lr=lr, alpha=cfg.rmsprop_alpha or alpha0,
+                                  eps=cfg.rmsprop_eps if cfg.rmsprop_eps is not None else eps0,
+                                  weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or 1e-3, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr or 0.01, momentum=0.9, weight_decay=cfg.weight_decay)
+    scaler_ctx = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else None
+    start_epoch, best = 0, {"auc": -1.0, "epoch": -1}
+    state_path = out / "last_state.json"
+    if state_path.exists() and (out / "last.safetensors").exists():
+        m, _ = load_checkpoint(out / "last.safetensors")
+        model.load_state_dict(m.state_dict())
+        st = json.loads(state_path.read_text())
+        start_epoch, best = st["epoch"] + 1, st["best"]
+        log.info("resuming at epoch %d", start_epoch)
+    pos = np.flatnonzero(train_set.labels == 1)
+    neg = np.flatnonzero(train_set.labels == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        raise ConfigError(f"training set needs positives and negatives, got {len(pos)} and {len(neg)}")
+    steps = cfg.steps_per_epoch or max(1, 2 * len(pos) // cfg.batch_size)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    config = {"model": cfg.model, "model_kwargs": {}, "train": asdict(cfg), **(extra_config or {})}
+    log_path = out / "train_log.csv"
+    new_log = not log_path.exists() or start_epoch == 0
+    t_start = time.perf_counter()
+    with open(log_path, "w" if new_log else "a", newline="") as f:
+        w = csv.writer(f)
+        if new_log:
+            w.writerow(["epoch", "train_loss", "val_auc", "seconds"])
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            losses = []
+            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+            for _ in bar:
+                half = cfg.batch_size // 2  # balanced batches
+                idx = np.r_[rng.choice(pos, half), rng.choice(neg, cfg.batch_size - half)]
+                x = _augment(_to_tensor(train_set.patches, idx), cfg, gen).to(device)
+                y = torch.from_numpy(train_set.labels[idx].astype(np.float32)).to(device)
+                loc = torch.from_numpy(train_set.locations[idx]).to(device)
+                opt.zero_grad(set_to_none=True)
+                if scaler_ctx is not None:
+                    with scaler_ctx:
+                        loss = loss_fn(model(x, loc).float(), y)
+                else:
+                    loss = loss_fn(model(x, loc), y)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            scores = predict(model, val_set.patches, val_set.locations, device=device)
+            auc = roc_auc(val_set.labels, scores)
+            w.writerow([epoch + 1, f"{np.mean(losses):.5f}", f"{auc:.5f}", f"{time.perf_counter() - t_start:.1f}"])
+            f.flush()
+            log.info("epoch %d loss %.4f val AUC %.4f", epoch + 1, np.mean(losses), auc)
+            if progress:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {np.mean(losses):.4f}, validation ROC AUC {auc:.4f}")
+            if auc > best["auc"]:
+                best = {"auc": auc, "epoch": epoch + 1}
+                save_checkpoint(out, model, {**config, "metrics": {"val_auc": auc, "epoch": epoch + 1}}, "best")
+            save_checkpoint(out, model, config, "last")
+            state_path.write_text(json.dumps({"epoch": epoch, "best": best}))
+    return {"best_val_auc": best["auc"], "best_epoch": best["epoch"], "seconds": time.perf_counter() - t_start,
+            "checkpoint": str(out / "best.safetensors"), "train_patches": len(train_set),
+            "val_patches": len(val_set)}
+
+
+def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import ConfigError
+from engine.detector import write_candidates_csv  # noqa: F401  (the submission writer lives with the engine)
 
 FP_POINTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_CANDIDATES_PER_SCAN = 100
@@ -280,17 +281,6 @@ def _bootstrap(prob, is_tp, scan, nodules_per_scan, n_scans, n_samples, seed, ch
         for i in range(b):
             out[start + i] = np.interp(FP_POINTS, fps[i], sens[i])
     return out
-
-
-def write_candidates_csv(path, rows) -> Path:
-    """rows: iterable of (seriesuid, x, y, z, prob) -> LUNA16 submission CSV."""
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
-        for uid, x, y, z, p in rows:
-            w.writerow([uid, f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}"])
-    return path
 
 
 def format_table(r: FrocResult) -> str:

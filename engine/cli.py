@@ -20,6 +20,8 @@ from .errors import NoduleflowError
 COMMAND_MODULES: list[str] = [
     "engine.commands.inspect",
     "engine.commands.convert",
+    "engine.commands.detect",
+    "engine.commands.demo",
     "trainer.commands.synth",
     "trainer.commands.train",
     "export.cli",

@@ -257,6 +257,16 @@ def _to_hu(s: _Slice, stored: np.ndarray) -> np.ndarray:
     return to_int16_hu(stored.astype(np.float64) * slope + intercept)
 
 
+def list_series(path: Path, workers: int | None = None) -> list[str]:
+    """SeriesInstanceUIDs of the CT series under ``path`` (localizer-only series left out)."""
+    try:
+        slices = _scan_files(Path(path), workers or min(8, (os.cpu_count() or 2) * 2))
+    except VolumeError:
+        return []
+    uids = {s.series_uid for s in slices if str(s.ds.get("Modality", "")).upper() == "CT" and not _is_localizer(s)}
+    return sorted(uids)
+
+
 def load_dicom(path: Path, series_uid: str | None = None, *, tolerance_mm: float | None = None,
                workers: int | None = None) -> Volume:
     """Load one CT series from a DICOM file or folder tree. See module docstring."""

@@ -1,0 +1,62 @@
+"""The backend interface: open from a model package, ``infer(batch)``, ``close()``.
+
+Polygraphy-style: a backend is a context manager; the public ``infer`` validates the
+input (dtype, rank, fixed dimensions, batch limit) and the private ``_infer`` runs it.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+class Backend(ABC):
+    name: str = "abstract"
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def __init__(self, graph: str, max_batch: int):
+        if graph not in ("patch", "dense"):
+            raise ConfigError(f"graph must be 'patch' or 'dense', got {graph!r}")
+        self.graph = graph
+        self.max_batch = int(max_batch)
+        self._closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def infer(self, batch: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        """Logits for a batch.
+
+        patch graph: (N, 1, 41, 41, 41) float32 -> (N,);
+        dense graph: (N, 1, D, H, W) float32 -> (N, D', H', W').
+        ``extra``: the location input of 3D-LOC packages ((N, 3) or (N, 3, D', H', W')).
+        """
+        if self._closed:
+            raise ConfigError(f"{self.name} backend is closed")
+        if not hasattr(batch, "dtype") or batch.dtype != np.float32:
+            raise ConfigError(f"{self.name}: input must be float32, got {getattr(batch, 'dtype', type(batch))}")
+        if batch.ndim != 5 or batch.shape[1] != 1:
+            raise ConfigError(f"{self.name}: input must be (N, 1, D, H, W), got shape {tuple(batch.shape)}")
+        if self.graph == "patch" and tuple(batch.shape[2:]) != (41, 41, 41):
+            raise ConfigError(f"{self.name}: patch graph takes (N, 1, 41, 41, 41), got {tuple(batch.shape)}")
+        if self.graph == "dense" and min(batch.shape[2:]) < 41:
+            raise ConfigError(f"{self.name}: dense tiles must be at least 41 per axis, got {tuple(batch.shape)}")
+        if not 1 <= batch.shape[0] <= self.max_batch:
+            raise ConfigError(f"{self.name}: batch of {batch.shape[0]} outside [1, {self.max_batch}]")
+        return self._infer(batch, extra)
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray, extra: np.ndarray | None) -> np.ndarray: ...
+
+    def close(self) -> None:
+        self._closed = True
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device, "precision": self.precision,
+                "graph": self.graph, "max_batch": self.max_batch}

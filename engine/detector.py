@@ -65,6 +65,7 @@ class DetectorConfig:
     merge_radius_mm: float = 5.0    # points merged into a candidate's weighted centre
     tile_out: int = 24              # dense tile, in output points per axis
     batch_size: int = 64            # patch mode
+    refine: bool = True             # mean-shift the centres onto the image blob (1 mm)
     rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0)
 
     def __post_init__(self) -> None:
@@ -80,15 +81,42 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def nms(points_zyx: np.ndarray, probs: np.ndarray, top_k: int, nms_radius: float, merge_radius: float):
-    """Greedy radius NMS with probability-weighted centres.
+def refine_centre(hu: np.ndarray, centre_zyx, radius: int = 5, iters: int = 3, floor_hu: float = -600.0):
+    """Sub-grid centre by mean shift on image density: the centroid of the voxels above
+    ``floor_hu`` in a (2 radius + 1)^3 box, weighted by how far above, repeated ``iters``
+    times. Moves a grid-quantised peak onto the blob it sits on (1 mm grid)."""
+    c = np.asarray(centre_zyx, dtype=np.float64)
+    for _ in range(iters):
+        lo = np.maximum(np.round(c).astype(int) - radius, 0)
+        hi = np.minimum(np.round(c).astype(int) + radius + 1, hu.shape)
+        box = hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float64) - floor_hu
+        w = np.clip(box, 0, None)
+        if w.sum() <= 0:
+            break
+        g = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+        new = np.array([(gi * w).sum() for gi in g]) / w.sum()
+        if np.abs(new - c).max() < 0.05:
+            c = new
+            break
+        c = new
+    return c
 
-    Repeatedly takes the most probable remaining point, merges the points within
-    ``merge_radius`` whose probability is at least half the peak into a weighted centre
-    (weights prob^2), and suppresses everything within ``nms_radius``. -> [(centre, prob, n)].
+
+def nms(points_zyx: np.ndarray, probs: np.ndarray, top_k: int, nms_radius: float, merge_radius: float,
+        logits: np.ndarray | None = None, stride: int = 0):
+    """Greedy radius NMS with sub-grid centres.
+
+    Repeatedly takes the most probable remaining point and suppresses everything within
+    ``nms_radius``. Its centre: where the grid neighbours at +-``stride`` along an axis
+    were scored, the vertex of the parabola through the three logits (sub-grid peak);
+    along other axes, the prob^2-weighted mean of the points within ``merge_radius``
+    scoring at least half the peak. -> [(centre zyx, prob, n merged)].
     """
     order = np.argsort(-probs, kind="stable")
     pts, pr = points_zyx[order].astype(np.float64), probs[order]
+    lg = logits[order] if logits is not None else None
+    lookup = {tuple(p): i for i, p in enumerate(points_zyx[order].astype(np.int64))} if stride and lg is not None \
+        else {}
     alive = np.ones(len(pr), bool)
     out = []
     for i in range(len(pr)):
@@ -98,6 +126,17 @@ def nms(points_zyx: np.ndarray, probs: np.ndarray, top_k: int, nms_radius: float
         near = alive & (d <= merge_radius) & (pr >= 0.5 * pr[i])
         w = pr[near] ** 2
         centre = (pts[near] * w[:, None]).sum(0) / w.sum()
+        for a in range(3):
+            step = np.zeros(3, np.int64)
+            step[a] = stride
+            key = pts[i].astype(np.int64)
+            im, ip = lookup.get(tuple(key - step)), lookup.get(tuple(key + step))
+            if im is None or ip is None:
+                continue
+            lm, l0, lp = lg[im], lg[i], lg[ip]
+            curv = lm - 2.0 * l0 + lp
+            if curv < 0:
+                centre[a] = pts[i, a] + float(np.clip(0.5 * (lm - lp) / curv, -0.5, 0.5)) * stride
         out.append((centre, float(pr[i]), int(near.sum())))
         alive &= d > nms_radius
         if len(out) >= top_k:
@@ -220,7 +259,10 @@ class Detector:
         probs = _sigmoid(logits)
         keep = probs >= self.config.threshold
         found = nms(centres[keep], probs[keep], self.config.top_k, self.config.nms_radius_mm,
-                    self.config.merge_radius_mm)
+                    self.config.merge_radius_mm, logits=np.asarray(logits)[keep],
+                    stride=self.package.manifest.dense_stride or 0)
+        if self.config.refine:
+            found = [(refine_centre(pre.volume.hu, c), p, n) for c, p, n in found]
         cands = tuple(Candidate(tuple(float(v) for v in pre.volume.voxel_to_world(c)), p, n) for c, p, n in found)
         timings["clustering"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())

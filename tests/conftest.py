@@ -1,0 +1,22 @@
+"""Shared fixtures: a small exported model package (random weights) built once per session."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory):
+    """A 3D-1 package (patch.onnx + dense.onnx + manifest) exported from random weights."""
+    pytest.importorskip("torch")
+    import torch
+
+    from export.package import export_package
+    from trainer.checkpoint import save_checkpoint
+    from trainer.models import build_model
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("pkg")
+    model = build_model("3d-1").eval()
+    save_checkpoint(root / "ckpt", model, {"model": "3d-1", "model_kwargs": {}}, "best")
+    export_package(root / "ckpt" / "best.safetensors", root / "package", model_id="test-3d-1")
+    return root / "package"

@@ -1,0 +1,84 @@
+"""Export: ONNX parity with PyTorch, dense vs patch graphs, package integrity."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from engine import PackageError
+from engine.package import ModelPackage
+
+
+def test_package_contents_and_parity(tiny_package):
+    pkg = ModelPackage.load(tiny_package)
+    m = pkg.manifest
+    assert set(m.files) == {"patch.onnx", "dense.onnx"}
+    assert m.dense_stride == 4 and m.dense_offset == 20 and m.architecture == "3d-1"
+    assert m.export["parity"]["patch_max_abs_logit_diff"] <= 1e-4
+    assert m.export["parity"]["dense_vs_patch_max_abs_diff"] <= 1e-4
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tiny_package / "patch.onnx")).metadata_props}
+    assert props["architecture"] == "3d-1" and props["package_format_version"] == "1"
+
+
+def test_3d_loc_exports_with_location_inputs(tmp_path):
+    torch = pytest.importorskip("torch")
+    from export.package import export_package
+    from trainer.checkpoint import save_checkpoint
+    from trainer.models import build_model
+
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "c", build_model("3d-loc").eval(), {"model": "3d-loc", "model_kwargs": {}}, "best")
+    report = export_package(tmp_path / "c" / "best.safetensors", tmp_path / "p")
+    assert max(report.values()) <= 1e-4
+    assert ModelPackage.load(tmp_path / "p").manifest.uses_location
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_file_is_refused(tiny_package, tmp_path):
+    p = _copy(tiny_package, tmp_path / "pkg")
+    with open(p / "dense.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(PackageError, match="dense.onnx does not match its manifest hash"):
+        ModelPackage.load(p)
+
+
+def test_missing_file_and_unknown_version(tiny_package, tmp_path):
+    p = _copy(tiny_package, tmp_path / "pkg")
+    (p / "patch.onnx").unlink()
+    with pytest.raises(PackageError, match="patch.onnx is listed in the manifest but missing"):
+        ModelPackage.load(p)
+    q = _copy(tiny_package, tmp_path / "pkg2")
+    man = json.loads((q / "manifest.json").read_text())
+    man["format_version"] = 99
+    (q / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(PackageError, match="format version 99 is not supported"):
+        ModelPackage.load(q)
+
+
+def test_unhonourable_preprocessing(tiny_package, tmp_path):
+    q = _copy(tiny_package, tmp_path / "pkg")
+    man = json.loads((q / "manifest.json").read_text())
+    man["normalisation"] = "zscore"
+    (q / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(PackageError, match="unknown normalisation 'zscore'"):
+        ModelPackage.load(q)
+    with pytest.raises(PackageError, match="no manifest.json"):
+        ModelPackage.load(tmp_path)
+
+
+def test_export_refuses_non_empty_out(tiny_package, tmp_path):
+    from engine import ConfigError
+    from export.package import export_package
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty"):
+        export_package(tiny_package.parent / "ckpt" / "best.safetensors", tmp_path / "x")
+    assert (tmp_path / "x" / "f").read_text() == "keep me"

@@ -15,13 +15,30 @@ def register(sub) -> None:
     p.add_argument("out", help="package folder to write")
     p.add_argument("--model-id", help="model id written in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--tensorrt", choices=("fp32", "fp16", "int8"),
+                   help="also build TensorRT plans for this GPU into OUT/trt/ (needs tensorrt; unverified)")
+    p.add_argument("--torch-compiled", action="store_true",
+                   help="also write AOTInductor packages (patch.pt2, dense.pt2) for the torch-compiled backend")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from export.package import export_package
 
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite)
+    if args.torch_compiled:
+        from export.aoti import export_aoti
+
+        for path in export_aoti(args.checkpoint, args.out):
+            print(f"wrote {path}")
+    if args.tensorrt:
+        from export.tensorrt_build import build_plan
+
+        for graph in ("patch", "dense"):
+            if (Path(args.out) / f"{graph}.onnx").exists():
+                print(f"wrote {build_plan(args.out, graph, args.tensorrt)}")
     for k, v in report.items():
         print(f"{k}: {v:.2e}")
     print(f"wrote package {args.out}")

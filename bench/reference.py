@@ -44,11 +44,12 @@ def lung_mask(volume: Volume, params: LungMaskParams = LungMaskParams()) -> np.n
         top = zs[-1] if volume.direction_matrix[2, 2] >= 0 else zs[0]
         px = volume.spacing_zyx_mm[1] * volume.spacing_zyx_mm[2]
         ids, counts = np.unique(alab[top][alab[top] > 0], return_counts=True)
-        lung_top = mask[top].sum() * px
+        vol_of = np.bincount(alab.ravel())
         rm = np.isin(alab, [i for i, c in zip(ids, counts)
-                            if c * px <= params.max_trachea_area_mm2 and c * px < 0.9 * lung_top])
+                            if c * px <= params.max_trachea_area_mm2 and vol_of[i] < 0.1 * mask.sum()])
         if rm.any():
-            rm = ndimage.binary_dilation(rm, structure=np.ones((1, 3, 3), bool)) & mask
+            r = max(1, int(round(3.0 / min(volume.spacing_zyx_mm[1:]))))
+            rm = ndimage.binary_dilation(rm, structure=np.ones((1, 2 * r + 1, 2 * r + 1), bool)) & mask
             mask &= ~rm
     labels = measure.label(mask, connectivity=1)
     sizes = np.bincount(labels.ravel())

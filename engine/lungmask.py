@@ -74,16 +74,18 @@ def _remove_trachea(hu, mask, volume: Volume, p: LungMaskParams) -> np.ndarray:
     top = zs[-1] if superior_last else zs[0]
     pixel_mm2 = volume.spacing_zyx_mm[1] * volume.spacing_zyx_mm[2]
     ids, counts = np.unique(labels[top][labels[top] > 0], return_counts=True)
-    lung_area_top = mask[top].sum() * pixel_mm2
+    sizes, _ = component_stats(labels, n)
+    total = int(mask.sum())
     removed = np.zeros(mask.shape, dtype=bool)
     for i, c in zip(ids, counts):
-        area = c * pixel_mm2
-        # the trachea: a small tube at the top; not the whole apex of a lung cut by the scan
-        if area <= p.max_trachea_area_mm2 and area < 0.9 * lung_area_top:
+        # the trachea: a thin tube reaching the top slice, a few percent of the lungs' volume;
+        # not the apex of a lung cut by the scan's end (large area or large volume)
+        if c * pixel_mm2 <= p.max_trachea_area_mm2 and sizes[i] < 0.1 * total:
             removed |= labels == i
     if removed.any():
-        # take the airway wall's partial-volume rim with it
-        removed = dilate(removed, (0, 1, 1)) & mask
+        # take the lumen's partial-volume rim (air blurred into the wall) with it: 3 mm in plane
+        r = max(1, int(round(3.0 / min(volume.spacing_zyx_mm[1:]))))
+        removed = dilate(removed, (0, r, r)) & mask
         log.debug("removed %d airway voxels", int(removed.sum()))
     return mask & ~removed
 

@@ -1,0 +1,197 @@
+"""Throughput of the whole pipeline on phantom DICOM series, against the seed-style baseline.
+
+    python -m bench.speed [--scans 5] [--model PKG] [--subset 1500] [--out bench/results]
+
+Per scan (512 x 512 x ~200 phantom, written as DICOM): wall time of each stage in dense
+mode (load, mask, resample, candidates, inference, clustering), and, on a random subset
+of the same output-grid points, the scoring throughput (points/s) of
+  - dense mode (the whole lung box, fully convolutional),
+  - patch mode with the gather overlapped with inference (streaming), and without,
+  - the seed-style baseline: scipy.ndimage.zoom (cubic) to 1 mm, the scipy/skimage lung
+    mask, and the classifier applied one patch at a time in PyTorch eager.
+Ratios are measured in the same run on the same machine; cold start (model load and
+ONNX Runtime session, numba JIT or cache load) is reported apart from warm runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def machine() -> dict:
+    import numba
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["gpu"] = None
+    return info
+
+
+def baseline_points_per_s(vol, package, centres_world, repeats=1):
+    """Seed-style: zoom (cubic) to 1 mm, scipy/skimage mask, one patch at a time in PyTorch."""
+    import torch
+
+    from bench import reference
+    from engine.lungmask import LungMaskParams
+    from engine.patches import gather
+    from trainer.checkpoint import load_checkpoint
+
+    # the PyTorch checkpoint the package was exported from (shipped for the default model)
+    ckpt = Path(__file__).resolve().parents[1] / "trainer" / "checkpoints" / "default" / "best.safetensors"
+    t0 = time.perf_counter()
+    mask = reference.lung_mask(vol, LungMaskParams(dilate_mm=3.0))
+    t_mask = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    zoomed = reference.resample_zoom(vol)
+    t_resample = time.perf_counter() - t0
+    model, _ = load_checkpoint(ckpt)
+    idx = np.round(vol.world_to_voxel(centres_world) * np.asarray(vol.spacing_zyx_mm)).astype(int)
+    patches = gather(zoomed, idx)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for p in patches:
+            model(torch.from_numpy(p[None]))
+    t_inf = time.perf_counter() - t0
+    return {"mask_s": t_mask, "resample_s": t_resample, "points_per_s": len(idx) / t_inf, "mask_voxels": int(mask.sum())}
+
+
+def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, baseline: bool = True) -> dict:
+    from engine.detector import Detector
+    from engine.io import load_volume
+    from engine.io.dicom_write import write_dicom_series
+    from engine.package import default_package_path
+    from engine.preprocess import preprocess
+    from trainer.phantom import PhantomParams, generate_phantom
+
+    package = Path(package or default_package_path())
+    t0 = time.perf_counter()
+    dense = Detector(package, mode="dense", backend="onnxruntime-cpu")
+    cold_model = time.perf_counter() - t0
+    patch = Detector(package, mode="patch", backend="onnxruntime-cpu")
+    scans, per = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n_scans):
+            ph = generate_phantom(seed0 + i, params=PhantomParams(z_extent_mm=300.0),
+                                  spacing_zyx_mm=(1.5, 0.7, 0.7))
+            write_dicom_series(ph.volume, Path(tmp) / f"s{i}", seed=i)
+            scans.append(Path(tmp) / f"s{i}")
+        # cold: first scan pays numba compile (or cache load) and ONNX Runtime warm-up
+        t0 = time.perf_counter()
+        first = dense.detect(scans[0])
+        cold_first_scan = time.perf_counter() - t0
+        rng = np.random.default_rng(0)
+        for i, s in enumerate(scans):
+            d = dense.detect(s)
+            vol = load_volume(s)
+            pre = preprocess(vol, dense.spec)
+            centres = dense._grid_centres(pre)
+            sub = centres[rng.choice(len(centres), min(subset, len(centres)), replace=False)]
+            t0 = time.perf_counter()
+            patch._score_patch(pre, sub)
+            t_stream = time.perf_counter() - t0
+            patch_serial = Detector(package, mode="patch", backend="onnxruntime-cpu")
+            from engine.patches import PatchProducer
+
+            t0 = time.perf_counter()
+            for c, b in PatchProducer(pre.volume.hu, sub, patch.config.batch_size, patch.norm, overlap=False):
+                patch_serial.backend.infer(b)
+            t_serial = time.perf_counter() - t0
+            row = {"scan": i, "shape_zyx": list(vol.shape), "lung_box_1mm": list(pre.volume.shape),
+                   "grid_points": int(len(centres)), "stages_s": d.timings_s,
+                   "dense_points_per_s": len(centres) / d.timings_s["inference"],
+                   "patch_stream_points_per_s": len(sub) / t_stream,
+                   "patch_serial_points_per_s": len(sub) / t_serial}
+            if baseline and i == 0:
+                row["baseline"] = baseline_points_per_s(vol, package, pre.volume.voxel_to_world(sub[:300]))
+            per.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "stages_s"}), flush=True)
+    totals = [r["stages_s"]["total"] for r in per]
+    med = lambda k: statistics.median(r[k] for r in per)  # noqa: E731
+    res = {
+        "machine": machine(), "model_id": dense.package.manifest.model_id, "n_scans": n_scans,
+        "cold_start": {"model_load_s": cold_model, "first_scan_s": cold_first_scan,
+                       "first_scan_stages_s": first.timings_s},
+        "scan_s_median": statistics.median(totals), "scan_s_p95": float(np.percentile(totals, 95)),
+        "scans_per_s": n_scans / sum(totals),
+        "stage_s_median": {k: statistics.median(r["stages_s"][k] for r in per) for k in per[0]["stages_s"]},
+        "dense_over_patch_stream": med("dense_points_per_s") / med("patch_stream_points_per_s"),
+        "stream_over_serial": med("patch_stream_points_per_s") / med("patch_serial_points_per_s"),
+        "per_scan": per,
+    }
+    b = per[0].get("baseline")
+    if b:
+        eng = per[0]
+        res["baseline"] = b
+        res["resample_and_mask_speedup_vs_baseline"] = (b["mask_s"] + b["resample_s"]) / \
+            (eng["stages_s"]["mask"] + eng["stages_s"]["resample"])
+        res["dense_over_baseline_points_per_s"] = eng["dense_points_per_s"] / b["points_per_s"]
+        # whole scan, seed style: preprocessing + every grid point one at a time
+        base_scan = b["mask_s"] + b["resample_s"] + eng["grid_points"] / b["points_per_s"]
+        res["scan_speedup_vs_baseline"] = base_scan / eng["stages_s"]["total"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "speed_cpu.json").write_text(json.dumps(res, indent=2))
+    (out_dir / "speed_cpu.md").write_text(markdown(res))
+    print(markdown(res))
+    return res
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m.get('gpu')}; onnxruntime {m['onnxruntime']}, "
+             f"numba {m['numba']}, torch {m.get('torch')}. Model {r['model_id']}. {r['n_scans']} phantom scans.",
+             "", "| stage | median s |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in r["stage_s_median"].items()]
+    lines += ["", f"- whole scan (dense, warm): median {r['scan_s_median']:.1f} s, p95 {r['scan_s_p95']:.1f} s, "
+              f"{r['scans_per_s']:.3f} scans/s",
+              f"- cold start: model load {r['cold_start']['model_load_s']:.2f} s, first scan "
+              f"{r['cold_start']['first_scan_s']:.1f} s",
+              f"- dense vs patch (streaming), same grid points: {r['dense_over_patch_stream']:.1f}x points/s",
+              f"- patch streaming vs serial gather: {r['stream_over_serial']:.2f}x"]
+    if "baseline" in r:
+        lines += [f"- mask + resampling vs seed-style (scipy zoom cubic, scipy/skimage mask): "
+                  f"{r['resample_and_mask_speedup_vs_baseline']:.1f}x",
+                  f"- dense scoring vs one patch at a time in PyTorch eager: "
+                  f"{r['dense_over_baseline_points_per_s']:.0f}x points/s",
+                  f"- whole scan vs seed-style pipeline (extrapolated from the measured per-point rate): "
+                  f"{r['scan_speedup_vs_baseline']:.0f}x"]
+    lines.append("\nAbsolute times on a shared 2-core machine are indicative only; the ratios are the result.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scans", type=int, default=5)
+    ap.add_argument("--model", help="model package (default: the shipped one)")
+    ap.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    a = ap.parse_args(argv)
+    run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

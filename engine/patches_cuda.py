@@ -1,0 +1,60 @@
+"""The fused patch gather as a numba-cuda kernel: volume resident on the GPU, patches written
+straight into the inference input buffer on the device (no host round trip per batch).
+
+Imported only on request. Its logic is tested on the CPU with numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``); on a GPU it has not been benchmarked yet.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from .patches import PATCH, Normalisation
+
+
+@cuda.jit
+def _gather_kernel(vol, centres, out, lo, inv_range, pad_value):
+    # one thread per output voxel of one patch: grid (patch, z) x (y, x) blocks
+    n = cuda.blockIdx.x
+    k = cuda.blockIdx.y
+    j, i = cuda.threadIdx.y, cuda.threadIdx.x
+    size = out.shape[2]
+    if n >= centres.shape[0] or k >= size:
+        return
+    half = size // 2
+    nz, ny, nx = vol.shape
+    for jj in range(j, size, cuda.blockDim.y):
+        for ii in range(i, size, cuda.blockDim.x):
+            z = centres[n, 0] - half + k
+            y = centres[n, 1] - half + jj
+            x = centres[n, 2] - half + ii
+            if 0 <= z < nz and 0 <= y < ny and 0 <= x < nx:
+                v = (vol[z, y, x] - lo) * inv_range
+                out[n, 0, k, jj, ii] = min(max(v, 0.0), 1.0)
+            else:
+                out[n, 0, k, jj, ii] = pad_value
+
+
+def gather_device(d_volume, d_centres, d_out, norm: Normalisation = Normalisation(), size: int = PATCH):
+    """Launch the gather: ``d_volume`` (z, y, x) and ``d_centres`` (N, 3) int64 and ``d_out``
+    (>= N, 1, size, size, size) float32 are device arrays. Returns ``d_out``."""
+    n = d_centres.shape[0]
+    if n == 0:
+        return d_out
+    lo, hi = norm.hu_min, norm.hu_max
+    pad = min(max((norm.pad_hu - lo) / (hi - lo), 0.0), 1.0)
+    threads = (min(32, size), min(8, size))
+    _gather_kernel[(n, size), threads](d_volume, d_centres, d_out, np.float32(lo), np.float32(1.0 / (hi - lo)),
+                                       np.float32(pad))
+    return d_out
+
+
+def gather_to_host(volume_hu: np.ndarray, centres: np.ndarray, norm: Normalisation = Normalisation()) -> np.ndarray:
+    """Convenience for tests: copy in, gather on the device, copy out."""
+    c = np.ascontiguousarray(centres, dtype=np.int64).reshape(-1, 3)
+    d_vol = cuda.to_device(np.ascontiguousarray(volume_hu))
+    d_c = cuda.to_device(c)
+    d_out = cuda.device_array((len(c), 1, PATCH, PATCH, PATCH), dtype=np.float32)
+    gather_device(d_vol, d_c, d_out, norm)
+    return d_out.copy_to_host()
+

@@ -5,6 +5,7 @@ import importlib
 
 BENCH_MODULES: list[str] = [
     "bench.froc_cli",
+    "bench.accuracy",
 ]
 
 

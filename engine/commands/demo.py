@@ -14,6 +14,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="noduleflow-demo", help="output folder (default ./noduleflow-demo)")
     p.add_argument("--seed", type=int, default=3, help="phantom seed (default 3)")
     p.add_argument("--nodules", type=int, default=4, help="nodules in the phantom (default 4)")
+    p.add_argument("--model", help="model package (default: the shipped phantom-trained model)")
     p.add_argument("--backend", default="auto", help="inference backend (default auto)")
     p.add_argument("--mode", choices=("dense", "patch"), default="dense", help="inference mode (default dense)")
     p.add_argument("--top-k", type=int, default=15, help="candidates to report (default 15)")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"phantom seed {args.seed}: {ph.volume.shape} voxels, spacing "
               f"{tuple(round(s, 3) for s in ph.volume.spacing_zyx_mm)} mm, {len(ph.nodules)} nodules, "
               f"written as DICOM in {time.perf_counter() - t:.1f} s")
-        with Detector(None, backend=args.backend, mode=args.mode, top_k=args.top_k) as det:
+        with Detector(args.model, backend=args.backend, mode=args.mode, top_k=args.top_k) as det:
             vol = load_volume(Path(tmp) / "series")
             d = det.detect(vol)
     truth = np.array([[*n.center_xyz_mm, n.diameter_mm] for n in ph.nodules]).reshape(-1, 4)

@@ -6,6 +6,8 @@ import importlib
 BENCH_MODULES: list[str] = [
     "bench.froc_cli",
     "bench.accuracy",
+    "bench.preprocess_cli",
+    "bench.load_cli",
 ]
 
 

@@ -1,0 +1,259 @@
+"""The numba preprocessing kernels against their references, in one run, on one phantom scan.
+
+    python -m bench.preprocess [--shape 300 512 512] [--repeats 3] [--ref-repeats 1]
+                               [--dice-scans 10] [--out bench/results]
+
+On one phantom (512 x 512 x 300, spacing (1.0, 0.7, 0.7) mm by default):
+  - lung mask: engine.lung_mask vs bench.reference.lung_mask (scipy.ndimage + skimage);
+  - crop + 1 mm resampling: engine.resample (trilinear) on the lung box (+ 23 mm margin)
+    vs SimpleITK ResampleImageFilter (linear, same output grid) and scipy.ndimage.zoom
+    (order 3, seed 001's method);
+  - connected components: engine.ccl.label vs scipy.ndimage.label (6-connectivity) on
+    the lung mask's first step (HU < -320);
+  - candidates: engine.candidates vs bench.reference.candidates on the 1 mm volume
+    (default rules, and the seed's 5x5x5 box rule);
+  - patch gather: bytes written per second by engine.patches.gather (41^3 float32,
+    windowed) vs np.copyto of the same number of bytes, and vs bench.reference.gather.
+numba's first call in the process (a compile, or a load from numba's cache when one is
+present: ``numba_cache_files`` says which) is reported apart; warm times are the best
+of ``repeats`` (ours) and ``ref_repeats`` (references). Then the lung mask's Dice
+against the true mask on ``dice_scans`` default-size phantoms, incl. touching lungs
+and one-lung scans.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _best(fn, repeats: int):
+    times, out = [], None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def _first(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def _cache_files() -> dict:
+    """Number of numba cache index files present per engine kernel module (before the run)."""
+    root = Path(__file__).resolve().parents[1] / "engine" / "__pycache__"
+    out = {}
+    for mod in ("ccl", "morphology", "lungmask", "resample", "candidates", "patches"):
+        out[mod] = len(list(root.glob(f"{mod}.*.nbi"))) if root.is_dir() else 0
+    return out
+
+
+def kernels(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int = 3, ref_repeats: int = 1,
+            n_patches: int = 256, seed: int = 11, zoom: bool = True) -> dict:
+    """Time every kernel against its reference on one phantom; see the module docstring."""
+    from bench import reference
+    from engine.candidates import CandidateRules, candidates
+    from engine.ccl import label
+    from engine.lungmask import LungMaskParams, dice, lung_mask
+    from engine.patches import Normalisation, gather
+    from engine.resample import crop, lung_bbox, resample
+    from trainer.phantom import generate_phantom
+
+    cache = _cache_files()
+    ph = generate_phantom(seed, shape_zyx=tuple(shape_zyx), spacing_zyx_mm=tuple(spacing_zyx_mm))
+    vol = ph.volume
+    res: dict = {"scan": {"shape_zyx": list(vol.shape), "spacing_zyx_mm": list(vol.spacing_zyx_mm), "seed": seed},
+                 "numba_cache_files": cache, "repeats": repeats, "ref_repeats": ref_repeats}
+
+    # connected components (first: the lung mask calls it too)
+    air = vol.hu < -320
+    first, _ = _first(lambda: label(air))
+    ours, (lab, n) = _best(lambda: label(air), repeats)
+    ref, (rlab, rn) = _best(lambda: reference.label(air), ref_repeats)
+    res["ccl"] = {"first_s": first, "ours_s": ours, "scipy_ndimage_label_s": ref, "speedup": ref / ours,
+                  "components": int(n), "components_ref": int(rn), "foreground_voxels": int(air.sum())}
+    del lab, rlab
+
+    # lung mask (the product's parameters: LungMaskParams(); preprocessing adds a 3 mm dilation)
+    p = LungMaskParams()
+    first, _ = _first(lambda: lung_mask(vol, p))
+    ours, mask = _best(lambda: lung_mask(vol, p), repeats)
+    ref, rmask = _best(lambda: reference.lung_mask(vol, p), ref_repeats)
+    res["lung_mask"] = {"first_s": first, "ours_s": ours, "reference_s": ref, "speedup": ref / ours, "goal": 5.0,
+                        "dice_vs_reference": dice(mask, rmask), "dice_vs_truth": dice(mask, ph.lung_mask)}
+
+    # crop to the lung box (+ 20 mm half patch + 3 mm dilation) and resample to 1 mm
+    bbox = lung_bbox(mask, vol.spacing_zyx_mm, 23.0)
+    cropped = crop(vol, bbox)
+    first, _ = _first(lambda: resample(cropped, (1.0, 1.0, 1.0), order=1))
+    ours, v1 = _best(lambda: resample(cropped, (1.0, 1.0, 1.0), order=1), repeats)
+    t_sitk, s1 = _best(lambda: reference.resample_sitk(cropped, v1), ref_repeats)
+    inner = (slice(1, -1),) * 3
+    diff = np.abs(v1.hu[inner].astype(np.float32) - s1[inner])
+    rs = {"crop_shape_zyx": list(cropped.shape), "out_shape_zyx": list(v1.shape), "first_s": first, "ours_s": ours,
+          "simpleitk_linear_s": t_sitk, "speedup_vs_simpleitk": t_sitk / ours, "goal_vs_simpleitk": 3.0,
+          "max_abs_diff_hu_vs_simpleitk_interior": float(diff.max()),
+          "ours_includes": "trilinear + rounding to int16; SimpleITK output float32"}
+    if zoom:
+        t_zoom, z1 = _best(lambda: reference.resample_zoom(cropped, (1.0, 1.0, 1.0), order=3), ref_repeats)
+        rs.update({"scipy_zoom_order3_s": t_zoom, "speedup_vs_zoom": t_zoom / ours, "goal_vs_zoom": 20.0,
+                   "zoom_shape_zyx": list(z1.shape)})
+        del z1
+    res["resample"] = rs
+    first_m, m1 = _first(lambda: resample(cropped.with_array(mask[bbox[0]:bbox[1], bbox[2]:bbox[3], bbox[4]:bbox[5]]),
+                                          (1.0, 1.0, 1.0), order=0))
+    res["resample"]["mask_nearest_first_s"] = first_m
+    m1 = m1.hu
+
+    # candidates on the 1 mm volume
+    res["candidates"] = {}
+    for name, rules in (("default", CandidateRules()), ("seed_box", CandidateRules(center_min_hu=100.0, box_min_hu=0.0))):
+        first, _ = _first(lambda: candidates(v1.hu, m1, rules))
+        ours, c = _best(lambda: candidates(v1.hu, m1, rules), repeats)
+        ref, rc = _best(lambda: reference.candidates(v1.hu, m1, rules), ref_repeats)
+        res["candidates"][name] = {"rules": {"stride": rules.stride, "center_min_hu": rules.center_min_hu,
+                                             "box_min_hu": rules.box_min_hu},
+                                   "first_s": first, "ours_s": ours, "reference_s": ref, "speedup": ref / ours,
+                                   "n": int(len(c)), "equal_to_reference": bool(np.array_equal(c, rc))}
+
+    # patch gather bandwidth
+    c = candidates(v1.hu, m1, CandidateRules(stride=4))
+    rng = np.random.default_rng(0)
+    c = c[rng.choice(len(c), size=min(n_patches, len(c)), replace=False)] if len(c) else np.zeros((0, 3), np.int64)
+    norm = Normalisation()
+    buf = np.empty((len(c), 1, 41, 41, 41), np.float32)
+    src = np.empty_like(buf)
+    src.fill(0.5)
+    nbytes = buf.nbytes
+    first, _ = _first(lambda: gather(v1.hu, c, buf, norm))
+    ours, _ = _best(lambda: gather(v1.hu, c, buf, norm), repeats)
+    t_copy, _ = _best(lambda: np.copyto(buf, src), repeats)
+    t_ref, rp = _best(lambda: reference.gather(v1.hu, c, norm), ref_repeats)
+    gather(v1.hu, c, buf, norm)
+    res["gather"] = {"patches": int(len(c)), "bytes_written": int(nbytes), "first_s": first,
+                     "ours_s": ours, "ours_GBps": nbytes / ours / 1e9,
+                     "copyto_s": t_copy, "copyto_GBps": nbytes / t_copy / 1e9,
+                     "fraction_of_copyto": t_copy / ours,
+                     "reference_s": t_ref, "reference_GBps": nbytes / t_ref / 1e9, "speedup_vs_reference": t_ref / ours,
+                     "max_abs_diff_vs_reference": float(np.abs(buf - rp).max()) if len(c) else 0.0}
+    return res
+
+
+def dice_study(n_scans: int = 10, seed0: int = 6000, shape_zyx=None, spacing_zyx_mm=None) -> dict:
+    """Lung-mask Dice vs the phantoms' true masks; the last scans are touching-lungs and one-lung cases."""
+    from engine.lungmask import dice, lung_mask
+    from trainer.phantom import PhantomParams, generate_phantom
+
+    n_special = max(1, n_scans // 5)
+    cases = ["normal"] * (n_scans - 2 * n_special) + ["touching_lungs"] * n_special + ["one_lung"] * n_special
+    rows = []
+    for i, case in enumerate(cases):
+        params = PhantomParams(touching_lungs=case == "touching_lungs", one_lung=case == "one_lung")
+        ph = generate_phantom(seed0 + i, shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm, params=params)
+        m = lung_mask(ph.volume)
+        rows.append({"seed": seed0 + i, "case": case, "shape_zyx": list(ph.volume.shape),
+                     "spacing_zyx_mm": [round(s, 3) for s in ph.volume.spacing_zyx_mm],
+                     "dice": dice(m, ph.lung_mask)})
+    d = np.array([r["dice"] for r in rows])
+    return {"scans": rows, "min": float(d.min()), "mean": float(d.mean()), "goal_min": 0.97,
+            "by_case_min": {c: float(min(r["dice"] for r in rows if r["case"] == c)) for c in dict.fromkeys(cases)}}
+
+
+def markdown(r: dict) -> str:
+    k = r["kernels"]
+    s = k["scan"]
+    lm, rs, cc, g = k["lung_mask"], k["resample"], k["ccl"], k["gather"]
+    lines = [f"Preprocessing kernels vs references, one run, phantom {s['shape_zyx'][2]}x{s['shape_zyx'][1]}x"
+             f"{s['shape_zyx'][0]} at {tuple(s['spacing_zyx_mm'])} mm; {r['machine']['cpu']}, "
+             f"{r['machine']['cores']} cores, numba threads {r['machine']['numba_threads']}. "
+             f"Command: `{r['command']}`. Warm: best of {k['repeats']} (ours), {k['ref_repeats']} (references).", "",
+             "| kernel | reference | numba first call s | ours warm s | reference s | ratio | goal |",
+             "|---|---|---:|---:|---:|---:|---:|",
+             f"| lung mask | scipy.ndimage + skimage | {lm['first_s']:.2f} | {lm['ours_s']:.3f} | "
+             f"{lm['reference_s']:.3f} | {lm['speedup']:.1f}x | >= 5x |",
+             f"| crop + 1 mm trilinear ({'x'.join(map(str, rs['crop_shape_zyx'][::-1]))} -> "
+             f"{'x'.join(map(str, rs['out_shape_zyx'][::-1]))}) | SimpleITK ResampleImageFilter linear | "
+             f"{rs['first_s']:.2f} | {rs['ours_s']:.3f} | {rs['simpleitk_linear_s']:.3f} | "
+             f"{rs['speedup_vs_simpleitk']:.1f}x | >= 3x |"]
+    if "scipy_zoom_order3_s" in rs:
+        lines.append(f"| (same) | scipy.ndimage.zoom order 3 | | {rs['ours_s']:.3f} | {rs['scipy_zoom_order3_s']:.3f} | "
+                     f"{rs['speedup_vs_zoom']:.1f}x | >= 20x |")
+    lines.append(f"| CCL (HU < -320, {cc['components']} components) | scipy.ndimage.label | {cc['first_s']:.2f} | "
+                 f"{cc['ours_s']:.3f} | {cc['scipy_ndimage_label_s']:.3f} | {cc['speedup']:.1f}x | |")
+    for name, c in k["candidates"].items():
+        lines.append(f"| candidates ({name}: stride {c['rules']['stride']}, centre >= {c['rules']['center_min_hu']:.0f}"
+                     f"{'' if c['rules']['box_min_hu'] is None else ', box min >= 0'}; {c['n']} found) | "
+                     f"bench.reference.candidates | {c['first_s']:.2f} | {c['ours_s']:.4f} | {c['reference_s']:.4f} | "
+                     f"{c['speedup']:.1f}x | |")
+    lines += [f"| patch gather ({g['patches']} x 41^3 float32, {g['bytes_written'] / 1e6:.0f} MB) | np.copyto same bytes "
+              f"| {g['first_s']:.2f} | {g['ours_s']:.4f} ({g['ours_GBps']:.2f} GB/s) | {g['copyto_s']:.4f} "
+              f"({g['copyto_GBps']:.2f} GB/s) | {g['fraction_of_copyto']:.2f}x of copyto | |",
+              f"| (same) | bench.reference.gather | | {g['ours_s']:.4f} | {g['reference_s']:.4f} | "
+              f"{g['speedup_vs_reference']:.1f}x | |", "",
+              f"Quality: lung mask Dice vs reference implementation {lm['dice_vs_reference']:.4f}, vs the phantom's true "
+              f"mask {lm['dice_vs_truth']:.4f}; resampling max |ours - SimpleITK| on interior voxels "
+              f"{rs['max_abs_diff_hu_vs_simpleitk_interior']:.2f} HU; candidates equal to the reference: "
+              f"{all(c['equal_to_reference'] for c in k['candidates'].values())}."]
+    if r.get("dice"):
+        d = r["dice"]
+        lines += ["", f"Lung-mask Dice vs true mask on {len(d['scans'])} default-size phantoms: min {d['min']:.4f}, "
+                      f"mean {d['mean']:.4f} (goal >= 0.97); min by case: "
+                      + ", ".join(f"{c} {v:.4f}" for c, v in d["by_case_min"].items()), "",
+                  "| seed | case | shape zyx | spacing zyx mm | Dice |", "|---:|---|---|---|---:|"]
+        lines += [f"| {x['seed']} | {x['case']} | {x['shape_zyx']} | {x['spacing_zyx_mm']} | {x['dice']:.4f} |"
+                  for x in d["scans"]]
+    return "\n".join(lines) + "\n"
+
+
+def run(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int = 3, ref_repeats: int = 1,
+        dice_scans: int = 10, dice_shape_zyx=None, dice_spacing_zyx_mm=None, n_patches: int = 256, zoom: bool = True,
+        command: str = "python -m bench.preprocess") -> dict:
+    import numba
+
+    from bench.load import versions
+
+    m = {**versions(), "numba_threads": numba.get_num_threads()}
+    for mod in ("scipy", "skimage"):
+        m[mod] = __import__(mod).__version__
+    t0 = time.perf_counter()
+    k = kernels(shape_zyx, spacing_zyx_mm, repeats, ref_repeats, n_patches=n_patches, zoom=zoom)
+    d = dice_study(dice_scans, shape_zyx=dice_shape_zyx, spacing_zyx_mm=dice_spacing_zyx_mm) if dice_scans else None
+    return {"command": command, "machine": m, "kernels": k, "dice": d, "wall_s": time.perf_counter() - t0}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
+    ap.add_argument("--repeats", type=int, default=3, help="warm runs of ours (best of)")
+    ap.add_argument("--ref-repeats", type=int, default=1, help="runs of each reference (best of)")
+    ap.add_argument("--dice-scans", type=int, default=10, help="default-size phantoms for the Dice study (0: skip)")
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    cmd = "python -m bench.preprocess" + ("" if tuple(args.shape) == (300, 512, 512) else
+                                          " --shape " + " ".join(map(str, args.shape)))
+    for name, default in (("repeats", 3), ("ref_repeats", 1), ("dice_scans", 10)):
+        if getattr(args, name) != default:
+            cmd += f" --{name.replace('_', '-')} {getattr(args, name)}"
+    r = run(tuple(args.shape), repeats=args.repeats, ref_repeats=args.ref_repeats, dice_scans=args.dice_scans,
+            command=cmd)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preprocess.json").write_text(json.dumps(r, indent=1))
+    md = markdown(r)
+    (out / "preprocess.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

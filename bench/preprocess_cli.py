@@ -1,0 +1,25 @@
+"""`noduleflow bench preprocess`: the numba preprocessing kernels against their references."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("preprocess", help="numba kernels vs scipy/skimage/SimpleITK references (512x512x300 phantom)",
+                       description="Time the lung mask, crop + resampling, connected components, candidate "
+                                   "rules and patch gather against their reference implementations in one run "
+                                   "(numba first call apart from warm runs), and the lung-mask Dice on phantoms; "
+                                   "writes preprocess.json and preprocess.md.")
+    p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
+    p.add_argument("--repeats", type=int, default=3, help="warm runs of ours (best of)")
+    p.add_argument("--ref-repeats", type=int, default=1, help="runs of each reference (best of)")
+    p.add_argument("--dice-scans", type=int, default=10, help="phantoms for the Dice study (0: skip)")
+    p.add_argument("--out", default="bench/results")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.preprocess import main
+
+    return main(["--shape", *map(str, args.shape), "--repeats", str(args.repeats), "--ref-repeats",
+                 str(args.ref_repeats), "--dice-scans", str(args.dice_scans), "--out", args.out])

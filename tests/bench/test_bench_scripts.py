@@ -1,0 +1,74 @@
+"""The measurement scripts run end to end on tiny phantoms and produce their JSON keys (no timing asserts)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import candidate_rules, load, preprocess
+
+TINY = dict(shape_zyx=(60, 96, 96), spacing_zyx_mm=(2.5, 2.0, 2.0))
+
+
+def test_load_runs_and_readers_agree():
+    r = load.run(shape_zyx=(12, 64, 64), spacing_zyx_mm=(2.5, 2.0, 2.0), repeats=1)
+    assert r["series"]["files"] == 12
+    assert r["voxel_equal"] is True
+    assert r["ours"]["best_s"] > 0 and r["simpleitk"]["best_s"] > 0
+    assert r["speedup_vs_simpleitk"] == pytest.approx(r["simpleitk"]["best_s"] / r["ours"]["best_s"])
+    for key in ("cpu", "cores", "numba", "pydicom", "SimpleITK"):
+        assert key in r["machine"]
+    assert "x SimpleITK" in load.summary(r)
+
+
+def test_preprocess_kernels_keys_and_equalities(tmp_path):
+    r = preprocess.run(**TINY, repeats=1, ref_repeats=1, dice_scans=0, n_patches=4)
+    k = r["kernels"]
+    assert k["lung_mask"]["dice_vs_reference"] > 0.99
+    assert k["resample"]["max_abs_diff_hu_vs_simpleitk_interior"] <= 1.0
+    assert all(c["equal_to_reference"] for c in k["candidates"].values())
+    assert k["gather"]["max_abs_diff_vs_reference"] < 1e-6
+    assert k["gather"]["bytes_written"] == k["gather"]["patches"] * 41 ** 3 * 4
+    for key in ("speedup", "first_s", "ours_s"):
+        assert key in k["lung_mask"] and key in k["ccl"]
+    for key in ("speedup_vs_simpleitk", "speedup_vs_zoom"):
+        assert key in k["resample"]
+    md = preprocess.markdown(r)
+    assert "lung mask" in md and "np.copyto" in md
+    json.dumps(r)  # serialisable
+
+
+def test_dice_study_covers_special_cases():
+    d = preprocess.dice_study(5, shape_zyx=(50, 96, 96), spacing_zyx_mm=(2.5, 2.0, 2.0))
+    assert [s["case"] for s in d["scans"]].count("touching_lungs") == 1
+    assert [s["case"] for s in d["scans"]].count("one_lung") == 1
+    assert 0.0 <= d["min"] <= d["mean"] <= 1.0
+
+
+def test_kept_uses_the_nodule_radius_in_mm():
+    cands = np.array([[10, 10, 10], [30, 30, 30]])
+    nod = np.array([[10.0, 10.0, 13.0], [30.0, 30.0, 30.0], [50.0, 50.0, 50.0]])
+    k = candidate_rules.kept(cands, nod, np.array([2.0, 0.5, 5.0]), np.array([1.0, 1.0, 1.0]))
+    assert k.tolist() == [False, True, False]
+    # 3 voxels at 0.5 mm are 1.5 mm: inside a 2 mm radius
+    k = candidate_rules.kept(cands, nod[:1], np.array([2.0]), np.array([1.0, 1.0, 0.5]))
+    assert k.tolist() == [True]
+
+
+def test_candidate_rules_sweep_and_choice(tmp_path):
+    r = candidate_rules.run(2, 4000, **TINY, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("scan_*.npz"))) == 2
+    rows = r["rows"]
+    n_rules = len(candidate_rules.CENTER_MIN_HU) * len(candidate_rules.BOX_RULES) * len(candidate_rules.STRIDES)
+    assert len(rows) == n_rules
+    for stride in candidate_rules.STRIDES:
+        none = [x for x in rows if x["stride"] == stride and x["box_rule"] == "none"]
+        # a higher centre threshold never adds candidates
+        counts = [x["candidates_per_scan"] for x in none[1:]]
+        assert counts == sorted(counts, reverse=True)
+    assert set(r["chosen"]) == {"4", "2"}
+    assert "| stride |" in candidate_rules.markdown(r)
+    # cached scans give the same table
+    again = candidate_rules.run(2, 4000, **TINY, cache_dir=tmp_path)
+    assert [x["candidates_per_scan"] for x in again["rows"]] == [x["candidates_per_scan"] for x in rows]

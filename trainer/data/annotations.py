@@ -77,9 +77,9 @@ def read_findings(path) -> list[Finding]:
     out = []
     for i, row in _rows(path, ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")):
         xyz = tuple(_float(path, i, row, k) for k in ("coordX", "coordY", "coordZ"))
-        d = _float(path, i, row, "diameter_mm")
-        if d < 0:
-            raise ConfigError(f"{path} line {i}: negative diameter_mm {d}")
+        # LUNA16's annotations_excluded.csv writes -1 for findings without a size
+        # (non-nodules, point marks): read as 0 mm, a point.
+        d = max(_float(path, i, row, "diameter_mm"), 0.0)
         out.append(Finding(row["seriesuid"], xyz, d))
     return out
 

@@ -37,6 +37,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0                  # torch CPU threads (0: torch's default)
+    init: str | None = None           # start from these weights (a .safetensors checkpoint)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("rmsprop", "adam", "sgd"):
@@ -137,6 +138,11 @@ def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg.model).to(device)
+    if cfg.init:
+        init_model, init_cfg = load_checkpoint(cfg.init)
+        if init_cfg["model"] != cfg.model:
+            raise ConfigError(f"--init checkpoint is a {init_cfg['model']}, not a {cfg.model}")
+        model.load_state_dict(init_model.state_dict())
     family = "2.5d" if cfg.model.startswith("2.5d") else "3d"
     lr0, alpha0, eps0 = SEED_RMSPROP[family]
     lr = cfg.lr if cfg.lr is not None else lr0

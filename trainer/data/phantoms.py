@@ -74,3 +74,40 @@ def folder_patches(folder, spec: PreprocessSpec = PreprocessSpec(), sampling: Sa
                                    exc.get(vol.series_uid, np.zeros((0, 4))), sampling, rng)
         parts.append(PatchSet(p, y, loc, np.full(len(y), i, np.int32)))
     return PatchSet.concat(parts)
+
+
+def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float = 0.2,
+                           spec: PreprocessSpec = PreprocessSpec(), progress: bool = True) -> PatchSet:
+    """Hard negatives mined with a previous model (seed 000's option): every output-grid point
+    of each phantom is scored by ``package`` in dense mode; the ``per_scan`` most probable points
+    farther than radius + 3 mm from every nodule and excluded finding (and above ``min_prob``)
+    become negative patches."""
+    from tqdm import tqdm
+
+    from engine.detector import Detector
+    from engine.patches import gather
+    from trainer.phantom import generate_phantom
+
+    det = Detector(package, mode="dense")
+    parts = []
+    for i, seed in enumerate(tqdm(list(seeds), desc="mining", unit="scan", disable=not progress)):
+        ph = generate_phantom(int(seed))
+        pre = preprocess(ph.volume, spec)
+        centres = det._grid_centres(pre)
+        logits = det._score_dense(pre, centres)
+        vol = pre.volume
+        find = np.concatenate([_xyzd(ph.nodules), _xyzd(ph.excluded)])
+        if len(find):
+            zyx = vol.world_to_voxel(find[:, :3])
+            d = np.linalg.norm(centres[:, None, :] - zyx[None], axis=-1)
+            far = (d > find[None, :, 3] / 2 + 3.0).all(1)
+        else:
+            far = np.ones(len(centres), bool)
+        prob = 1.0 / (1.0 + np.exp(-logits))
+        cand = np.flatnonzero(far & (prob >= min_prob))
+        pick = cand[np.argsort(-prob[cand])[:per_scan]]
+        c = centres[pick]
+        p = np.rint(gather(vol.hu, c) * 255).astype(np.uint8)
+        loc = (c / np.maximum(np.asarray(vol.shape) - 1, 1)).astype(np.float32)
+        parts.append(PatchSet(p, np.zeros(len(c), np.int8), loc, np.full(len(c), 10_000 + i, np.int32)))
+    return PatchSet.concat(parts)

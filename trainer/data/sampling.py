@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine import ConfigError
 from engine.candidates import CandidateRules, candidates
 from engine.patches import gather
 from engine.preprocess import Preprocessed
@@ -74,3 +75,85 @@ def sample_scan(pre: Preprocessed, nodules_xyzd: np.ndarray, excluded_xyzd: np.n
     patches_u8 = np.rint(patches * 255).astype(np.uint8)
     loc = (centres / np.maximum(shape - 1, 1)).astype(np.float32)
     return patches_u8, labels, loc, centres
+
+
+# -- centre selection on a preprocessed scan (the iterable dataset's path) ---------------------
+
+def findings_to_voxels(volume, xyzd: np.ndarray) -> np.ndarray:
+    """Findings [x, y, z, diameter] mm (n, 4) -> [z, y, x, radius] on ``volume``'s 1 mm grid (n, 4)."""
+    xyzd = np.asarray(xyzd, dtype=np.float64).reshape(-1, 4)
+    if len(xyzd) == 0:
+        return np.zeros((0, 4))
+    zyx = np.asarray(volume.world_to_voxel(xyzd[:, :3])).reshape(-1, 3)
+    return np.concatenate([zyx, np.maximum(xyzd[:, 3:4], 0.0) / 2.0], axis=1)
+
+
+def inside_any(points_zyx: np.ndarray, findings_zyxr: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """bool (n,): point within radius + ``margin`` of some finding (1 mm grid: voxels = mm)."""
+    p = np.asarray(points_zyx, dtype=np.float64).reshape(-1, 3)
+    if len(findings_zyxr) == 0 or len(p) == 0:
+        return np.zeros(len(p), bool)
+    d = np.linalg.norm(p[:, None, :] - findings_zyxr[None, :, :3], axis=-1)
+    return (d <= findings_zyxr[None, :, 3] + margin).any(1)
+
+
+def positive_centres(cand_zyx: np.ndarray, nodules_zyxr: np.ndarray, shape) -> np.ndarray:
+    """Candidate centres inside a nodule; a nodule that holds no candidate (smaller than the
+    grid step) contributes its rounded centre. int64 (n, 3), inside ``shape``."""
+    cand = np.asarray(cand_zyx, dtype=np.int64).reshape(-1, 3)
+    out = [cand[inside_any(cand, nodules_zyxr)]]
+    for n in nodules_zyxr:
+        if not inside_any(cand, n[None]).any():
+            out.append(np.rint(n[None, :3]).astype(np.int64))
+    pos = np.concatenate(out) if out else np.zeros((0, 3), np.int64)
+    return pos[((pos >= 0) & (pos < np.asarray(shape))).all(1)]
+
+
+def negative_centres(cand_zyx: np.ndarray, nodules_zyxr: np.ndarray, excluded_zyxr: np.ndarray, n: int | None,
+                     rng: np.random.Generator, margin_mm: float = 3.0, hard_zyx: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Negatives: candidates farther than radius + ``margin_mm`` from every nodule and excluded
+    finding, subsampled to ``n`` (None: all). ``hard_zyx``: a previous model's false positives
+    (voxel indices), filtered the same way and all kept. -> (candidates (k, 3), hard (h, 3)) int64."""
+    findings = np.concatenate([nodules_zyxr.reshape(-1, 4), excluded_zyxr.reshape(-1, 4)])
+    cand = np.asarray(cand_zyx, dtype=np.int64).reshape(-1, 3)
+    cand = cand[~inside_any(cand, findings, margin_mm)]
+    if n is not None and len(cand) > n:
+        cand = cand[np.sort(rng.choice(len(cand), n, replace=False))]
+    hard = np.zeros((0, 3), np.int64) if hard_zyx is None else np.rint(np.asarray(hard_zyx)).astype(np.int64)
+    hard = hard.reshape(-1, 3)
+    hard = hard[~inside_any(hard, findings, margin_mm)]
+    return cand, hard
+
+
+def split_by_scan(scan_ids, val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
+    """Random split of scan ids (never patches) into (train, validation); disjoint, deterministic."""
+    ids = list(dict.fromkeys(scan_ids))
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = int(round(val_fraction * len(ids)))
+    if val_fraction > 0 and len(ids) > 1:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    val = {ids[i] for i in order[:n_val]}
+    return [i for i in ids if i not in val], [i for i in ids if i in val]
+
+
+def balanced_batches(labels: np.ndarray, batch_size: int, rng: np.random.Generator, n_batches: int | None = None):
+    """Yield index arrays, each half positives and half negatives (shuffled within the batch).
+    One epoch (default ``n_batches``) covers every negative once; positives are drawn with
+    replacement when fewer (augmentation makes the repeats differ)."""
+    labels = np.asarray(labels)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if batch_size < 2:
+        raise ConfigError(f"batch_size must be >= 2 for balanced batches, got {batch_size}")
+    if len(pos) == 0 or len(neg) == 0:
+        raise ConfigError(f"balanced batches need both classes, got {len(pos)} positives, {len(neg)} negatives")
+    half = batch_size // 2
+    if n_batches is None:
+        n_batches = max(1, len(neg) // (batch_size - half))
+    neg_order = rng.permutation(neg)
+    for b in range(n_batches):
+        nb = neg_order[np.arange(b * (batch_size - half), (b + 1) * (batch_size - half)) % len(neg)]
+        pb = rng.choice(pos, half, replace=len(pos) < half)
+        yield rng.permutation(np.concatenate([pb, nb]))

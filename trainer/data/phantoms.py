@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import ConfigError
 from engine.preprocess import PreprocessSpec, preprocess
 
 from .annotations import read_annotations
@@ -111,3 +112,36 @@ def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float 
         loc = (c / np.maximum(np.asarray(vol.shape) - 1, 1)).astype(np.float32)
         parts.append(PatchSet(p, np.zeros(len(c), np.int8), loc, np.full(len(c), 10_000 + i, np.int32)))
     return PatchSet.concat(parts)
+
+
+def _series_uid(path: Path) -> str:
+    """Series UID without loading pixels: the .mhd stem (the engine's convention) or the
+    SeriesInstanceUID of the first DICOM file in the folder."""
+    if path.is_file():
+        return path.stem
+    import pydicom
+
+    first = next(iter(sorted(path.glob("*.dcm"))))
+    return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
+
+
+def phantom_folder_sources(folder) -> list:
+    """A `noduleflow synth` cohort folder -> `trainer.data.dataset.ScanSource` list (one per
+    DICOM series folder or .mhd; scan id = series UID)."""
+    from engine.io import load_volume
+
+    from .annotations import by_series, read_findings
+    from .dataset import ScanSource
+
+    folder = Path(folder)
+    if not (folder / "annotations.csv").is_file():
+        raise ConfigError(f"{folder}: annotations.csv missing (not a cohort folder?)")
+    ann = by_series(read_findings(folder / "annotations.csv"))
+    exc = by_series(read_findings(folder / "annotations_excluded.csv"))
+    scans = sorted([p for p in folder.glob("*.mhd")] +
+                   [p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.dcm"))])
+    out = []
+    for p in scans:
+        uid = _series_uid(p)
+        out.append(ScanSource(uid, (lambda p=p: load_volume(p)), tuple(ann.get(uid, ())), tuple(exc.get(uid, ()))))
+    return out

@@ -88,7 +88,8 @@ def _offsets(size: int) -> np.ndarray:
 def transformed_patch(volume_hu: np.ndarray, centre_zyx, rotation: np.ndarray | None = None, shift_zyx=(0, 0, 0),
                       norm: Normalisation = Normalisation(), size: int = PATCH) -> np.ndarray:
     """One patch float32 (1, size, size, size) in [0, 1]: output voxel at offset o from the patch
-    centre samples the 1 mm volume at ``centre + shift + R @ o`` (rotation about the patch centre)."""
+    centre samples the 1 mm volume at ``centre + shift + R @ o``: the content turns by R^-1 about
+    the patch centre and moves by -shift."""
     offs = _offsets(size)
     if rotation is not None:
         offs = offs @ np.asarray(rotation, dtype=np.float64).T

@@ -5,7 +5,8 @@ from scipy.ndimage import map_coordinates
 
 from engine import ConfigError
 from engine.patches import gather
-from trainer.data.augment import AugmentSpec, random_transform, rotation_matrix, transformed_patch, trilinear
+from trainer.data.augment import (AugmentSpec, random_transform, rotation_matrix, transformed_patch,
+                                  transformed_patch_reference, trilinear)
 from trainer.data.sampling import (balanced_batches, inside_any, negative_centres, positive_centres,
                                    split_by_scan)
 
@@ -72,6 +73,15 @@ def test_trilinear_matches_scipy():
     ref = map_coordinates(v.astype(np.float64), c.T, order=1)
     np.testing.assert_allclose(trilinear(v, c, -1000.0), ref, atol=1e-9)
     assert trilinear(v, np.array([[-5.0, 3, 3], [3, 3, 40.0]]), -1000.0).tolist() == [-1000.0, -1000.0]
+
+
+def test_patch_kernel_matches_numpy_reference():
+    rng = np.random.default_rng(3)
+    v = rng.integers(-1000, 400, (48, 50, 52)).astype(np.int16)
+    for c in ([24, 25, 26], [2.3, 47.6, 30.1]):  # inside; reaching outside (padding)
+        rot, shift = random_transform(AugmentSpec(max_angle_deg=40, max_shift_mm=3), rng)
+        np.testing.assert_allclose(transformed_patch(v, c, rot, shift), transformed_patch_reference(v, c, rot, shift),
+                                   atol=1e-6)
 
 
 def test_identity_transform_is_engine_gather():

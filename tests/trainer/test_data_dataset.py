@@ -131,3 +131,30 @@ def test_torch_wrapper(tmp_path, phantoms):
     x, y, loc = next(iter(loader))
     assert x.shape == (4, 1, 41, 41, 41) and x.dtype == torch.float32 and y.sum().item() == 2
     assert loc.shape == (4, 3)
+
+
+@pytest.mark.parametrize("fmt", ["mhd", "dicom"])
+def test_synth_folder_sources(tmp_path, fmt):
+    from trainer.data.dataset import sources_from_folder
+    from trainer.data.annotations import read_findings
+    from trainer.synth import write_cohort
+
+    write_cohort(tmp_path, 2, seed=21, fmt=fmt, params=PhantomParams(n_nodules=2, n_excluded=1), progress=False,
+                 **SMALL)
+    src = sources_from_folder(tmp_path)
+    uids = {f.series_uid for f in read_findings(tmp_path / "annotations.csv")}
+    assert len(src) == 2 and {s.scan_id for s in src} == uids
+    assert all(len(s.nodules) == 2 and len(s.excluded) == 1 for s in src)
+    assert src[0].load().series_uid == src[0].scan_id
+
+
+def test_data_modules_do_not_import_torch():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import trainer.data.dataset, trainer.data.lidc, trainer.data.luna16, trainer.data.cache, sys, json; "
+            "print(json.dumps(sorted(sys.modules)))")
+    mods = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                     text=True).stdout.strip().splitlines()[-1])
+    assert "trainer.data.dataset" in mods and "torch" not in mods

@@ -144,3 +144,21 @@ def test_lidc_discovery(tmp_path):
     (other / "cxr.xml").write_text('<IdriReadMessage xmlns="http://www.nih.gov"/>')
     cases = discover_lidc(tmp_path)
     assert len(cases) == 1 and cases[0].series_uid == "1.2.826.0.1.9999.2" and cases[0].series_dir == series
+
+
+def test_lidc_convert_through_dicom(tmp_path):
+    from engine.io.dicom_write import write_dicom_series
+    from trainer.data.lidc import convert_lidc, lidc_sources
+
+    series = tmp_path / "LIDC-IDRI-0001" / "study" / "series"
+    write_dicom_series(_volume(), series, series_uid="1.2.826.0.1.9999.2", study_uid="1.2.826.0.1.9999.3")
+    (series / "069.xml").write_text(FIXTURE.read_text())
+    ann_path, exc_path = convert_lidc(tmp_path, tmp_path / "converted", progress=False)
+    ann, exc = read_findings(ann_path), read_findings(exc_path)
+    expect, expect_exc = lidc_findings(parse_read_message(FIXTURE), _volume())
+    assert len(ann) == 1 and len(exc) == len(expect_exc) == 4
+    np.testing.assert_allclose(ann[0].center_xyz_mm, expect[0].center_xyz_mm, atol=1e-3)
+    np.testing.assert_allclose(ann[0].diameter_mm, expect[0].diameter_mm, atol=1e-3)
+    src = lidc_sources(tmp_path / "converted")
+    assert [s.scan_id for s in src] == ["1.2.826.0.1.9999.2"] and len(src[0].nodules) == 1
+    assert src[0].load().shape == (32, 260, 260)

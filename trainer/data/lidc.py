@@ -280,3 +280,48 @@ def load_lidc_case(case: LidcCase, rules: LidcRules = LidcRules()):
     vol = load_volume(case.series_dir, series_uid=case.series_uid or None)
     ann, exc = lidc_findings(parse_read_message(case.xml_path), vol, rules)
     return vol, ann, exc
+
+
+def convert_lidc(root, out_dir, rules: LidcRules = LidcRules(), progress: bool = True) -> tuple[Path, Path]:
+    """Every case under an LIDC-IDRI folder -> ``annotations.csv`` and ``annotations_excluded.csv``
+    (LUNA16 layout, world mm) in ``out_dir``, plus ``series.csv`` (series UID, DICOM folder).
+    Each series is loaded once for its geometry."""
+    import csv
+
+    from tqdm import tqdm
+
+    from .annotations import write_findings
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ann_all, exc_all, rows = [], [], []
+    for case in tqdm(discover_lidc(root), desc="LIDC", unit="case", disable=not progress):
+        vol, ann, exc = load_lidc_case(case, rules)
+        ann_all += ann
+        exc_all += exc
+        rows.append((vol.series_uid, str(case.series_dir)))
+    with open(out / "series.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["seriesuid", "path"])
+        w.writerows(rows)
+    return write_findings(out / "annotations.csv", ann_all), write_findings(out / "annotations_excluded.csv", exc_all)
+
+
+def lidc_sources(converted_dir) -> list:
+    """Sources (`trainer.data.dataset.ScanSource`) from a folder written by `convert_lidc`."""
+    import csv
+
+    from engine.io import load_volume
+
+    from .annotations import by_series, read_findings
+    from .dataset import ScanSource
+
+    d = Path(converted_dir)
+    if not (d / "series.csv").is_file():
+        raise ConfigError(f"{d}: series.csv missing (run convert_lidc first)")
+    ann = by_series(read_findings(d / "annotations.csv"))
+    exc = by_series(read_findings(d / "annotations_excluded.csv"))
+    with open(d / "series.csv", newline="") as f:
+        rows = [(r["seriesuid"], Path(r["path"])) for r in csv.DictReader(f)]
+    return [ScanSource(uid, (lambda p=p, u=uid: load_volume(p, series_uid=u)), tuple(ann.get(uid, ())),
+                       tuple(exc.get(uid, ()))) for uid, p in rows]

@@ -118,6 +118,12 @@ def test_patch_stream_eval_is_engine_gather_and_hard_negatives(tmp_path, phantom
     for k in (0, len(items) - 1):
         expect = gather(sc.volume.hu, idx.centre_zyx[k][None])[0]
         np.testing.assert_array_equal(items[k][0], expect)
+    from trainer.data.dataset import to_patchset
+
+    ps = to_patchset(stream)
+    assert len(ps) == len(items) and ps.patches.dtype == np.uint8 and ps.labels.tolist() == [y for _, y, _ in items]
+    np.testing.assert_allclose(ps.patches[0] / 255.0, items[0][0], atol=0.5 / 255 + 1e-6)
+    assert (ps.scan == 0).all()
     with pytest.raises(ConfigError, match="duplicate"):
         PatchStream(src + src, ScanCache(tmp_path))
 

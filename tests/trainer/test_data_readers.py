@@ -162,3 +162,14 @@ def test_lidc_convert_through_dicom(tmp_path):
     src = lidc_sources(tmp_path / "converted")
     assert [s.scan_id for s in src] == ["1.2.826.0.1.9999.2"] and len(src[0].nodules) == 1
     assert src[0].load().shape == (32, 260, 260)
+
+
+def test_luna16_sources(luna):
+    from trainer.data.dataset import sources_from_records
+
+    train, val, _ = read_luna16(luna).split(val_folds=[1])
+    src = sources_from_records(train)
+    assert [s.scan_id for s in src] == ["1.2.3.1", "1.2.3.2"] and len(src[0].nodules) == 2
+    assert len(src[1].excluded) == 1 and not {s.scan_id for s in src} & {s.series_uid for s in val}
+    v = src[1].load()
+    assert v.series_uid == "1.2.3.2" and v.shape == (6, 8, 8)

@@ -186,3 +186,23 @@ def sources_from_folder(folder) -> list[ScanSource]:
     from .phantoms import phantom_folder_sources
 
     return phantom_folder_sources(Path(folder))
+
+
+def to_patchset(stream: PatchStream, progress: bool = False):
+    """One pass of ``stream`` (its current epoch order) as an in-memory
+    `trainer.data.phantoms.PatchSet` (patches uint8 in 1/255 steps, ``scan`` = source index),
+    the form the training loop takes."""
+    from tqdm import tqdm
+
+    from .phantoms import PatchSet
+
+    order = stream.order()
+    patches = np.empty((len(order), 1, 41, 41, 41), np.uint8)
+    labels = np.empty(len(order), np.int8)
+    locs = np.empty((len(order), 3), np.float32)
+    rng = np.random.default_rng([stream.seed, stream.epoch, 2, 0])
+    for n, k in enumerate(tqdm(order, desc="patches", unit="patch", disable=not progress)):
+        p, y, loc = stream.patch(int(k), rng)
+        patches[n] = np.rint(p * 255)
+        labels[n], locs[n] = y, loc
+    return PatchSet(patches, labels, locs, stream.index.scan[order].astype(np.int32))

@@ -1,12 +1,16 @@
-"""Patch sampling for training (seed 000): positives at nodules, negatives among candidates.
+"""Patch sampling for training (seed 000).
 
-Positives: centres inside each nodule, jittered by up to ``jitter_frac`` of the radius
-(at most ``max_jitter_mm``): 3-D shifts. Rotations (limited angle) and flips are applied
-to whole batches on the fly by the training loop. No zoom: size is information.
-Negatives: candidate centres (the engine's candidate rules) farther than radius + 3 mm
-from every nodule and excluded finding; half of them drawn among dense candidates
-(vessels, walls: the hard ones), half at random. Patches are stored as uint8 (1/255
-steps of the [0, 1] window) to keep a cohort in memory.
+Two paths over the same engine preprocessing:
+
+- `sample_scan` (in-memory phantom cohorts, `trainer.data.phantoms`): positives at nodule
+  centres jittered by up to ``jitter_frac`` of the radius (at most ``max_jitter_mm``);
+  negatives among candidates farther than radius + 3 mm from every nodule and excluded
+  finding, half of them dense (vessels, walls: the hard ones); patches stored as uint8.
+- the centre selection below (`positive_centres`, `negative_centres`, used by
+  `trainer.data.dataset.PatchStream`): positives are candidate centres inside nodules,
+  augmented on the fly by `trainer.data.augment` (shifts, limited-angle rotations, no zoom);
+  negatives are candidates outside nodules and excluded findings, subsampled, plus optional
+  hard negatives (a previous model's false positives); balanced batches; splits by scan.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import VolumeError
 from ..volume import Volume
-from .image import to_int16_hu
+from .image import INT16_MAX, INT16_MIN, to_int16_hu
 
 log = logging.getLogger(__name__)
 
@@ -249,12 +249,27 @@ def _decode(s: _Slice) -> np.ndarray:
     return arr
 
 
-def _to_hu(s: _Slice, stored: np.ndarray) -> np.ndarray:
+def _to_hu(s: _Slice, stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Stored values -> int16 HU (rounded, clipped), written into ``out`` when given."""
     slope = float(s.ds.get("RescaleSlope", 1) or 1)
     intercept = float(s.ds.get("RescaleIntercept", 0) or 0)
     if slope == 1.0 and intercept == int(intercept):
-        return to_int16_hu(stored.astype(np.int32) + int(intercept))
-    return to_int16_hu(stored.astype(np.float64) * slope + intercept)
+        b = int(intercept)
+        if stored.dtype in (np.int16, np.uint16) and stored.size:
+            # Common case: when no value can leave int16, add in one buffered pass straight
+            # into the output (no full-size int32 temporary, no clip pass).
+            if INT16_MIN <= int(stored.min()) + b and int(stored.max()) + b <= INT16_MAX:
+                if out is None:
+                    out = np.empty(stored.shape, dtype=np.int16)
+                np.add(stored, np.int32(b), out=out, casting="unsafe")
+                return out
+        hu = to_int16_hu(stored.astype(np.int32) + b)
+    else:
+        hu = to_int16_hu(stored.astype(np.float64) * slope + intercept)
+    if out is None:
+        return hu
+    out[...] = hu
+    return out
 
 
 def list_series(path: Path, workers: int | None = None) -> list[str]:
@@ -282,7 +297,7 @@ def load_dicom(path: Path, series_uid: str | None = None, *, tolerance_mm: float
     hu = np.empty((len(members), members[0].rows, members[0].cols), dtype=np.int16)
 
     def fill(i: int) -> None:
-        hu[i] = _to_hu(members[i], _decode(members[i]))
+        _to_hu(members[i], _decode(members[i]), out=hu[i])
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(fill, range(len(members))))

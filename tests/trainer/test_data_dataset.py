@@ -59,6 +59,14 @@ def test_cache_hit_miss_invalidation(tmp_path, phantoms):
     assert changed.misses == 1 and len(c.candidates) < len(a.candidates)
     assert [p.name for p in (tmp_path / "scan-a").iterdir()] == [changed.digest]
     assert not ScanCache(tmp_path).has("scan-a")
+    # a half-written entry (no meta.json) is a miss and is replaced; other writers' temp folders stay
+    half = cache.entry_dir("scan-b")
+    half.mkdir(parents=True)
+    (half / "hu.npy").write_bytes(b"truncated")
+    (half.parent / ".tmp-other").mkdir()
+    assert not cache.has("scan-b")
+    assert cache.get("scan-b", lambda: vol).volume.shape == a.volume.shape
+    assert (half.parent / ".tmp-other").is_dir()
     # ids that are not file names are kept apart
     assert cache.entry_dir("a/b") != cache.entry_dir("a_b")
 

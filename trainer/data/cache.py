@@ -104,12 +104,18 @@ class ScanCache:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
             final = self.entry_dir(scan_id)
             for stale in scan_dir.iterdir():
-                if stale.is_dir() and stale != tmp and stale.name != self.digest:
+                # other writers' temporary folders are theirs to finish
+                if stale.is_dir() and not stale.name.startswith(".tmp-") and stale.name != self.digest:
                     log.info("cache: spec changed for %s, removing %s", scan_id, stale.name)
                     shutil.rmtree(stale, ignore_errors=True)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if final.exists() and not (final / "meta.json").is_file():
+                shutil.rmtree(final, ignore_errors=True)  # a leftover without its meta: not valid
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not (final / "meta.json").is_file():
+                    raise
+                log.debug("cache: %s was written concurrently, keeping that entry", scan_id)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -14,6 +14,8 @@ class TorchPatchDataset(IterableDataset):
 
     def __init__(self, stream: PatchStream):
         self.stream = stream
+        # preprocess / fill the cache once here, not concurrently in every worker
+        _ = stream.index
 
     def set_epoch(self, epoch: int) -> None:
         self.stream.set_epoch(epoch)

@@ -102,7 +102,10 @@ def candidates(hu, mask, rules) -> np.ndarray:
     grid = np.zeros(hu.shape, bool)
     o = rules.offset % rules.stride
     grid[o::rules.stride, o::rules.stride, o::rules.stride] = True
-    ok = grid & mask & (hu >= rules.center_min_hu)
+    dense = hu >= rules.center_min_hu
+    if getattr(rules, "reach", 0):
+        dense = ndimage.maximum_filter(dense, size=2 * rules.reach + 1, mode="constant")
+    ok = grid & mask & dense
     if rules.box_min_hu is not None:
         ok &= ndimage.minimum_filter(hu, size=rules.box, mode="nearest") >= rules.box_min_hu
     return np.argwhere(ok)

@@ -22,13 +22,17 @@ class CandidateRules:
     """Rules on the 1 mm volume. ``stride``: grid step in voxels; ``offset``: grid phase
     (the dense mode aligns it with the network's output grid); ``center_min_hu``: the
     centre voxel's HU must be at least this; ``box_min_hu``: if set, the minimum HU of
-    the ``box`` ^3 neighbourhood must be at least this (the seed's second rule)."""
+    the ``box`` ^3 neighbourhood must be at least this (the seed's second rule);
+    ``reach``: the centre rule passes if any voxel within +-``reach`` of the point passes it
+    (on a coarse grid, a small nodule between grid points is then still scored from the
+    nearest points; the dense detector uses stride 4 with reach 2)."""
 
     stride: int = 2
     offset: int = 0
     center_min_hu: float = -650.0
     box_min_hu: float | None = None
     box: int = 5
+    reach: int = 0
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -38,15 +42,24 @@ class CandidateRules:
 
 
 @njit(cache=True)
-def _scan(hu, mask, stride, off, center_min, use_box, box_min, half):
+def _scan(hu, mask, stride, off, center_min, use_box, box_min, half, reach):
     nz, ny, nx = hu.shape
     out = np.empty((1024, 3), dtype=np.int64)
     n = 0
     for z in range(off, nz, stride):
         for y in range(off, ny, stride):
             for x in range(off, nx, stride):
-                if not mask[z, y, x] or hu[z, y, x] < center_min:
+                if not mask[z, y, x]:
                     continue
+                if hu[z, y, x] < center_min:
+                    hit = False
+                    for k in range(max(z - reach, 0), min(z + reach + 1, nz)):
+                        for j in range(max(y - reach, 0), min(y + reach + 1, ny)):
+                            for i in range(max(x - reach, 0), min(x + reach + 1, nx)):
+                                if hu[k, j, i] >= center_min:
+                                    hit = True
+                    if not hit:
+                        continue
                 if use_box:
                     ok = True
                     for k in range(max(z - half, 0), min(z + half + 1, nz)):
@@ -71,4 +84,5 @@ def candidates(hu_1mm: np.ndarray, mask_1mm: np.ndarray, rules: CandidateRules =
         raise ConfigError(f"hu and mask shapes differ: {hu_1mm.shape} vs {mask_1mm.shape}")
     return _scan(np.ascontiguousarray(hu_1mm), np.ascontiguousarray(mask_1mm, dtype=np.bool_), int(rules.stride),
                  int(rules.offset) % int(rules.stride), float(rules.center_min_hu), rules.box_min_hu is not None,
-                 float(rules.box_min_hu if rules.box_min_hu is not None else 0.0), rules.box // 2)
+                 float(rules.box_min_hu if rules.box_min_hu is not None else 0.0), rules.box // 2,
+                 int(rules.reach))

@@ -66,7 +66,7 @@ class DetectorConfig:
     tile_out: int = 24              # dense tile, in output points per axis
     batch_size: int = 64            # patch mode
     refine: bool = True             # mean-shift the centres onto the image blob (1 mm)
-    rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0)
+    rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0, reach=2)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -184,7 +184,8 @@ class Detector:
         stride = m.dense_stride or self.config.rules.stride
         offset = m.dense_offset if m.dense_offset is not None else 20
         rules = CandidateRules(stride=stride, offset=offset % stride, center_min_hu=self.config.rules.center_min_hu,
-                               box_min_hu=self.config.rules.box_min_hu, box=self.config.rules.box)
+                               box_min_hu=self.config.rules.box_min_hu, box=self.config.rules.box,
+                               reach=self.config.rules.reach)
         c = candidates(pre.volume.hu, pre.mask, rules)
         if m.dense_stride:  # keep the points that are output-grid points of a complete patch
             shape = np.asarray(pre.volume.shape)

@@ -61,13 +61,22 @@ def test_candidate_rules_sweep_and_choice(tmp_path):
     assert len(list(tmp_path.glob("scan_*.npz"))) == 2
     rows = r["rows"]
     n_rules = len(candidate_rules.CENTER_MIN_HU) * len(candidate_rules.BOX_RULES) * len(candidate_rules.STRIDES)
-    assert len(rows) == n_rules
+    n_reach = sum(len(candidate_rules.CENTER_MIN_HU) - 1 for rs in candidate_rules.REACHES.values() for x in rs if x)
+    assert len(rows) == n_rules + n_reach
     for stride in candidate_rules.STRIDES:
-        none = [x for x in rows if x["stride"] == stride and x["box_rule"] == "none"]
+        none = [x for x in rows if x["stride"] == stride and x["box_rule"] == "none" and x["reach"] == 0]
         # a higher centre threshold never adds candidates
         counts = [x["candidates_per_scan"] for x in none[1:]]
         assert counts == sorted(counts, reverse=True)
-    assert set(r["chosen"]) == {"4", "2"}
+        for reach in candidate_rules.REACHES.get(stride, ()):
+            if not reach:
+                continue
+            # reaching out only adds candidates and never loses a nodule
+            wide = {x["center_min_hu"]: x for x in rows if x["stride"] == stride and x["reach"] == reach}
+            for x in none[1:]:
+                assert wide[x["center_min_hu"]]["candidates_per_scan"] >= x["candidates_per_scan"]
+                assert wide[x["center_min_hu"]]["nodules_kept"] >= x["nodules_kept"]
+    assert set(r["chosen"]) == {"4", "2", "4+reach2", "2+reach1"}
     assert "| stride |" in candidate_rules.markdown(r)
     # cached scans give the same table
     again = candidate_rules.run(2, 4000, **TINY, cache_dir=tmp_path)

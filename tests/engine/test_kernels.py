@@ -130,6 +130,7 @@ def test_crop_and_bbox_keep_world_geometry():
 
 
 @pytest.mark.parametrize("rules", [CandidateRules(), CandidateRules(stride=3, offset=1, center_min_hu=-400),
+                                   CandidateRules(stride=4, center_min_hu=-650, reach=2),
                                    CandidateRules(stride=2, center_min_hu=100, box_min_hu=0)])
 def test_candidates_match_reference(rules):
     ph = generate_phantom(8, params=PhantomParams(n_nodules=4), **SMALL)

@@ -8,6 +8,7 @@ BENCH_MODULES: list[str] = [
     "bench.accuracy",
     "bench.preprocess_cli",
     "bench.load_cli",
+    "bench.speed_cli",
 ]
 
 

@@ -31,7 +31,9 @@ def measure(package=None, repeats: int = 3, tile: int = 24) -> dict:
     levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    threads = sorted({1, os.cpu_count() or 1})
+    threads = sorted({1, os.cpu_count() or 1})  # on a bigger machine also try half the cores
+    if (os.cpu_count() or 1) >= 8:
+        threads = sorted(set(threads) | {(os.cpu_count() or 1) // 2})
     rows = []
     for graph, x in inputs.items():
         for level, nthreads, arena in itertools.product(levels, threads, (True, False)):
@@ -66,10 +68,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ort_settings.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
+                    help="folder for ort_settings.json")
     a = ap.parse_args(argv)
     res = measure(a.model, a.repeats)
-    Path(a.out).write_text(json.dumps(res, indent=2))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "ort_settings.json").write_text(json.dumps(res, indent=2))
     for g in ("dense.onnx", "patch.onnx"):
         f = res[f"fastest_{g}"]
         print(f"{g}: fastest {f['opt_level']}, {f['intra_op_threads']} threads, arena {f['cpu_mem_arena']}: "

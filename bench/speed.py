@@ -50,8 +50,8 @@ def machine() -> dict:
     return info
 
 
-def baseline_points_per_s(vol, package, centres_world, repeats=1):
-    """Seed-style: zoom (cubic) to 1 mm, scipy/skimage mask, one patch at a time in PyTorch."""
+def baseline_points_per_s(vol, checkpoint, centres_world):
+    """Seed-style: zoom (cubic) to 1 mm, scipy/skimage mask, one patch at a time in PyTorch eager."""
     import torch
 
     from bench import reference
@@ -60,7 +60,7 @@ def baseline_points_per_s(vol, package, centres_world, repeats=1):
     from trainer.checkpoint import load_checkpoint
 
     # the PyTorch checkpoint the package was exported from (shipped for the default model)
-    ckpt = Path(__file__).resolve().parents[1] / "trainer" / "checkpoints" / "default" / "best.safetensors"
+    ckpt = checkpoint or Path(__file__).resolve().parents[1] / "trainer" / "checkpoints" / "default" / "best.safetensors"
     t0 = time.perf_counter()
     mask = reference.lung_mask(vol, LungMaskParams(dilate_mm=3.0))
     t_mask = time.perf_counter() - t0
@@ -78,7 +78,13 @@ def baseline_points_per_s(vol, package, centres_world, repeats=1):
     return {"mask_s": t_mask, "resample_s": t_resample, "points_per_s": len(idx) / t_inf, "mask_voxels": int(mask.sum())}
 
 
-def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, baseline: bool = True) -> dict:
+def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, baseline: bool = True,
+        z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None, checkpoint=None) -> dict:
+    """Measure ``n_scans`` phantom series; write speed_cpu.json/.md into ``out_dir``.
+
+    Default phantom: 300 mm of chest at 1.5 x 0.7 x 0.7 mm (about 200 x 512 x 512 voxels).
+    ``checkpoint``: the PyTorch checkpoint the baseline runs (default: the shipped
+    default model's, which is what the default package was exported from)."""
     from engine.detector import Detector
     from engine.io import load_volume
     from engine.io.dicom_write import write_dicom_series
@@ -92,10 +98,12 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     cold_model = time.perf_counter() - t0
     patch = Detector(package, mode="patch", backend="onnxruntime-cpu")
     scans, per = [], []
+    from engine.patches import PatchProducer
+
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n_scans):
-            ph = generate_phantom(seed0 + i, params=PhantomParams(z_extent_mm=300.0),
-                                  spacing_zyx_mm=(1.5, 0.7, 0.7))
+            ph = generate_phantom(seed0 + i, params=PhantomParams(z_extent_mm=z_extent_mm),
+                                  spacing_zyx_mm=tuple(spacing_zyx_mm), shape_zyx=shape_zyx)
             write_dicom_series(ph.volume, Path(tmp) / f"s{i}", seed=i)
             scans.append(Path(tmp) / f"s{i}")
         # cold: first scan pays numba compile (or cache load) and ONNX Runtime warm-up
@@ -112,12 +120,9 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             t0 = time.perf_counter()
             patch._score_patch(pre, sub)
             t_stream = time.perf_counter() - t0
-            patch_serial = Detector(package, mode="patch", backend="onnxruntime-cpu")
-            from engine.patches import PatchProducer
-
             t0 = time.perf_counter()
-            for c, b in PatchProducer(pre.volume.hu, sub, patch.config.batch_size, patch.norm, overlap=False):
-                patch_serial.backend.infer(b)
+            for _, b in PatchProducer(pre.volume.hu, sub, patch.config.batch_size, patch.norm, overlap=False):
+                patch.backend.infer(b)
             t_serial = time.perf_counter() - t0
             row = {"scan": i, "shape_zyx": list(vol.shape), "lung_box_1mm": list(pre.volume.shape),
                    "grid_points": int(len(centres)), "stages_s": d.timings_s,
@@ -125,7 +130,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
                    "patch_stream_points_per_s": len(sub) / t_stream,
                    "patch_serial_points_per_s": len(sub) / t_serial}
             if baseline and i == 0:
-                row["baseline"] = baseline_points_per_s(vol, package, pre.volume.voxel_to_world(sub[:300]))
+                row["baseline"] = baseline_points_per_s(vol, checkpoint, pre.volume.voxel_to_world(sub[:300]))
             per.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stages_s"}), flush=True)
     totals = [r["stages_s"]["total"] for r in per]
@@ -154,7 +159,6 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "speed_cpu.json").write_text(json.dumps(res, indent=2))
     (out_dir / "speed_cpu.md").write_text(markdown(res))
-    print(markdown(res))
     return res
 
 
@@ -189,7 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args(argv)
-    run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline)
+    print(markdown(run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline)))
     return 0
 
 

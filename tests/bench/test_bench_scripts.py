@@ -81,3 +81,36 @@ def test_candidate_rules_sweep_and_choice(tmp_path):
     # cached scans give the same table
     again = candidate_rules.run(2, 4000, **TINY, cache_dir=tmp_path)
     assert [x["candidates_per_scan"] for x in again["rows"]] == [x["candidates_per_scan"] for x in rows]
+
+
+def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
+    from bench import speed
+
+    ckpt = tiny_package.parent / "ckpt" / "best.safetensors"
+    r = speed.run(1, tiny_package, 40, tmp_path, seed0=4000, shape_zyx=TINY["shape_zyx"],
+                  spacing_zyx_mm=TINY["spacing_zyx_mm"], checkpoint=ckpt)
+    row = r["per_scan"][0]
+    stages = row["stages_s"]
+    for k in ("load", "mask", "resample", "candidates", "inference", "total"):
+        assert stages[k] >= 0
+    assert stages["total"] >= stages["inference"]
+    assert row["grid_points"] > 40
+    assert r["dense_over_patch_stream"] == pytest.approx(row["dense_points_per_s"] / row["patch_stream_points_per_s"])
+    b = r["baseline"]
+    assert b["points_per_s"] > 0 and b["mask_voxels"] > 0
+    assert r["scan_speedup_vs_baseline"] > 0
+    saved = json.loads((tmp_path / "speed_cpu.json").read_text())
+    assert saved["model_id"] == "test-3d-1"
+    assert "dense vs patch" in (tmp_path / "speed_cpu.md").read_text()
+
+
+def test_ort_settings_measures_every_combination(tiny_package):
+    from bench import ort_settings
+
+    r = ort_settings.measure(tiny_package, repeats=1, tile=2)
+    n = len(r["rows"]) // 2
+    assert n >= 6  # 3 optimisation levels x arena on/off x thread counts
+    for g in ("dense.onnx", "patch.onnx"):
+        rows = [x for x in r["rows"] if x["graph"] == g]
+        assert len(rows) == n and all(x["best_s"] > 0 for x in rows)
+        assert r[f"fastest_{g}"]["best_s"] == min(x["best_s"] for x in rows)

@@ -1,0 +1,44 @@
+"""`noduleflow bench speed` (the whole pipeline against the seed-style baseline) and
+`noduleflow bench ort-settings` (ONNX Runtime CPU session settings for the 3-D graphs)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("speed", help="whole-scan throughput, dense vs patch, streaming, seed-style baseline",
+                       description="Write phantom chest CTs (about 200x512x512) as DICOM series and time the "
+                                   "pipeline stage by stage in dense mode; compare, on the same grid points, "
+                                   "dense scoring, patch scoring with and without the overlapped gather, and the "
+                                   "seed-style baseline (scipy zoom + scipy/skimage mask + one patch at a time "
+                                   "in PyTorch eager; needs the train extra). Writes speed_cpu.json/.md.")
+    p.add_argument("--scans", type=int, default=5, help="phantom scans (median over them)")
+    p.add_argument("--model", help="model package (default: the shipped one)")
+    p.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
+    p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline (no torch needed)")
+    p.add_argument("--out", default="bench/results")
+    p.set_defaults(func=_speed)
+    q = sub.add_parser("ort-settings", help="ONNX Runtime CPU threads / graph optimisation / arena, measured",
+                       description="Time dense.onnx on one engine-sized tile and patch.onnx on one batch under "
+                                   "each intra-op thread count, graph optimisation level and arena setting; "
+                                   "writes ort_settings.json.")
+    q.add_argument("--model", help="model package (default: the shipped one)")
+    q.add_argument("--repeats", type=int, default=3)
+    q.add_argument("--out", default="bench/results")
+    q.set_defaults(func=_ort)
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from bench.speed import main
+
+    argv = ["--scans", str(args.scans), "--subset", str(args.subset), "--out", args.out]
+    argv += ["--model", args.model] if args.model else []
+    argv += ["--no-baseline"] if args.no_baseline else []
+    return main(argv)
+
+
+def _ort(args: argparse.Namespace) -> int:
+    from bench.ort_settings import main
+
+    argv = ["--repeats", str(args.repeats), "--out", args.out] + (["--model", args.model] if args.model else [])
+    return main(argv)

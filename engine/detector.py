@@ -29,6 +29,7 @@ from .volume import Volume
 log = logging.getLogger(__name__)
 
 MODES = ("dense", "patch")
+CLUSTERINGS = ("nms", "components")
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,17 @@ class DetectorConfig:
     tile_out: int = 24              # dense tile, in output points per axis
     batch_size: int = 64            # patch mode
     refine: bool = True             # mean-shift the centres onto the image blob (1 mm)
+    clustering: str = "nms"         # "nms" (greedy radius NMS) or "components" (connected components)
+    component_min_prob: float = 0.5  # "components": points at or above this probability are joined
     rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0, reach=2)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.clustering not in CLUSTERINGS:
+            raise ConfigError(f"clustering must be one of {CLUSTERINGS}, got {self.clustering!r}")
+        if not 0.0 < self.component_min_prob < 1.0:
+            raise ConfigError(f"component_min_prob must be in (0, 1), got {self.component_min_prob}")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if not 0.0 <= self.threshold < 1.0:
@@ -144,6 +151,32 @@ def nms(points_zyx: np.ndarray, probs: np.ndarray, top_k: int, nms_radius: float
     return out
 
 
+def components(points_zyx: np.ndarray, probs: np.ndarray, top_k: int, stride: int, min_prob: float = 0.5):
+    """Connected components of the scored points with ``probs >= min_prob``, 6-connected on
+    their grid (points lie on one lattice of step ``stride``). Each component becomes one
+    candidate: its centre the prob^2-weighted mean of its points, its probability the
+    maximum. Ranked by probability, the first ``top_k`` -> [(centre zyx, prob, n points)]."""
+    from .ccl import label
+
+    sel = probs >= min_prob
+    if not sel.any():
+        return []
+    pts, pr = points_zyx[sel].astype(np.int64), probs[sel]
+    g = (pts - pts.min(0)) // max(int(stride), 1)
+    grid = np.zeros(tuple(g.max(0) + 1), bool)
+    grid[g[:, 0], g[:, 1], g[:, 2]] = True
+    lab, n = label(grid)
+    ids = lab[g[:, 0], g[:, 1], g[:, 2]] - 1
+    w = pr ** 2
+    wsum = np.bincount(ids, w, minlength=n)
+    centre = np.stack([np.bincount(ids, w * pts[:, a], minlength=n) for a in range(3)], 1) / wsum[:, None]
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, ids, pr)
+    size = np.bincount(ids, minlength=n)
+    order = np.argsort(-best, kind="stable")[:top_k]
+    return [(centre[i], float(best[i]), int(size[i])) for i in order]
+
+
 class Detector:
     """Nodule candidates for CT series with one model package and one backend.
 
@@ -151,7 +184,8 @@ class Detector:
     """
 
     def __init__(self, package=None, backend: str = "auto", mode: str = "dense", top_k: int = 15,
-                 threshold: float = 0.0, config: DetectorConfig | None = None, **backend_opts):
+                 threshold: float = 0.0, config: DetectorConfig | None = None, clustering: str = "nms",
+                 **backend_opts):
         from . import __version__
         from .backends import open_backend
 
@@ -159,7 +193,7 @@ class Detector:
         self.package = package if isinstance(package, ModelPackage) else \
             ModelPackage.load(package or default_package_path())
         m = self.package.manifest
-        self.config = config or DetectorConfig(mode=mode, top_k=top_k, threshold=threshold)
+        self.config = config or DetectorConfig(mode=mode, top_k=top_k, threshold=threshold, clustering=clustering)
         if self.config.mode == "dense" and not self.package.has_dense:
             raise ConfigError(f"model {m.model_id} ({m.architecture}) has no dense graph: use mode='patch'")
         self.spec = PreprocessSpec.from_dict(m.preprocess) if m.preprocess else PreprocessSpec()
@@ -259,9 +293,13 @@ class Detector:
         t = time.perf_counter()
         probs = _sigmoid(logits)
         keep = probs >= self.config.threshold
-        found = nms(centres[keep], probs[keep], self.config.top_k, self.config.nms_radius_mm,
-                    self.config.merge_radius_mm, logits=np.asarray(logits)[keep],
-                    stride=self.package.manifest.dense_stride or 0)
+        stride = self.package.manifest.dense_stride or self.config.rules.stride
+        if self.config.clustering == "components":
+            found = components(centres[keep], probs[keep], self.config.top_k, stride, self.config.component_min_prob)
+        else:
+            found = nms(centres[keep], probs[keep], self.config.top_k, self.config.nms_radius_mm,
+                        self.config.merge_radius_mm, logits=np.asarray(logits)[keep],
+                        stride=self.package.manifest.dense_stride or 0)
         if self.config.refine:
             found = [(refine_centre(pre.volume.hu, c), p, n) for c, p, n in found]
         cands = tuple(Candidate(tuple(float(v) for v in pre.volume.voxel_to_world(c)), p, n) for c, p, n in found)

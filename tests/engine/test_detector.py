@@ -10,7 +10,7 @@ import pytest
 
 from engine import BackendUnavailableError, ConfigError, Volume
 from engine.backends import open_backend
-from engine.detector import Detector, nms
+from engine.detector import Detector, DetectorConfig, components, nms
 from engine.package import ModelPackage
 from trainer.phantom import PhantomParams, generate_phantom
 
@@ -81,6 +81,23 @@ def test_nms_merges_and_suppresses():
     assert len(out) == 2
     np.testing.assert_allclose(out[0][0], [0, 0, 2])  # two equal peaks 4 mm apart: centre between
     assert out[1][1] == 0.5
+
+
+def test_components_join_neighbours_on_the_grid_and_rank_by_peak():
+    # stride-4 lattice with offset 1: a run of three points, a lone point, a point below threshold
+    pts = np.array([[1, 1, 1], [1, 1, 5], [1, 1, 9], [21, 21, 21], [41, 41, 41], [1, 5, 13]])
+    probs = np.array([0.6, 0.9, 0.6, 0.95, 0.3, 0.7])
+    out = components(pts, probs, top_k=10, stride=4, min_prob=0.5)
+    # [1,5,13] touches the run only diagonally: not 6-connected, its own component
+    assert [round(p, 2) for _, p, _ in out] == [0.95, 0.9, 0.7]
+    assert [n for _, _, n in out] == [1, 3, 1]
+    np.testing.assert_allclose(out[0][0], [21, 21, 21])
+    w = probs[:3] ** 2
+    np.testing.assert_allclose(out[1][0], (pts[:3] * w[:, None]).sum(0) / w.sum())
+    assert components(pts, probs, top_k=1, stride=4)[0][1] == 0.95
+    assert components(pts, np.full(len(pts), 0.1), top_k=5, stride=4) == []
+    with pytest.raises(ConfigError, match="clustering"):
+        DetectorConfig(clustering="dbscan")
 
 
 class _SphereFinder:

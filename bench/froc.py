@@ -108,8 +108,8 @@ def _read_rows(path, min_cols: int):
     return path, rows
 
 
-def read_findings(path) -> Findings:
-    """Read a LUNA16 annotations CSV: seriesuid,coordX,coordY,coordZ,diameter_mm."""
+def _read_groups(path) -> dict[str, np.ndarray]:
+    """seriesuid, then four numbers per row -> {uid: (n, 4) float64}."""
     path, rows = _read_rows(path, 5)
     groups = defaultdict(list)
     for i, r in enumerate(rows):
@@ -117,19 +117,17 @@ def read_findings(path) -> Findings:
             groups[r[0].strip()].append([float(r[1]), float(r[2]), float(r[3]), float(r[4])])
         except ValueError as exc:
             raise ConfigError(f"{path.name} line {i + 2}: not a number in {r}") from exc
-    return Findings({k: np.asarray(v, dtype=np.float64) for k, v in groups.items()})
+    return {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()}
+
+
+def read_findings(path) -> Findings:
+    """Read a LUNA16 annotations CSV: seriesuid,coordX,coordY,coordZ,diameter_mm."""
+    return Findings(_read_groups(path))
 
 
 def read_candidates(path) -> Candidates:
     """Read a LUNA16 submission CSV: seriesuid,coordX,coordY,coordZ,probability."""
-    path, rows = _read_rows(path, 5)
-    groups = defaultdict(list)
-    for i, r in enumerate(rows):
-        try:
-            groups[r[0].strip()].append([float(r[1]), float(r[2]), float(r[3]), float(r[4])])
-        except ValueError as exc:
-            raise ConfigError(f"{path.name} line {i + 2}: not a number in {r}") from exc
-    return Candidates({k: (np.asarray(v)[:, :3], np.asarray(v)[:, 3]) for k, v in groups.items()})
+    return Candidates({k: (v[:, :3], v[:, 3]) for k, v in _read_groups(path).items()})
 
 
 def read_seriesuids(path) -> list[str]:

@@ -22,9 +22,10 @@ def register(sub) -> None:
     p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
-    p.add_argument("--hard-negatives", metavar="PKG",
+    p.add_argument("--hard-negatives", metavar="PKG", action="append",
                    help="mine hard negatives with this model package on the training and validation phantoms "
-                        "(its false positives become extra negative patches)")
+                        "(its false positives become extra negative patches); repeat it to add the false "
+                        "positives of several models (e.g. each earlier round)")
     p.add_argument("--hard-per-scan", type=int, default=150, help="hard negatives per scan (default 150)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
     p.set_defaults(func=run)
@@ -82,22 +83,28 @@ def run(args: argparse.Namespace) -> int:
             from engine import ConfigError
 
             raise ConfigError("--hard-negatives mines on generated phantoms; use --data phantoms")
+        from engine.package import ModelPackage
         from trainer.data.phantoms import phantom_hard_negatives
 
-        hcache = out / f"hard_{key}_{Path(args.hard_negatives).name}_{args.hard_per_scan}.npz"
-        if hcache.exists():
-            z = np.load(hcache)
-            htr = PatchSet(*(z[f"train_{f}"] for f in ("patches", "labels", "locations", "scan")))
-            hva = PatchSet(*(z[f"val_{f}"] for f in ("patches", "labels", "locations", "scan")))
-        else:
-            htr = phantom_hard_negatives(_seeds(data.get("train_seeds"), (1000, 1024)), args.hard_negatives,
-                                         args.hard_per_scan, spec=spec)
-            hva = phantom_hard_negatives(_seeds(data.get("val_seeds"), (2000, 2006)), args.hard_negatives,
-                                         args.hard_per_scan, spec=spec)
-            np.savez(hcache, **{f"train_{f}": getattr(htr, f) for f in ("patches", "labels", "locations", "scan")},
-                     **{f"val_{f}": getattr(hva, f) for f in ("patches", "labels", "locations", "scan")})
-        tr, va = PatchSet.concat([tr, htr]), PatchSet.concat([va, hva])
-        data = {**data, "hard_negatives_from": Path(args.hard_negatives).name, "hard_per_scan": args.hard_per_scan}
+        fields = ("patches", "labels", "locations", "scan")
+        mined = []
+        for pkg in args.hard_negatives:
+            model_id = ModelPackage.load(pkg).manifest.model_id
+            hcache = out / f"hard_{key}_{model_id}_{args.hard_per_scan}.npz"
+            if hcache.exists():
+                z = np.load(hcache)
+                htr = PatchSet(*(z[f"train_{f}"] for f in fields))
+                hva = PatchSet(*(z[f"val_{f}"] for f in fields))
+            else:
+                htr = phantom_hard_negatives(_seeds(data.get("train_seeds"), (1000, 1024)), pkg,
+                                             args.hard_per_scan, spec=spec)
+                hva = phantom_hard_negatives(_seeds(data.get("val_seeds"), (2000, 2006)), pkg,
+                                             args.hard_per_scan, spec=spec)
+                np.savez(hcache, **{f"train_{f}": getattr(htr, f) for f in fields},
+                         **{f"val_{f}": getattr(hva, f) for f in fields})
+            tr, va = PatchSet.concat([tr, htr]), PatchSet.concat([va, hva])
+            mined.append(model_id)
+        data = {**data, "hard_negatives_from": mined, "hard_per_scan": args.hard_per_scan}
     print(f"train: {len(tr)} patches ({int(tr.labels.sum())} positive) from {len(np.unique(tr.scan))} scans; "
           f"validation: {len(va)} patches ({int(va.labels.sum())} positive) from {len(np.unique(va.scan))} scans")
     extra = {"preprocess": spec.to_dict(), "data": {"source": source, **data}}

@@ -78,11 +78,13 @@ def folder_patches(folder, spec: PreprocessSpec = PreprocessSpec(), sampling: Sa
 
 
 def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float = 0.2,
-                           spec: PreprocessSpec = PreprocessSpec(), progress: bool = True) -> PatchSet:
+                           spec: PreprocessSpec = PreprocessSpec(), progress: bool = True,
+                           shape_zyx=None, spacing_zyx_mm=None) -> PatchSet:
     """Hard negatives mined with a previous model (seed 000's option): every output-grid point
     of each phantom is scored by ``package`` in dense mode; the ``per_scan`` most probable points
     farther than radius + 3 mm from every nodule and excluded finding (and above ``min_prob``)
-    become negative patches."""
+    become negative patches. ``shape_zyx``/``spacing_zyx_mm``: phantom grid (default: drawn
+    from the seed, as in training)."""
     from tqdm import tqdm
 
     from engine.detector import Detector
@@ -92,7 +94,7 @@ def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float 
     det = Detector(package, mode="dense")
     parts = []
     for i, seed in enumerate(tqdm(list(seeds), desc="mining", unit="scan", disable=not progress)):
-        ph = generate_phantom(int(seed))
+        ph = generate_phantom(int(seed), shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm)
         pre = preprocess(ph.volume, spec)
         centres = det._grid_centres(pre)
         logits = det._score_dense(pre, centres)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+TILES = (8, 16, 24, 32, 48)
+
 
 def machine() -> dict:
     import numba
@@ -133,6 +135,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
                 row["baseline"] = baseline_points_per_s(vol, checkpoint, pre.volume.voxel_to_world(sub[:300]))
             per.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stages_s"}), flush=True)
+        tiles = tile_sweep(package, pre, centres)
     totals = [r["stages_s"]["total"] for r in per]
     med = lambda k: statistics.median(r[k] for r in per)  # noqa: E731
     res = {
@@ -144,6 +147,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
         "stage_s_median": {k: statistics.median(r["stages_s"][k] for r in per) for k in per[0]["stages_s"]},
         "dense_over_patch_stream": med("dense_points_per_s") / med("patch_stream_points_per_s"),
         "stream_over_serial": med("patch_stream_points_per_s") / med("patch_serial_points_per_s"),
+        "dense_tile_sweep": tiles,
         "per_scan": per,
     }
     b = per[0].get("baseline")
@@ -162,6 +166,22 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     return res
 
 
+def tile_sweep(package, pre, centres, tiles=TILES) -> list[dict]:
+    """Dense scoring time of one scan's grid points for each tile size (output points per axis;
+    each tile reads (4 (t - 1) + 41)^3 voxels, so smaller tiles recompute more halo)."""
+    from engine.detector import Detector, DetectorConfig
+
+    rows = []
+    for t in tiles:
+        d = Detector(package, backend="onnxruntime-cpu", config=DetectorConfig(mode="dense", tile_out=t))
+        d._score_dense(pre, centres[:1])  # warm-up: session, first allocation
+        t0 = time.perf_counter()
+        d._score_dense(pre, centres)
+        rows.append({"tile_out": t, "tile_side_voxels": 4 * (t - 1) + 41, "seconds": time.perf_counter() - t0})
+        d.close()
+    return rows
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m.get('gpu')}; onnxruntime {m['onnxruntime']}, "
@@ -174,6 +194,11 @@ def markdown(r: dict) -> str:
               f"{r['cold_start']['first_scan_s']:.1f} s",
               f"- dense vs patch (streaming), same grid points: {r['dense_over_patch_stream']:.1f}x points/s",
               f"- patch streaming vs serial gather: {r['stream_over_serial']:.2f}x"]
+    if r.get("dense_tile_sweep"):
+        best = min(r["dense_tile_sweep"], key=lambda x: x["seconds"])
+        lines.append("- dense tile size (output points per axis -> seconds for the last scan's grid): " +
+                     ", ".join(f"{x['tile_out']}: {x['seconds']:.2f}" for x in r["dense_tile_sweep"]) +
+                     f" (fastest {best['tile_out']})")
     if "baseline" in r:
         lines += [f"- mask + resampling vs seed-style (scipy zoom cubic, scipy/skimage mask): "
                   f"{r['resample_and_mask_speedup_vs_baseline']:.1f}x",

@@ -99,6 +99,8 @@ def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
     b = r["baseline"]
     assert b["points_per_s"] > 0 and b["mask_voxels"] > 0
     assert r["scan_speedup_vs_baseline"] > 0
+    assert [x["tile_out"] for x in r["dense_tile_sweep"]] == list(speed.TILES)
+    assert all(x["seconds"] > 0 for x in r["dense_tile_sweep"])
     saved = json.loads((tmp_path / "speed_cpu.json").read_text())
     assert saved["model_id"] == "test-3d-1"
     assert "dense vs patch" in (tmp_path / "speed_cpu.md").read_text()

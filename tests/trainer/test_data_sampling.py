@@ -134,3 +134,28 @@ def test_random_transform_within_limits():
         assert angle <= 10 + 1e-9 and np.abs(shift).max() <= 1.5
     with pytest.raises(ConfigError, match="120"):
         AugmentSpec(max_angle_deg=120)
+
+
+def test_sample_scan_positives_reach_the_dense_grid_and_negatives_keep_away():
+    from engine import Volume
+    from engine.preprocess import Preprocessed
+    from trainer.data.sampling import SamplingSpec, sample_scan
+
+    hu = np.full((90, 90, 90), -850, np.int16)
+    hu[::7, :, :] = 40  # dense sheets: candidates for the negatives
+    vol = Volume(hu, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    pre = Preprocessed(vol, np.ones(hu.shape, bool), (0, 90, 0, 90, 0, 90), {})
+    # a 3 mm nodule (0.35 r = 0.5 mm) and a 30 mm one (0.35 r = 5.25 mm) at world (x, y, z)
+    nod = np.array([[30.0, 30.0, 30.0, 3.0], [60.0, 60.0, 60.0, 30.0]])
+    spec = SamplingSpec(positives_per_nodule=400, negatives_per_scan=200)
+    _, labels, _, centres = sample_scan(pre, nod, np.zeros((0, 4)), spec, np.random.default_rng(0))
+    pos, neg = centres[labels == 1], centres[labels == 0]
+    d_small = np.linalg.norm(pos[:400] - [30, 30, 30], axis=1)
+    d_big = np.linalg.norm(pos[400:] - [60, 60, 60], axis=1)
+    rounding = np.sqrt(3) / 2
+    # the small nodule's positives spread to the grid's reach (3.5 mm), not 0.35 r = 0.5 mm
+    assert d_small.max() <= spec.min_jitter_mm + rounding and d_small.max() > 2.5
+    assert d_big.max() <= spec.max_jitter_mm + rounding
+    assert len(neg) == 200
+    for c, r in ((30, 1.5), (60, 15.0)):
+        assert (np.linalg.norm(neg - c, axis=1) > r + 3.0).all()

@@ -87,10 +87,13 @@ def run(args: argparse.Namespace) -> int:
         from trainer.data.phantoms import phantom_hard_negatives
 
         fields = ("patches", "labels", "locations", "scan")
+        # mining depends on the scans and the preprocessing, not on how positives are sampled
+        hkey = hashlib.sha256(json.dumps([source, data, spec.to_dict()], sort_keys=True,
+                                         default=str).encode()).hexdigest()[:16]
         mined = []
         for pkg in args.hard_negatives:
             model_id = ModelPackage.load(pkg).manifest.model_id
-            hcache = out / f"hard_{key}_{model_id}_{args.hard_per_scan}.npz"
+            hcache = out / f"hard_{hkey}_{model_id}_{args.hard_per_scan}.npz"
             if hcache.exists():
                 z = np.load(hcache)
                 htr = PatchSet(*(z[f"train_{f}"] for f in fields))

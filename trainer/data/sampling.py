@@ -3,7 +3,9 @@
 Two paths over the same engine preprocessing:
 
 - `sample_scan` (in-memory phantom cohorts, `trainer.data.phantoms`): positives at nodule
-  centres jittered by up to ``jitter_frac`` of the radius (at most ``max_jitter_mm``);
+  centres jittered by up to ``jitter_frac`` of the radius, but at least ``min_jitter_mm``
+  (the dense detector scores a stride-4 grid: a small nodule is seen only from points up to
+  3.5 mm off its centre) and at most ``max_jitter_mm``;
   negatives among candidates farther than radius + 3 mm from every nodule and excluded
   finding, half of them dense (vessels, walls: the hard ones); patches stored as uint8.
 - the centre selection below (`positive_centres`, `negative_centres`, used by
@@ -31,7 +33,8 @@ class SamplingSpec:
     hard_fraction: float = 0.5
     hard_min_hu: float = -300.0
     jitter_frac: float = 0.35
-    max_jitter_mm: float = 3.0
+    min_jitter_mm: float = 3.5  # a dense stride-4 grid point can be 2 sqrt(3) = 3.46 mm from a nodule centre
+    max_jitter_mm: float = 4.0
     rules: CandidateRules = CandidateRules()
 
 
@@ -60,7 +63,8 @@ def sample_scan(pre: Preprocessed, nodules_xyzd: np.ndarray, excluded_xyzd: np.n
         k = spec.positives_per_nodule
         dirs = rng.normal(size=(k, 3))
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        mag = rng.uniform(0, min(spec.jitter_frac * r, spec.max_jitter_mm), size=(k, 1))
+        reach = min(max(spec.jitter_frac * r, spec.min_jitter_mm), spec.max_jitter_mm)
+        mag = rng.uniform(0, reach, size=(k, 1))
         pos.append(np.round(np.array([z, y, x]) + dirs * mag).astype(np.int64))
     pos = np.concatenate(pos) if pos else np.zeros((0, 3), np.int64)
     pos = pos[((pos >= 0) & (pos < shape)).all(1)]

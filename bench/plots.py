@@ -35,3 +35,39 @@ def plot_froc(results: dict, out_path, title: str = "FROC") -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_stages(speed: dict, out_path) -> Path:
+    """Median seconds per pipeline stage (bench.speed result), engine dense mode beside the
+    seed-style baseline's preprocessing and scoring when it was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [k for k in speed["stage_s_median"] if k != "total"]
+    bars = {"noduleflow (dense, ONNX Runtime CPU)": [speed["stage_s_median"][k] for k in stages]}
+    b = speed.get("baseline")
+    if b:
+        grid = speed["per_scan"][0]["grid_points"]
+        base = {"mask": b["mask_s"], "resample": b["resample_s"], "inference": grid / b["points_per_s"]}
+        bars["seed-style (scipy zoom, scipy/skimage mask, PyTorch eager per patch)"] = [base.get(k, 0.0)
+                                                                                         for k in stages]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * len(bars)))
+    names = list(bars)
+    left = [0.0] * len(names)
+    for i, k in enumerate(stages):
+        vals = [bars[n][i] for n in names]
+        ax.barh(names, vals, left=left, label=k)
+        left = [a + v for a, v in zip(left, vals)]
+    ax.set_xscale("log" if b else "linear")
+    ax.set_xlabel("seconds per scan (median)" + (", log scale" if b else ""))
+    ax.legend(ncol=len(stages), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    m = speed["machine"]
+    ax.set_title(f"{m['cpu']}, {m['cores']} cores", fontsize=8, pad=24)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

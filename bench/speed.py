@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 TILES = (8, 16, 24, 32, 48)
+BATCHES = (1, 8, 32, 64, 128)
 
 
 def machine() -> dict:
@@ -52,41 +55,16 @@ def machine() -> dict:
     return info
 
 
-def baseline_points_per_s(vol, checkpoint, centres_world):
-    """Seed-style: zoom (cubic) to 1 mm, scipy/skimage mask, one patch at a time in PyTorch eager."""
-    import torch
-
-    from bench import reference
-    from engine.lungmask import LungMaskParams
-    from engine.patches import gather
-    from trainer.checkpoint import load_checkpoint
-
-    # the PyTorch checkpoint the package was exported from (shipped for the default model)
-    ckpt = checkpoint or Path(__file__).resolve().parents[1] / "trainer" / "checkpoints" / "default" / "best.safetensors"
-    t0 = time.perf_counter()
-    mask = reference.lung_mask(vol, LungMaskParams(dilate_mm=3.0))
-    t_mask = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    zoomed = reference.resample_zoom(vol)
-    t_resample = time.perf_counter() - t0
-    model, _ = load_checkpoint(ckpt)
-    idx = np.round(vol.world_to_voxel(centres_world) * np.asarray(vol.spacing_zyx_mm)).astype(int)
-    patches = gather(zoomed, idx)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for p in patches:
-            model(torch.from_numpy(p[None]))
-    t_inf = time.perf_counter() - t0
-    return {"mask_s": t_mask, "resample_s": t_resample, "points_per_s": len(idx) / t_inf, "mask_voxels": int(mask.sum())}
-
-
 def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, baseline: bool = True,
-        z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None, checkpoint=None) -> dict:
+        z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None, checkpoint=None,
+        compiled: bool = False, batches=BATCHES) -> dict:
     """Measure ``n_scans`` phantom series; write speed_cpu.json/.md into ``out_dir``.
 
     Default phantom: 300 mm of chest at 1.5 x 0.7 x 0.7 mm (about 200 x 512 x 512 voxels).
     ``checkpoint``: the PyTorch checkpoint the baseline runs (default: the shipped
-    default model's, which is what the default package was exported from)."""
+    default model's, which is what the default package was exported from). ``compiled``: also
+    build an AOTInductor patch graph (needs torch) and compare it in the backend sweep."""
+    from bench.baseline import seed_style
     from engine.detector import Detector
     from engine.io import load_volume
     from engine.io.dicom_write import write_dicom_series
@@ -129,13 +107,15 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             row = {"scan": i, "shape_zyx": list(vol.shape), "lung_box_1mm": list(pre.volume.shape),
                    "grid_points": int(len(centres)), "stages_s": d.timings_s,
                    "dense_points_per_s": len(centres) / d.timings_s["inference"],
+                   "dense_voxels_per_s": float(np.prod(pre.volume.shape)) / d.timings_s["inference"],
                    "patch_stream_points_per_s": len(sub) / t_stream,
                    "patch_serial_points_per_s": len(sub) / t_serial}
             if baseline and i == 0:
-                row["baseline"] = baseline_points_per_s(vol, checkpoint, pre.volume.voxel_to_world(sub[:300]))
+                row["baseline"] = seed_style(vol, checkpoint, pre.volume.voxel_to_world(sub[:300]))
             per.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stages_s"}), flush=True)
         tiles = tile_sweep(package, pre, centres)
+        sweep = backend_sweep(package, pre, sub[:256], batches, compiled, checkpoint, Path(tmp))
     totals = [r["stages_s"]["total"] for r in per]
     med = lambda k: statistics.median(r[k] for r in per)  # noqa: E731
     res = {
@@ -148,6 +128,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
         "dense_over_patch_stream": med("dense_points_per_s") / med("patch_stream_points_per_s"),
         "stream_over_serial": med("patch_stream_points_per_s") / med("patch_serial_points_per_s"),
         "dense_tile_sweep": tiles,
+        "patch_backend_batch_sweep": sweep,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "per_scan": per,
     }
     b = per[0].get("baseline")
@@ -163,7 +145,41 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "speed_cpu.json").write_text(json.dumps(res, indent=2))
     (out_dir / "speed_cpu.md").write_text(markdown(res))
+    from bench.plots import plot_stages
+
+    plot_stages(res, out_dir / "speed_cpu_stages.png")
     return res
+
+
+def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Path) -> list[dict]:
+    """Patch-mode points/s per backend and batch size on the same gathered patches."""
+    from engine.backends import open_backend
+    from engine.package import ModelPackage
+    from engine.patches import Normalisation, gather
+
+    pkg = ModelPackage.load(package)
+    names = {"onnxruntime-cpu": pkg}
+    if compiled:
+        from export.aoti import export_aoti
+
+        copy = tmp / "package_compiled"
+        shutil.copytree(pkg.path, copy)
+        ckpt = checkpoint or Path(__file__).resolve().parents[1] / "trainer/checkpoints/default/best.safetensors"
+        export_aoti(ckpt, copy)
+        names["torch-compiled"] = ModelPackage.load(copy)
+    norm = Normalisation(*pkg.manifest.hu_window)
+    patches = gather(pre.volume.hu, centres, norm=norm)
+    rows = []
+    for name, p in names.items():
+        be = open_backend(p, name, graph="patch")
+        for bs in batches:
+            be.infer(patches[:bs])  # warm-up at this shape
+            t0 = time.perf_counter()
+            for k in range(0, len(patches), bs):
+                be.infer(patches[k:k + bs])
+            rows.append({"backend": be.name, "batch": bs, "points_per_s": len(patches) / (time.perf_counter() - t0)})
+        be.close()
+    return rows
 
 
 def tile_sweep(package, pre, centres, tiles=TILES) -> list[dict]:
@@ -194,6 +210,11 @@ def markdown(r: dict) -> str:
               f"{r['cold_start']['first_scan_s']:.1f} s",
               f"- dense vs patch (streaming), same grid points: {r['dense_over_patch_stream']:.1f}x points/s",
               f"- patch streaming vs serial gather: {r['stream_over_serial']:.2f}x"]
+    if r.get("patch_backend_batch_sweep"):
+        lines.append("- patch scoring, points/s by backend and batch: " + "; ".join(
+            f"{x['backend']} b{x['batch']}: {x['points_per_s']:.0f}" for x in r["patch_backend_batch_sweep"]))
+    if "peak_rss_mb" in r:
+        lines.append(f"- peak host RSS of the benchmark process: {r['peak_rss_mb']:.0f} MB")
     if r.get("dense_tile_sweep"):
         best = min(r["dense_tile_sweep"], key=lambda x: x["seconds"])
         lines.append("- dense tile size (output points per axis -> seconds for the last scan's grid): " +
@@ -216,9 +237,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="model package (default: the shipped one)")
     ap.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args(argv)
-    print(markdown(run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline)))
+    print(markdown(run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline, compiled=a.compiled)))
     return 0
 
 

@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--model", help="model package (default: the shipped one)")
     p.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
     p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline (no torch needed)")
+    p.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
     p.add_argument("--out", default="bench/results")
     p.set_defaults(func=_speed)
     q = sub.add_parser("ort-settings", help="ONNX Runtime CPU threads / graph optimisation / arena, measured",
@@ -34,6 +35,7 @@ def _speed(args: argparse.Namespace) -> int:
     argv = ["--scans", str(args.scans), "--subset", str(args.subset), "--out", args.out]
     argv += ["--model", args.model] if args.model else []
     argv += ["--no-baseline"] if args.no_baseline else []
+    argv += ["--compiled"] if args.compiled else []
     return main(argv)
 
 

@@ -101,6 +101,10 @@ def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
     assert r["scan_speedup_vs_baseline"] > 0
     assert [x["tile_out"] for x in r["dense_tile_sweep"]] == list(speed.TILES)
     assert all(x["seconds"] > 0 for x in r["dense_tile_sweep"])
+    sweep = r["patch_backend_batch_sweep"]
+    assert [x["batch"] for x in sweep] == list(speed.BATCHES) and all(x["points_per_s"] > 0 for x in sweep)
+    assert r["peak_rss_mb"] > 100 and row["dense_voxels_per_s"] > 0
+    assert (tmp_path / "speed_cpu_stages.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "speed_cpu.json").read_text())
     assert saved["model_id"] == "test-3d-1"
     assert "dense vs patch" in (tmp_path / "speed_cpu.md").read_text()

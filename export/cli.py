@@ -15,6 +15,10 @@ def register(sub) -> None:
     p.add_argument("out", help="package folder to write")
     p.add_argument("--model-id", help="model id written in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write patch_fp16.onnx (and dense_fp16.onnx): fp16 weights and activations, "
+                        "fp32 inputs/outputs; their error against fp32 on phantom patches is printed and "
+                        "recorded in the manifest (needs onnxconverter-common)")
     p.add_argument("--tensorrt", choices=("fp32", "fp16", "int8"),
                    help="also build TensorRT plans for this GPU into OUT/trt/ (needs tensorrt; unverified)")
     p.add_argument("--torch-compiled", action="store_true",
@@ -27,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     from export.package import export_package
 
-    report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite)
+    report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,
+                            fp16=args.fp16)
     if args.torch_compiled:
         from export.aoti import export_aoti
 

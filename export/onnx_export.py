@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,34 @@ def to_fp16(src: Path, dst: Path) -> Path:
         from onnxconverter_common import float16
     except ImportError as exc:
         raise ConfigError("--fp16 needs onnxconverter-common: pip install onnxconverter-common") from exc
-    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    with warnings.catch_warnings():
+        # the converter warns for every weight below fp16's range that it clamps
+        warnings.simplefilter("ignore", UserWarning)
+        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(model, str(dst))
     return dst
+
+
+def fp16_error(fp32_path: Path, fp16_path: Path, x: np.ndarray, extra: np.ndarray | None = None) -> dict:
+    """max |logit| and max |sigmoid probability| difference, fp16 graph vs fp32 graph, on ``x``.
+
+    ``x``: the graph's first input, float32 (patches (N, 1, 41, 41, 41) or a tile (1, 1, D, H, W));
+    ``extra``: the second input (locations) for graphs that have one, the same for both graphs.
+    """
+    outs = []
+    for path in (fp32_path, fp16_path):
+        sess = _session(path)
+        names = [i.name for i in sess.get_inputs()]
+        feeds = {names[0]: x.astype(np.float32)}
+        if len(names) > 1:
+            if extra is None:
+                raise ConfigError(f"{Path(path).name} needs a second input ({names[1]})")
+            feeds[names[1]] = extra.astype(np.float32)
+        outs.append(sess.run(None, feeds)[0].astype(np.float64))
+    a, b = outs
+
+    def prob(z):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    return {"max_abs_logit_diff": float(np.abs(a - b).max()),
+            "max_abs_prob_diff": float(np.abs(prob(a) - prob(b)).max())}

@@ -11,7 +11,7 @@ import numpy as np
 from engine import ConfigError, PackageError
 from engine.package import ModelPackage, write_manifest
 
-from .onnx_export import export_dense, export_patch, parity_dense, parity_patch
+from .onnx_export import export_dense, export_patch, fp16_error, parity_dense, parity_patch, to_fp16
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,16 @@ def _sample_patches(n: int = 16, seed: int = 0) -> np.ndarray:
     return np.concatenate([rand, real]).astype(np.float32), pre
 
 
-def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: bool = False) -> dict:
+def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: bool = False,
+                   fp16: bool = False) -> dict:
     """Export ``checkpoint`` (safetensors + json) to ``out_dir``; returns the parity report.
 
     Raises PackageError if ONNX Runtime and PyTorch disagree beyond 1e-4 on any logit.
+    ``fp16``: also write ``patch_fp16.onnx`` (and ``dense_fp16.onnx``), converted from the
+    checked fp32 graphs, hashed in the manifest; their error against fp32 (max |logit| and
+    max |probability| difference on the phantom parity patches and the phantom dense tile) is added to the
+    report and to ``manifest.export["fp16"]``. No tolerance is enforced: fp16 error is
+    reported, not gated.
     """
     import onnx
 
@@ -60,7 +66,7 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     onnx.checker.check_model(str(out / "patch.onnx"))
     patches, pre = _sample_patches()
     report = {"patch_max_abs_logit_diff": parity_patch(model, out / "patch.onnx", patches, loc)}
-    stride = offset = None
+    stride = offset = tile = None
     if name in DENSE_MODELS:
         stride, offset = model.dense_stride, model.dense_offset
         export_dense(model, out / "dense.onnx", loc)
@@ -82,7 +88,7 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
         preprocess=config.get("preprocess", {}),
         candidate_rules={},
         training={"data": config.get("data", {}), "metrics": metrics, "train": config.get("train", {})},
-        export={"opset": 17, "parity": report, "torch": __import__("torch").__version__,
+        export={"opset": 17, "parity": dict(report), "torch": __import__("torch").__version__,
                 "onnx": onnx.__version__},
     )
     write_manifest(out, **fields)
@@ -97,6 +103,24 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
                          "training": json.dumps(fields["training"]["metrics"])}.items():
                 m.metadata_props.add(key=k, value=v)
             onnx.save(m, str(out / g))
+    if fp16:
+        # converted after the metadata is set, so the fp16 graphs carry it too
+        err = {}
+        real = patches[len(patches) // 2:]  # the phantom half of the parity patches
+        for g, x in (("patch", real), ("dense", tile)):
+            if (out / f"{g}.onnx").exists():
+                to_fp16(out / f"{g}.onnx", out / f"{g}_fp16.onnx")
+                onnx.checker.check_model(str(out / f"{g}_fp16.onnx"))
+                feed = x if g == "patch" else x[None, None]
+                rng = np.random.default_rng(2)
+                if g == "patch":
+                    extra = rng.uniform(size=(len(x), 3)) if loc else None
+                else:
+                    extra = rng.uniform(size=(1, 3, *[(n - 41) // stride + 1 for n in x.shape])) if loc else None
+                err.update({f"{g}_fp16_{k}": v for k, v in
+                            fp16_error(out / f"{g}.onnx", out / f"{g}_fp16.onnx", feed, extra).items()})
+        fields["export"]["fp16"] = err
+        report.update(err)
     write_manifest(out, **fields)
     ModelPackage.load(out)  # what we wrote must verify
     return report

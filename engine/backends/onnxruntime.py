@@ -28,10 +28,13 @@ def available_providers() -> list[str]:
 
 class OnnxRuntimeBackend(Backend):
     """``device``: "cpu", "cuda" or "tensorrt" (the execution provider asked for; a missing one
-    is an error, not a silent fallback). ``threads``: intra-op threads (default: all cores)."""
+    is an error, not a silent fallback). ``threads``: intra-op threads (default: all cores).
+    ``precision``: "fp32" runs ``{graph}.onnx``; "fp16" runs ``{graph}_fp16.onnx`` (written by
+    ``noduleflow export --fp16``; fp32 inputs and outputs, so callers do not change) and is an
+    error if the package has none."""
 
     def __init__(self, package: ModelPackage, graph: str = "patch", device: str = "cpu",
-                 threads: int | None = None, max_batch: int = 256):
+                 threads: int | None = None, max_batch: int = 256, precision: str = "fp32"):
         import onnxruntime as ort
 
         super().__init__(graph, max_batch)
@@ -41,9 +44,13 @@ class OnnxRuntimeBackend(Backend):
         if wanted not in available_providers():
             raise BackendUnavailableError(f"ONNX Runtime has no {wanted} here (providers: "
                                           f"{', '.join(available_providers())}); install {INSTALL[device]}")
-        path = package.file(f"{graph}.onnx")
+        if precision not in ("fp32", "fp16"):
+            raise BackendUnavailableError(f"unknown precision {precision!r}; choose fp32 or fp16")
+        fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_fp16.onnx"
+        path = package.file(fname)
         if path is None:
-            raise PackageError(f"package {package.manifest.model_id} has no {graph}.onnx")
+            hint = " (export it with --fp16)" if precision == "fp16" else ""
+            raise PackageError(f"package {package.manifest.model_id} has no {fname}{hint}")
         so = ort.SessionOptions()
         # All optimisations (constant folding, conv+BN+ReLU fusion); one intra-op pool over
         # every core: 3-D convolutions parallelise well inside an op, and the engine already
@@ -54,7 +61,8 @@ class OnnxRuntimeBackend(Backend):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=PROVIDERS[device])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.name = f"onnxruntime-{device}"
+        self.name = f"onnxruntime-{device}" + ("-fp16" if precision == "fp16" else "")
+        self.precision = precision
         self.device = device
         log.info("opened %s (%s) with %s", path.name, package.manifest.model_id, self.session.get_providers())
 

@@ -15,6 +15,10 @@ def register(sub) -> None:
     p.add_argument("out", help="package folder to write")
     p.add_argument("--model-id", help="model id written in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--slim", action=argparse.BooleanOptionalAction, default=True,
+                   help="clean the graphs up with onnxslim before the parity checks (default: on; "
+                        "fewer nodes and faster under ONNX Runtime, identical logits: "
+                        "bench/results/onnx_graph.md)")
     p.add_argument("--fp16", action="store_true",
                    help="also write patch_fp16.onnx (and dense_fp16.onnx): fp16 weights and activations, "
                         "fp32 inputs/outputs; their error against fp32 on phantom patches is printed and "
@@ -32,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from export.package import export_package
 
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,
-                            fp16=args.fp16)
+                            fp16=args.fp16, slim=args.slim)
     if args.torch_compiled:
         from export.aoti import export_aoti
 

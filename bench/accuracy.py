@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--model", help="model package (default: the shipped one)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--mode", choices=("dense", "patch"), default="dense")
-    p.add_argument("--clustering", choices=("nms", "components"), default="nms")
+    p.add_argument("--clustering", choices=("nms", "components"), default="components")
+    p.add_argument("--no-refine", action="store_true", help="keep the grid-derived centres (no blob refinement)")
     p.add_argument("--top-k", type=int, default=15, help="candidates per scan for the top-K figure (15)")
     p.add_argument("--keep", type=int, default=100, help="candidates kept per scan for the FROC (100)")
     p.add_argument("--out", default="bench-accuracy", help="output folder (candidates.csv, accuracy.json, froc.png)")
@@ -66,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    det = Detector(args.model, backend=args.backend, mode=args.mode, top_k=args.keep, clustering=args.clustering)
+    from engine.detector import DetectorConfig
+
+    det = Detector(args.model, backend=args.backend, config=DetectorConfig(
+        mode=args.mode, top_k=args.keep, clustering=args.clustering, refine=not args.no_refine))
     ann, exc, cands, rows, times = {}, {}, {}, [], []
     n = args.phantoms
     for vol, nod, ex in tqdm(_scans(args), total=n, desc="scans", unit="scan"):
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                    Findings({k: v for k, v in exc.items() if len(v)}), seriesuids=sorted(ann), top_k=args.top_k)
     save_json(res, out / "accuracy.json")
     meta = {"model_id": det.package.manifest.model_id, "backend": det.backend.name, "mode": args.mode,
-            "clustering": args.clustering,
+            "clustering": args.clustering, "refine": not args.no_refine,
             "data": args.data or f"phantoms seeds {args.seed}..{args.seed + args.phantoms - 1}",
             "scan_seconds_median": float(np.median(times))}
     (out / "accuracy_meta.json").write_text(json.dumps(meta, indent=2))

@@ -23,9 +23,10 @@ def register(sub) -> None:
                    help="dense: fully convolutional tiles (default); patch: 41^3 patches at the candidates")
     p.add_argument("--top-k", type=int, default=15, help="candidates kept per scan (default 15)")
     p.add_argument("--threshold", type=float, default=0.0, help="drop candidates below this probability")
-    p.add_argument("--clustering", choices=("nms", "components"), default="nms",
-                   help="nms: greedy 10 mm radius NMS (default, chosen by measured FROC on phantoms); "
-                        "components: connected components of the points with p >= 0.5")
+    p.add_argument("--clustering", choices=("nms", "components"), default="components",
+                   help="components: connected components of the grid points with p >= 0.5 (default: the "
+                        "better FROC on held-out phantoms, bench/results/clustering.md); nms: greedy 10 mm "
+                        "radius NMS")
     p.add_argument("--series", metavar="UID", help="only this SeriesInstanceUID")
     p.add_argument("--out", default="noduleflow-out", help="output folder (default ./noduleflow-out)")
     p.add_argument("--no-png", action="store_true", help="skip the pictures")

@@ -120,3 +120,16 @@ def test_ort_settings_measures_every_combination(tiny_package):
         rows = [x for x in r["rows"] if x["graph"] == g]
         assert len(rows) == n and all(x["best_s"] > 0 for x in rows)
         assert r[f"fastest_{g}"]["best_s"] == min(x["best_s"] for x in rows)
+
+
+def test_clustering_compares_the_four_variants_on_the_same_scores(tiny_package):
+    from bench import clustering
+
+    r = clustering.run(tiny_package, phantoms=2, seed=4100, keep=20,
+                       phantom_kwargs=dict(shape_zyx=(60, 112, 112), spacing_zyx_mm=(2.5, 2.0, 2.0)))
+    assert [x["variant"] for x in r["rows"]] == list(clustering.VARIANTS)
+    assert r["nodules"] > 0
+    for x in r["rows"]:
+        assert 0.0 <= x["cpm"] <= 1.0 and 0.0 <= x["sensitivity_all"] <= 1.0
+        assert x["candidates_per_scan"] <= 20
+    assert "| components + refine |" in clustering.markdown(r)

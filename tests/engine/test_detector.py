@@ -10,7 +10,7 @@ import pytest
 
 from engine import BackendUnavailableError, ConfigError, Volume
 from engine.backends import open_backend
-from engine.detector import Detector, DetectorConfig, components, nms
+from engine.detector import Detector, DetectorConfig, components, nms, refine_centre
 from engine.package import ModelPackage
 from trainer.phantom import PhantomParams, generate_phantom
 
@@ -98,6 +98,23 @@ def test_components_join_neighbours_on_the_grid_and_rank_by_peak():
     assert components(pts, np.full(len(pts), 0.1), top_k=5, stride=4) == []
     with pytest.raises(ConfigError, match="clustering"):
         DetectorConfig(clustering="dbscan")
+
+
+@pytest.mark.parametrize("wall", [False, True])
+def test_refine_centre_finds_the_ball_not_the_wall(wall):
+    z, y, x = np.mgrid[:41, :41, :41]
+    hu = np.full((41, 41, 41), -850, np.int16)
+    hu[(z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 9] = 40      # a 6 mm solid nodule
+    if wall:
+        hu[:, :, 24:] = 40                                            # chest wall touching it
+    got = refine_centre(hu, (21.0, 22.0, 21.4))
+    np.testing.assert_allclose(got, [20, 20, 20], atol=1.0)
+    # a density centroid over the same neighbourhood is pulled into the wall
+    if wall:
+        box = hu[9:34, 10:35, 9:34].astype(float) + 600
+        w = np.clip(box, 0, None)
+        cx = (x[9:34, 10:35, 9:34] * w).sum() / w.sum()
+        assert cx > 22
 
 
 class _SphereFinder:

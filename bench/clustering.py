@@ -1,8 +1,8 @@
 """Clustering and centre refinement, chosen by FROC: `python -m bench.clustering [--phantoms 10]`.
 
 Scores every output-grid point of held-out phantom scans once (dense mode), then turns the
-same scores into candidates four ways — greedy radius NMS or connected components, each with
-and without the blob refinement of the centres — and scores each with the LUNA16 protocol
+same scores into candidates six ways — greedy radius NMS or connected components; raw, with
+the blob refinement of the centres, and refined with the lung-mask check — and scores each with the LUNA16 protocol
 (100 candidates per scan kept, sensitivity at the top 15). Writes clustering.json/.md.
 Phantoms are a regression signal, not clinical evidence.
 """
@@ -15,20 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = {"nms": ("nms", False), "nms + refine": ("nms", True),
-            "components": ("components", False), "components + refine": ("components", True)}
+VARIANTS = {"nms": ("nms", False, False), "nms + refine": ("nms", True, False),
+            "nms + refine + in mask": ("nms", True, True),
+            "components": ("components", False, False), "components + refine": ("components", True, False),
+            "components + refine + in mask": ("components", True, True)}
 
 
 def run(model=None, phantoms: int = 10, seed: int = 3000, keep: int = 100, phantom_kwargs=None) -> dict:
     from tqdm import tqdm
 
     from bench.froc import Candidates, Findings, evaluate
-    from engine.detector import Detector, _sigmoid, components, nms, refine_centre
+    from dataclasses import replace
+
+    from engine.detector import Detector, _sigmoid
     from engine.preprocess import preprocess
     from trainer.phantom import generate_phantom
 
     det = Detector(model)
-    stride = det.package.manifest.dense_stride or det.config.rules.stride
     out = {k: {} for k in VARIANTS}
     ann, exc = {}, {}
     xyzd = lambda ns: np.array([[*n.center_xyz_mm, n.diameter_mm] for n in ns]).reshape(-1, 4)  # noqa: E731
@@ -41,11 +44,9 @@ def run(model=None, phantoms: int = 10, seed: int = 3000, keep: int = 100, phant
         c = det._grid_centres(pre)
         lg = det._score_dense(pre, c) if det.config.mode == "dense" else det._score_patch(pre, c)
         p = _sigmoid(lg)
-        for name, (kind, refine) in VARIANTS.items():
-            f = components(c, p, keep, stride, det.config.component_min_prob) if kind == "components" else \
-                nms(c, p, keep, det.config.nms_radius_mm, det.config.merge_radius_mm, logits=lg, stride=stride)
-            if refine:
-                f = [(refine_centre(pre.volume.hu, cc), pp, n) for cc, pp, n in f]
+        for name, (kind, refine, in_mask) in VARIANTS.items():
+            cfg = replace(det.config, top_k=keep, clustering=kind, refine=refine, in_mask=in_mask)
+            f = det.cluster(pre, c, p, lg, cfg)
             xyz = np.array([pre.volume.voxel_to_world(cc) for cc, _, _ in f]).reshape(-1, 3)
             out[name][uid] = (xyz, np.array([pp for _, pp, _ in f]))
     a = Findings({k: v for k, v in ann.items() if len(v)})

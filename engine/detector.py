@@ -67,7 +67,9 @@ class DetectorConfig:
     tile_out: int = 24              # dense tile, in output points per axis
     batch_size: int = 64            # patch mode
     refine: bool = True             # move each centre onto the strongest image blob within 3 mm
-    clustering: str = "components"  # "components" (connected components, measured better) or "nms"
+    in_mask: bool = True            # drop candidates whose final centre lies outside the lung mask
+    clustering: str = "components"  # "components" (connected components of p >= component_min_prob, the
+    #                                 list filled by NMS below it; measured better) or "nms"
     component_min_prob: float = 0.5  # "components": points at or above this probability are joined
     rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0, reach=2)
 
@@ -323,15 +325,7 @@ class Detector:
         t = time.perf_counter()
         probs = _sigmoid(logits)
         keep = probs >= self.config.threshold
-        stride = self.package.manifest.dense_stride or self.config.rules.stride
-        if self.config.clustering == "components":
-            found = components(centres[keep], probs[keep], self.config.top_k, stride, self.config.component_min_prob)
-        else:
-            found = nms(centres[keep], probs[keep], self.config.top_k, self.config.nms_radius_mm,
-                        self.config.merge_radius_mm, logits=np.asarray(logits)[keep],
-                        stride=self.package.manifest.dense_stride or 0)
-        if self.config.refine:
-            found = [(refine_centre(pre.volume.hu, c), p, n) for c, p, n in found]
+        found = self.cluster(pre, centres[keep], probs[keep], np.asarray(logits)[keep])
         cands = tuple(Candidate(tuple(float(v) for v in pre.volume.voxel_to_world(c)), p, n) for c, p, n in found)
         timings["clustering"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
@@ -342,6 +336,33 @@ class Detector:
             meta={"shape_zyx": list(vol.shape), "spacing_zyx_mm": list(vol.spacing_zyx_mm),
                   "lung_box_1mm_zyx": list(pre.volume.shape), "source": vol.meta.get("source", "")},
         )
+
+    def cluster(self, pre, centres, probs, logits, config: DetectorConfig | None = None) -> list:
+        """Scored grid points -> the top-K candidates [(centre zyx on ``pre``'s grid, prob, n)]:
+        clustering, blob refinement of the centres, lung-mask check, ranking."""
+        cfg = config or self.config
+        # cluster more than K: the mask check may drop some
+        k = cfg.top_k * 3 if cfg.in_mask else cfg.top_k
+        stride = self.package.manifest.dense_stride or cfg.rules.stride
+        if cfg.clustering == "components":
+            found = components(centres, probs, k, stride, cfg.component_min_prob)
+            if len(found) < k:  # fill the list from the points below the threshold, away from the components
+                low = probs < cfg.component_min_prob
+                rest = nms(centres[low], probs[low], k, cfg.nms_radius_mm, cfg.merge_radius_mm,
+                           logits=logits[low], stride=self.package.manifest.dense_stride or 0)
+                taken = np.array([f[0] for f in found]).reshape(-1, 3)
+                rest = [r for r in rest if not len(taken) or
+                        np.linalg.norm(taken - r[0], axis=1).min() > cfg.nms_radius_mm]
+                found = found + rest[:k - len(found)]
+        else:
+            found = nms(centres, probs, k, cfg.nms_radius_mm, cfg.merge_radius_mm, logits=logits,
+                        stride=self.package.manifest.dense_stride or 0)
+        if cfg.refine:
+            found = [(refine_centre(pre.volume.hu, c), p, n) for c, p, n in found]
+        if cfg.in_mask:
+            hi = np.asarray(pre.mask.shape) - 1
+            found = [f for f in found if pre.mask[tuple(np.clip(np.round(f[0]).astype(int), 0, hi))]]
+        return found[:cfg.top_k]
 
     def scores_at(self, source, centres_zyx_1mm=None):
         """Raw logits at the grid centres (for tests and benchmarks): (centres, logits)."""

@@ -122,7 +122,7 @@ def test_ort_settings_measures_every_combination(tiny_package):
         assert r[f"fastest_{g}"]["best_s"] == min(x["best_s"] for x in rows)
 
 
-def test_clustering_compares_the_four_variants_on_the_same_scores(tiny_package):
+def test_clustering_compares_the_variants_on_the_same_scores(tiny_package):
     from bench import clustering
 
     r = clustering.run(tiny_package, phantoms=2, seed=4100, keep=20,
@@ -132,4 +132,4 @@ def test_clustering_compares_the_four_variants_on_the_same_scores(tiny_package):
     for x in r["rows"]:
         assert 0.0 <= x["cpm"] <= 1.0 and 0.0 <= x["sensitivity_all"] <= 1.0
         assert x["candidates_per_scan"] <= 20
-    assert "| components + refine |" in clustering.markdown(r)
+    assert "| components + refine + in mask |" in clustering.markdown(r)

@@ -100,6 +100,17 @@ def test_components_join_neighbours_on_the_grid_and_rank_by_peak():
         DetectorConfig(clustering="dbscan")
 
 
+@pytest.mark.parametrize("sigma", [1.0, 1.5, 3.0])
+def test_blob_smoothing_equals_scipy_gaussian(sigma):
+    from scipy import ndimage
+
+    from engine.detector import _smooth
+
+    a = np.random.default_rng(1).normal(size=(31, 29, 33))
+    ref = ndimage.gaussian_filter(a, sigma, mode="constant", truncate=3.0)
+    np.testing.assert_allclose(_smooth(a, sigma), ref, atol=1e-12)
+
+
 @pytest.mark.parametrize("wall", [False, True])
 def test_refine_centre_finds_the_ball_not_the_wall(wall):
     z, y, x = np.mgrid[:41, :41, :41]

@@ -46,25 +46,26 @@ def plot_stages(speed: dict, out_path) -> Path:
     import matplotlib.pyplot as plt
 
     stages = [k for k in speed["stage_s_median"] if k != "total"]
-    bars = {"noduleflow (dense, ONNX Runtime CPU)": [speed["stage_s_median"][k] for k in stages]}
+    bars = {"noduleflow\n(dense, ORT CPU)": [speed["stage_s_median"][k] for k in stages]}
     b = speed.get("baseline")
     if b:
         grid = speed["per_scan"][0]["grid_points"]
         base = {"mask": b["mask_s"], "resample": b["resample_s"], "inference": grid / b["points_per_s"]}
-        bars["seed-style (scipy zoom, scipy/skimage mask, PyTorch eager per patch)"] = [base.get(k, 0.0)
-                                                                                         for k in stages]
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * len(bars)))
+        bars["seed-style\n(zoom, scipy mask,\neager per patch)"] = [base.get(k, 0.0) for k in stages]
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.9 * len(bars)))
     names = list(bars)
     left = [0.0] * len(names)
     for i, k in enumerate(stages):
         vals = [bars[n][i] for n in names]
         ax.barh(names, vals, left=left, label=k)
         left = [a + v for a, v in zip(left, vals)]
-    ax.set_xscale("log" if b else "linear")
-    ax.set_xlabel("seconds per scan (median)" + (", log scale" if b else ""))
-    ax.legend(ncol=len(stages), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_xlabel("seconds per scan (median)")
+    for name, total in zip(names, left):
+        ax.annotate(f"{total:.1f} s", (total, name), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize=8)
+    ax.legend(ncol=3, fontsize=7, loc="lower right")
     m = speed["machine"]
-    ax.set_title(f"{m['cpu']}, {m['cores']} cores", fontsize=8, pad=24)
+    ax.set_title(f"{m['cpu']}, {m['cores']} cores, model {speed['model_id']}", fontsize=8)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -4,6 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _save(fig, out_path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def plot_froc(results: dict, out_path, title: str = "FROC") -> Path:
     """FROC curves (log2 FP axis, 1/8..8 FPs per scan) of one or more FrocResults by name."""
     import matplotlib
@@ -29,12 +40,7 @@ def plot_froc(results: dict, out_path, title: str = "FROC") -> Path:
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out_path)
 
 
 def plot_stages(speed: dict, out_path) -> Path:
@@ -66,9 +72,4 @@ def plot_stages(speed: dict, out_path) -> Path:
     ax.legend(ncol=3, fontsize=7, loc="lower right")
     m = speed["machine"]
     ax.set_title(f"{m['cpu']}, {m['cores']} cores, model {speed['model_id']}", fontsize=8)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out_path)

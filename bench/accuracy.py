@@ -41,12 +41,12 @@ def _scans(args):
     from engine.io import load_volume
 
     if args.phantoms:
+        from trainer.data.annotations import as_xyzd
         from trainer.phantom import generate_phantom
 
         for i in range(args.phantoms):
             ph = generate_phantom(args.seed + i)
-            xyzd = lambda ns: np.array([[*n.center_xyz_mm, n.diameter_mm] for n in ns]).reshape(-1, 4)  # noqa: E731
-            yield ph.volume, xyzd(ph.nodules), xyzd(ph.excluded)
+            yield ph.volume, as_xyzd(ph.nodules), as_xyzd(ph.excluded)
         return
     from trainer.data.annotations import read_annotations
 
@@ -63,12 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bench.froc import Candidates, Findings, evaluate, format_table, save_json
-    from engine.detector import Detector, write_candidates_csv
+    from engine.detector import Detector, DetectorConfig, write_candidates_csv
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from engine.detector import DetectorConfig
-
     det = Detector(args.model, backend=args.backend, config=DetectorConfig(
         mode=args.mode, top_k=args.keep, clustering=args.clustering, refine=not args.no_refine))
     ann, exc, cands, rows, times = {}, {}, {}, [], []

@@ -22,24 +22,24 @@ VARIANTS = {"nms": ("nms", False, False), "nms + refine": ("nms", True, False),
 
 
 def run(model=None, phantoms: int = 10, seed: int = 3000, keep: int = 100, phantom_kwargs=None) -> dict:
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from bench.froc import Candidates, Findings, evaluate
-    from dataclasses import replace
-
     from engine.detector import Detector, _sigmoid
     from engine.preprocess import preprocess
+    from trainer.data.annotations import as_xyzd
     from trainer.phantom import generate_phantom
 
     det = Detector(model)
     out = {k: {} for k in VARIANTS}
     ann, exc = {}, {}
-    xyzd = lambda ns: np.array([[*n.center_xyz_mm, n.diameter_mm] for n in ns]).reshape(-1, 4)  # noqa: E731
     t0 = time.perf_counter()
     for s in tqdm(range(seed, seed + phantoms), desc="phantoms", unit="scan"):
         ph = generate_phantom(s, **(phantom_kwargs or {}))
         uid = ph.volume.series_uid
-        ann[uid], exc[uid] = xyzd(ph.nodules), xyzd(ph.excluded)
+        ann[uid], exc[uid] = as_xyzd(ph.nodules), as_xyzd(ph.excluded)
         pre = preprocess(ph.volume, det.spec)
         c = det._grid_centres(pre)
         lg = det._score_dense(pre, c) if det.config.mode == "dense" else det._score_patch(pre, c)

@@ -103,7 +103,7 @@ def candidates(hu, mask, rules) -> np.ndarray:
     o = rules.offset % rules.stride
     grid[o::rules.stride, o::rules.stride, o::rules.stride] = True
     dense = hu >= rules.center_min_hu
-    if getattr(rules, "reach", 0):
+    if rules.reach:
         dense = ndimage.maximum_filter(dense, size=2 * rules.reach + 1, mode="constant")
     ok = grid & mask & dense
     if rules.box_min_hu is not None:

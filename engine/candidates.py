@@ -42,6 +42,18 @@ class CandidateRules:
 
 
 @njit(cache=True)
+def _any_at_least(hu, z, y, x, reach, value):
+    """Some voxel within +-``reach`` of (z, y, x) is >= ``value`` (stops at the first)."""
+    nz, ny, nx = hu.shape
+    for k in range(max(z - reach, 0), min(z + reach + 1, nz)):
+        for j in range(max(y - reach, 0), min(y + reach + 1, ny)):
+            for i in range(max(x - reach, 0), min(x + reach + 1, nx)):
+                if hu[k, j, i] >= value:
+                    return True
+    return False
+
+
+@njit(cache=True)
 def _scan(hu, mask, stride, off, center_min, use_box, box_min, half, reach):
     nz, ny, nx = hu.shape
     out = np.empty((1024, 3), dtype=np.int64)
@@ -51,15 +63,8 @@ def _scan(hu, mask, stride, off, center_min, use_box, box_min, half, reach):
             for x in range(off, nx, stride):
                 if not mask[z, y, x]:
                     continue
-                if hu[z, y, x] < center_min:
-                    hit = False
-                    for k in range(max(z - reach, 0), min(z + reach + 1, nz)):
-                        for j in range(max(y - reach, 0), min(y + reach + 1, ny)):
-                            for i in range(max(x - reach, 0), min(x + reach + 1, nx)):
-                                if hu[k, j, i] >= center_min:
-                                    hit = True
-                    if not hit:
-                        continue
+                if hu[z, y, x] < center_min and not _any_at_least(hu, z, y, x, reach, center_min):
+                    continue
                 if use_box:
                     ok = True
                     for k in range(max(z - half, 0), min(z + half + 1, nz)):

@@ -2,7 +2,8 @@
 
 A second compiled path beside TensorRT: Inductor generates and fuses the kernels (C++
 on the CPU, Triton on CUDA). The ``.pt2`` files load without the trainer's code
-(`engine.backends.torch_compiled`), so a machine without TensorRT still runs compiled.
+(`export.torch_backend`, opened by `engine.backends.open_backend`), so a machine without
+TensorRT still runs compiled.
 The package's manifest is rewritten to hash the new files.
 
 Only the patch graph is compiled: with torch 2.13, Inductor fails to lower the dense

@@ -52,7 +52,7 @@ def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch"
     if name == "torch-compiled":
         if not _has("torch"):
             raise BackendUnavailableError("the torch-compiled backend needs PyTorch: pip install torch")
-        from .torch_compiled import TorchCompiledBackend
+        from export.torch_backend import TorchCompiledBackend  # torch stays out of engine/
 
         return TorchCompiledBackend(package, graph=graph, **opts)
     from .onnxruntime import OnnxRuntimeBackend

@@ -36,8 +36,34 @@ def _seeds(spec, default):
     return range(int(a), int(b))
 
 
-def run(args: argparse.Namespace) -> int:
+_FIELDS = ("patches", "labels", "locations", "scan")
+
+
+def _key(*parts) -> str:
+    """Cache key: a short hash of the JSON of ``parts``."""
     import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_split(path, tr, va) -> None:
+    import numpy as np
+
+    np.savez(path, **{f"train_{f}": getattr(tr, f) for f in _FIELDS}, **{f"val_{f}": getattr(va, f) for f in _FIELDS})
+
+
+def _load_split(path):
+    """-> (train PatchSet, validation PatchSet) from a `_save_split` file."""
+    import numpy as np
+
+    from trainer.data.phantoms import PatchSet
+
+    z = np.load(path)
+    return tuple(PatchSet(*(z[f"{part}_{f}"] for f in _FIELDS)) for part in ("train", "val"))
+
+
+def run(args: argparse.Namespace) -> int:
     import json
     import tomllib
     from dataclasses import asdict
@@ -58,13 +84,9 @@ def run(args: argparse.Namespace) -> int:
     spec, sampling = PreprocessSpec(), SamplingSpec()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(json.dumps([source, data, spec.to_dict(), asdict(sampling)], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
-    cache = out / f"patches_{key}.npz"
+    cache = out / f"patches_{_key(source, data, spec.to_dict(), asdict(sampling))}.npz"
     if cache.exists():
-        z = np.load(cache)
-        tr = PatchSet(*(z[f"train_{f}"] for f in ("patches", "labels", "locations", "scan")))
-        va = PatchSet(*(z[f"val_{f}"] for f in ("patches", "labels", "locations", "scan")))
+        tr, va = _load_split(cache)
         print(f"patches from cache {cache.name}")
     else:
         if source == "phantoms":
@@ -76,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
             m = np.isin(allp.scan, val_scans)
             tr = PatchSet(allp.patches[~m], allp.labels[~m], allp.locations[~m], allp.scan[~m])
             va = PatchSet(allp.patches[m], allp.labels[m], allp.locations[m], allp.scan[m])
-        np.savez(cache, **{f"train_{f}": getattr(tr, f) for f in ("patches", "labels", "locations", "scan")},
-                 **{f"val_{f}": getattr(va, f) for f in ("patches", "labels", "locations", "scan")})
+        _save_split(cache, tr, va)
     if args.hard_negatives:
         if source != "phantoms":
             from engine import ConfigError
@@ -86,25 +107,20 @@ def run(args: argparse.Namespace) -> int:
         from engine.package import ModelPackage
         from trainer.data.phantoms import phantom_hard_negatives
 
-        fields = ("patches", "labels", "locations", "scan")
         # mining depends on the scans and the preprocessing, not on how positives are sampled
-        hkey = hashlib.sha256(json.dumps([source, data, spec.to_dict()], sort_keys=True,
-                                         default=str).encode()).hexdigest()[:16]
+        hkey = _key(source, data, spec.to_dict())
         mined = []
         for pkg in args.hard_negatives:
             model_id = ModelPackage.load(pkg).manifest.model_id
             hcache = out / f"hard_{hkey}_{model_id}_{args.hard_per_scan}.npz"
             if hcache.exists():
-                z = np.load(hcache)
-                htr = PatchSet(*(z[f"train_{f}"] for f in fields))
-                hva = PatchSet(*(z[f"val_{f}"] for f in fields))
+                htr, hva = _load_split(hcache)
             else:
                 htr = phantom_hard_negatives(_seeds(data.get("train_seeds"), (1000, 1024)), pkg,
                                              args.hard_per_scan, spec=spec)
                 hva = phantom_hard_negatives(_seeds(data.get("val_seeds"), (2000, 2006)), pkg,
                                              args.hard_per_scan, spec=spec)
-                np.savez(hcache, **{f"train_{f}": getattr(htr, f) for f in fields},
-                         **{f"val_{f}": getattr(hva, f) for f in fields})
+                _save_split(hcache, htr, hva)
             tr, va = PatchSet.concat([tr, htr]), PatchSet.concat([va, hva])
             mined.append(model_id)
         data = {**data, "hard_negatives_from": mined, "hard_per_scan": args.hard_per_scan}

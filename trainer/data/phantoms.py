@@ -10,7 +10,7 @@ import numpy as np
 from engine import ConfigError
 from engine.preprocess import PreprocessSpec, preprocess
 
-from .annotations import read_annotations
+from .annotations import as_xyzd, read_annotations
 from .sampling import SamplingSpec, sample_scan
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,6 @@ class PatchSet:
                           ("patches", "labels", "locations", "scan")))
 
 
-def _xyzd(nodules) -> np.ndarray:
-    return np.asarray([[*n.center_xyz_mm, n.diameter_mm] for n in nodules], dtype=np.float64).reshape(-1, 4)
-
-
 def phantom_patches(seeds, spec: PreprocessSpec = PreprocessSpec(), sampling: SamplingSpec = SamplingSpec(),
                     phantom_params=None, progress: bool = True) -> PatchSet:
     """Generate phantoms for ``seeds``, preprocess them with the engine, sample patches."""
@@ -48,7 +44,7 @@ def phantom_patches(seeds, spec: PreprocessSpec = PreprocessSpec(), sampling: Sa
         ph = generate_phantom(int(seed), params=phantom_params)
         pre = preprocess(ph.volume, spec)
         rng = np.random.default_rng(int(seed) + 7919)
-        p, y, loc, _ = sample_scan(pre, _xyzd(ph.nodules), _xyzd(ph.excluded), sampling, rng)
+        p, y, loc, _ = sample_scan(pre, as_xyzd(ph.nodules), as_xyzd(ph.excluded), sampling, rng)
         parts.append(PatchSet(p, y, loc, np.full(len(y), i, np.int32)))
     return PatchSet.concat(parts)
 
@@ -99,7 +95,7 @@ def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float 
         centres = det._grid_centres(pre)
         logits = det._score_dense(pre, centres)
         vol = pre.volume
-        find = np.concatenate([_xyzd(ph.nodules), _xyzd(ph.excluded)])
+        find = np.concatenate([as_xyzd(ph.nodules), as_xyzd(ph.excluded)])
         if len(find):
             zyx = vol.world_to_voxel(find[:, :3])
             d = np.linalg.norm(centres[:, None, :] - zyx[None], axis=-1)

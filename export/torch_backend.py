@@ -1,16 +1,16 @@
 """Compiled-PyTorch backend: AOTInductor packages (``patch.pt2`` / ``dense.pt2``).
 
-The one place under engine/ where torch may be imported, lazily, and only when this
-backend is asked for by name; ``auto`` never picks it on a CPU machine (ONNX Runtime is
-the CPU backend), and it is never on the default path.
+It lives beside the exporter that builds those packages, not under engine/, so the engine
+stays torch-free: `engine.backends.open_backend` imports it only when the backend is asked
+for by name; ``auto`` never picks it, and it is never on the default path.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, PackageError
-from ..package import ModelPackage
-from .base import Backend
+from engine.backends.base import Backend
+from engine.errors import BackendUnavailableError, PackageError
+from engine.package import ModelPackage
 
 
 class TorchCompiledBackend(Backend):

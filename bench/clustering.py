@@ -41,8 +41,8 @@ def run(model=None, phantoms: int = 10, seed: int = 3000, keep: int = 100, phant
         uid = ph.volume.series_uid
         ann[uid], exc[uid] = as_xyzd(ph.nodules), as_xyzd(ph.excluded)
         pre = preprocess(ph.volume, det.spec)
-        c = det._grid_centres(pre)
-        lg = det._score_dense(pre, c) if det.config.mode == "dense" else det._score_patch(pre, c)
+        c = det.grid_centres(pre)
+        lg = det.score(pre, c)
         p = _sigmoid(lg)
         for name, (kind, refine, in_mask) in VARIANTS.items():
             cfg = replace(det.config, top_k=keep, clustering=kind, refine=refine, in_mask=in_mask)

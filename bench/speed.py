@@ -95,10 +95,10 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             d = dense.detect(s)
             vol = load_volume(s)
             pre = preprocess(vol, dense.spec)
-            centres = dense._grid_centres(pre)
+            centres = dense.grid_centres(pre)
             sub = centres[rng.choice(len(centres), min(subset, len(centres)), replace=False)]
             t0 = time.perf_counter()
-            patch._score_patch(pre, sub)
+            patch.score(pre, sub)
             t_stream = time.perf_counter() - t0
             t0 = time.perf_counter()
             for _, b in PatchProducer(pre.volume.hu, sub, patch.config.batch_size, patch.norm, overlap=False):
@@ -190,9 +190,9 @@ def tile_sweep(package, pre, centres, tiles=TILES) -> list[dict]:
     rows = []
     for t in tiles:
         d = Detector(package, backend="onnxruntime-cpu", config=DetectorConfig(mode="dense", tile_out=t))
-        d._score_dense(pre, centres[:1])  # warm-up: session, first allocation
+        d.score(pre, centres[:1])  # warm-up: session, first allocation
         t0 = time.perf_counter()
-        d._score_dense(pre, centres)
+        d.score(pre, centres)
         rows.append({"tile_out": t, "tile_side_voxels": 4 * (t - 1) + 41, "seconds": time.perf_counter() - t0})
         d.close()
     return rows

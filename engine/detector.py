@@ -251,7 +251,13 @@ class Detector:
         self.close()
 
     # -- stages -------------------------------------------------------------------
-    def _grid_centres(self, pre) -> np.ndarray:
+    def score(self, pre, centres) -> np.ndarray:
+        """Logits (n,) at ``centres`` (n, 3) on ``pre``'s 1 mm grid, in this detector's mode."""
+        if not len(centres):
+            return np.zeros(0)
+        return self._score_dense(pre, centres) if self.config.mode == "dense" else self._score_patch(pre, centres)
+
+    def grid_centres(self, pre) -> np.ndarray:
         """Candidate centres on the network's output grid (dense and patch alike)."""
         m = self.package.manifest
         stride = m.dense_stride or self.config.rules.stride
@@ -320,14 +326,10 @@ class Detector:
         pre = preprocess(vol, self.spec)
         timings.update(pre.timings_s)
         t = time.perf_counter()
-        centres = self._grid_centres(pre)
+        centres = self.grid_centres(pre)
         timings["candidates"] = time.perf_counter() - t
         t = time.perf_counter()
-        if len(centres):
-            logits = self._score_dense(pre, centres) if self.config.mode == "dense" else \
-                self._score_patch(pre, centres)
-        else:
-            logits = np.zeros(0)
+        logits = self.score(pre, centres)
         timings["inference"] = time.perf_counter() - t
         t = time.perf_counter()
         probs = _sigmoid(logits)
@@ -377,9 +379,8 @@ class Detector:
 
         vol = source if isinstance(source, Volume) else load_volume(source)
         pre = preprocess(vol, self.spec)
-        c = self._grid_centres(pre) if centres_zyx_1mm is None else np.asarray(centres_zyx_1mm)
-        f = self._score_dense if self.config.mode == "dense" else self._score_patch
-        return c, f(pre, c)
+        c = self.grid_centres(pre) if centres_zyx_1mm is None else np.asarray(centres_zyx_1mm)
+        return c, self.score(pre, c)
 
 
 def write_outputs(det: Detections, out_dir: Path) -> dict:

@@ -92,8 +92,8 @@ def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float 
     for i, seed in enumerate(tqdm(list(seeds), desc="mining", unit="scan", disable=not progress)):
         ph = generate_phantom(int(seed), shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm)
         pre = preprocess(ph.volume, spec)
-        centres = det._grid_centres(pre)
-        logits = det._score_dense(pre, centres)
+        centres = det.grid_centres(pre)
+        logits = det.score(pre, centres)
         vol = pre.volume
         find = np.concatenate([as_xyzd(ph.nodules), as_xyzd(ph.excluded)])
         if len(find):

@@ -1,5 +1,10 @@
 """Training loop: RMSprop (the seed's settings), balanced batches, on-the-fly rotation/flip
-augmentation, best checkpoint by validation ROC AUC, CSV log, resumable."""
+augmentation, best checkpoint by validation ROC AUC, CSV log, resumable.
+
+The data come in one of two forms, behind one batch-source interface (`batch_source`):
+an in-memory `trainer.data.phantoms.PatchSet` (balanced random batches, augmented here) or a
+`trainer.data.dataset.PatchStream` (patches cut from the scan cache as they are needed,
+balanced and augmented by the stream itself, through a torch DataLoader)."""
 from __future__ import annotations
 
 import csv
@@ -37,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0                  # torch CPU threads (0: torch's default)
+    workers: int = 0                  # DataLoader workers for streamed data (0: in the main process)
     init: str | None = None           # start from these weights (a .safetensors checkpoint)
 
     def __post_init__(self) -> None:
@@ -44,6 +50,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be rmsprop, adam or sgd, got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError(f"epochs >= 1 and batch_size >= 2 needed, got {self.epochs}, {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
 
     @classmethod
     def from_toml(cls, path, **overrides) -> "TrainConfig":
@@ -118,8 +126,114 @@ def predict(model, patches_u8, locations, batch_size=64, device="cpu") -> np.nda
     return np.concatenate(out) if out else np.zeros(0)
 
 
+# -- batch sources: where the training batches and the validation items come from -------------
+
+class PatchSetBatches:
+    """Balanced random batches from an in-memory PatchSet, augmented here (`_augment`)."""
+
+    def __init__(self, data, cfg: TrainConfig, rng: np.random.Generator, gen):
+        self.data, self.cfg, self.rng, self.gen = data, cfg, rng, gen
+        self.pos = np.flatnonzero(data.labels == 1)
+        self.neg = np.flatnonzero(data.labels == 0)
+        if len(self.pos) == 0 or len(self.neg) == 0:
+            raise ConfigError(f"training set needs positives and negatives, got {len(self.pos)} and {len(self.neg)}")
+
+    def default_steps(self) -> int:
+        return max(1, 2 * len(self.pos) // self.cfg.batch_size)
+
+    def batches(self, epoch: int, steps: int):
+        """``steps`` (x, y, location) CPU tensor batches."""
+        import torch
+
+        half = self.cfg.batch_size // 2
+        for _ in range(steps):
+            idx = np.r_[self.rng.choice(self.pos, half), self.rng.choice(self.neg, self.cfg.batch_size - half)]
+            x = _augment(_to_tensor(self.data.patches, idx), self.cfg, self.gen)
+            yield (x, torch.from_numpy(self.data.labels[idx].astype(np.float32)),
+                   torch.from_numpy(self.data.locations[idx]))
+
+
+class StreamBatches:
+    """Batches from a `PatchStream` (balanced and augmented by the stream when it is a training
+    stream) through a DataLoader with ``cfg.workers`` workers; nothing is held in memory beyond
+    the batches in flight. Epoch ``e`` uses the stream's order of epoch ``e`` (resumable); when
+    ``steps`` asks for more than one pass, the next passes use further orders of that epoch."""
+
+    def __init__(self, stream, cfg: TrainConfig):
+        from .data.torch_dataset import TorchPatchDataset
+
+        self.stream, self.cfg = stream, cfg
+        self.dataset = TorchPatchDataset(stream)  # builds the index: fills the scan cache once
+        if stream.training:
+            labels = stream.index.label
+            if not (labels == 1).any() or not (labels == 0).any():
+                raise ConfigError(f"training set needs positives and negatives, got {int((labels == 1).sum())} "
+                                  f"and {int((labels == 0).sum())}")
+
+    def default_steps(self) -> int:
+        return max(1, len(self.stream) // self.cfg.batch_size)
+
+    def _loader(self, batch_size: int):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(self.dataset, batch_size=batch_size, num_workers=self.cfg.workers)
+
+    def batches(self, epoch: int, steps: int):
+        done, rerun = 0, 0
+        while done < steps:
+            # pass 0 of epoch e is the stream's epoch e; further passes get orders no epoch uses
+            self.dataset.set_epoch(epoch if rerun == 0 else 1_000_000 * rerun + epoch)
+            for x, y, loc in self._loader(self.cfg.batch_size):
+                yield x, y, loc
+                done += 1
+                if done == steps:
+                    return
+            rerun += 1
+
+
+def batch_source(data, cfg: TrainConfig, rng: np.random.Generator, gen):
+    """A PatchSet -> `PatchSetBatches`; a `PatchStream` -> `StreamBatches`."""
+    return PatchSetBatches(data, cfg, rng, gen) if _is_patchset(data) else StreamBatches(data, cfg)
+
+
+def eval_batches(data, workers: int = 0, batch_size: int = 64):
+    """Every validation item once, unaugmented, in order: (x, y, location) tensor batches
+    from a PatchSet or an evaluation `PatchStream`."""
+    import torch
+
+    if _is_patchset(data):
+        for s in range(0, len(data), batch_size):
+            idx = np.arange(s, min(s + batch_size, len(data)))
+            yield (_to_tensor(data.patches, idx), torch.from_numpy(data.labels[idx].astype(np.float32)),
+                   torch.from_numpy(data.locations[idx]))
+        return
+    from torch.utils.data import DataLoader
+
+    from .data.torch_dataset import TorchPatchDataset
+
+    yield from DataLoader(TorchPatchDataset(data), batch_size=batch_size, num_workers=workers)
+
+
+def evaluate(model, data, device="cpu", workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of every validation item of ``data`` (PatchSet or evaluation stream)."""
+    import torch
+
+    model.eval()
+    labels, scores = [], []
+    with torch.no_grad():
+        for x, y, loc in eval_batches(data, workers):
+            scores.append(model(x.to(device), loc.to(device)).float().cpu().numpy())
+            labels.append(y.numpy())
+    if not labels:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(labels), np.concatenate(scores)
+
+
 def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | None = None, progress=True) -> dict:
-    """Train ``cfg.model`` on PatchSets; writes best/last checkpoints and train_log.csv into out_dir.
+    """Train ``cfg.model``; writes best/last checkpoints and train_log.csv into out_dir.
+
+    ``train_set`` / ``val_set``: each an in-memory PatchSet or a `PatchStream` (a training
+    stream for ``train_set``, an evaluation stream for ``val_set``).
 
     Returns a summary dict (best validation AUC, epoch, seconds, checkpoint path).
     """
@@ -163,11 +277,8 @@ def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | No
         st = json.loads(state_path.read_text())
         start_epoch, best = st["epoch"] + 1, st["best"]
         log.info("resuming at epoch %d", start_epoch)
-    pos = np.flatnonzero(train_set.labels == 1)
-    neg = np.flatnonzero(train_set.labels == 0)
-    if len(pos) == 0 or len(neg) == 0:
-        raise ConfigError(f"training set needs positives and negatives, got {len(pos)} and {len(neg)}")
-    steps = cfg.steps_per_epoch or max(1, 2 * len(pos) // cfg.batch_size)
+    batches = batch_source(train_set, cfg, rng, gen)
+    steps = cfg.steps_per_epoch or batches.default_steps()
     loss_fn = torch.nn.BCEWithLogitsLoss()
     config = {"model": cfg.model, "model_kwargs": {}, "train": asdict(cfg), **(extra_config or {})}
     log_path = out / "train_log.csv"
@@ -180,13 +291,9 @@ def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | No
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             losses = []
-            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-            for _ in bar:
-                half = cfg.batch_size // 2  # balanced batches
-                idx = np.r_[rng.choice(pos, half), rng.choice(neg, cfg.batch_size - half)]
-                x = _augment(_to_tensor(train_set.patches, idx), cfg, gen).to(device)
-                y = torch.from_numpy(train_set.labels[idx].astype(np.float32)).to(device)
-                loc = torch.from_numpy(train_set.locations[idx]).to(device)
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+            for x, y, loc in batches.batches(epoch, steps):
+                x, y, loc = x.to(device), y.to(device), loc.to(device)
                 opt.zero_grad(set_to_none=True)
                 if scaler_ctx is not None:
                     with scaler_ctx:
@@ -196,9 +303,10 @@ def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | No
                 loss.backward()
                 opt.step()
                 losses.append(float(loss))
+                bar.update()
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            scores = predict(model, val_set.patches, val_set.locations, device=device)
-            auc = roc_auc(val_set.labels, scores)
+            bar.close()
+            auc = roc_auc(*evaluate(model, val_set, device=device, workers=cfg.workers))
             w.writerow([epoch + 1, f"{np.mean(losses):.5f}", f"{auc:.5f}", f"{time.perf_counter() - t_start:.1f}"])
             f.flush()
             log.info("epoch %d loss %.4f val AUC %.4f", epoch + 1, np.mean(losses), auc)
@@ -212,6 +320,12 @@ def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | No
     return {"best_val_auc": best["auc"], "best_epoch": best["epoch"], "seconds": time.perf_counter() - t_start,
             "checkpoint": str(out / "best.safetensors"), "train_patches": len(train_set),
             "val_patches": len(val_set)}
+
+
+def _is_patchset(data) -> bool:
+    from .data.phantoms import PatchSet
+
+    return isinstance(data, PatchSet)
 
 
 def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:

@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "engine.commands.convert",
     "engine.commands.detect",
     "engine.commands.demo",
+    "engine.commands.serve",
     "trainer.commands.synth",
     "trainer.commands.train",
     "export.cli",

@@ -1,0 +1,139 @@
+"""`noduleflow serve`: the scanner-side service (DICOM receiver, spool, detection, DICOM SR)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="receive CT series over DICOM (or a watched folder), detect, write DICOM SR results",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run beside a CT scanner: a DICOM Storage SCP (C-STORE, C-ECHO) spools every CT instance\n"
+                    "to disk (fsynced) before answering success; a series is complete after --quiet-period\n"
+                    "seconds without an instance; one worker detects complete series with the model loaded\n"
+                    "once and writes SPOOL/results/<series>/ (candidates.csv, <series>.json, <series>.png,\n"
+                    "sr.dcm: a Comprehensive 3D SR with each candidate as a SCOORD3D point and its\n"
+                    "probability). State lives in the spool, so a killed service resumes unfinished series on\n"
+                    "start and never processes one twice. Needs the 'serve' extra: pip install "
+                    "'noduleflow[serve]'.",
+        epilog="examples:\n"
+               "  noduleflow serve --spool /data/nf --host 0.0.0.0 --port 11112 --allow-ae CT_SCANNER1\n"
+               "  noduleflow serve --spool /data/nf --no-network --watch /data/incoming\n"
+               "  noduleflow serve --spool /data/nf --forward PACS@10.0.0.5:104 --allow-ae CT1\n"
+               "  noduleflow serve --spool /data/nf --status")
+    p.add_argument("--spool", required=True, help="spool folder: all state and results live here")
+    p.add_argument("--status", action="store_true", help="print what the spool holds (and whether a service "
+                                                          "is running on it) and exit")
+    p.add_argument("--json", action="store_true", help="with --status: JSON instead of a table")
+    g = p.add_argument_group("DICOM network")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
+                                                      "every interface)")
+    g.add_argument("--port", type=int, default=11112, help="TCP port (default 11112; 0 picks a free one)")
+    g.add_argument("--ae-title", default="NODULEFLOW", help="this service's AE title (default NODULEFLOW)")
+    g.add_argument("--allow-ae", action="append", default=[], metavar="TITLE",
+                   help="calling AE title allowed to associate (repeatable); others are rejected. Required "
+                        "when listening beyond loopback, unless --allow-any-ae")
+    g.add_argument("--allow-any-ae", action="store_true", help="accept any calling AE title")
+    g.add_argument("--allow-host", action="append", default=[], metavar="ADDR",
+                   help="peer address or network (10.0.0.5, 10.0.0.0/24) allowed to connect (repeatable; "
+                        "default any)")
+    g.add_argument("--no-network", action="store_true", help="no DICOM listener (folder watch only)")
+    g.add_argument("--forward", metavar="AET@HOST:PORT", help="C-STORE each SR to this destination")
+    g.add_argument("--forward-retries", type=int, default=3, help="attempts per SR (default 3, backoff 2, 4 s)")
+    w = p.add_argument_group("series and spool")
+    w.add_argument("--quiet-period", type=float, default=10.0, metavar="S",
+                   help="a series is complete after S seconds without a new instance (default 10)")
+    w.add_argument("--watch", metavar="DIR", help="also take DICOM files dropped into DIR (deleted once "
+                                                  "spooled; bad files move to SPOOL/rejected/)")
+    w.add_argument("--keep-instances", action="store_true",
+                   help="keep a done series' images in the spool (default: drop them; failed series keep them)")
+    w.add_argument("--max-attempts", type=int, default=3,
+                   help="a series interrupted this many times by a dying service is failed (default 3)")
+    w.add_argument("--min-free-mb", type=float, default=256.0,
+                   help="refuse instances (status 'out of resources') below this much free disk (default 256)")
+    d = p.add_argument_group("detection")
+    d.add_argument("--model", help="model package folder (default: the shipped model)")
+    d.add_argument("--backend", default="auto", help="inference backend, as for detect (default auto)")
+    d.add_argument("--mode", choices=("dense", "patch"), default="dense")
+    d.add_argument("--top-k", type=int, default=15, help="candidates per series (default 15)")
+    d.add_argument("--threshold", type=float, default=0.0, help="drop candidates below this probability")
+    d.add_argument("--no-png", action="store_true", help="skip the pictures")
+    p.set_defaults(func=run)
+
+
+def print_status(st: dict, out=sys.stdout) -> None:
+    svc = st.get("service") or {}
+    running = "running" if st["running"] else "not running"
+    where = f" (pid {svc.get('pid')}, {svc.get('ae_title')} on {svc.get('host')}:{svc.get('port')})" \
+        if st["running"] and svc.get("network") else (f" (pid {svc.get('pid')})" if st["running"] else "")
+    print(f"spool {st['spool']}: service {running}{where}", file=out)
+    print("  " + ", ".join(f"{k} {v}" for k, v in st["counts"].items())
+          + f"; late instances {sum(st['late_instances'].values())}; rejected files {st['rejected_files']}",
+          file=out)
+    if st["series"]:
+        print(f"  {'state':<11}{'images':>7}{'idle s':>9}  series / detail", file=out)
+    for s in st["series"]:
+        detail = s["error"] or ""
+        if s["timings_s"]:
+            detail = f"{s['timings_s'].get('total', 0):.1f} s" + (", SR forwarded" if s.get("forwarded") else "")
+        print(f"  {s['state']:<11}{s['instances']:>7}{s['idle_s']:>9.0f}  {s['series_uid']}"
+              + (f"  {detail}" if detail else ""), file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    import signal
+    from pathlib import Path
+
+    from engine.errors import ConfigError
+
+    if args.status:
+        from engine.serve.spool import Spool
+
+        if not Path(args.spool).is_dir():
+            raise ConfigError(f"--spool {args.spool}: no such folder")
+        st = Spool(args.spool).status()
+        print(json.dumps(st, indent=1)) if args.json else print_status(st)
+        return 0
+    try:
+        import highdicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"serve needs the 'serve' extra ({exc.name} is missing): "
+                          f"pip install 'noduleflow[serve]'") from None
+    from engine.serve.service import ServeConfig, Service
+
+    cfg = ServeConfig(spool=Path(args.spool), host=args.host, port=args.port, ae_title=args.ae_title,
+                      allow_ae=tuple(args.allow_ae), allow_any_ae=args.allow_any_ae,
+                      allow_hosts=tuple(args.allow_host), network=not args.no_network,
+                      quiet_s=args.quiet_period, watch=Path(args.watch) if args.watch else None,
+                      model=args.model, backend=args.backend, mode=args.mode, top_k=args.top_k,
+                      threshold=args.threshold, png=not args.no_png, keep_instances=args.keep_instances,
+                      max_attempts=args.max_attempts, forward=args.forward, forward_retries=args.forward_retries,
+                      min_free_mb=args.min_free_mb)
+    slog = logging.getLogger("noduleflow.serve")
+    if not slog.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        slog.addHandler(h)
+        slog.propagate = False
+    slog.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
+    svc = Service(cfg).start()
+    print(f"noduleflow serve: spool {cfg.spool}"
+          + (f", {cfg.ae_title} listening on {cfg.host}:{svc.port}" if cfg.network else "")
+          + (f", watching {cfg.watch}" if cfg.watch else "") + "; Ctrl-C or SIGTERM stops", flush=True)
+
+    def _stop(signum, frame):
+        svc.request_stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not svc.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        svc.stop()
+    return 0

@@ -1,0 +1,92 @@
+"""Detections as a DICOM Structured Report, built with highdicom.
+
+A Comprehensive 3D SR holding a TID 1500 Measurement Report: one TID 1411 volumetric ROI
+group per candidate, its location a SCOORD3D POINT (world mm, LPS) in the source series'
+frame of reference, finding type "Nodule" (SCT 27925004), finding site "Lung", and the
+model's probability as a measurement (DCM 122157 "Probability", unit "1"). The source CT
+instances are the SR's evidence, so it references the series it was computed from.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SERIES_NUMBER = 9901   # SR series number; the SR is a derived series of its own
+
+
+def build_sr(detections, evidence, *, model_id: str, engine_version: str, device_uid: str | None = None):
+    """``evidence``: the source CT instances' headers (pydicom Datasets, pixel data not needed).
+    Returns a highdicom ``Comprehensive3DSR``."""
+    import highdicom as hd
+    import numpy as np
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    if not evidence:
+        raise ValueError("an SR needs the source instances as evidence")
+    ref = evidence[0]
+    frame_uid = str(ref.FrameOfReferenceUID)
+    series_uid = str(ref.SeriesInstanceUID)
+    algorithm = hd.sr.AlgorithmIdentification(name=model_id, version=engine_version)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid or generate_uid(entropy_srcs=["noduleflow", model_id]),
+            name="noduleflow", manufacturer_name="noduleflow", model_name=model_id))
+    groups = []
+    for i, c in enumerate(detections.candidates, 1):
+        surface = hd.sr.VolumeSurface(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=np.asarray([c.center_xyz_mm], dtype=np.float64),
+            frame_of_reference_uid=frame_uid,
+            source_series=hd.sr.SourceSeriesForSegmentation(series_uid))
+        prob = hd.sr.Measurement(name=codes.DCM.Probability, value=float(round(c.prob, 6)),
+                                 unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"candidate {i}"),
+            referenced_volume_surface=surface,
+            finding_type=codes.SCT.Nodule,
+            finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
+            algorithm_id=algorithm,
+            measurements=[prob]))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=hd.sr.CodedConcept("24627-2", "LN", "CT Chest"),
+        imaging_measurements=groups or None)
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="noduleflow",
+        series_description=f"noduleflow nodule candidates ({model_id})", is_complete=True)
+
+
+def write_sr(detections, evidence, path, **kw) -> Path:
+    sr = build_sr(detections, evidence, **kw)
+    path = Path(path)
+    sr.save_as(path, enforce_file_format=True)
+    return path
+
+
+def read_sr_points(path) -> list[tuple[tuple[float, float, float], float, str]]:
+    """Read an SR written by `write_sr` back with pydicom: [(xyz mm, probability, frame UID)]."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    out = []
+
+    def walk(items):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
+            if name == "Volumetric ROI Measurements" or name.startswith("Measurement Group"):
+                point, prob = None, None
+                for sub in it.ContentSequence:
+                    if sub.ValueType == "SCOORD3D":
+                        point = (tuple(float(v) for v in sub.GraphicData), str(sub.ReferencedFrameOfReferenceUID))
+                    elif sub.ValueType == "NUM" and sub.ConceptNameCodeSequence[0].CodeValue == "122157":
+                        prob = float(sub.MeasuredValueSequence[0].NumericValue)
+                if point is not None and prob is not None:
+                    out.append((point[0], prob, point[1]))
+            elif "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(ds.ContentSequence)
+    return out

@@ -162,6 +162,8 @@ class StreamBatches:
     def __init__(self, stream, cfg: TrainConfig):
         from .data.torch_dataset import TorchPatchDataset
 
+        if cfg.workers:
+            fork_safe_numba()
         self.stream, self.cfg = stream, cfg
         self.dataset = TorchPatchDataset(stream)  # builds the index: fills the scan cache once
         if stream.training:
@@ -189,6 +191,23 @@ class StreamBatches:
                 if done == steps:
                     return
             rerun += 1
+
+
+def fork_safe_numba() -> None:
+    """DataLoader workers are forked, and a process forked after numba ran on the GNU OpenMP
+    threading layer is killed at its first parallel call. Pick a fork-safe layer (TBB, or the
+    built-in workqueue) while that is still possible (before the first parallel call), else
+    refuse."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not started yet
+        numba.config.THREADING_LAYER = "forksafe"
+        return
+    if layer == "omp":
+        raise ConfigError("data-loader workers need a fork-safe numba threading layer, but this process "
+                          "already runs numba on OpenMP: set NUMBA_THREADING_LAYER=workqueue or use workers = 0")
 
 
 def batch_source(data, cfg: TrainConfig, rng: np.random.Generator, gen):

@@ -169,3 +169,24 @@ def test_train_luna16_val_and_test_fold_overlap(luna, tmp_path):
 
     with pytest.raises(ConfigError, match=r"folds \[1\] are both validation and test"):
         run(build_parser().parse_args(_args(root, tmp_path / "out", "--val-fold", "1", "--test-fold", "1")))
+
+
+def test_train_luna16_dataloader_workers(luna, tmp_path):
+    """Streamed patches through 2 forked DataLoader workers (a fresh process: numba must get a
+    fork-safe threading layer before its first parallel call)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, _ = luna
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    env.pop("NUMBA_THREADING_LAYER", None)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "engine.cli", *_args(root, out, "--val-fold", "1", "--workers", "2")],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(out / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"])) and np.isfinite(float(rows[0]["val_auc"]))
+    assert json.loads((out / "best.json").read_text())["train"]["workers"] == 2

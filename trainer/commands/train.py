@@ -182,6 +182,10 @@ def _luna16_data(args, cfg, source, data, spec, out):
     if args.hard_negatives:
         raise ConfigError("--hard-negatives mines on generated phantoms; for a LUNA16 folder pass a previous "
                           "model's detections with --hard-negatives-csv")
+    if cfg.workers:
+        from trainer.train import fork_safe_numba
+
+        fork_safe_numba()  # before the first preprocessing: the workers are forked later
     ds = read_luna16(source)
     test_folds = _folds(args.test_fold, data, "test_folds") or []
     val_folds = _folds(args.val_fold, data, "val_folds")

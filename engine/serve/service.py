@@ -246,9 +246,10 @@ class Service:
 
     def _on_requested(self, event) -> None:
         rq = event.assoc.requestor
-        allowed = not self.cfg.allow_ae or rq.ae_title in self.cfg.allow_ae
+        calling = str(getattr(rq.primitive, "calling_ae_title", "") or "").strip()
+        allowed = not self.cfg.allow_ae or calling in self.cfg.allow_ae
         (log.info if allowed else log.warning)(
-            "association from %s@%s%s", rq.ae_title, rq.address,
+            "association from %s@%s%s", calling, rq.address,
             "" if allowed else ": calling AE title not in --allow-ae, rejected")
 
     def _on_echo(self, event) -> int:

@@ -3,7 +3,8 @@
 A Comprehensive 3D SR holding a TID 1500 Measurement Report: one TID 1411 volumetric ROI
 group per candidate, its location a SCOORD3D POINT (world mm, LPS) in the source series'
 frame of reference, finding type "Nodule" (SCT 27925004), finding site "Lung", and the
-model's probability as a measurement (DCM 122157 "Probability", unit "1"). The source CT
+model's probability as a measurement (DCM 122157 "Probability", unit "1"). A series with no
+candidate gets one TID 1501 group saying "Nodule: Absent". The source CT
 instances are the SR's evidence, so it references the series it was computed from.
 """
 from __future__ import annotations
@@ -49,10 +50,15 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
             finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
             algorithm_id=algorithm,
             measurements=[prob]))
+    if not groups:   # TID 1500 needs one group: say "Nodule: absent" for the series (TID 1501)
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="no candidates"),
+            finding_type=codes.SCT.Nodule, algorithm_id=algorithm,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Nodule, codes.SCT.Absent)]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=hd.sr.CodedConcept("24627-2", "LN", "CT Chest"),
-        imaging_measurements=groups or None)
+        imaging_measurements=groups)
     return hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="noduleflow",

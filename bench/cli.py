@@ -9,6 +9,7 @@ BENCH_MODULES: list[str] = [
     "bench.preprocess_cli",
     "bench.load_cli",
     "bench.speed_cli",
+    "bench.serve_load",
 ]
 
 

@@ -127,10 +127,12 @@ class Service:
         self._log_handler: logging.Handler | None = None
         self.port: int | None = None
         self.processed = 0
+        self._started = 0.0
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> "Service":
         self.spool.lock()
+        self._started = time.time()
         self._log_handler = logging.FileHandler(self.spool.root / "serve.log")
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(self._log_handler)
@@ -279,7 +281,7 @@ class Service:
     def _completion_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.spool.complete_quiet(self.cfg.quiet_s)
+                self.spool.complete_quiet(self.cfg.quiet_s, since=self._started)
             except Exception:   # never let the thread die; the next poll tries again
                 log.exception("completion check failed")
             self._stop.wait(self.cfg.poll_s)

@@ -260,8 +260,11 @@ class Spool:
                              f"{min_free / 2 ** 20:.0f} MiB minimum")
 
     # -- state changes ------------------------------------------------------------------------
-    def complete_quiet(self, quiet_s: float, now: float | None = None) -> list[str]:
-        """Move every received series with no instance for ``quiet_s`` seconds to complete."""
+    def complete_quiet(self, quiet_s: float, now: float | None = None, since: float = 0.0) -> list[str]:
+        """Move every received series with no instance for ``quiet_s`` seconds to complete.
+
+        ``since``: the service's start time; the quiet clock never starts before it, so a sender
+        cut off by a restart has ``quiet_s`` to resume before its partial series counts as complete."""
         now = time.time() if now is None else now
         done = []
         with self._lock:
@@ -271,7 +274,7 @@ class Spool:
                     last = inst.stat().st_mtime
                 except FileNotFoundError:
                     continue
-                if now - last < quiet_s:
+                if now - max(last, since) < quiet_s:
                     continue
                 n = sum(1 for _ in inst.iterdir())
                 dest = self.dir(SeriesState.COMPLETE, d.name)

@@ -158,3 +158,15 @@ def test_one_service_per_spool(tmp_path):
     finally:
         a.unlock()
     assert not b.service_running()
+
+
+def test_quiet_clock_restarts_with_the_service(tmp_path, series_pool):
+    """A series left half-received by a stopped service is not complete the moment it restarts."""
+    import time
+
+    sp = Spool(tmp_path / "spool")
+    f = series_pool[0][0]
+    sp.store(f.read_bytes(), "1.2.5", str(_ds(f).SOPInstanceUID))
+    now = time.time() + 3600                                   # an hour later...
+    assert sp.complete_quiet(quiet_s=10, now=now, since=now - 5) == []   # ...restarted 5 s ago
+    assert sp.complete_quiet(quiet_s=10, now=now, since=now - 11) == ["1.2.5"]

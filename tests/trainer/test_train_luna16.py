@@ -190,3 +190,27 @@ def test_train_luna16_dataloader_workers(luna, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"])) and np.isfinite(float(rows[0]["val_auc"]))
     assert json.loads((out / "best.json").read_text())["train"]["workers"] == 2
+
+
+def test_luna16_toml_config(luna, tmp_path):
+    """trainer/configs/luna16.toml parses; [data] folds are used when no option is given."""
+    import tomllib
+    from pathlib import Path
+
+    from trainer.train import TrainConfig
+
+    path = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "luna16.toml"
+    cfg = TrainConfig.from_toml(path)
+    assert (cfg.model, cfg.workers) == ("3d-1", 2)
+    data = tomllib.loads(path.read_text())["data"]
+    assert (data["val_folds"], data["test_folds"]) == ([9], [8])
+    # the same keys on the tiny folder, through --config
+    root, info = luna
+    conf = tmp_path / "luna.toml"
+    conf.write_text(f'[train]\nmodel = "3d-1"\nepochs = 1\nbatch_size = 4\nsteps_per_epoch = 1\n'
+                    f'[data]\nsource = "{root}"\nval_folds = [0]\ntest_folds = [1]\nnegatives_per_scan = 6\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(conf), "--out", str(out)]) == 0
+    split = json.loads((out / "split.json").read_text())
+    assert split == {"train": [info[2][0]], "val": [info[0][0]], "test": [info[1][0]]}
+    assert json.loads((out / "summary.json").read_text())["data"]["negatives_per_scan"] == 6

@@ -165,7 +165,8 @@ def _folds(cli, toml, name):
 
 
 def _luna16_data(args, cfg, source, data, spec, out):
-    """A LUNA16 folder -> (training PatchStream, evaluation PatchStream, data record).
+    """A LUNA16 folder -> (training PatchStream, evaluation PatchStream, data record for the
+    checkpoint config, split (series UIDs per split), stats for the summary).
 
     Split by fold (LUNA16's subsets); scans preprocessed once into the scan cache; negatives:
     engine candidates outside every nodule and excluded finding, plus candidates_V2.csv class-0
@@ -211,8 +212,9 @@ def _luna16_data(args, cfg, source, data, spec, out):
             rng = np.random.default_rng([cfg.seed, int(_key(r.series_uid)[:8], 16)])
             neg = [neg[i] for i in np.sort(rng.choice(len(neg), n_neg, replace=False))]
         extra += neg
-    hard_csv = [c for path in (args.hard_negatives_csv or data.get("hard_negatives_csv", [])) for c in
-                _read_detections(path)]
+    hard_paths = args.hard_negatives_csv or data.get("hard_negatives_csv", [])
+    hard_paths = [hard_paths] if isinstance(hard_paths, str) else list(hard_paths)
+    hard_csv = [c for path in hard_paths for c in _read_detections(path)]
     cache = ScanCache(Path(args.cache) if args.cache else out / "scan_cache", CacheSpec(preprocess=spec))
     sources = {name: with_hard_negatives(sources_from_records(recs), extra + hard_csv)
                for name, recs in (("train", tr_rec), ("val", va_rec))}
@@ -230,7 +232,7 @@ def _luna16_data(args, cfg, source, data, spec, out):
     cand_file = find_candidates_file(Path(source))
     record = {"source": source, "format": "luna16", "val_folds": sorted(val_folds), "test_folds": sorted(test_folds),
               "negatives_per_scan": n_neg, "candidates_file": cand_file.name if cand_file else None,
-              "hard_negatives_csv": list(args.hard_negatives_csv or data.get("hard_negatives_csv", []))}
+              "hard_negatives_csv": hard_paths}
     split = {"train": [r.series_uid for r in tr_rec], "val": [r.series_uid for r in va_rec],
              "test": [r.series_uid for r in te_rec]}
     stats = {"train_scans": len(tr_rec), "val_scans": len(va_rec), "test_scans": len(te_rec),

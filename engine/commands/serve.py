@@ -62,7 +62,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def print_status(st: dict, out=sys.stdout) -> None:
+def print_status(st: dict, out=None) -> None:
+    out = out or sys.stdout
     svc = st.get("service") or {}
     running = "running" if st["running"] else "not running"
     where = f" (pid {svc.get('pid')}, {svc.get('ae_title')} on {svc.get('host')}:{svc.get('port')})" \

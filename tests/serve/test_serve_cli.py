@@ -1,0 +1,39 @@
+"""`noduleflow serve` on the command line: refusals name the bad value; --status reads a spool."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.cli import main
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--host", "0.0.0.0"], "needs --allow-ae"),
+    (["--allow-ae", "THIS_TITLE_IS_TOO_LONG"], "AE title 'THIS_TITLE_IS_TOO_LONG'"),
+    (["--port", "70000"], "--port 70000"),
+    (["--forward", "PACS:104"], "--forward 'PACS:104'"),
+    (["--allow-host", "not-an-ip"], "--allow-host 'not-an-ip'"),
+    (["--no-network"], "--no-network needs --watch"),
+    (["--quiet-period", "0"], "--quiet-period must be > 0"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, argv, message):
+    assert main(["serve", "--spool", str(tmp_path / "s"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_status_of_a_spool(tmp_path, capsys, series_pool):
+    from engine.serve.spool import Spool
+
+    assert main(["serve", "--spool", str(tmp_path / "none"), "--status"]) == 2
+    sp = Spool(tmp_path / "s")
+    f = series_pool[0][0]
+    sp.store(f.read_bytes(), "1.2.3", "1.2.3.1")
+    capsys.readouterr()
+    assert main(["serve", "--spool", str(tmp_path / "s"), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "service not running" in out and "received 1" in out and "1.2.3" in out
+    assert main(["serve", "--spool", str(tmp_path / "s"), "--status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["counts"]["received"] == 1 and st["series"][0]["instances"] == 1 and not st["running"]

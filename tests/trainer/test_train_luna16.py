@@ -30,7 +30,8 @@ def luna(tmp_path_factory):
     root = tmp_path_factory.mktemp("luna16")
     ann, exc, cand, info = [], [], [], {}
     for fold, seed in enumerate((21, 22, 23)):
-        ph = generate_phantom(seed, params=PhantomParams(n_nodules=2, n_excluded=1, min_nodule_mm=6.0, max_nodule_mm=9.0), **SMALL)
+        params = PhantomParams(n_nodules=2, n_excluded=1, min_nodule_mm=6.0, max_nodule_mm=9.0)
+        ph = generate_phantom(seed, params=params, **SMALL)
         v = ph.volume
         uid = f"1.3.6.1.4.1.14519.5.2.1.{fold}"
         img = sitk.GetImageFromArray(np.asarray(v.hu))
@@ -46,7 +47,8 @@ def luna(tmp_path_factory):
             exc.append(_row(uid, n.center_xyz_mm, "-1"))
             cand.append(_row(uid, n.center_xyz_mm, 0))
         info[fold] = (uid, len(ph.nodules))
-    for name, header, rows in (("annotations.csv", "diameter_mm", ann), ("annotations_excluded.csv", "diameter_mm", exc),
+    for name, header, rows in (("annotations.csv", "diameter_mm", ann),
+                               ("annotations_excluded.csv", "diameter_mm", exc),
                                ("candidates_V2.csv", "class", cand)):
         with open(root / name, "w", newline="") as f:
             w = csv.writer(f)

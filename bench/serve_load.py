@@ -45,8 +45,10 @@ def register(sub) -> None:
                                        (["--workdir", a.workdir] if a.workdir else [])))
 
 
-def _dcmtk_storescu() -> str | None:
-    for cand in ("/usr/bin/storescu", shutil.which("storescu")):
+def find_dcmtk(tool: str) -> str | None:
+    """Path of a dcmtk tool (``storescu``, ``echoscu``, ``dsrdump``), not pynetdicom's same-named
+    Python apps that may come first on PATH; None if dcmtk is not installed."""
+    for cand in (f"/usr/bin/{tool}", shutil.which(tool)):
         if cand and Path(cand).exists():
             try:
                 v = subprocess.run([cand, "--version"], capture_output=True, text=True, timeout=20).stdout
@@ -155,7 +157,7 @@ def run_load(workdir, n_series: int = 20, clients: int = 4, kill_after: int = 3,
         files = write_dicom_series(ph.volume, work / "series" / f"s{i:02d}", seed=4000 + i)
         series.append((str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID), files))
     progress(f"wrote {n_series} series of {shape[0]} slices in {time.perf_counter() - t0:.1f} s")
-    storescu = _dcmtk_storescu()
+    storescu = find_dcmtk("storescu")
     ae_titles = [f"LOAD{k}" for k in range(clients)]
     svc = ServiceProcess(spool, ae_titles, quiet_s, work / "serve_stdout.log").start()
     progress(f"service up on port {svc.port}")
@@ -313,7 +315,7 @@ def main(argv=None) -> int:
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="nf-serve-load-"))
     r = run_load(work, a.series, a.clients, a.kill_after)
     r["machine"] = {**machine(), "pynetdicom": pynetdicom.__version__, "highdicom": highdicom.__version__,
-                    "storescu": _dcmtk_storescu()}
+                    "storescu": find_dcmtk("storescu")}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(r, indent=1))

@@ -2,8 +2,6 @@
 a running in-process service on a free loopback port, and a bounded wait."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -37,17 +35,9 @@ def write_series(folder: Path, seed: int, n_nodules: int = 2) -> list[Path]:
 
 
 def dcmtk(tool: str) -> str | None:
-    """Path of a dcmtk tool (not pynetdicom's same-named Python apps), or None."""
-    for cand in (f"/usr/bin/{tool}", shutil.which(tool)):
-        if not cand or not Path(cand).exists():
-            continue
-        try:
-            out = subprocess.run([cand, "--version"], capture_output=True, text=True, timeout=20).stdout
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if "dcmtk" in out.lower():
-            return cand
-    return None
+    from bench.serve_load import find_dcmtk
+
+    return find_dcmtk(tool)
 
 
 def send(port: int, files, ae_title: str = SCU_AE, contexts=None):

@@ -321,7 +321,7 @@ def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | No
                     loss = loss_fn(model(x, loc), y)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 bar.update()
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             bar.close()

@@ -6,7 +6,8 @@
 COHORT_DIR: a folder written by `noduleflow synth`, or any folder of DICOM series / .mhd
 scans with a LUNA16-style annotations.csv (and optionally annotations_excluded.csv).
 --phantoms generates held-out phantom scans in memory (seeds S, S+1, ...; the default
-model was trained on seeds 1000-1023 and validated on 2000-2005).
+model was trained on seeds 1000-1071, validated on 2000-2005, and its detection settings
+tuned on 2100-2109).
 """
 from __future__ import annotations
 

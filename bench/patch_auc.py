@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     from trainer.checkpoint import load_checkpoint
     from trainer.data.phantoms import phantom_patches
     from trainer.data.sampling import SamplingSpec
-    from trainer.train import predict, roc_auc
+    from trainer.train import evaluate, roc_auc
 
     ap = argparse.ArgumentParser(prog="python -m bench.patch_auc", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,8 +31,7 @@ def main(argv=None) -> int:
            "auc": {}}
     for ck in a.checkpoints:
         model, cfg = load_checkpoint(ck)
-        model.eval()
-        out["auc"][ck] = round(roc_auc(ps.labels, predict(model, ps.patches, ps.locations)), 4)
+        out["auc"][ck] = round(roc_auc(*evaluate(model, ps)), 4)
         print(f"{ck}: patch ROC AUC {out['auc'][ck]:.4f} ({len(ps)} patches, {out['positives']} positive)")
     if a.json:
         with open(a.json, "w") as f:

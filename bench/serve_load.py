@@ -110,12 +110,15 @@ class ServiceProcess:
         return self.proc.returncode
 
 
-def _send_pynetdicom(port: int, ae_title: str, files) -> list[int]:
+def send_pynetdicom(port: int, ae_title: str, files, contexts=None) -> list[int]:
+    """C-STORE ``files`` (paths or datasets) to NODULEFLOW on loopback in one association, asking
+    for ``contexts`` (default CT Image Storage); returns the status of each."""
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
 
     ae = AE(ae_title=ae_title)
-    ae.add_requested_context(CTImageStorage)
+    for cx in contexts or [CTImageStorage]:
+        ae.add_requested_context(cx)
     assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
     if not assoc.is_established:
         raise RuntimeError(f"{ae_title}: association not established")
@@ -170,7 +173,7 @@ def run_load(workdir, n_series: int = 20, clients: int = 4, kill_after: int = 3,
         for j in range(k, n_series, clients):
             uid, files = series[j]
             try:
-                st = (_send_pynetdicom(svc.port, ae_titles[k], files) if kinds[k] == "pynetdicom"
+                st = (send_pynetdicom(svc.port, ae_titles[k], files) if kinds[k] == "pynetdicom"
                       else _send_storescu(storescu, svc.port, ae_titles[k], files))
                 if any(s != 0 for s in st):
                     errors.append(f"{uid}: statuses {sorted(set(st))}")
@@ -206,7 +209,7 @@ def run_load(workdir, n_series: int = 20, clients: int = 4, kill_after: int = 3,
         resent = []
         for j in pending:
             uid, files = series[j]
-            st = _send_pynetdicom(svc.port, ae_titles[0], files)
+            st = send_pynetdicom(svc.port, ae_titles[0], files)
             resent.append(uid)
             errors[:] = [e for e in errors if not e.startswith(uid)] + \
                 ([f"{uid}: resend statuses {sorted(set(st))}"] if any(s != 0 for s in st) else [])

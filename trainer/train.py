@@ -112,20 +112,6 @@ def _to_tensor(patches_u8, idx):
     return torch.from_numpy(patches_u8[idx].astype(np.float32) / 255.0)
 
 
-def predict(model, patches_u8, locations, batch_size=64, device="cpu") -> np.ndarray:
-    import torch
-
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(patches_u8), batch_size):
-            idx = np.arange(s, min(s + batch_size, len(patches_u8)))
-            x = _to_tensor(patches_u8, idx).to(device)
-            loc = torch.from_numpy(locations[idx]).to(device)
-            out.append(model(x, loc).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
 # -- batch sources: where the training batches and the validation items come from -------------
 
 class PatchSetBatches:

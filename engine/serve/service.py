@@ -22,10 +22,10 @@ import time
 import traceback
 import uuid
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NoduleflowError
 from .spool import SeriesState, Spool, SpoolError, SpoolFullError, validate_instance
 
 log = logging.getLogger("noduleflow.serve")
@@ -126,7 +126,6 @@ class Service:
         self._busy = threading.Lock()       # held by the worker while it processes a series
         self._log_handler: logging.Handler | None = None
         self.port: int | None = None
-        self.processed = 0
         self._started = 0.0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -330,16 +329,15 @@ class Service:
                 self.spool.publish(uid, partial)
                 out_s = time.perf_counter() - t
             except Exception as exc:
-                self.spool.fail(uid, "".join(traceback.format_exception(exc)) if not _is_input_error(exc)
-                                else f"{type(exc).__name__}: {exc}")
-                self.processed += 1
+                # input errors say what is wrong in one line; anything else keeps its traceback
+                self.spool.fail(uid, f"{type(exc).__name__}: {exc}" if isinstance(exc, NoduleflowError)
+                                else "".join(traceback.format_exception(exc)))
                 return True
             timings = {**{k: round(v, 3) for k, v in det.timings_s.items()}, "load": round(load_s, 3),
                        "outputs": round(out_s, 3), "total": round(time.perf_counter() - t0, 3)}
             self.spool.finish(uid, keep_instances=self.cfg.keep_instances, timings_s=timings,
                               candidates=len(det.candidates),
                               top_prob=round(det.candidates[0].prob, 4) if det.candidates else 0.0)
-            self.processed += 1
         if self.cfg.forward:
             self._forward_q.put(uid)
         return True
@@ -447,14 +445,4 @@ class Service:
         return True
 
 
-def _is_input_error(exc: Exception) -> bool:
-    from ..errors import NoduleflowError
-
-    return isinstance(exc, NoduleflowError)
-
-
-def config_dict(cfg: ServeConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-
-
-__all__ = ["ServeConfig", "Service", "parse_destination", "config_dict"]
+__all__ = ["ServeConfig", "Service", "parse_destination"]

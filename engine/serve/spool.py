@@ -99,14 +99,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """temp file in ``tmp_dir`` (same filesystem) -> fsync -> rename onto ``path`` -> fsync dir."""
+def _write_tmp(data: bytes, tmp_dir: Path) -> Path:
+    """``data`` in a new fsynced file in ``tmp_dir`` (on the destination's filesystem)."""
     tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """temp file in ``tmp_dir`` -> fsync -> rename onto ``path`` -> fsync dir."""
+    os.replace(_write_tmp(data, tmp_dir), path)
     _fsync_dir(path.parent)
 
 
@@ -211,11 +216,7 @@ class Spool:
         if not (valid_uid(series_uid) and valid_uid(sop_uid)):
             raise SpoolError(f"refusing to store UIDs {series_uid[:80]!r}/{sop_uid[:80]!r}")
         self.check_free_space(len(data))
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = _write_tmp(data, self.tmp)
         try:
             with self._lock:
                 received = self.dir(SeriesState.RECEIVED, series_uid)
@@ -252,8 +253,8 @@ class Spool:
                     series_uid, state.value, sop_uid, d)
         return dest
 
-    def check_free_space(self, need_bytes: int, min_free_mb: float | None = None) -> None:
-        min_free = (self.min_free_mb if min_free_mb is None else min_free_mb) * 2 ** 20
+    def check_free_space(self, need_bytes: int) -> None:
+        min_free = self.min_free_mb * 2 ** 20
         free = shutil.disk_usage(self.root).free
         if free - need_bytes < min_free:
             raise SpoolFullError(f"spool {self.root} has {free / 2 ** 20:.0f} MiB free, below the "

@@ -42,18 +42,9 @@ def dcmtk(tool: str) -> str | None:
 
 def send(port: int, files, ae_title: str = SCU_AE, contexts=None):
     """Send files with pynetdicom as SCU; returns the statuses (int per file)."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import CTImageStorage
+    from bench.serve_load import send_pynetdicom
 
-    ae = AE(ae_title=ae_title)
-    for cx in contexts or [CTImageStorage]:
-        ae.add_requested_context(cx)
-    assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
-    assert assoc.is_established, f"association as {ae_title} not established"
-    try:
-        return [int(assoc.send_c_store(f).Status) for f in files]
-    finally:
-        assoc.release()
+    return send_pynetdicom(port, ae_title, files, contexts)
 
 
 @pytest.fixture(scope="session")

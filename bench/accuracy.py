@@ -39,17 +39,17 @@ def register(sub) -> None:
 
 def _scans(args):
     """Yield (volume, nodules (n,4), excluded (n,4))."""
-    from engine.io import load_volume
+    from noduleflow.engine.io import load_volume
 
     if args.phantoms:
-        from trainer.data.annotations import as_xyzd
-        from trainer.phantom import generate_phantom
+        from noduleflow.trainer.data.annotations import as_xyzd
+        from noduleflow.synthetic.phantom import generate_phantom
 
         for i in range(args.phantoms):
             ph = generate_phantom(args.seed + i)
             yield ph.volume, as_xyzd(ph.nodules), as_xyzd(ph.excluded)
         return
-    from trainer.data.annotations import read_annotations
+    from noduleflow.trainer.data.annotations import read_annotations
 
     folder = Path(args.data)
     ann = read_annotations(folder / "annotations.csv")
@@ -63,8 +63,8 @@ def _scans(args):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bench.froc import Candidates, Findings, evaluate, format_table, save_json
-    from engine.detector import Detector, DetectorConfig, write_candidates_csv
+    from noduleflow.bench.froc import Candidates, Findings, evaluate, format_table, save_json
+    from noduleflow.engine.detector import Detector, DetectorConfig, write_candidates_csv
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             "data": args.data or f"phantoms seeds {args.seed}..{args.seed + args.phantoms - 1}",
             "scan_seconds_median": float(np.median(times))}
     (out / "accuracy_meta.json").write_text(json.dumps(meta, indent=2))
-    from bench.plots import plot_froc
+    from noduleflow.bench.plots import plot_froc
 
     plot_froc({meta["model_id"]: res}, out / "froc.png", title=f"FROC on {meta['data']}")
     print(format_table(res))

@@ -16,10 +16,10 @@ def seed_style(vol, checkpoint, centres_world) -> dict:
     -> {mask_s, resample_s, points_per_s, mask_voxels}."""
     import torch
 
-    from bench import reference
-    from engine.lungmask import LungMaskParams
-    from engine.patches import gather
-    from trainer.checkpoint import load_checkpoint
+    from noduleflow.bench import reference
+    from noduleflow.engine.lungmask import LungMaskParams
+    from noduleflow.engine.patches import gather
+    from noduleflow.trainer.checkpoint import load_checkpoint
 
     # the PyTorch checkpoint the package was exported from (shipped for the default model)
     ckpt = checkpoint or Path(__file__).resolve().parents[1] / "trainer" / "checkpoints" / "default" / "best.safetensors"

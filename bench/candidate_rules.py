@@ -1,6 +1,6 @@
 """Which candidate rules keep the nodules, and at what cost: a sweep on phantom scans.
 
-    python -m bench.candidate_rules [--scans 20] [--seed 4000] [--out bench/results]
+    python -m noduleflow.bench.candidate_rules [--scans 20] [--seed 4000] [--out bench/results]
 
 Each phantom (default size: 512 x 512 in plane) goes through the product's
 preprocessing (engine.preprocess.preprocess: lung mask dilated 3 mm, crop, 1 mm
@@ -36,8 +36,8 @@ TARGET_RECALL = 0.99
 
 def prepare(seed: int, shape_zyx=None, spacing_zyx_mm=None) -> dict:
     """Generate one phantom and preprocess it; returns the 1 mm arrays and nodules (voxels)."""
-    from engine.preprocess import preprocess
-    from trainer.phantom import generate_phantom
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.synthetic.phantom import generate_phantom
 
     ph = generate_phantom(seed, shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm)
     pre = preprocess(ph.volume)
@@ -69,7 +69,7 @@ def kept(cands: np.ndarray, nodule_zyx: np.ndarray, radius_mm: np.ndarray, spaci
 def sweep(scans: list[dict], center_min_hu=CENTER_MIN_HU, box_rules=BOX_RULES, strides=STRIDES,
           reaches=REACHES) -> list[dict]:
     """One row per (stride, reach, box rule, centre threshold): recall, candidates per scan."""
-    from engine.candidates import CandidateRules, candidates
+    from noduleflow.engine.candidates import CandidateRules, candidates
 
     n_nod = sum(len(s["radius_mm"]) for s in scans)
     rows = []
@@ -160,10 +160,10 @@ def markdown(result: dict) -> str:
 
 
 def run(n_scans: int = 20, seed0: int = 4000, shape_zyx=None, spacing_zyx_mm=None,
-        cache_dir: Path | None = None, command: str = "python -m bench.candidate_rules") -> dict:
+        cache_dir: Path | None = None, command: str = "python -m noduleflow.bench.candidate_rules") -> dict:
     from tqdm import tqdm
 
-    from bench.speed import machine
+    from noduleflow.bench.speed import machine
 
     scans, t0 = [], time.perf_counter()
     for seed in tqdm(range(seed0, seed0 + n_scans), desc="phantoms", unit="scan"):
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     cache = Path(args.cache) if args.cache else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    cmd = "python -m bench.candidate_rules" + (f" --scans {args.scans}" if args.scans != 20 else "") + \
+    cmd = "python -m noduleflow.bench.candidate_rules" + (f" --scans {args.scans}" if args.scans != 20 else "") + \
           (f" --seed {args.seed}" if args.seed != 4000 else "")
     res = run(args.scans, args.seed, cache_dir=cache, command=cmd)
     out = Path(args.out)

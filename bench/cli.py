@@ -4,12 +4,12 @@ from __future__ import annotations
 import importlib
 
 BENCH_MODULES: list[str] = [
-    "bench.froc_cli",
-    "bench.accuracy",
-    "bench.preprocess_cli",
-    "bench.load_cli",
-    "bench.speed_cli",
-    "bench.serve_load",
+    "noduleflow.bench.froc_cli",
+    "noduleflow.bench.accuracy",
+    "noduleflow.bench.preprocess_cli",
+    "noduleflow.bench.load_cli",
+    "noduleflow.bench.speed_cli",
+    "noduleflow.bench.serve_load",
 ]
 
 

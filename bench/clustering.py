@@ -1,4 +1,4 @@
-"""Clustering and centre refinement, chosen by FROC: `python -m bench.clustering [--phantoms 10]`.
+"""Clustering and centre refinement, chosen by FROC: `python -m noduleflow.bench.clustering [--phantoms 10]`.
 
 Scores every output-grid point of held-out phantom scans once (dense mode), then turns the
 same scores into candidates six ways — greedy radius NMS or connected components; raw, with
@@ -26,11 +26,11 @@ def run(model=None, phantoms: int = 10, seed: int = 3000, keep: int = 100, phant
 
     from tqdm import tqdm
 
-    from bench.froc import Candidates, Findings, evaluate
-    from engine.detector import Detector, _sigmoid
-    from engine.preprocess import preprocess
-    from trainer.data.annotations import as_xyzd
-    from trainer.phantom import generate_phantom
+    from noduleflow.bench.froc import Candidates, Findings, evaluate
+    from noduleflow.engine.detector import Detector, _sigmoid
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.trainer.data.annotations import as_xyzd
+    from noduleflow.synthetic.phantom import generate_phantom
 
     det = Detector(model)
     out = {k: {} for k in VARIANTS}
@@ -63,7 +63,7 @@ def run(model=None, phantoms: int = 10, seed: int = 3000, keep: int = 100, phant
 
 def markdown(r: dict) -> str:
     lines = [f"Clustering on held-out phantoms ({r['phantoms']}, {r['nodules']} nodules), model {r['model_id']}, "
-             f"same dense scores for every variant. Command: `python -m bench.clustering`.", "",
+             f"same dense scores for every variant. Command: `python -m noduleflow.bench.clustering`.", "",
              "| variant | CPM | sensitivity at top 15 | sensitivity (100/scan) |", "|---|---:|---:|---:|"]
     lines += [f"| {x['variant']} | {x['cpm']:.3f} | {x['sensitivity_at_top_15']:.3f} | {x['sensitivity_all']:.3f} |"
               for x in r["rows"]]

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import ConfigError
-from engine.detector import write_candidates_csv  # noqa: F401  (the submission writer lives with the engine)
+from noduleflow.engine import ConfigError
+from noduleflow.engine.detector import write_candidates_csv  # noqa: F401  (the submission writer lives with the engine)
 
 FP_POINTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_CANDIDATES_PER_SCAN = 100

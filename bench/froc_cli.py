@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.froc import (evaluate, format_table, read_candidates, read_findings, read_seriesuids,
+    from noduleflow.bench.froc import (evaluate, format_table, read_candidates, read_findings, read_seriesuids,
                             save_json)
 
     result = evaluate(
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         save_json(result, args.json)
         print(f"wrote {args.json}")
     if args.plot:
-        from bench.plots import plot_froc
+        from noduleflow.bench.plots import plot_froc
 
         plot_froc({"submission": result}, args.plot)
         print(f"wrote {args.plot}")

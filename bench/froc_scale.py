@@ -1,6 +1,6 @@
 """Evaluator check at LUNA16 scale: a synthetic submission scored on the real annotation files.
 
-    python -m bench.froc_scale [--luna16 ../shared/luna16] [--out bench/results]
+    python -m noduleflow.bench.froc_scale [--luna16 ../shared/luna16] [--out bench/results]
 
 The submission is made up (each real nodule found with probability 0.8 at a random
 offset within 45 % of its diameter, plus 5-40 random false positives per scan): this
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.froc import evaluate, read_candidates, read_findings, read_seriesuids, save_json, write_candidates_csv
+from noduleflow.bench.froc import evaluate, read_candidates, read_findings, read_seriesuids, save_json, write_candidates_csv
 
 
 def synthetic_submission(ann, uids, seed=0):
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         res = evaluate(ann, cands, exc, uids, bootstrap=1000)
         t2 = time.perf_counter()
     save_json(res, out / "froc_luna16_synthetic_submission.json")
-    from bench.plots import plot_froc
+    from noduleflow.bench.plots import plot_froc
 
     plot_froc({"synthetic submission": res}, out / "froc_luna16_synthetic_submission.png",
               title="Evaluator check: synthetic submission, real LUNA16 annotations")

@@ -1,6 +1,6 @@
 """DICOM series load time: engine.io.load_volume against SimpleITK's ImageSeriesReader.
 
-    python -m bench.load [--shape 300 512 512] [--repeats 3] [--out bench/results]
+    python -m noduleflow.bench.load [--shape 300 512 512] [--repeats 3] [--out bench/results]
 
 A phantom (512 x 512 x 300 by default) is written as a DICOM series (one file per
 slice, shuffled names, int16 stored values) into a temporary folder; both readers
@@ -27,7 +27,7 @@ def versions() -> dict:
     import pydicom
     import SimpleITK as sitk
 
-    from bench.speed import machine
+    from noduleflow.bench.speed import machine
 
     return {**machine(), "pydicom": pydicom.__version__, "SimpleITK": sitk.Version_VersionString()}
 
@@ -50,10 +50,10 @@ def sitk_load(folder: Path) -> np.ndarray:
 
 
 def run(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int = 3, seed: int = 7,
-        workers: int | None = None, command: str = "python -m bench.load") -> dict:
-    from engine.io import load_volume
-    from engine.io.dicom_write import write_dicom_series
-    from trainer.phantom import generate_phantom
+        workers: int | None = None, command: str = "python -m noduleflow.bench.load") -> dict:
+    from noduleflow.engine.io import load_volume
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.synthetic.phantom import generate_phantom
 
     vol = generate_phantom(seed, shape_zyx=tuple(shape_zyx), spacing_zyx_mm=tuple(spacing_zyx_mm)).volume
     with tempfile.TemporaryDirectory(prefix="nf-bench-load-") as tmp:
@@ -78,7 +78,7 @@ def run(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int 
         "command": command, "machine": versions(),
         "series": {"shape_zyx": list(vol.shape), "spacing_zyx_mm": list(vol.spacing_zyx_mm),
                    "files": len(files), "bytes_on_disk": nbytes, "write_s": t_write},
-        "ours": {"what": "engine.io.load_volume", "workers": workers, "first_s": t_ours_first,
+        "ours": {"what": "noduleflow.engine.io.load_volume", "workers": workers, "first_s": t_ours_first,
                  "best_s": t_ours, "runs_s": ours_all},
         "simpleitk": {"what": "ImageSeriesReader(GetGDCMSeriesFileNames) + Execute + GetArrayFromImage",
                       "first_s": t_sitk_first, "best_s": t_sitk, "runs_s": sitk_all},
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/results", help="folder for load.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    cmd = "python -m bench.load" + ("" if tuple(args.shape) == (300, 512, 512) else
+    cmd = "python -m noduleflow.bench.load" + ("" if tuple(args.shape) == (300, 512, 512) else
                                     " --shape " + " ".join(map(str, args.shape)))
     r = run(tuple(args.shape), repeats=args.repeats, workers=args.workers, command=cmd)
     out = Path(args.out)

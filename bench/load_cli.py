@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.load import main
+    from noduleflow.bench.load import main
 
     argv = ["--shape", *map(str, args.shape), "--repeats", str(args.repeats), "--out", args.out]
     if args.workers is not None:

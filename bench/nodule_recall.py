@@ -1,7 +1,7 @@
 """Per-nodule recall diagnosis on phantoms: for every true nodule, the best grid probability near
 it and the rank of the candidate that finds it, under one clustering setting.
 
-    python -m bench.nodule_recall --model PKG --seed 2100 --scans 10 --component-min-prob 0.9 --json OUT.json
+    python -m noduleflow.bench.nodule_recall --model PKG --seed 2100 --scans 10 --component-min-prob 0.9 --json OUT.json
 
 A nodule is found when a candidate lies within max(radius, 2.5 mm) of its centre; "best p"
 is the highest probability of the grid points within max(radius, 4 mm). A nodule with a high
@@ -19,9 +19,9 @@ import numpy as np
 
 
 def recall_rows(pkg, seeds, clustering: str = "components", component_min_prob: float = 0.9, top_k: int = 100):
-    from engine.detector import Detector, DetectorConfig, _sigmoid
-    from engine.preprocess import preprocess
-    from trainer.phantom import generate_phantom
+    from noduleflow.engine.detector import Detector, DetectorConfig, _sigmoid
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.synthetic.phantom import generate_phantom
 
     det = Detector(pkg, config=DetectorConfig(top_k=top_k, clustering=clustering,
                                               component_min_prob=component_min_prob))
@@ -52,7 +52,7 @@ def summary(rows, ks=(15, 100)) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.nodule_recall", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.nodule_recall", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model package (default: the shipped one)")
     ap.add_argument("--seed", type=int, default=2100)

@@ -1,4 +1,4 @@
-"""Graph clean-up, measured: ``python -m bench.onnx_graph [--model PKG]``.
+"""Graph clean-up, measured: ``python -m noduleflow.bench.onnx_graph [--model PKG]``.
 
 Takes a package's patch.onnx and dense.onnx (default: the shipped model), runs onnxslim
 (onnxsim if onnxslim is not installed) on a copy, and reports for each graph:
@@ -81,12 +81,12 @@ def slim(src: Path, dst: Path) -> str:
     try:
         import onnxsim
     except ImportError as exc:
-        from engine import ConfigError
+        from noduleflow.engine import ConfigError
 
         raise ConfigError("graph clean-up needs onnxslim (pip install onnxslim) or onnxsim") from exc
     model, ok = onnxsim.simplify(onnx.load(str(src)))
     if not ok:
-        from engine import PackageError
+        from noduleflow.engine import PackageError
 
         raise PackageError(f"onnxsim could not validate the simplified {src.name}")
     onnx.save(model, str(dst))
@@ -96,9 +96,9 @@ def slim(src: Path, dst: Path) -> str:
 def _inputs(graph: str, batch: int, tile: int, phantom_shape_zyx, stride: int, seed: int = 0) -> dict:
     """Random and phantom inputs for ``graph`` ("patch": (batch, 1, 41, 41, 41); "dense": a tile
     of ``stride * (tile - 1) + 41`` voxels a side), float32 in [0, 1] like the engine feeds."""
-    from engine.patches import gather
-    from engine.preprocess import preprocess
-    from trainer.phantom import PhantomParams, generate_phantom
+    from noduleflow.engine.patches import gather
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     rng = np.random.default_rng(seed)
     ph = generate_phantom(seed, params=PhantomParams(n_nodules=2), shape_zyx=phantom_shape_zyx,
@@ -142,8 +142,8 @@ def measure(package=None, repeats: int = 5, batch: int = 32, tile: int = 16,
     """Measure slimming on ``package``'s graphs; returns the report (see module docstring)."""
     import onnx
 
-    from bench.speed import machine
-    from engine.package import ModelPackage, default_package_path
+    from noduleflow.bench.speed import machine
+    from noduleflow.engine.package import ModelPackage, default_package_path
 
     pkg = ModelPackage.load(package or default_package_path())
     stride = pkg.manifest.dense_stride or 4
@@ -250,7 +250,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.onnx_graph", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m noduleflow.bench.onnx_graph", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model package folder (default: the shipped model)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--batch", type=int, default=64, help="patch graph batch")

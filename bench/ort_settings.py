@@ -1,4 +1,4 @@
-"""ONNX Runtime CPU session settings for the 3-D graphs, measured: ``python -m bench.ort_settings``.
+"""ONNX Runtime CPU session settings for the 3-D graphs, measured: ``python -m noduleflow.bench.ort_settings``.
 
 Times the dense graph on one engine-sized tile and the patch graph on one batch under
 intra-op thread counts, graph optimisation levels and the CPU memory arena on/off,
@@ -20,8 +20,8 @@ import numpy as np
 def measure(package=None, repeats: int = 3, tile: int = 24) -> dict:
     import onnxruntime as ort
 
-    from bench.speed import machine
-    from engine.package import ModelPackage, default_package_path
+    from noduleflow.bench.speed import machine
+    from noduleflow.engine.package import ModelPackage, default_package_path
 
     pkg = ModelPackage.load(package or default_package_path())
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Patch-level ROC AUC of trainer checkpoints on held-out phantoms (seeds never used in training,
 validation or tuning), patches sampled exactly as for training.
 
-    python -m bench.patch_auc --seed 3000 --scans 10 CKPT [CKPT ...] --json OUT.json
+    python -m noduleflow.bench.patch_auc --seed 3000 --scans 10 CKPT [CKPT ...] --json OUT.json
 
 Synthetic phantoms: a regression signal, not clinical evidence.
 """
@@ -13,13 +13,13 @@ import sys
 
 
 def main(argv=None) -> int:
-    from engine.preprocess import PreprocessSpec
-    from trainer.checkpoint import load_checkpoint
-    from trainer.data.phantoms import phantom_patches
-    from trainer.data.sampling import SamplingSpec
-    from trainer.train import evaluate, roc_auc
+    from noduleflow.engine.preprocess import PreprocessSpec
+    from noduleflow.trainer.checkpoint import load_checkpoint
+    from noduleflow.trainer.data.phantoms import phantom_patches
+    from noduleflow.trainer.data.sampling import SamplingSpec
+    from noduleflow.trainer.train import evaluate, roc_auc
 
-    ap = argparse.ArgumentParser(prog="python -m bench.patch_auc", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.patch_auc", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--seed", type=int, default=3000)

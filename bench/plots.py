@@ -22,7 +22,7 @@ def plot_froc(results: dict, out_path, title: str = "FROC") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.froc import FP_POINTS
+    from noduleflow.bench.froc import FP_POINTS
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, r in results.items():

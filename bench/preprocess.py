@@ -1,6 +1,6 @@
 """The numba preprocessing kernels against their references, in one run, on one phantom scan.
 
-    python -m bench.preprocess [--shape 300 512 512] [--repeats 3] [--ref-repeats 1]
+    python -m noduleflow.bench.preprocess [--shape 300 512 512] [--repeats 3] [--ref-repeats 1]
                                [--dice-scans 10] [--out bench/results]
 
 On one phantom (512 x 512 x 300, spacing (1.0, 0.7, 0.7) mm by default):
@@ -60,13 +60,13 @@ def _cache_files() -> dict:
 def kernels(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int = 3, ref_repeats: int = 1,
             n_patches: int = 256, seed: int = 11, zoom: bool = True) -> dict:
     """Time every kernel against its reference on one phantom; see the module docstring."""
-    from bench import reference
-    from engine.candidates import CandidateRules, candidates
-    from engine.ccl import label
-    from engine.lungmask import LungMaskParams, dice, lung_mask
-    from engine.patches import Normalisation, gather
-    from engine.resample import crop, lung_bbox, resample
-    from trainer.phantom import generate_phantom
+    from noduleflow.bench import reference
+    from noduleflow.engine.candidates import CandidateRules, candidates
+    from noduleflow.engine.ccl import label
+    from noduleflow.engine.lungmask import LungMaskParams, dice, lung_mask
+    from noduleflow.engine.patches import Normalisation, gather
+    from noduleflow.engine.resample import crop, lung_bbox, resample
+    from noduleflow.synthetic.phantom import generate_phantom
 
     cache = _cache_files()
     ph = generate_phantom(seed, shape_zyx=tuple(shape_zyx), spacing_zyx_mm=tuple(spacing_zyx_mm))
@@ -150,8 +150,8 @@ def kernels(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: 
 
 def dice_study(n_scans: int = 10, seed0: int = 6000, shape_zyx=None, spacing_zyx_mm=None) -> dict:
     """Lung-mask Dice vs the phantoms' true masks; the last scans are touching-lungs and one-lung cases."""
-    from engine.lungmask import dice, lung_mask
-    from trainer.phantom import PhantomParams, generate_phantom
+    from noduleflow.engine.lungmask import dice, lung_mask
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     n_special = max(1, n_scans // 5)
     cases = ["normal"] * (n_scans - 2 * n_special) + ["touching_lungs"] * n_special + ["one_lung"] * n_special
@@ -192,7 +192,7 @@ def markdown(r: dict) -> str:
     for name, c in k["candidates"].items():
         lines.append(f"| candidates ({name}: stride {c['rules']['stride']}, centre >= {c['rules']['center_min_hu']:.0f}"
                      f"{'' if c['rules']['box_min_hu'] is None else ', box min >= 0'}; {c['n']} found) | "
-                     f"bench.reference.candidates | {c['first_s']:.2f} | {c['ours_s']:.4f} | {c['reference_s']:.4f} | "
+                     f"noduleflow.bench.reference.candidates | {c['first_s']:.2f} | {c['ours_s']:.4f} | {c['reference_s']:.4f} | "
                      f"{c['speedup']:.1f}x | |")
     lines += [f"| patch gather ({g['patches']} x 41^3 float32, {g['bytes_written'] / 1e6:.0f} MB) | np.copyto same bytes "
               f"| {g['first_s']:.2f} | {g['ours_s']:.4f} ({g['ours_GBps']:.2f} GB/s) | {g['copyto_s']:.4f} "
@@ -216,10 +216,10 @@ def markdown(r: dict) -> str:
 
 def run(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int = 3, ref_repeats: int = 1,
         dice_scans: int = 10, dice_shape_zyx=None, dice_spacing_zyx_mm=None, n_patches: int = 256, zoom: bool = True,
-        command: str = "python -m bench.preprocess") -> dict:
+        command: str = "python -m noduleflow.bench.preprocess") -> dict:
     import numba
 
-    from bench.load import versions
+    from noduleflow.bench.load import versions
 
     m = {**versions(), "numba_threads": numba.get_num_threads()}
     for mod in ("scipy", "skimage"):
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    cmd = "python -m bench.preprocess" + ("" if tuple(args.shape) == (300, 512, 512) else
+    cmd = "python -m noduleflow.bench.preprocess" + ("" if tuple(args.shape) == (300, 512, 512) else
                                           " --shape " + " ".join(map(str, args.shape)))
     for name, default in (("repeats", 3), ("ref_repeats", 1), ("dice_scans", 10)):
         if getattr(args, name) != default:

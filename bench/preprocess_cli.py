@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.preprocess import main
+    from noduleflow.bench.preprocess import main
 
     return main(["--shape", *map(str, args.shape), "--repeats", str(args.repeats), "--ref-repeats",
                  str(args.ref_repeats), "--dice-scans", str(args.dice_scans), "--out", args.out])

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import Volume
-from engine.lungmask import LungMaskParams
+from noduleflow.engine import Volume
+from noduleflow.engine.lungmask import LungMaskParams
 
 
 def label(mask):
@@ -19,7 +19,7 @@ def label(mask):
 
 
 def lung_mask(volume: Volume, params: LungMaskParams = LungMaskParams()) -> np.ndarray:
-    """engine.lungmask.lung_mask with scipy.ndimage and skimage.measure."""
+    """noduleflow.engine.lungmask.lung_mask with scipy.ndimage and skimage.measure."""
     from scipy import ndimage
     from skimage import measure
 
@@ -76,7 +76,7 @@ def resample_sitk(volume: Volume, like: Volume) -> np.ndarray:
     """SimpleITK linear resampling of ``volume`` onto the grid of ``like`` (float32)."""
     import SimpleITK as sitk
 
-    from engine.io.image import volume_to_sitk
+    from noduleflow.engine.io.image import volume_to_sitk
 
     f = sitk.ResampleImageFilter()
     f.SetOutputOrigin(like.origin_xyz_mm)

@@ -2,7 +2,7 @@
 service SIGKILLed while it processes one, restarted, and every series checked for exactly one
 result.
 
-The service runs as a real subprocess (`python -m engine.cli serve`); clients are pynetdicom
+The service runs as a real subprocess (`python -m noduleflow.cli serve`); clients are pynetdicom
 SCUs (threads) and, where installed, dcmtk's storescu (processes), sending concurrently.
 Reported: what was sent, receive rate, per-series latency from its last instance to its result,
 what the restart recovered, and the exactly-once check. Times from a shared 2-core machine are
@@ -68,7 +68,7 @@ class ServiceProcess:
         self.port: int | None = None
 
     def start(self, timeout: float = 300.0) -> "ServiceProcess":
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--spool", str(self.spool), "--port", "0",
+        cmd = [sys.executable, "-m", "noduleflow.cli", "serve", "--spool", str(self.spool), "--port", "0",
                "--quiet-period", str(self.quiet_s), "--no-png"]
         for ae in self.allow_ae:
             cmd += ["--allow-ae", ae]
@@ -146,8 +146,8 @@ def run_load(workdir, n_series: int = 20, clients: int = 4, kill_after: int = 3,
     """The whole scenario; returns the report (``report["ok"]``: every check passed)."""
     import pydicom
 
-    from engine.io.dicom_write import write_dicom_series
-    from trainer.phantom import PhantomParams, generate_phantom
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     work = Path(workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -223,7 +223,7 @@ def run_load(workdir, n_series: int = 20, clients: int = 4, kill_after: int = 3,
             break
         time.sleep(0.2)
     total_s = time.perf_counter() - t_send
-    status = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--spool", str(spool), "--status",
+    status = subprocess.run([sys.executable, "-m", "noduleflow.cli", "serve", "--spool", str(spool), "--status",
                              "--json"], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     rc = svc.terminate()
@@ -306,9 +306,9 @@ def main(argv=None) -> int:
     import highdicom
     import pynetdicom
 
-    from bench.speed import machine
+    from noduleflow.bench.speed import machine
 
-    ap = argparse.ArgumentParser(prog="python -m bench.serve_load")
+    ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.serve_load")
     ap.add_argument("--series", type=int, default=20)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--kill-after", type=int, default=3)

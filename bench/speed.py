@@ -1,6 +1,6 @@
 """Throughput of the whole pipeline on phantom DICOM series, against the seed-style baseline.
 
-    python -m bench.speed [--scans 5] [--model PKG] [--subset 1500] [--out bench/results]
+    python -m noduleflow.bench.speed [--scans 5] [--model PKG] [--subset 1500] [--out bench/results]
 
 Per scan (512 x 512 x ~200 phantom, written as DICOM): wall time of each stage in dense
 mode (load, mask, resample, candidates, inference, clustering), and, on a random subset
@@ -64,13 +64,13 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     ``checkpoint``: the PyTorch checkpoint the baseline runs (default: the shipped
     default model's, which is what the default package was exported from). ``compiled``: also
     build an AOTInductor patch graph (needs torch) and compare it in the backend sweep."""
-    from bench.baseline import seed_style
-    from engine.detector import Detector
-    from engine.io import load_volume
-    from engine.io.dicom_write import write_dicom_series
-    from engine.package import default_package_path
-    from engine.preprocess import preprocess
-    from trainer.phantom import PhantomParams, generate_phantom
+    from noduleflow.bench.baseline import seed_style
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.io import load_volume
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.engine.package import default_package_path
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     package = Path(package or default_package_path())
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     cold_model = time.perf_counter() - t0
     patch = Detector(package, mode="patch", backend="onnxruntime-cpu")
     scans, per = [], []
-    from engine.patches import PatchProducer
+    from noduleflow.engine.patches import PatchProducer
 
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n_scans):
@@ -145,7 +145,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "speed_cpu.json").write_text(json.dumps(res, indent=2))
     (out_dir / "speed_cpu.md").write_text(markdown(res))
-    from bench.plots import plot_stages
+    from noduleflow.bench.plots import plot_stages
 
     plot_stages(res, out_dir / "speed_cpu_stages.png")
     return res
@@ -153,14 +153,14 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
 
 def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Path) -> list[dict]:
     """Patch-mode points/s per backend and batch size on the same gathered patches."""
-    from engine.backends import open_backend
-    from engine.package import ModelPackage
-    from engine.patches import Normalisation, gather
+    from noduleflow.engine.backends import open_backend
+    from noduleflow.engine.package import ModelPackage
+    from noduleflow.engine.patches import Normalisation, gather
 
     pkg = ModelPackage.load(package)
     names = {"onnxruntime-cpu": pkg}
     if compiled:
-        from export.aoti import export_aoti
+        from noduleflow.export.aoti import export_aoti
 
         copy = tmp / "package_compiled"
         shutil.copytree(pkg.path, copy)
@@ -185,7 +185,7 @@ def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Pat
 def tile_sweep(package, pre, centres, tiles=TILES) -> list[dict]:
     """Dense scoring time of one scan's grid points for each tile size (output points per axis;
     each tile reads (4 (t - 1) + 41)^3 voxels, so smaller tiles recompute more halo)."""
-    from engine.detector import Detector, DetectorConfig
+    from noduleflow.engine.detector import Detector, DetectorConfig
 
     rows = []
     for t in tiles:

@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from bench.speed import main
+    from noduleflow.bench.speed import main
 
     argv = ["--scans", str(args.scans), "--subset", str(args.subset), "--out", args.out]
     argv += ["--model", args.model] if args.model else []
@@ -40,7 +40,7 @@ def _speed(args: argparse.Namespace) -> int:
 
 
 def _ort(args: argparse.Namespace) -> int:
-    from bench.ort_settings import main
+    from noduleflow.bench.ort_settings import main
 
     argv = ["--repeats", str(args.repeats), "--out", args.out] + (["--model", args.model] if args.model else [])
     return main(argv)

@@ -2,7 +2,8 @@
 
 The engine depends on numpy, numba, pydicom, SimpleITK and onnxruntime only.
 It never imports torch (a test holds it to that). Heavy submodules are imported
-lazily so that ``import engine`` stays cheap.
+lazily so that ``import noduleflow.engine`` stays cheap. It imports nothing from the
+application layer (``noduleflow`` itself), trainer, export or bench (a test reads the imports).
 """
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it (imported on first use)
 _LAZY = {
-    "load_volume": "engine.io",
+    "load_volume": ".io",
 }
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'noduleflow.engine' has no attribute {name!r}")
 
 
 __all__ = [

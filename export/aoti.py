@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.package import ModelPackage, write_manifest
+from noduleflow.engine.package import ModelPackage, write_manifest
 
 
 def export_aoti(checkpoint, package_dir, device: str = "cpu", max_batch: int = 256) -> list[Path]:
     import torch
     from torch.export import Dim
 
-    from trainer.checkpoint import load_checkpoint
-    from trainer.models import uses_location
+    from noduleflow.trainer.checkpoint import load_checkpoint
+    from noduleflow.trainer.models import uses_location
 
     model, config = load_checkpoint(checkpoint)
     if uses_location(config["model"]):

@@ -33,17 +33,17 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from export.package import export_package
+    from noduleflow.export.package import export_package
 
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,
                             fp16=args.fp16, slim=args.slim)
     if args.torch_compiled:
-        from export.aoti import export_aoti
+        from noduleflow.export.aoti import export_aoti
 
         for path in export_aoti(args.checkpoint, args.out):
             print(f"wrote {path}")
     if args.tensorrt:
-        from export.tensorrt_build import build_plan
+        from noduleflow.export.tensorrt_build import build_plan
 
         for graph in ("patch", "dense"):
             if (Path(args.out) / f"{graph}.onnx").exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import ConfigError, PackageError
+from noduleflow.engine import ConfigError, PackageError
 
 log = logging.getLogger(__name__)
 

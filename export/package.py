@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import ConfigError, PackageError
-from engine.package import ModelPackage, write_manifest
+from noduleflow.engine import ConfigError, PackageError
+from noduleflow.engine.package import ModelPackage, write_manifest
 
 from .onnx_export import (export_dense, export_patch, fp16_error, parity_dense, parity_patch,
                           slim_graph, to_fp16)
@@ -21,10 +21,10 @@ PARITY_TOL = 1e-4
 
 def _sample_patches(n: int = 16, seed: int = 0) -> np.ndarray:
     """Random patches plus real phantom patches (lung, vessels, a nodule) for the parity check."""
-    from trainer.phantom import PhantomParams, generate_phantom
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
-    from engine.patches import gather
-    from engine.preprocess import preprocess
+    from noduleflow.engine.patches import gather
+    from noduleflow.engine.preprocess import preprocess
 
     rng = np.random.default_rng(seed)
     rand = rng.uniform(size=(n // 2, 1, 41, 41, 41)).astype(np.float32)
@@ -53,8 +53,8 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     """
     import onnx
 
-    from trainer.checkpoint import load_checkpoint
-    from trainer.models import DENSE_MODELS, uses_location
+    from noduleflow.trainer.checkpoint import load_checkpoint
+    from noduleflow.trainer.models import DENSE_MODELS, uses_location
 
     model, config = load_checkpoint(checkpoint)
     name = config["model"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import ConfigError
-from engine.backends.tensorrt import PRECISIONS, current_key, write_plan
-from engine.package import ModelPackage
+from noduleflow.engine import ConfigError
+from noduleflow.engine.backends.tensorrt import PRECISIONS, current_key, write_plan
+from noduleflow.engine.package import ModelPackage
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,17 @@
 """Compiled-PyTorch backend: AOTInductor packages (``patch.pt2`` / ``dense.pt2``).
 
 It lives beside the exporter that builds those packages, not under engine/, so the engine
-stays torch-free: `engine.backends.open_backend` imports it only when the backend is asked
+stays torch-free: the application (`noduleflow/__init__.py`) registers it with `engine.backends`,
+which imports it only when the backend is asked
 for by name; ``auto`` never picks it, and it is never on the default path.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from engine.backends.base import Backend
-from engine.errors import BackendUnavailableError, PackageError
-from engine.package import ModelPackage
+from noduleflow.engine.backends.base import Backend
+from noduleflow.engine.errors import BackendUnavailableError, PackageError
+from noduleflow.engine.package import ModelPackage
 
 
 class TorchCompiledBackend(Backend):

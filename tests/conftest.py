@@ -10,9 +10,9 @@ def tiny_package(tmp_path_factory):
     pytest.importorskip("torch")
     import torch
 
-    from export.package import export_package
-    from trainer.checkpoint import save_checkpoint
-    from trainer.models import build_model
+    from noduleflow.export.package import export_package
+    from noduleflow.trainer.checkpoint import save_checkpoint
+    from noduleflow.trainer.models import build_model
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("pkg")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine import ConfigError
+from noduleflow.engine import ConfigError
 
 
 def save_checkpoint(out_dir, model, config: dict, name: str = "model") -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import ConfigError
+from noduleflow.engine import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ here is an error naming what to install: never a silent fallback.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 
@@ -15,7 +16,24 @@ from ..package import ModelPackage
 
 log = logging.getLogger(__name__)
 
-NAMES = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "onnxruntime-cpu", "torch-compiled")
+BUILTIN = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "onnxruntime-cpu")
+
+# Backends that live outside the runtime (they need torch, which the engine never imports) are
+# registered by the layer that owns them: name -> (module, class, module it needs, install hint).
+_REGISTERED: dict[str, tuple[str, str, str, str]] = {}
+
+
+def register_backend(name: str, module: str, cls: str, requires: str, install: str) -> None:
+    """Make ``name`` openable: ``module.cls(package, graph=..., **opts)``, imported on first use.
+    ``requires`` is the import that must be present, ``install`` what to install otherwise."""
+    if name in BUILTIN:
+        raise ConfigError(f"backend name {name!r} is built in")
+    _REGISTERED[name] = (module, cls, requires, install)
+
+
+def backend_names() -> tuple[str, ...]:
+    """Every name `open_backend` accepts, "auto" first."""
+    return BUILTIN + tuple(_REGISTERED)
 
 
 def _has(mod: str) -> bool:
@@ -30,8 +48,8 @@ def _cuda_ort() -> bool:
 
 def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch", **opts):
     """Open backend ``name`` for ``graph`` ("patch" or "dense") of ``package``."""
-    if name not in NAMES:
-        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
+    if name not in backend_names():
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
     if name == "auto":
         for cand in ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"):
             try:
@@ -49,12 +67,11 @@ def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch"
         from .tensorrt import TensorRTBackend
 
         return TensorRTBackend(package, graph=graph, **opts)
-    if name == "torch-compiled":
-        if not _has("torch"):
-            raise BackendUnavailableError("the torch-compiled backend needs PyTorch: pip install torch")
-        from export.torch_backend import TorchCompiledBackend  # torch stays out of engine/
-
-        return TorchCompiledBackend(package, graph=graph, **opts)
+    if name in _REGISTERED:
+        module, cls, requires, install = _REGISTERED[name]
+        if not _has(requires):
+            raise BackendUnavailableError(f"the {name} backend needs {requires}: {install}")
+        return getattr(importlib.import_module(module), cls)(package, graph=graph, **opts)
     from .onnxruntime import OnnxRuntimeBackend
 
     device = name.split("-", 1)[1]

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from bench import candidate_rules, load, preprocess
+from noduleflow.bench import candidate_rules, load, preprocess
 
 TINY = dict(shape_zyx=(60, 96, 96), spacing_zyx_mm=(2.5, 2.0, 2.0))
 
@@ -84,7 +84,7 @@ def test_candidate_rules_sweep_and_choice(tmp_path):
 
 
 def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
-    from bench import speed
+    from noduleflow.bench import speed
 
     ckpt = tiny_package.parent / "ckpt" / "best.safetensors"
     r = speed.run(1, tiny_package, 40, tmp_path, seed0=4000, shape_zyx=TINY["shape_zyx"],
@@ -111,7 +111,7 @@ def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
 
 
 def test_ort_settings_measures_every_combination(tiny_package):
-    from bench import ort_settings
+    from noduleflow.bench import ort_settings
 
     r = ort_settings.measure(tiny_package, repeats=1, tile=2)
     n = len(r["rows"]) // 2
@@ -123,7 +123,7 @@ def test_ort_settings_measures_every_combination(tiny_package):
 
 
 def test_clustering_compares_the_variants_on_the_same_scores(tiny_package):
-    from bench import clustering
+    from noduleflow.bench import clustering
 
     r = clustering.run(tiny_package, phantoms=2, seed=4100, keep=20,
                        phantom_kwargs=dict(shape_zyx=(60, 112, 112), spacing_zyx_mm=(2.5, 2.0, 2.0)))

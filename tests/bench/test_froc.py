@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.froc import (FP_POINTS, Candidates, Findings, evaluate, read_candidates, read_findings,
+from noduleflow.bench.froc import (FP_POINTS, Candidates, Findings, evaluate, read_candidates, read_findings,
                         read_seriesuids, write_candidates_csv)
-from engine.cli import main as cli
+from noduleflow.cli import main as cli
 
 LUNA = Path(__file__).resolve().parents[3] / "shared" / "luna16"
 

@@ -1,4 +1,4 @@
-"""bench.onnx_graph runs on the tiny package: node counts, checker, exactness, decision, report."""
+"""noduleflow.bench.onnx_graph runs on the tiny package: node counts, checker, exactness, decision, report."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ pytest.importorskip("onnxslim")
 
 
 def test_onnx_graph_on_tiny_package(tiny_package, tmp_path):
-    from bench import onnx_graph
+    from noduleflow.bench import onnx_graph
 
     r = onnx_graph.measure(tiny_package, repeats=1, batch=4, tile=2, phantom_shape_zyx=(40, 96, 96))
     assert set(r["graphs"]) == {"patch", "dense"}
@@ -35,7 +35,7 @@ def test_onnx_graph_on_tiny_package(tiny_package, tmp_path):
 
 
 def test_decision_rule():
-    from bench.onnx_graph import decide
+    from noduleflow.bench.onnx_graph import decide
 
     def graph(n0, n1, speedup, diff):
         return {"nodes": {"exported": {"nodes": 10}, "slimmed": {"nodes": 8},

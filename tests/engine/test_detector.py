@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from engine import BackendUnavailableError, ConfigError, Volume
-from engine.backends import open_backend
-from engine.detector import Detector, DetectorConfig, components, nms, refine_centre
-from engine.package import ModelPackage
-from trainer.phantom import PhantomParams, generate_phantom
+from noduleflow.engine import BackendUnavailableError, ConfigError, Volume
+from noduleflow.engine.backends import open_backend
+from noduleflow.engine.detector import Detector, DetectorConfig, components, nms, refine_centre
+from noduleflow.engine.package import ModelPackage
+from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
 SMALL = dict(shape_zyx=(70, 160, 160), spacing_zyx_mm=(3.5, 2.0, 2.0))
 
@@ -104,7 +104,7 @@ def test_components_join_neighbours_on_the_grid_and_rank_by_peak():
 def test_blob_smoothing_equals_scipy_gaussian(sigma):
     from scipy import ndimage
 
-    from engine.detector import _smooth
+    from noduleflow.engine.detector import _smooth
 
     a = np.random.default_rng(1).normal(size=(31, 29, 33))
     ref = ndimage.gaussian_filter(a, sigma, mode="constant", truncate=3.0)
@@ -146,8 +146,8 @@ class _SphereFinder:
 def test_world_coordinates_of_planted_spheres(tiny_package, tmp_path, case):
     """Spheres planted at known world positions are found within 1.5 mm (the output grid has
     a 4 mm step; the mean-shift refinement puts the centre on the blob)."""
-    from engine.io import load_volume, save_volume
-    from engine.io.dicom_write import write_dicom_series
+    from noduleflow.engine.io import load_volume, save_volume
+    from noduleflow.engine.io.dicom_write import write_dicom_series
 
     ph = generate_phantom(9, params=PhantomParams(n_nodules=0, noise_hu=3.0),
                           shape_zyx=(90, 150, 170), spacing_zyx_mm=(2.5, 1.7, 1.9))
@@ -179,8 +179,8 @@ def test_world_coordinates_of_planted_spheres(tiny_package, tmp_path, case):
 
 
 def test_cli_detect_writes_outputs_and_reports_failures(tiny_package, tmp_path, capsys):
-    from engine.cli import main as cli
-    from engine.io.dicom_write import write_dicom_series
+    from noduleflow.cli import main as cli
+    from noduleflow.engine.io.dicom_write import write_dicom_series
 
     ph = generate_phantom(4, params=PhantomParams(n_nodules=2), **SMALL)
     write_dicom_series(ph.volume, tmp_path / "in" / "a")
@@ -199,8 +199,8 @@ def test_cli_detect_writes_outputs_and_reports_failures(tiny_package, tmp_path, 
 
 
 def test_detect_does_not_load_torch(tiny_package, tmp_path):
-    code = (f"import sys, engine; from engine.detector import Detector; "
-            f"from trainer.phantom import generate_phantom, PhantomParams; "
+    code = (f"import sys, noduleflow; from noduleflow.engine.detector import Detector; "
+            f"from noduleflow.synthetic.phantom import generate_phantom, PhantomParams; "
             f"v = generate_phantom(1, params=PhantomParams(n_nodules=1), shape_zyx=(60, 128, 128), "
             f"spacing_zyx_mm=(4, 2.4, 2.4)).volume; Detector(r'{tiny_package}').detect(v); "
             f"print('torch' in sys.modules)")

@@ -9,10 +9,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from engine import Volume, VolumeError
-from engine.cli import main as cli
-from engine.io import load_volume
-from engine.io.dicom_write import write_dicom_series
+from noduleflow.engine import Volume, VolumeError
+from noduleflow.cli import main as cli
+from noduleflow.engine.io import load_volume
+from noduleflow.engine.io.dicom_write import write_dicom_series
 
 IDENT = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 FEET_FIRST = (-1, 0, 0, 0, 1, 0, 0, 0, -1)  # right-handed, slices run towards the feet

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import NoduleflowError, Volume, VolumeError
-from engine.io import load_volume, save_volume
+from noduleflow.engine import NoduleflowError, Volume, VolumeError
+from noduleflow.engine.io import load_volume, save_volume
 
 
 @pytest.mark.parametrize("suffix", [".mhd", ".mha", ".nii.gz"])

@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import reference as ref
-from engine import Volume
-from engine.candidates import CandidateRules, candidates
-from engine.ccl import component_stats, label
-from engine.lungmask import LungMaskParams, dice, lung_mask
-from engine.morphology import close, dilate, erode, fill_holes_2d
-from engine.patches import Normalisation, PatchProducer, gather
-from engine.resample import crop, lung_bbox, resample
-from trainer.phantom import PhantomParams, generate_phantom
+from noduleflow.bench import reference as ref
+from noduleflow.engine import Volume
+from noduleflow.engine.candidates import CandidateRules, candidates
+from noduleflow.engine.ccl import component_stats, label
+from noduleflow.engine.lungmask import LungMaskParams, dice, lung_mask
+from noduleflow.engine.morphology import close, dilate, erode, fill_holes_2d
+from noduleflow.engine.patches import Normalisation, PatchProducer, gather
+from noduleflow.engine.resample import crop, lung_bbox, resample
+from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
 SMALL = dict(shape_zyx=(70, 160, 160), spacing_zyx_mm=(4.0, 2.0, 2.0))
 
@@ -88,7 +88,7 @@ def test_lung_mask_dilation_grows():
 
 
 def test_lung_mask_refuses_a_volume_without_lungs():
-    from engine import VolumeError
+    from noduleflow.engine import VolumeError
 
     vol = Volume(np.full((10, 40, 40), 40, np.int16), (1, 1, 1), (0, 0, 0))
     with pytest.raises(VolumeError, match="no lung"):
@@ -170,7 +170,7 @@ def test_producer_batches_equal_reference(overlap):
 
 
 def test_producer_propagates_errors():
-    from engine import ConfigError
+    from noduleflow.engine import ConfigError
 
     with pytest.raises(ConfigError):
         PatchProducer(np.zeros((5, 5, 5), np.int16), np.zeros((3, 3)), batch_size=0)

@@ -9,8 +9,8 @@ import pytest
 
 CODE = r"""
 import numpy as np
-from engine.patches import gather
-from engine.patches_cuda import gather_to_host
+from noduleflow.engine.patches import gather
+from noduleflow.engine.patches_cuda import gather_to_host
 rng = np.random.default_rng(0)
 hu = rng.integers(-1500, 900, (30, 34, 38)).astype(np.int16)
 c = np.array([[15, 17, 19], [0, 0, 0], [29, 33, 37], [2, 30, 5]])

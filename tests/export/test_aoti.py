@@ -10,9 +10,9 @@ pytest.importorskip("torch")
 
 
 def test_aoti_patch_package_matches_onnx(tiny_package, tmp_path):
-    from engine.backends import open_backend
-    from engine.package import ModelPackage
-    from export.aoti import export_aoti
+    from noduleflow.engine.backends import open_backend
+    from noduleflow.engine.package import ModelPackage
+    from noduleflow.export.aoti import export_aoti
 
     pkg_dir = shutil.copytree(tiny_package, tmp_path / "pkg")
     export_aoti(tiny_package.parent / "ckpt" / "best.safetensors", pkg_dir)
@@ -25,9 +25,9 @@ def test_aoti_patch_package_matches_onnx(tiny_package, tmp_path):
 
 
 def test_torch_compiled_without_pt2_says_how_to_export(tiny_package):
-    from engine import PackageError
-    from engine.backends import open_backend
-    from engine.package import ModelPackage
+    from noduleflow.engine import PackageError
+    from noduleflow.engine.backends import open_backend
+    from noduleflow.engine.package import ModelPackage
 
     with pytest.raises(PackageError, match="--torch-compiled"):
         open_backend(ModelPackage.load(tiny_package), "torch-compiled")

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from engine import PackageError
-from engine.package import ModelPackage
+from noduleflow.engine import PackageError
+from noduleflow.engine.package import ModelPackage
 
 
 def test_package_contents_and_parity(tiny_package):
@@ -25,9 +25,9 @@ def test_package_contents_and_parity(tiny_package):
 
 def test_3d_loc_exports_with_location_inputs(tmp_path):
     torch = pytest.importorskip("torch")
-    from export.package import export_package
-    from trainer.checkpoint import save_checkpoint
-    from trainer.models import build_model
+    from noduleflow.export.package import export_package
+    from noduleflow.trainer.checkpoint import save_checkpoint
+    from noduleflow.trainer.models import build_model
 
     torch.manual_seed(1)
     save_checkpoint(tmp_path / "c", build_model("3d-loc").eval(), {"model": "3d-loc", "model_kwargs": {}}, "best")
@@ -74,8 +74,8 @@ def test_unhonourable_preprocessing(tiny_package, tmp_path):
 
 
 def test_export_refuses_non_empty_out(tiny_package, tmp_path):
-    from engine import ConfigError
-    from export.package import export_package
+    from noduleflow.engine import ConfigError
+    from noduleflow.export.package import export_package
 
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "f").write_text("keep me")

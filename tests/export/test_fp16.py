@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from engine import PackageError
-from engine.package import ModelPackage, sha256_file
+from noduleflow.engine import PackageError
+from noduleflow.engine.package import ModelPackage, sha256_file
 
 pytest.importorskip("onnxconverter_common")
 
@@ -18,9 +18,9 @@ pytest.importorskip("onnxconverter_common")
 def fp16_package(tmp_path_factory):
     """A random-weight 3D-1 checkpoint exported through the CLI with --fp16."""
     torch = pytest.importorskip("torch")
-    from engine.cli import main
-    from trainer.checkpoint import save_checkpoint
-    from trainer.models import build_model
+    from noduleflow.cli import main
+    from noduleflow.trainer.checkpoint import save_checkpoint
+    from noduleflow.trainer.models import build_model
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("fp16")
@@ -61,7 +61,7 @@ def test_fp16_error_recorded_finite_and_small(fp16_package):
 
 
 def test_fp16_backend_runs_fp16_graph(fp16_package):
-    from engine.backends.onnxruntime import OnnxRuntimeBackend
+    from noduleflow.engine.backends.onnxruntime import OnnxRuntimeBackend
 
     pkg = ModelPackage.load(fp16_package)
     x = np.random.default_rng(0).uniform(size=(3, 1, 41, 41, 41)).astype(np.float32)
@@ -74,7 +74,7 @@ def test_fp16_backend_runs_fp16_graph(fp16_package):
 
 
 def test_fp16_backend_needs_fp16_graph(tiny_package):
-    from engine.backends.onnxruntime import OnnxRuntimeBackend
+    from noduleflow.engine.backends.onnxruntime import OnnxRuntimeBackend
 
     with pytest.raises(PackageError, match="patch_fp16.onnx"):
         OnnxRuntimeBackend(ModelPackage.load(tiny_package), precision="fp16")

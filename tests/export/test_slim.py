@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.package import ModelPackage
+from noduleflow.engine.package import ModelPackage
 
 pytest.importorskip("onnxslim")
 
@@ -14,9 +14,9 @@ def test_slim_export_fewer_nodes_same_logits(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from export.package import export_package
-    from trainer.checkpoint import save_checkpoint
-    from trainer.models import build_model
+    from noduleflow.export.package import export_package
+    from noduleflow.trainer.checkpoint import save_checkpoint
+    from noduleflow.trainer.models import build_model
 
     torch.manual_seed(3)
     save_checkpoint(tmp_path / "c", build_model("3d-1").eval(), {"model": "3d-1", "model_kwargs": {}}, "best")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import ConfigError, PackageError
-from engine.backends.tensorrt import PlanKey, plan_path, read_plan, write_plan
-from export.tensorrt_build import calibration_batches, profiles
+from noduleflow.engine import ConfigError, PackageError
+from noduleflow.engine.backends.tensorrt import PlanKey, plan_path, read_plan, write_plan
+from noduleflow.export.tensorrt_build import calibration_batches, profiles
 
 KEY = PlanKey("NVIDIA H100 80GB HBM3", "9.0", "10.7.0", "fp16", "patch")
 
@@ -51,9 +51,9 @@ def test_calibration_batches():
 @pytest.mark.tensorrt
 def test_build_and_run_plan(tiny_package):
     pytest.importorskip("tensorrt")
-    from engine.backends import open_backend
-    from engine.package import ModelPackage
-    from export.tensorrt_build import build_plan
+    from noduleflow.engine.backends import open_backend
+    from noduleflow.engine.package import ModelPackage
+    from noduleflow.export.tensorrt_build import build_plan
 
     build_plan(tiny_package, "patch", "fp32")
     pkg = ModelPackage.load(tiny_package)

@@ -27,29 +27,29 @@ def wait_for(predicate, timeout: float = 120.0, every: float = 0.1, what: str = 
 
 def write_series(folder: Path, seed: int, n_nodules: int = 2) -> list[Path]:
     """A small phantom chest CT as a DICOM series; returns the files in slice order."""
-    from engine.io.dicom_write import write_dicom_series
-    from trainer.phantom import PhantomParams, generate_phantom
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     ph = generate_phantom(seed, params=PhantomParams(n_nodules=n_nodules), **SMALL)
     return write_dicom_series(ph.volume, folder, seed=seed)
 
 
 def dcmtk(tool: str) -> str | None:
-    from bench.serve_load import find_dcmtk
+    from noduleflow.bench.serve_load import find_dcmtk
 
     return find_dcmtk(tool)
 
 
 def send(port: int, files, ae_title: str = SCU_AE, contexts=None):
     """Send files with pynetdicom as SCU; returns the statuses (int per file)."""
-    from bench.serve_load import send_pynetdicom
+    from noduleflow.bench.serve_load import send_pynetdicom
 
     return send_pynetdicom(port, ae_title, files, contexts)
 
 
 @pytest.fixture(scope="session")
 def detector():
-    from engine.detector import Detector
+    from noduleflow.engine.detector import Detector
 
     return Detector(None)   # the shipped default model, as `serve` uses it
 
@@ -63,7 +63,7 @@ def series_pool(tmp_path_factory):
 
 @pytest.fixture
 def make_service(tmp_path, detector):
-    from engine.serve.service import ServeConfig, Service
+    from noduleflow.serve.service import ServeConfig, Service
 
     started = []
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from engine.cli import main
+from noduleflow.cli import main
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -24,7 +24,7 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, argv, message):
 
 
 def test_status_of_a_spool(tmp_path, capsys, series_pool):
-    from engine.serve.spool import Spool
+    from noduleflow.serve.spool import Spool
 
     assert main(["serve", "--spool", str(tmp_path / "none"), "--status"]) == 2
     sp = Spool(tmp_path / "s")

@@ -10,8 +10,8 @@ import threading
 import pydicom
 import pytest
 
-from engine.serve.sr import read_sr_points
-from engine.serve.spool import SeriesState
+from noduleflow.serve.sr import read_sr_points
+from noduleflow.serve.spool import SeriesState
 
 from .conftest import SCU_AE, dcmtk, send, wait_for, write_series
 
@@ -162,7 +162,7 @@ def test_host_allow_list_closes_other_peers(make_service):
 
 
 def test_second_service_on_the_same_spool_is_refused(make_service):
-    from engine.serve.spool import SpoolError
+    from noduleflow.serve.spool import SpoolError
 
     make_service()
     with pytest.raises(SpoolError, match="another service is running"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.serve_load import run_load
+from noduleflow.bench.serve_load import run_load
 
 
 def _assert_ok(report):

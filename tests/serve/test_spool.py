@@ -7,7 +7,7 @@ import json
 import pydicom
 import pytest
 
-from engine.serve.spool import SeriesState, Spool, SpoolError, SpoolFullError, valid_uid, validate_instance
+from noduleflow.serve.spool import SeriesState, Spool, SpoolError, SpoolFullError, valid_uid, validate_instance
 
 
 @pytest.mark.parametrize("uid,ok", [

@@ -6,8 +6,8 @@ import subprocess
 import pydicom
 import pytest
 
-from engine.detector import Candidate, Detections
-from engine.serve.sr import COMPREHENSIVE_3D_SR, read_sr_points, write_sr
+from noduleflow.engine.detector import Candidate, Detections
+from noduleflow.serve.sr import COMPREHENSIVE_3D_SR, read_sr_points, write_sr
 
 from .conftest import dcmtk
 

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from engine import ConfigError
-from engine.candidates import CandidateRules
-from engine.patches import gather
-from trainer.data.annotations import Finding
-from trainer.data.cache import CacheSpec, ScanCache
-from trainer.data.dataset import PatchStream, ScanSource, StreamSpec, with_hard_negatives
-from trainer.data.annotations import Candidate
-from trainer.phantom import PhantomParams, generate_phantom
+from noduleflow.engine import ConfigError
+from noduleflow.engine.candidates import CandidateRules
+from noduleflow.engine.patches import gather
+from noduleflow.trainer.data.annotations import Finding
+from noduleflow.trainer.data.cache import CacheSpec, ScanCache
+from noduleflow.trainer.data.dataset import PatchStream, ScanSource, StreamSpec, with_hard_negatives
+from noduleflow.trainer.data.annotations import Candidate
+from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
 SMALL = dict(shape_zyx=(56, 128, 128), spacing_zyx_mm=(5.0, 2.5, 2.5))
 
@@ -126,7 +126,7 @@ def test_patch_stream_eval_is_engine_gather_and_hard_negatives(tmp_path, phantom
     for k in (0, len(items) - 1):
         expect = gather(sc.volume.hu, idx.centre_zyx[k][None])[0]
         np.testing.assert_array_equal(items[k][0], expect)
-    from trainer.data.dataset import to_patchset
+    from noduleflow.trainer.data.dataset import to_patchset
 
     ps = to_patchset(stream)
     assert len(ps) == len(items) and ps.patches.dtype == np.uint8 and ps.labels.tolist() == [y for _, y, _ in items]
@@ -138,7 +138,7 @@ def test_patch_stream_eval_is_engine_gather_and_hard_negatives(tmp_path, phantom
 
 def test_torch_wrapper(tmp_path, phantoms):
     torch = pytest.importorskip("torch")
-    from trainer.data.torch_dataset import TorchPatchDataset
+    from noduleflow.trainer.data.torch_dataset import TorchPatchDataset
 
     stream = PatchStream(_sources(phantoms[:1]), ScanCache(tmp_path), StreamSpec(negatives_per_scan=6, batch_size=4))
     loader = torch.utils.data.DataLoader(TorchPatchDataset(stream), batch_size=4)
@@ -149,9 +149,9 @@ def test_torch_wrapper(tmp_path, phantoms):
 
 @pytest.mark.parametrize("fmt", ["mhd", "dicom"])
 def test_synth_folder_sources(tmp_path, fmt):
-    from trainer.data.dataset import sources_from_folder
-    from trainer.data.annotations import read_findings
-    from trainer.synth import write_cohort
+    from noduleflow.trainer.data.dataset import sources_from_folder
+    from noduleflow.trainer.data.annotations import read_findings
+    from noduleflow.synthetic.synth import write_cohort
 
     write_cohort(tmp_path, 2, seed=21, fmt=fmt, params=PhantomParams(n_nodules=2, n_excluded=1), progress=False,
                  **SMALL)
@@ -167,8 +167,8 @@ def test_data_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import trainer.data.dataset, trainer.data.lidc, trainer.data.luna16, trainer.data.cache, sys, json; "
+    code = ("import noduleflow.trainer.data.dataset, noduleflow.trainer.data.lidc, noduleflow.trainer.data.luna16, noduleflow.trainer.data.cache, sys, json; "
             "print(json.dumps(sorted(sys.modules)))")
     mods = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                      text=True).stdout.strip().splitlines()[-1])
-    assert "trainer.data.dataset" in mods and "torch" not in mods
+    assert "noduleflow.trainer.data.dataset" in mods and "torch" not in mods

@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import ConfigError
-from engine.volume import Volume
-from trainer.data.annotations import read_annotations, read_candidates, read_findings
-from trainer.data.lidc import LidcRules, discover_lidc, lidc_findings, parse_read_message
-from trainer.data.luna16 import read_luna16
+from noduleflow.engine import ConfigError
+from noduleflow.engine.volume import Volume
+from noduleflow.trainer.data.annotations import read_annotations, read_candidates, read_findings
+from noduleflow.trainer.data.lidc import LidcRules, discover_lidc, lidc_findings, parse_read_message
+from noduleflow.trainer.data.luna16 import read_luna16
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lidc_read_message.xml"
 
@@ -60,7 +60,7 @@ def test_luna16_reader_and_folds(luna):
 
 
 def test_luna16_world_coordinates_match_loader(luna):
-    from engine.io import load_volume
+    from noduleflow.engine.io import load_volume
 
     s1 = read_luna16(luna).scans[0]
     vol = load_volume(s1.path)
@@ -147,8 +147,8 @@ def test_lidc_discovery(tmp_path):
 
 
 def test_lidc_convert_through_dicom(tmp_path):
-    from engine.io.dicom_write import write_dicom_series
-    from trainer.data.lidc import convert_lidc, lidc_sources
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.trainer.data.lidc import convert_lidc, lidc_sources
 
     series = tmp_path / "LIDC-IDRI-0001" / "study" / "series"
     write_dicom_series(_volume(), series, series_uid="1.2.826.0.1.9999.2", study_uid="1.2.826.0.1.9999.3")
@@ -165,7 +165,7 @@ def test_lidc_convert_through_dicom(tmp_path):
 
 
 def test_luna16_sources(luna):
-    from trainer.data.dataset import sources_from_records
+    from noduleflow.trainer.data.dataset import sources_from_records
 
     train, val, _ = read_luna16(luna).split(val_folds=[1])
     src = sources_from_records(train)

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from engine import ConfigError
-from engine.patches import gather
-from trainer.data.augment import (AugmentSpec, random_transform, rotation_matrix, transformed_patch,
+from noduleflow.engine import ConfigError
+from noduleflow.engine.patches import gather
+from noduleflow.trainer.data.augment import (AugmentSpec, random_transform, rotation_matrix, transformed_patch,
                                   transformed_patch_reference, trilinear)
-from trainer.data.sampling import (balanced_batches, inside_any, negative_centres, positive_centres,
+from noduleflow.trainer.data.sampling import (balanced_batches, inside_any, negative_centres, positive_centres,
                                    split_by_scan)
 
 
@@ -137,9 +137,9 @@ def test_random_transform_within_limits():
 
 
 def test_sample_scan_positives_reach_the_dense_grid_and_negatives_keep_away():
-    from engine import Volume
-    from engine.preprocess import Preprocessed
-    from trainer.data.sampling import SamplingSpec, sample_scan
+    from noduleflow.engine import Volume
+    from noduleflow.engine.preprocess import Preprocessed
+    from noduleflow.trainer.data.sampling import SamplingSpec, sample_scan
 
     hu = np.full((90, 90, 90), -850, np.int16)
     hu[::7, :, :] = 40  # dense sheets: candidates for the negatives

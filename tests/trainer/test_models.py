@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.models import DENSE_MODELS, MODEL_NAMES, build_model  # noqa: E402
-from trainer.train import TrainConfig, roc_auc, train  # noqa: E402
+from noduleflow.trainer.models import DENSE_MODELS, MODEL_NAMES, build_model  # noqa: E402
+from noduleflow.trainer.train import TrainConfig, roc_auc, train  # noqa: E402
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -42,7 +42,7 @@ def test_dense_equals_patch_model(name):
 
 
 def test_unknown_model():
-    from engine import ConfigError
+    from noduleflow.engine import ConfigError
 
     with pytest.raises(ConfigError, match="unknown model"):
         build_model("4d-9")
@@ -55,7 +55,7 @@ def test_roc_auc_by_hand():
 
 def _toy(n, rng):
     """Bright sphere at the centre (label 1) vs. noise with an off-centre sphere (label 0)."""
-    from trainer.data.phantoms import PatchSet
+    from noduleflow.trainer.data.phantoms import PatchSet
 
     g = np.stack(np.meshgrid(*[np.arange(41)] * 3, indexing="ij"), -1)
     x = rng.uniform(0, 0.3, (n, 1, 41, 41, 41)).astype(np.float32)
@@ -91,7 +91,7 @@ def test_training_learns_the_toy_task(tmp_path):
 
 
 def test_checkpoint_roundtrip(tmp_path):
-    from trainer.checkpoint import load_checkpoint, save_checkpoint
+    from noduleflow.trainer.checkpoint import load_checkpoint, save_checkpoint
 
     m = build_model("3d-2").eval()
     save_checkpoint(tmp_path, m, {"model": "3d-2", "model_kwargs": {}})

@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("torch")
 sitk = pytest.importorskip("SimpleITK")
 
-from engine import ConfigError  # noqa: E402
-from engine.cli import main  # noqa: E402
-from trainer.commands.train import is_luna16_folder  # noqa: E402
-from trainer.phantom import PhantomParams, generate_phantom  # noqa: E402
+from noduleflow.engine import ConfigError  # noqa: E402
+from noduleflow.cli import main  # noqa: E402
+from noduleflow.trainer.commands.train import is_luna16_folder  # noqa: E402
+from noduleflow.synthetic.phantom import PhantomParams, generate_phantom  # noqa: E402
 
 SMALL = dict(shape_zyx=(60, 112, 112), spacing_zyx_mm=(2.5, 2.0, 2.0))
 
@@ -122,9 +122,9 @@ def test_train_luna16_streams_respect_exclusions(luna, tmp_path):
     one at an excluded finding; nodules give positives."""
     import argparse
 
-    from engine.preprocess import PreprocessSpec
-    from trainer.commands.train import _luna16_data
-    from trainer.train import TrainConfig
+    from noduleflow.engine.preprocess import PreprocessSpec
+    from noduleflow.trainer.commands.train import _luna16_data
+    from noduleflow.trainer.train import TrainConfig
 
     root, info = luna
     args = argparse.Namespace(val_fold=[2], test_fold=None, hard_negatives=None, hard_negatives_csv=None,
@@ -151,8 +151,8 @@ def test_train_luna16_streams_respect_exclusions(luna, tmp_path):
 @pytest.mark.parametrize("flag, bad", [("--val-fold", "7"), ("--test-fold", "5")])
 def test_train_luna16_bad_fold(luna, tmp_path, capsys, flag, bad):
     root, _ = luna
-    from trainer.commands.train import run
-    from engine.cli import build_parser
+    from noduleflow.trainer.commands.train import run
+    from noduleflow.cli import build_parser
 
     args = build_parser().parse_args(_args(root, tmp_path / "out", flag, bad))
     with pytest.raises(ConfigError, match=rf"folds \[{bad}\] not in .*has \[0, 1, 2\]"):
@@ -166,8 +166,8 @@ def test_train_luna16_bad_fold(luna, tmp_path, capsys, flag, bad):
 
 def test_train_luna16_val_and_test_fold_overlap(luna, tmp_path):
     root, _ = luna
-    from engine.cli import build_parser
-    from trainer.commands.train import run
+    from noduleflow.cli import build_parser
+    from noduleflow.trainer.commands.train import run
 
     with pytest.raises(ConfigError, match=r"folds \[1\] are both validation and test"):
         run(build_parser().parse_args(_args(root, tmp_path / "out", "--val-fold", "1", "--test-fold", "1")))
@@ -185,7 +185,7 @@ def test_train_luna16_dataloader_workers(luna, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     env.pop("NUMBA_THREADING_LAYER", None)
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "engine.cli", *_args(root, out, "--val-fold", "1", "--workers", "2")],
+    r = subprocess.run([sys.executable, "-m", "noduleflow.cli", *_args(root, out, "--val-fold", "1", "--workers", "2")],
                        cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     with open(out / "train_log.csv", newline="") as f:
@@ -199,7 +199,7 @@ def test_luna16_toml_config(luna, tmp_path):
     import tomllib
     from pathlib import Path
 
-    from trainer.train import TrainConfig
+    from noduleflow.trainer.train import TrainConfig
 
     path = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "luna16.toml"
     cfg = TrainConfig.from_toml(path)

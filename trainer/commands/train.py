@@ -76,7 +76,7 @@ def _load_split(path):
     """-> (train PatchSet, validation PatchSet) from a `_save_split` file."""
     import numpy as np
 
-    from trainer.data.phantoms import PatchSet
+    from noduleflow.trainer.data.phantoms import PatchSet
 
     z = np.load(path)
     return tuple(PatchSet(*(z[f"{part}_{f}"] for f in _FIELDS)) for part in ("train", "val"))
@@ -99,8 +99,8 @@ def _patchset_data(args, source, data, spec, out):
 
     import numpy as np
 
-    from trainer.data.phantoms import PatchSet, folder_patches, phantom_patches
-    from trainer.data.sampling import SamplingSpec
+    from noduleflow.trainer.data.phantoms import PatchSet, folder_patches, phantom_patches
+    from noduleflow.trainer.data.sampling import SamplingSpec
 
     sampling = SamplingSpec()
     cache = out / f"patches_{_key(source, data, spec.to_dict(), asdict(sampling))}.npz"
@@ -120,12 +120,12 @@ def _patchset_data(args, source, data, spec, out):
         _save_split(cache, tr, va)
     if args.hard_negatives:
         if source != "phantoms":
-            from engine import ConfigError
+            from noduleflow.engine import ConfigError
 
             raise ConfigError("--hard-negatives mines on generated phantoms; use --data phantoms "
                               "(for a LUNA16 folder: --hard-negatives-csv)")
-        from engine.package import ModelPackage
-        from trainer.data.phantoms import phantom_hard_negatives
+        from noduleflow.engine.package import ModelPackage
+        from noduleflow.trainer.data.phantoms import phantom_hard_negatives
 
         # mining depends on the scans and the preprocessing, not on how positives are sampled
         hkey = _key(source, data, spec.to_dict())
@@ -151,7 +151,7 @@ def _patchset_data(args, source, data, spec, out):
 
 def _folds(cli, toml, name):
     """Fold list from the command line, else the TOML's [data] ``name``, else None."""
-    from engine import ConfigError
+    from noduleflow.engine import ConfigError
 
     if cli:
         return [int(k) for k in cli]
@@ -175,16 +175,16 @@ def _luna16_data(args, cfg, source, data, spec, out):
 
     import numpy as np
 
-    from engine import ConfigError
-    from trainer.data.cache import CacheSpec, ScanCache
-    from trainer.data.dataset import PatchStream, StreamSpec, sources_from_records, with_hard_negatives
-    from trainer.data.luna16 import find_candidates_file, read_luna16
+    from noduleflow.engine import ConfigError
+    from noduleflow.trainer.data.cache import CacheSpec, ScanCache
+    from noduleflow.trainer.data.dataset import PatchStream, StreamSpec, sources_from_records, with_hard_negatives
+    from noduleflow.trainer.data.luna16 import find_candidates_file, read_luna16
 
     if args.hard_negatives:
         raise ConfigError("--hard-negatives mines on generated phantoms; for a LUNA16 folder pass a previous "
                           "model's detections with --hard-negatives-csv")
     if cfg.workers:
-        from trainer.train import fork_safe_numba
+        from noduleflow.trainer.train import fork_safe_numba
 
         fork_safe_numba()  # before the first preprocessing: the workers are forked later
     ds = read_luna16(source)
@@ -243,8 +243,8 @@ def _luna16_data(args, cfg, source, data, spec, out):
 def _read_detections(path):
     from pathlib import Path
 
-    from engine import ConfigError
-    from trainer.data.annotations import read_candidates
+    from noduleflow.engine import ConfigError
+    from noduleflow.trainer.data.annotations import read_candidates
 
     if not Path(path).is_file():
         raise ConfigError(f"--hard-negatives-csv: {path} not found")
@@ -256,8 +256,8 @@ def run(args: argparse.Namespace) -> int:
     import tomllib
     from pathlib import Path
 
-    from engine.preprocess import PreprocessSpec
-    from trainer.train import TrainConfig, train
+    from noduleflow.engine.preprocess import PreprocessSpec
+    from noduleflow.trainer.train import TrainConfig, train
 
     cfg = TrainConfig.from_toml(args.config, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                                 device=args.device, seed=args.seed, steps_per_epoch=args.steps_per_epoch,

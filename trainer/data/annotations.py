@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import ConfigError
+from noduleflow.engine import ConfigError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from engine import ConfigError
-from engine.patches import PATCH, Normalisation
+from noduleflow.engine import ConfigError
+from noduleflow.engine.patches import PATCH, Normalisation
 
 
 @dataclass(frozen=True)

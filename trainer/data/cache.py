@@ -21,9 +21,9 @@ from typing import Callable
 
 import numpy as np
 
-from engine.candidates import CandidateRules, candidates
-from engine.preprocess import PreprocessSpec, preprocess
-from engine.volume import Volume
+from noduleflow.engine.candidates import CandidateRules, candidates
+from noduleflow.engine.preprocess import PreprocessSpec, preprocess
+from noduleflow.engine.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from engine import ConfigError
-from engine.patches import Normalisation, gather
-from engine.volume import Volume
+from noduleflow.engine import ConfigError
+from noduleflow.engine.patches import Normalisation, gather
+from noduleflow.engine.volume import Volume
 
 from .annotations import Finding, as_xyzd
 from .augment import AugmentSpec, augmented_patch
@@ -161,7 +161,7 @@ def sources_from_records(records) -> list[ScanSource]:
     """`trainer.data.luna16.ScanRecord`s -> sources (images loaded by the engine's loader);
     the records' candidates of class 0 are not used as hard negatives (they are ordinary
     candidates of another detector); pass mined false positives explicitly."""
-    from engine.io import load_volume
+    from noduleflow.engine.io import load_volume
 
     return [ScanSource(r.series_uid, (lambda p=r.path: load_volume(p)), tuple(r.nodules), tuple(r.excluded))
             for r in records]

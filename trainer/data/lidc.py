@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import ConfigError
-from engine.volume import Volume
+from noduleflow.engine import ConfigError
+from noduleflow.engine.volume import Volume
 
 from .annotations import Finding
 
@@ -275,7 +275,7 @@ def discover_lidc(root) -> list[LidcCase]:
 
 def load_lidc_case(case: LidcCase, rules: LidcRules = LidcRules()):
     """-> (Volume, annotations, excluded) for one case, via the engine's DICOM loader."""
-    from engine.io import load_volume
+    from noduleflow.engine.io import load_volume
 
     vol = load_volume(case.series_dir, series_uid=case.series_uid or None)
     ann, exc = lidc_findings(parse_read_message(case.xml_path), vol, rules)
@@ -311,7 +311,7 @@ def lidc_sources(converted_dir) -> list:
     """Sources (`trainer.data.dataset.ScanSource`) from a folder written by `convert_lidc`."""
     import csv
 
-    from engine.io import load_volume
+    from noduleflow.engine.io import load_volume
 
     from .annotations import by_series, read_findings
     from .dataset import ScanSource

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import ConfigError
+from noduleflow.engine import ConfigError
 
 from .annotations import Candidate, Finding, by_series, read_candidates, read_findings
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import ConfigError
-from engine.preprocess import PreprocessSpec, preprocess
+from noduleflow.engine import ConfigError
+from noduleflow.engine.preprocess import PreprocessSpec, preprocess
 
 from .annotations import as_xyzd, read_annotations
 from .sampling import SamplingSpec, sample_scan
@@ -37,7 +37,7 @@ def phantom_patches(seeds, spec: PreprocessSpec = PreprocessSpec(), sampling: Sa
     """Generate phantoms for ``seeds``, preprocess them with the engine, sample patches."""
     from tqdm import tqdm
 
-    from trainer.phantom import generate_phantom
+    from noduleflow.synthetic.phantom import generate_phantom
 
     parts = []
     for i, seed in enumerate(tqdm(list(seeds), desc="phantoms", unit="scan", disable=not progress)):
@@ -55,7 +55,7 @@ def folder_patches(folder, spec: PreprocessSpec = PreprocessSpec(), sampling: Sa
     annotations.csv): every DICOM series folder / .mhd under it."""
     from tqdm import tqdm
 
-    from engine.io import load_volume
+    from noduleflow.engine.io import load_volume
 
     folder = Path(folder)
     ann = read_annotations(folder / "annotations.csv")
@@ -83,9 +83,9 @@ def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float 
     from the seed, as in training)."""
     from tqdm import tqdm
 
-    from engine.detector import Detector
-    from engine.patches import gather
-    from trainer.phantom import generate_phantom
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.patches import gather
+    from noduleflow.synthetic.phantom import generate_phantom
 
     det = Detector(package, mode="dense")
     parts = []
@@ -126,7 +126,7 @@ def _series_uid(path: Path) -> str:
 def phantom_folder_sources(folder) -> list:
     """A `noduleflow synth` cohort folder -> `trainer.data.dataset.ScanSource` list (one per
     DICOM series folder or .mhd; scan id = series UID)."""
-    from engine.io import load_volume
+    from noduleflow.engine.io import load_volume
 
     from .annotations import by_series, read_findings
     from .dataset import ScanSource

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine import ConfigError
-from engine.candidates import CandidateRules, candidates
-from engine.patches import gather
-from engine.preprocess import Preprocessed
+from noduleflow.engine import ConfigError
+from noduleflow.engine.candidates import CandidateRules, candidates
+from noduleflow.engine.patches import gather
+from noduleflow.engine.preprocess import Preprocessed
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ DENSE_MODELS = ("3d-1", "3d-2", "3d-loc")
 
 
 def build_model(name: str, **kwargs):
-    from engine import ConfigError
+    from noduleflow.engine import ConfigError
 
     from .net3d import Net3D, Net3DST
     from .net25d import Net25D1, Net25D2

@@ -1,4 +1,4 @@
-"""Parameters and GFLOPs per 41^3 patch of every model: ``python -m trainer.models.summary``.
+"""Parameters and GFLOPs per 41^3 patch of every model: ``python -m noduleflow.trainer.models.summary``.
 
 FLOPs = 2 x multiply-accumulates of the convolutions and linear layers (counted with
 forward hooks on one patch); pooling, BatchNorm and activations are not counted.

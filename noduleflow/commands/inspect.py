@@ -19,7 +19,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from engine.io import load_volume
+    from noduleflow.engine.io import load_volume
 
     vol = load_volume(args.path, series_uid=args.series)
     info = vol.describe()

@@ -26,8 +26,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.phantom import PhantomParams
-    from trainer.synth import write_cohort
+    from noduleflow.synthetic.phantom import PhantomParams
+    from noduleflow.synthetic.synth import write_cohort
 
     params = PhantomParams(n_nodules=args.nodules)
     paths = write_cohort(args.out, args.scans, args.seed, fmt=args.format, masks=args.masks, params=params,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import ConfigError, Volume
+from noduleflow.engine import ConfigError, Volume
 
 #: Quantiles (0, 5, ..., 100 %) of the 1,186 nodule diameters (mm) in LUNA16's
 #: annotations.csv (Setio et al. 2017, from LIDC-IDRI, CC BY 3.0).

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, NoduleflowError
+from ..engine.errors import ConfigError, NoduleflowError
 from .spool import SeriesState, Spool, SpoolError, SpoolFullError, validate_instance
 
 log = logging.getLogger("noduleflow.serve")
@@ -141,7 +141,7 @@ class Service:
         if any(counts.values()):
             log.info("recovered the spool: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
         if self.detector is None:
-            from ..detector import Detector
+            from ..engine.detector import Detector
 
             self.detector = Detector(self.cfg.model, backend=self.cfg.backend, mode=self.cfg.mode,
                                      top_k=self.cfg.top_k, threshold=self.cfg.threshold)
@@ -297,9 +297,9 @@ class Service:
         """Detect one complete series; True if it was processed (done or failed) by this call."""
         import pydicom
 
-        from ..detector import write_candidates_csv, write_outputs
-        from ..io import load_volume
-        from ..render import candidates_png
+        from ..engine.detector import write_candidates_csv, write_outputs
+        from ..engine.io import load_volume
+        from ..engine.render import candidates_png
         from .sr import write_sr
 
         with self._busy:

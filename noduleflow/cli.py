@@ -14,26 +14,26 @@ import importlib
 import logging
 import sys
 
-from .errors import NoduleflowError
+from .engine.errors import NoduleflowError
 
 # Order is the order in `noduleflow --help`.
 COMMAND_MODULES: list[str] = [
-    "engine.commands.inspect",
-    "engine.commands.convert",
-    "engine.commands.detect",
-    "engine.commands.demo",
-    "engine.commands.serve",
-    "trainer.commands.synth",
-    "trainer.commands.train",
-    "export.cli",
-    "bench.cli",
+    "noduleflow.commands.inspect",
+    "noduleflow.commands.convert",
+    "noduleflow.commands.detect",
+    "noduleflow.commands.demo",
+    "noduleflow.commands.serve",
+    "noduleflow.commands.synth",
+    "noduleflow.trainer.commands.train",
+    "noduleflow.export.cli",
+    "noduleflow.bench.cli",
 ]
 
 log = logging.getLogger("noduleflow")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .engine import __version__
 
     parser = argparse.ArgumentParser(
         prog="noduleflow",

@@ -5,9 +5,9 @@ import csv
 
 import numpy as np
 
-from engine.cli import main as cli
-from engine.io import load_volume
-from trainer.phantom import PhantomParams, generate_phantom
+from noduleflow.cli import main as cli
+from noduleflow.engine.io import load_volume
+from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
 
 def test_synth_dicom_cohort(tmp_path):

@@ -5,7 +5,7 @@ import csv
 import logging
 from pathlib import Path
 
-from engine import ConfigError
+from noduleflow.engine import ConfigError
 
 from .phantom import Phantom, PhantomParams, generate_phantom
 
@@ -33,7 +33,7 @@ def write_scan(phantom: Phantom, out_dir: Path, fmt: str, index: int, seed: int,
     vol = phantom.volume
     uid = vol.series_uid
     if fmt == "dicom":
-        from engine.io.dicom_write import write_dicom_series
+        from noduleflow.engine.io.dicom_write import write_dicom_series
 
         rep, intercept, slope = _DICOM_ENCODINGS[index % len(_DICOM_ENCODINGS)]
         target = out_dir / f"scan_{index:03d}"
@@ -41,13 +41,13 @@ def write_scan(phantom: Phantom, out_dir: Path, fmt: str, index: int, seed: int,
                            rescale_slope=slope, shuffle_names=True, reverse_instance_numbers=bool(index % 2),
                            seed=seed, patient_id=f"PHANTOM{index:03d}")
     elif fmt == "mhd":
-        from engine.io import save_volume
+        from noduleflow.engine.io import save_volume
 
         target = save_volume(vol, out_dir / f"{uid}.mhd")
     else:
         raise ConfigError(f"format must be 'dicom' or 'mhd', got {fmt!r}")
     if masks:
-        from engine.io import save_volume
+        from noduleflow.engine.io import save_volume
 
         save_volume(vol.with_array(phantom.lung_mask.astype("int16")), out_dir / "masks" / f"{uid}.mhd")
     return target

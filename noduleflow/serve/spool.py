@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NoduleflowError
+from ..engine.errors import NoduleflowError
 
 log = logging.getLogger("noduleflow.serve")
 

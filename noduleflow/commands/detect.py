@@ -37,8 +37,8 @@ def expand(paths, series):
     """(path, series_uid or None) for every series named by the arguments."""
     from pathlib import Path
 
-    from engine.io import IMAGE_SUFFIXES
-    from engine.io.dicom import list_series
+    from noduleflow.engine.io import IMAGE_SUFFIXES
+    from noduleflow.engine.io.dicom import list_series
 
     out = []
     for p in map(Path, paths):
@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from engine import NoduleflowError
-    from engine.detector import Detector, write_candidates_csv, write_outputs
-    from engine.io import load_volume
-    from engine.render import candidates_png
+    from noduleflow.engine import NoduleflowError
+    from noduleflow.engine.detector import Detector, write_candidates_csv, write_outputs
+    from noduleflow.engine.io import load_volume
+    from noduleflow.engine.render import candidates_png
 
     out = Path(args.out)
     det = Detector(args.model, backend=args.backend, mode=args.mode, top_k=args.top_k, threshold=args.threshold,

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Volume
+from noduleflow.engine import Volume
 
-from engine.render import _plane, draw_marker, three_plane_crops, window_u8  # noqa: F401
+from noduleflow.engine.render import _plane, draw_marker, three_plane_crops, window_u8  # noqa: F401
 
 
 def phantom_montage(phantom, out_path, max_nodules: int = 8) -> Path:

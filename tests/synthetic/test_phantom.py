@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import ConfigError
-from trainer.phantom import PAD_HU, PhantomParams, generate_phantom
+from noduleflow.engine import ConfigError
+from noduleflow.synthetic.phantom import PAD_HU, PhantomParams, generate_phantom
 
 SMALL = dict(shape_zyx=(56, 128, 128), spacing_zyx_mm=(5.0, 2.5, 2.5))
 
@@ -88,7 +88,7 @@ def test_one_lung():
 
 
 def test_nodule_sizes_follow_luna16():
-    from trainer.phantom_lesions import draw_diameter_mm
+    from noduleflow.synthetic.phantom_lesions import draw_diameter_mm
 
     rng = np.random.default_rng(0)
     d = np.array([draw_diameter_mm(rng) for _ in range(4000)])

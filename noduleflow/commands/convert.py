@@ -16,7 +16,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.io import load_volume, save_volume
+    from noduleflow.engine.io import load_volume, save_volume
 
     vol = load_volume(args.path, series_uid=args.series)
     out = save_volume(vol, args.out)

@@ -88,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from engine.errors import ConfigError
+    from noduleflow.engine.errors import ConfigError
 
     if args.status:
-        from engine.serve.spool import Spool
+        from noduleflow.serve.spool import Spool
 
         if not Path(args.spool).is_dir():
             raise ConfigError(f"--spool {args.spool}: no such folder")
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ConfigError(f"serve needs the 'serve' extra ({exc.name} is missing): "
                           f"pip install 'noduleflow[serve]'") from None
-    from engine.serve.service import ServeConfig, Service
+    from noduleflow.serve.service import ServeConfig, Service
 
     cfg = ServeConfig(spool=Path(args.spool), host=args.host, port=args.port, ae_title=args.ae_title,
                       allow_ae=tuple(args.allow_ae), allow_any_ae=args.allow_any_ae,

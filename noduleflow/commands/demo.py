@@ -28,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from engine.detector import Detector, write_outputs
-    from engine.io import load_volume
-    from engine.io.dicom_write import write_dicom_series
-    from engine.render import candidates_png
-    from trainer.phantom import PhantomParams, generate_phantom
+    from noduleflow.engine.detector import Detector, write_outputs
+    from noduleflow.engine.io import load_volume
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.engine.render import candidates_png
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     out = Path(args.out)
     t = time.perf_counter()

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from noduleflow.bench.froc import Candidates, Findings, evaluate, format_table, save_json
-    from noduleflow.engine.detector import Detector, DetectorConfig, write_candidates_csv
+    from noduleflow.engine.detector import Detector, DetectorConfig
+    from noduleflow.engine.results import write_candidates_csv
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from noduleflow.engine import ConfigError
-from noduleflow.engine.detector import write_candidates_csv  # noqa: F401  (the submission writer lives with the engine)
+from noduleflow.engine.results import write_candidates_csv  # noqa: F401  (the submission writer lives with the engine)
 
 FP_POINTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_CANDIDATES_PER_SCAN = 100

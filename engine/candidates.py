@@ -9,36 +9,11 @@ than aerated lung; the box rule is kept as an option.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numba import njit
 
+from .config import CandidateRules  # noqa: F401  (public here too)
 from .errors import ConfigError
-
-
-@dataclass(frozen=True)
-class CandidateRules:
-    """Rules on the 1 mm volume. ``stride``: grid step in voxels; ``offset``: grid phase
-    (the dense mode aligns it with the network's output grid); ``center_min_hu``: the
-    centre voxel's HU must be at least this; ``box_min_hu``: if set, the minimum HU of
-    the ``box`` ^3 neighbourhood must be at least this (the seed's second rule);
-    ``reach``: the centre rule passes if any voxel within +-``reach`` of the point passes it
-    (on a coarse grid, a small nodule between grid points is then still scored from the
-    nearest points; the dense detector uses stride 4 with reach 2)."""
-
-    stride: int = 2
-    offset: int = 0
-    center_min_hu: float = -650.0
-    box_min_hu: float | None = None
-    box: int = 5
-    reach: int = 0
-
-    def __post_init__(self) -> None:
-        if self.stride < 1:
-            raise ConfigError(f"stride must be >= 1, got {self.stride}")
-        if self.box < 1 or self.box % 2 == 0:
-            raise ConfigError(f"box must be a positive odd size, got {self.box}")
 
 
 @njit(cache=True)

@@ -1,4 +1,4 @@
-"""`Detector(package).detect(path) -> Detections`: the engine's main job.
+"""`Detector(model).detect(path) -> Detections`: the engine's main job.
 
 load -> lung mask -> crop + 1 mm resample -> candidate centres -> inference -> clustering
 -> top K in world coordinates, each stage timed.
@@ -14,78 +14,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .candidates import CandidateRules, candidates
+from .config import CLUSTERINGS, MODES, DetectorConfig  # noqa: F401  (public here too)
 from .errors import ConfigError
 from .package import ModelPackage, default_package_path
 from .patches import Normalisation, PatchProducer
 from .preprocess import PreprocessSpec, preprocess
+from .results import Candidate, Detections
 from .volume import Volume
 
 log = logging.getLogger(__name__)
-
-MODES = ("dense", "patch")
-CLUSTERINGS = ("nms", "components")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    center_xyz_mm: tuple[float, float, float]
-    prob: float
-    n_points: int = 1          # scored grid points merged into this candidate
-
-
-@dataclass(frozen=True)
-class Detections:
-    series_uid: str
-    candidates: tuple[Candidate, ...]
-    timings_s: dict
-    backend: str
-    mode: str
-    model_id: str
-    engine_version: str
-    n_scored: int = 0
-    meta: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["candidates"] = [asdict(c) for c in self.candidates]
-        return d
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    mode: str = "dense"
-    top_k: int = 15
-    threshold: float = 0.0          # candidates below this probability are dropped
-    nms_radius_mm: float = 10.0     # one candidate per this radius (greedy NMS)
-    merge_radius_mm: float = 5.0    # points merged into a candidate's weighted centre
-    tile_out: int = 24              # dense tile, in output points per axis
-    batch_size: int = 64            # patch mode
-    refine: bool = True             # move each centre onto the strongest image blob within 3 mm
-    in_mask: bool = True            # drop candidates whose final centre lies outside the lung mask
-    clustering: str = "components"  # "components" (connected components of p >= component_min_prob, the
-    #                                 list filled by NMS below it; measured better) or "nms"
-    component_min_prob: float = 0.9  # "components": points at or above this probability are joined (0.9 beat
-    #                                  0.5 on tuning phantoms 2100-2109 for v4 and v6: bench/results/clustering.md)
-    rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0, reach=2)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.clustering not in CLUSTERINGS:
-            raise ConfigError(f"clustering must be one of {CLUSTERINGS}, got {self.clustering!r}")
-        if not 0.0 < self.component_min_prob < 1.0:
-            raise ConfigError(f"component_min_prob must be in (0, 1), got {self.component_min_prob}")
-        if self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"threshold must be in [0, 1), got {self.threshold}")
-
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
@@ -223,22 +164,25 @@ class Detector:
     >>> Detector().detect("path/to/dicom/series")           # doctest: +SKIP
     """
 
-    def __init__(self, package=None, backend: str = "auto", mode: str = "dense", top_k: int = 15,
-                 threshold: float = 0.0, config: DetectorConfig | None = None, clustering: str = "components",
-                 **backend_opts):
+    def __init__(self, model=None, backend: str = "auto", config: DetectorConfig | None = None, *,
+                 backend_options: dict | None = None, **settings):
+        """``model``: a model package folder or `ModelPackage` (default: the shipped model).
+        ``backend``: "auto" or a name from `noduleflow.engine.backends.backend_names()`.
+        ``config`` and/or keyword ``settings`` (fields of `DetectorConfig`, e.g. ``top_k=25``;
+        settings override the config's fields)."""
         from . import __version__
         from .backends import open_backend
 
         t0 = time.perf_counter()
-        self.package = package if isinstance(package, ModelPackage) else \
-            ModelPackage.load(package or default_package_path())
+        self.package = model if isinstance(model, ModelPackage) else \
+            ModelPackage.load(model or default_package_path())
         m = self.package.manifest
-        self.config = config or DetectorConfig(mode=mode, top_k=top_k, threshold=threshold, clustering=clustering)
+        self.config = (config or DetectorConfig()).replace(**settings)
         if self.config.mode == "dense" and not self.package.has_dense:
             raise ConfigError(f"model {m.model_id} ({m.architecture}) has no dense graph: use mode='patch'")
         self.spec = PreprocessSpec.from_dict(m.preprocess) if m.preprocess else PreprocessSpec()
         self.norm = Normalisation(*m.hu_window)
-        self.backend = open_backend(self.package, backend, graph=self.config.mode, **backend_opts)
+        self.backend = open_backend(self.package, backend, graph=self.config.mode, **(backend_options or {}))
         self.version = __version__
         self.cold_start_s = time.perf_counter() - t0
 
@@ -316,8 +260,16 @@ class Detector:
             scores[sel] = logits[local[:, 0], local[:, 1], local[:, 2]]
         return scores
 
-    def detect(self, source, series_uid: str | None = None) -> Detections:
-        """``source``: a path (DICOM folder/file, .mhd, .nii.gz) or a `Volume`."""
+    def detect(self, source, series_uid: str | None = None, keep_preprocessed: bool = False):
+        """Detect nodule candidates in one scan, or in each of several.
+
+        ``source``: a path (DICOM series folder or file, .mhd/.mha, .nii/.nii.gz), a `Volume`,
+        or a list/tuple of them (-> a list of `Detections`, in order). ``series_uid`` picks a
+        DICOM series among several. Every stage is timed, loading included. The loaded volume
+        travels with the result (for `Detections.plot`); the lung mask and the 1 mm lung box
+        too when ``keep_preprocessed``."""
+        if isinstance(source, (list, tuple)):
+            return [self.detect(s, series_uid, keep_preprocessed) for s in source]
         from .io import load_volume
 
         timings = {}
@@ -344,7 +296,9 @@ class Detector:
             mode=self.config.mode, model_id=self.package.manifest.model_id, engine_version=self.version,
             n_scored=int(len(centres)),
             meta={"shape_zyx": list(vol.shape), "spacing_zyx_mm": list(vol.spacing_zyx_mm),
-                  "lung_box_1mm_zyx": list(pre.volume.shape), "source": vol.meta.get("source", "")},
+                  "lung_box_1mm_zyx": list(pre.volume.shape), "source": vol.meta.get("source", ""),
+                  "warnings": list(vol.meta.get("warnings", []))},
+            volume=vol, preprocessed=pre if keep_preprocessed else None,
         )
 
     def cluster(self, pre, centres, probs, logits, config: DetectorConfig | None = None) -> list:
@@ -382,25 +336,3 @@ class Detector:
         pre = preprocess(vol, self.spec)
         c = self.grid_centres(pre) if centres_zyx_1mm is None else np.asarray(centres_zyx_1mm)
         return c, self.score(pre, c)
-
-
-def write_outputs(det: Detections, out_dir: Path) -> dict:
-    """DIR/<uid>.json (candidates + timings); candidates.csv rows are returned for the caller."""
-    import json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{det.series_uid}.json").write_text(json.dumps(det.to_json(), indent=2))
-    return {"rows": [(det.series_uid, *c.center_xyz_mm, c.prob) for c in det.candidates]}
-
-
-def write_candidates_csv(path, rows) -> Path:
-    """rows: iterable of (seriesuid, x, y, z, prob) -> LUNA16 submission CSV."""
-    import csv
-
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
-        for uid, x, y, z, p in rows:
-            w.writerow([uid, f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}"])
-    return path

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_detector_options, add_model_options, detector_config
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -10,14 +12,13 @@ def register(sub) -> None:
         description="Writes a synthetic chest-CT phantom as a DICOM series into a temporary folder, "
                     "detects with the shipped default model (trained on phantoms: a demonstration, not "
                     "a clinical tool), prints the candidates beside the true nodules and the stage "
-                    "timings, and writes OUT/<seriesuid>.png and .json.")
+                    "timings, and writes what `detect` writes into OUT: candidates.csv, <seriesuid>.json and "
+                    "<seriesuid>.png (the true nodules named in the picture).")
     p.add_argument("--out", default="noduleflow-demo", help="output folder (default ./noduleflow-demo)")
     p.add_argument("--seed", type=int, default=3, help="phantom seed (default 3)")
     p.add_argument("--nodules", type=int, default=4, help="nodules in the phantom (default 4)")
-    p.add_argument("--model", help="model package (default: the shipped phantom-trained model)")
-    p.add_argument("--backend", default="auto", help="inference backend (default auto)")
-    p.add_argument("--mode", choices=("dense", "patch"), default="dense", help="inference mode (default dense)")
-    p.add_argument("--top-k", type=int, default=15, help="candidates to report (default 15)")
+    add_model_options(p)
+    add_detector_options(p)
     p.set_defaults(func=run)
 
 
@@ -28,10 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from noduleflow.engine.detector import Detector, write_outputs
-    from noduleflow.engine.io import load_volume
+    from noduleflow.engine.detector import Detector
     from noduleflow.engine.io.dicom_write import write_dicom_series
-    from noduleflow.engine.render import candidates_png
     from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     out = Path(args.out)
@@ -43,18 +42,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"phantom seed {args.seed}: {ph.volume.shape} voxels, spacing "
               f"{tuple(round(s, 3) for s in ph.volume.spacing_zyx_mm)} mm, {len(ph.nodules)} nodules, "
               f"written as DICOM in {time.perf_counter() - t:.1f} s")
-        with Detector(args.model, backend=args.backend, mode=args.mode, top_k=args.top_k) as det:
-            t = time.perf_counter()
-            vol = load_volume(Path(tmp) / "series")
-            load_s = time.perf_counter() - t
-            d = det.detect(vol)
-            d.timings_s["load"] = load_s  # the series was read here, once, for the picture too
-            d.timings_s["total"] += load_s
+        with Detector(args.model, backend=args.backend, config=detector_config(args)) as det:
+            d = det.detect(Path(tmp) / "series", keep_preprocessed=True)
     truth = np.array([[*n.center_xyz_mm, n.diameter_mm] for n in ph.nodules]).reshape(-1, 4)
     print(f"\nmodel {d.model_id}, backend {d.backend}, mode {d.mode}; {d.n_scored} grid points scored")
     print(f"{'rank':>4} {'x mm':>8} {'y mm':>8} {'z mm':>8} {'prob':>6}  true nodule")
     hit = set()
-    for r, c in enumerate(d.candidates, 1):
+    for r, c in enumerate(d, 1):
         dist = np.linalg.norm(truth[:, :3] - np.asarray(c.center_xyz_mm), axis=1) if len(truth) else np.array([])
         j = int(dist.argmin()) if dist.size else -1
         tag = ""
@@ -68,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
         x, y, z = n.center_xyz_mm
         print(f"  {'found' if j in hit else 'MISSED':6} ({x:7.1f}, {y:7.1f}, {z:7.1f}) {n.diameter_mm:5.1f} mm "
               f"{n.kind}, {n.shape}, {n.location}")
-    print(f"sensitivity at top-{args.top_k}: {len(hit)}/{len(ph.nodules)}")
+    print(f"sensitivity at top-{det.config.top_k}: {len(hit)}/{len(ph.nodules)}")
     print("\nstage timings (s): " + "  ".join(f"{k} {v:.2f}" for k, v in d.timings_s.items())
           + f"  (model load {det.cold_start_s:.2f})")
-    write_outputs(d, out)
-    png = candidates_png(vol, d, out / f"{d.series_uid}.png", truth=truth)
-    print(f"wrote {png}")
+    written = d.save(out, png=False)
+    d.plot(out / f"{d.name}.png", truth=truth)  # what `detect` draws, with the true nodules named
+    print("wrote " + ", ".join(str(p) for p in written.values()) + f", {out / d.name}.png")
     print("Phantom data and a phantom-trained model: a demonstration of the pipeline, not a clinical result.")
     return 0

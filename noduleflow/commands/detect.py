@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from .options import add_detector_options, add_model_options, detector_config
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -11,22 +16,13 @@ def register(sub) -> None:
         description="Detect lung-nodule candidates. Each PATH is a DICOM series folder, a folder tree "
                     "of several series (each one is detected), a DICOM file, or a .mhd/.mha/.nii.gz. "
                     "Writes OUT/candidates.csv (LUNA16 submission layout, all scans), "
-                    "OUT/<seriesuid>.json (candidates, stage timings, backend, model) and "
-                    "OUT/<seriesuid>.png (three planes through each top candidate). A series that "
+                    "OUT/<seriesuid>.json (candidates, stage timings, backend, model, warnings) and "
+                    "OUT/<seriesuid>.png (an overview of the lungs with every candidate, and three planes "
+                    "through each). Files are written whole (temporary name, then rename). A series that "
                     "fails is reported and skipped; the exit code is 1 if any failed.")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--model", help="model package folder (default: the shipped phantom-trained model)")
-    p.add_argument("--backend", default="auto",
-                   help="auto (default), tensorrt, onnxruntime-cuda, onnxruntime-tensorrt, onnxruntime-cpu, "
-                        "torch-compiled")
-    p.add_argument("--mode", choices=("dense", "patch"), default="dense",
-                   help="dense: fully convolutional tiles (default); patch: 41^3 patches at the candidates")
-    p.add_argument("--top-k", type=int, default=15, help="candidates kept per scan (default 15)")
-    p.add_argument("--threshold", type=float, default=0.0, help="drop candidates below this probability")
-    p.add_argument("--clustering", choices=("nms", "components"), default="components",
-                   help="components: connected components of the grid points with p >= 0.5 (default: the "
-                        "better FROC on held-out phantoms, bench/results/clustering.md); nms: greedy 10 mm "
-                        "radius NMS")
+    add_model_options(p)
+    add_detector_options(p)
     p.add_argument("--series", metavar="UID", help="only this SeriesInstanceUID")
     p.add_argument("--out", default="noduleflow-out", help="output folder (default ./noduleflow-out)")
     p.add_argument("--no-png", action="store_true", help="skip the pictures")
@@ -61,32 +57,40 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from noduleflow.engine import NoduleflowError
-    from noduleflow.engine.detector import Detector, write_candidates_csv, write_outputs
-    from noduleflow.engine.io import load_volume
-    from noduleflow.engine.render import candidates_png
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.results import write_candidates_csv
 
     out = Path(args.out)
-    det = Detector(args.model, backend=args.backend, mode=args.mode, top_k=args.top_k, threshold=args.threshold,
-                   clustering=args.clustering)
+    det = Detector(args.model, backend=args.backend, config=detector_config(args))
     print(f"model {det.package.manifest.model_id} ({det.package.manifest.architecture}), backend {det.backend.name}, "
-          f"mode {args.mode}, ready in {det.cold_start_s:.2f} s")
-    rows, failed = [], 0
+          f"mode {det.config.mode}, ready in {det.cold_start_s:.2f} s")
+    rows, failed, seen = [], 0, {}
     jobs = expand(args.paths, args.series)
     for path, uid in tqdm(jobs, desc="detect", unit="scan", disable=len(jobs) < 2):
         try:
-            vol = load_volume(path, series_uid=uid)
-            d = det.detect(vol)
+            d = det.detect(path, series_uid=uid, keep_preprocessed=not args.no_png)
         except NoduleflowError as exc:
             failed += 1
             print(f"FAILED {path}{' ' + uid if uid else ''}: {exc}", file=sys.stderr)
             continue
-        rows += write_outputs(d, out)["rows"]
-        if not args.no_png:
-            candidates_png(vol, d, out / f"{d.series_uid}.png")
-        t = d.timings_s
-        print(f"{d.series_uid}: {len(d.candidates)} candidates, top p={d.candidates[0].prob if d.candidates else 0:.3f}; "
-              + " ".join(f"{k} {v:.2f}s" for k, v in t.items()))
-    out.mkdir(parents=True, exist_ok=True)
+        except Exception as exc:  # a bug must not cost the other scans their results
+            failed += 1
+            log.debug("traceback of %s", path, exc_info=True)
+            print(f"FAILED {path}{' ' + uid if uid else ''}: internal error {type(exc).__name__}: {exc} "
+                  "(-vv shows the traceback)", file=sys.stderr)
+            continue
+        # two inputs with one id (a/ct.nii.gz and b/ct.nii.gz are both "ct"): keep both, say so
+        n = seen.get(d.name, 0)
+        seen[d.name] = n + 1
+        name = d.name if n == 0 else f"{d.name}-{n + 1}"
+        if n:
+            print(f"note: {path} repeats series id {d.series_uid!r}: written as {name}", file=sys.stderr)
+        d.save(out, png=not args.no_png, csv_file=False, name=name)
+        rows += [(name if n else r[0], *r[1:]) for r in d.rows()]
+        for w in d.meta.get("warnings", []):
+            print(f"warning: {path}: {w}", file=sys.stderr)
+        print(f"{d.series_uid}: {len(d)} candidates, top p={d[0].prob if len(d) else 0:.3f}; "
+              + " ".join(f"{k} {v:.2f}s" for k, v in d.timings_s.items()))
     write_candidates_csv(out / "candidates.csv", rows)
     print(f"wrote {out / 'candidates.csv'} ({len(rows)} candidates from {len(jobs) - failed} scans)"
           + (f"; {failed} failed" if failed else ""))

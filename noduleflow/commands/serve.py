@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_detector_options, add_model_options, detector_config
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -52,13 +54,10 @@ def register(sub) -> None:
                    help="a series interrupted this many times by a dying service is failed (default 3)")
     w.add_argument("--min-free-mb", type=float, default=256.0,
                    help="refuse instances (status 'out of resources') below this much free disk (default 256)")
-    d = p.add_argument_group("detection")
-    d.add_argument("--model", help="model package folder (default: the shipped model)")
-    d.add_argument("--backend", default="auto", help="inference backend, as for detect (default auto)")
-    d.add_argument("--mode", choices=("dense", "patch"), default="dense")
-    d.add_argument("--top-k", type=int, default=15, help="candidates per series (default 15)")
-    d.add_argument("--threshold", type=float, default=0.0, help="drop candidates below this probability")
+    d = p.add_argument_group("model")
+    add_model_options(d)
     d.add_argument("--no-png", action="store_true", help="skip the pictures")
+    add_detector_options(p)
     p.set_defaults(func=run)
 
 
@@ -110,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
                       allow_ae=tuple(args.allow_ae), allow_any_ae=args.allow_any_ae,
                       allow_hosts=tuple(args.allow_host), network=not args.no_network,
                       quiet_s=args.quiet_period, watch=Path(args.watch) if args.watch else None,
-                      model=args.model, backend=args.backend, mode=args.mode, top_k=args.top_k,
-                      threshold=args.threshold, png=not args.no_png, keep_instances=args.keep_instances,
+                      model=args.model, backend=args.backend, detection=detector_config(args),
+                      png=not args.no_png, keep_instances=args.keep_instances,
                       max_attempts=args.max_attempts, forward=args.forward, forward_retries=args.forward_retries,
                       min_free_mb=args.min_free_mb)
     slog = logging.getLogger("noduleflow.serve")

@@ -72,9 +72,7 @@ class ServeConfig:
     watch_settle_s: float = 2.0           # a dropped file is taken once unchanged for this long
     model: str | None = None
     backend: str = "auto"
-    mode: str = "dense"
-    top_k: int = 15
-    threshold: float = 0.0
+    detection: object = None              # a DetectorConfig (None: its defaults)
     png: bool = True
     keep_instances: bool = False          # keep a done series' instances (failed ones are always kept)
     max_attempts: int = 3                 # a series interrupted this often by a dying service is failed
@@ -143,11 +141,10 @@ class Service:
         if self.detector is None:
             from ..engine.detector import Detector
 
-            self.detector = Detector(self.cfg.model, backend=self.cfg.backend, mode=self.cfg.mode,
-                                     top_k=self.cfg.top_k, threshold=self.cfg.threshold)
+            self.detector = Detector(self.cfg.model, backend=self.cfg.backend, config=self.cfg.detection)
         m = self.detector.package.manifest
         log.info("model %s, backend %s, mode %s, ready in %.2f s", m.model_id, self.detector.backend.name,
-                 self.cfg.mode, getattr(self.detector, "cold_start_s", 0.0))
+                 self.detector.config.mode, getattr(self.detector, "cold_start_s", 0.0))
         if self.cfg.network:
             self._start_scp()
         self._spawn("complete", self._completion_loop)
@@ -297,9 +294,6 @@ class Service:
         """Detect one complete series; True if it was processed (done or failed) by this call."""
         import pydicom
 
-        from ..engine.detector import write_candidates_csv, write_outputs
-        from ..engine.io import load_volume
-        from ..engine.render import candidates_png
         from .sr import write_sr
 
         with self._busy:
@@ -312,15 +306,9 @@ class Service:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir()
                 inst = d / "instances"
+                det = self.detector.detect(inst, series_uid=uid, keep_preprocessed=self.cfg.png)
                 t = time.perf_counter()
-                vol = load_volume(inst, series_uid=uid)
-                load_s = time.perf_counter() - t
-                det = self.detector.detect(vol)
-                t = time.perf_counter()
-                rows = write_outputs(det, partial)["rows"]
-                write_candidates_csv(partial / "candidates.csv", rows)
-                if self.cfg.png:
-                    candidates_png(vol, det, partial / f"{uid}.png")
+                det.save(partial, png=self.cfg.png)
                 evidence = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(inst.iterdir())]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)   # highdicom on single-part patient names
@@ -333,7 +321,7 @@ class Service:
                 self.spool.fail(uid, f"{type(exc).__name__}: {exc}" if isinstance(exc, NoduleflowError)
                                 else "".join(traceback.format_exception(exc)))
                 return True
-            timings = {**{k: round(v, 3) for k, v in det.timings_s.items()}, "load": round(load_s, 3),
+            timings = {**{k: round(v, 3) for k, v in det.timings_s.items()},
                        "outputs": round(out_s, 3), "total": round(time.perf_counter() - t0, 3)}
             self.spool.finish(uid, keep_instances=self.cfg.keep_instances, timings_s=timings,
                               candidates=len(det.candidates),

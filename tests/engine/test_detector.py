@@ -72,7 +72,7 @@ def test_detections_contract(tiny_package, phantom):
     for k in ("load", "mask", "resample", "candidates", "inference", "clustering", "total"):
         assert d.timings_s[k] >= 0
     assert d.series_uid == phantom.volume.series_uid and d.backend == "onnxruntime-cpu"
-    json.dumps(d.to_json())
+    assert json.loads(d.to_json())["candidates"][0]["prob"] == d[0].prob
 
 
 def test_nms_merges_and_suppresses():

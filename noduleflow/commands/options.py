@@ -1,0 +1,57 @@
+"""The detection options of ``detect``, ``demo`` and ``serve``, derived from `DetectorConfig`.
+
+Each `DetectorConfig` field marked for the CLI becomes ``--field-name`` with the field's type,
+default and help text, so the three commands, the Python API and the docs cannot drift apart.
+Building the options imports only `noduleflow.engine.config` (plain dataclasses: no numba, no
+onnxruntime, no torch).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+
+def _choices(name: str):
+    from noduleflow.engine.config import CLUSTERINGS, MODES
+
+    return {"mode": MODES, "clustering": CLUSTERINGS}.get(name)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model and --backend (the backend names come from the engine's registry)."""
+    from noduleflow.engine.backends import backend_names
+
+    parser.add_argument("--model", help="model package folder (default: the shipped phantom-trained model)")
+    parser.add_argument("--backend", default="auto", choices=backend_names(), metavar="NAME",
+                        help=f"inference backend: {', '.join(backend_names())} (default auto: the fastest "
+                             "one installed, named in the output)")
+
+
+def add_detector_options(parser: argparse.ArgumentParser, title: str = "detection settings") -> None:
+    """One option per CLI field of `DetectorConfig`: ``--top-k``, ``--mode``, ``--no-refine``..."""
+    from noduleflow.engine.config import DetectorConfig
+
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(DetectorConfig)
+    for f in dataclasses.fields(DetectorConfig):
+        if not f.metadata.get("cli"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=f.metadata["help"])
+            continue
+        choices = _choices(f.name)
+        metavar = None if choices else "N" if kind is int else "MM" if f.name.endswith("_mm") else "P"
+        group.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=choices, metavar=metavar,
+                           help=f"{f.metadata['help']} (default {f.default})")
+
+
+def detector_config(args: argparse.Namespace):
+    """The `DetectorConfig` the parsed options describe."""
+    from noduleflow.engine.config import DetectorConfig
+
+    return DetectorConfig().replace(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DetectorConfig)
+                                       if f.metadata.get("cli")})

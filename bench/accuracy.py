@@ -61,6 +61,9 @@ def _scans(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    from noduleflow.engine.extras import require_extra
+
+    require_extra("bench", "noduleflow bench accuracy")
     from tqdm import tqdm
 
     from noduleflow.bench.froc import Candidates, Findings, evaluate, format_table, save_json

@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scans", type=int, default=20)
     ap.add_argument("--seed", type=int, default=4000, help="first phantom seed")
     ap.add_argument("--cache", help="folder to keep the preprocessed scans (.npz) between runs")
-    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--out", default="bench-candidate-rules", help="output folder (default ./bench-candidate-rules)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     cache = Path(args.cache) if args.cache else None

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model")
     ap.add_argument("--phantoms", type=int, default=10)
     ap.add_argument("--seed", type=int, default=3000)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--out", default="bench-clustering", help="output folder (default ./bench-clustering)")
     a = ap.parse_args(argv)
     r = run(a.model, a.phantoms, a.seed)
     out = Path(a.out)

@@ -26,6 +26,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        from noduleflow.engine.extras import require_extra
+
+        require_extra("bench", "bench froc --plot")
     from noduleflow.bench.froc import (evaluate, format_table, read_candidates, read_findings, read_seriesuids,
                             save_json)
 

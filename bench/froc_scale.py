@@ -37,7 +37,7 @@ def synthetic_submission(ann, uids, seed=0):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--luna16", default=str(Path(__file__).resolve().parents[2] / "shared" / "luna16"))
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--out", default="bench-froc-scale", help="output folder (default ./bench-froc-scale)")
     args = ap.parse_args(argv)
     src, out = Path(args.luna16), Path(args.out)
     ann = read_findings(src / "annotations.csv")

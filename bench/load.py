@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None, help="decode threads for load_volume (default: its own)")
-    ap.add_argument("--out", default="bench/results", help="folder for load.json")
+    ap.add_argument("--out", default="bench-load", help="folder for load.json (default ./bench-load)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     cmd = "python -m noduleflow.bench.load" + ("" if tuple(args.shape) == (300, 512, 512) else

@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=None, help="decode threads for load_volume")
-    p.add_argument("--out", default="bench/results", help="folder for load.json")
+    p.add_argument("--out", default="bench-load", help="folder for load.json (default ./bench-load)")
     p.set_defaults(func=run)
 
 

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 SPEEDUP_THRESHOLD = 0.03
 LOGIT_TOL = 1e-5
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _engine_session_options(optimized_path: Path | None = None):
@@ -255,7 +254,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--batch", type=int, default=64, help="patch graph batch")
     p.add_argument("--tile", type=int, default=24, help="dense tile: output points per side")
-    p.add_argument("--out", default=str(RESULTS), help="folder for onnx_graph.json/.md")
+    p.add_argument("--out", default="bench-onnx-graph", help="folder for onnx_graph.json/.md (default ./bench-onnx-graph)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     r = measure(args.model, repeats=args.repeats, batch=args.batch, tile=args.tile)

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
+    ap.add_argument("--out", default="bench-ort-settings",
                     help="folder for ort_settings.json")
     a = ap.parse_args(argv)
     res = measure(a.model, a.repeats)

@@ -39,10 +39,16 @@ def register(sub) -> None:
     p.add_argument("--kill-after", type=int, default=3, help="SIGKILL once this many series are done and one is "
                                                              "processing (-1: never)")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one)")
-    p.add_argument("--out", default="bench/results")
-    p.set_defaults(func=lambda a: main(["--series", str(a.series), "--clients", str(a.clients), "--kill-after",
-                                        str(a.kill_after), "--out", a.out] +
-                                       (["--workdir", a.workdir] if a.workdir else [])))
+    p.add_argument("--out", default="bench-serve-load", help="output folder (default ./bench-serve-load)")
+    p.set_defaults(func=_run)
+
+
+def _run(a) -> int:
+    from noduleflow.engine.extras import require_extra
+
+    require_extra("serve", "noduleflow bench serve-load")
+    return main(["--series", str(a.series), "--clients", str(a.clients), "--kill-after", str(a.kill_after),
+                 "--out", a.out] + (["--workdir", a.workdir] if a.workdir else []))
 
 
 def find_dcmtk(tool: str) -> str | None:
@@ -313,7 +319,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--kill-after", type=int, default=3)
     ap.add_argument("--workdir")
-    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--out", default="bench-serve-load", help="output folder (default ./bench-serve-load)")
     a = ap.parse_args(argv)
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="nf-serve-load-"))
     r = run_load(work, a.series, a.clients, a.kill_after)

@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--out", default="bench-speed", help="output folder (default ./bench-speed)")
     a = ap.parse_args(argv)
     print(markdown(run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline, compiled=a.compiled)))
     return 0

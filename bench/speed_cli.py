@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
     p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline (no torch needed)")
     p.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
-    p.add_argument("--out", default="bench/results")
+    p.add_argument("--out", default="bench-speed", help="output folder (default ./bench-speed)")
     p.set_defaults(func=_speed)
     q = sub.add_parser("ort-settings", help="ONNX Runtime CPU threads / graph optimisation / arena, measured",
                        description="Time dense.onnx on one engine-sized tile and patch.onnx on one batch under "
@@ -25,11 +25,18 @@ def register(sub) -> None:
                                    "writes ort_settings.json.")
     q.add_argument("--model", help="model package (default: the shipped one)")
     q.add_argument("--repeats", type=int, default=3)
-    q.add_argument("--out", default="bench/results")
+    q.add_argument("--out", default="bench-ort-settings", help="output folder (default ./bench-ort-settings)")
     q.set_defaults(func=_ort)
 
 
 def _speed(args: argparse.Namespace) -> int:
+    from noduleflow.engine.extras import require_extra
+
+    require_extra("bench", "noduleflow bench speed")
+    if not args.no_baseline:
+        require_extra("train", "noduleflow bench speed's seed-style baseline (--no-baseline skips it)")
+    if args.compiled:
+        require_extra("export", "noduleflow bench speed --compiled")
     from noduleflow.bench.speed import main
 
     argv = ["--scans", str(args.scans), "--subset", str(args.subset), "--out", args.out]

@@ -33,6 +33,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from noduleflow.engine.extras import require_extra
+
+    require_extra("export", "noduleflow export")
     from noduleflow.export.package import export_package
 
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,

@@ -97,12 +97,9 @@ def run(args: argparse.Namespace) -> int:
         st = Spool(args.spool).status()
         print(json.dumps(st, indent=1)) if args.json else print_status(st)
         return 0
-    try:
-        import highdicom  # noqa: F401
-        import pynetdicom  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(f"serve needs the 'serve' extra ({exc.name} is missing): "
-                          f"pip install 'noduleflow[serve]'") from None
+    from noduleflow.engine.extras import require_extra
+
+    require_extra("serve", "noduleflow serve")
     from noduleflow.serve.service import ServeConfig, Service
 
     cfg = ServeConfig(spool=Path(args.spool), host=args.host, port=args.port, ae_title=args.ae_title,

@@ -252,6 +252,9 @@ def _read_detections(path):
 
 
 def run(args: argparse.Namespace) -> int:
+    from noduleflow.engine.extras import require_extra
+
+    require_extra("train", "noduleflow train")
     import json
     import tomllib
     from pathlib import Path

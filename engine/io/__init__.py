@@ -21,6 +21,8 @@ def load_volume(path, series_uid: str | None = None, *, tolerance_mm: float | No
     p = Path(path)
     if not p.exists():
         raise VolumeError(f"no such file or folder: {p}")
+    if not (p.is_file() or p.is_dir()):  # never open a FIFO, socket or device: it can block forever
+        raise VolumeError(f"not a regular file or folder: {p}")
     name = p.name.lower()
     if p.is_file() and name.endswith(IMAGE_SUFFIXES):
         if series_uid is not None:

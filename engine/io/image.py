@@ -1,4 +1,4 @@
-"""MetaImage (.mhd/.mha) and NIfTI (.nii/.nii.gz) through SimpleITK."""
+"""MetaImage (.mhd/.mha) and NIfTI (.nii/.nii.gz) through SimpleITK, headers checked first."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +8,8 @@ import numpy as np
 
 from ..errors import VolumeError
 from ..volume import Volume
+from .checks import check_finite, check_orthonormal, check_shape, check_spacing
+from .image_headers import check_metaimage, check_nifti
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +33,56 @@ def to_int16_hu(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, INT16_MIN, INT16_MAX).astype(np.int16)
 
 
+def _sitk_error(path: Path, exc: RuntimeError) -> VolumeError:
+    text = str(exc).strip()
+    first = text.splitlines()[-1] if text else "unreadable"
+    return VolumeError(f"cannot read {path}: {first}")
+
+
+def _check_info(path: Path, reader) -> None:
+    """Geometry from the header (nothing read yet): shape, spacing, origin, direction."""
+    if reader.GetDimension() != 3:
+        raise VolumeError(f"{path.name}: expected a 3-D image, got {reader.GetDimension()}-D")
+    if reader.GetNumberOfComponents() != 1:
+        raise VolumeError(f"{path.name}: expected a scalar image, got "
+                          f"{reader.GetNumberOfComponents()} components per voxel")
+    check_shape(path.name, tuple(reader.GetSize())[::-1])
+    check_spacing(path.name, "voxel spacing", reader.GetSpacing())
+    check_finite(path.name, "origin", reader.GetOrigin())
+    direction = check_finite(path.name, "direction", reader.GetDirection())
+    check_orthonormal(path.name, "direction", np.asarray(direction).reshape(3, 3))
+
+
 def load_image(path: Path) -> Volume:
+    """Read a .mhd/.mha/.nii/.nii.gz into an int16 HU `Volume` (SimpleITK, LPS geometry).
+
+    The header is checked first (`image_headers`): the data file must lie beside a .mhd
+    and be a regular file, NIfTI voxel sizes must be real, voxel data must be complete.
+    """
     import SimpleITK as sitk
 
+    if path.name.lower().endswith((".mhd", ".mha")):
+        check_metaimage(path)
+    else:
+        check_nifti(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        img = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        _check_info(path, reader)
+        img = reader.Execute()
     except RuntimeError as exc:  # SimpleITK raises RuntimeError for unreadable files
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise VolumeError(f"cannot read {path}: {first}") from exc
-    if img.GetDimension() != 3:
-        raise VolumeError(f"{path.name}: expected a 3-D image, got {img.GetDimension()}-D")
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise VolumeError(f"{path.name}: expected a scalar image, got "
-                          f"{img.GetNumberOfComponentsPerPixel()} components per voxel")
+        raise _sitk_error(path, exc) from exc
     arr = sitk.GetArrayFromImage(img)  # (z, y, x)
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise VolumeError(f"{path.name}: {int(np.count_nonzero(~np.isfinite(arr)))} voxel(s) are NaN or infinite")
     return Volume(
         hu=to_int16_hu(arr),
         spacing_zyx_mm=tuple(img.GetSpacing())[::-1],
         origin_xyz_mm=tuple(img.GetOrigin()),
         direction=tuple(img.GetDirection()),
         series_uid=_stem(path),
-        meta={"source": str(path), "format": path.suffix.lower().lstrip(".")},
+        meta={"source": str(path), "format": path.suffix.lower().lstrip("."), "warnings": []},
     )
 
 

@@ -69,19 +69,20 @@ def test_world_geometry_roundtrip(tmp_path):
 
 
 def test_several_series_choose_largest_axial_ct_or_by_uid(tmp_path):
-    big, small = _volume(shape=(10, 32, 32), seed=1), _volume(shape=(4, 32, 32), seed=2)
+    big, small = _volume(shape=(14, 32, 32), seed=1), _volume(shape=(10, 32, 32), seed=2)
     write_dicom_series(big, tmp_path / "a" / "b")
     write_dicom_series(small, tmp_path / "c")
     assert load_volume(tmp_path).series_uid == big.series_uid
-    assert load_volume(tmp_path, series_uid=small.series_uid).shape == (4, 32, 32)
+    assert load_volume(tmp_path, series_uid=small.series_uid).shape == (10, 32, 32)
     with pytest.raises(VolumeError, match="not found"):
         load_volume(tmp_path, series_uid="1.2.3.999")
 
 
 def test_non_dicom_files_are_ignored(tmp_path):
-    write_dicom_series(_volume(shape=(4, 16, 16)), tmp_path)
+    write_dicom_series(_volume(shape=(10, 16, 16)), tmp_path)
     (tmp_path / "README.txt").write_text("not dicom")
-    assert load_volume(tmp_path).shape == (4, 16, 16)
+    vol = load_volume(tmp_path)
+    assert vol.shape == (10, 16, 16) and vol.meta["warnings"] == []
 
 
 def _edit(paths, fn):
@@ -92,14 +93,14 @@ def _edit(paths, fn):
 
 
 def _write(tmp_path, **kw):
-    return write_dicom_series(_volume(shape=(6, 16, 16)), tmp_path, shuffle_names=False, **kw)
+    return write_dicom_series(_volume(shape=(12, 16, 16)), tmp_path, shuffle_names=False, **kw)
 
 
 def test_refuses_non_ct(tmp_path):
     paths = _write(tmp_path, modality="MR")
     with pytest.raises(VolumeError, match="not CT"):
         load_volume(tmp_path)
-    assert len(paths) == 6
+    assert len(paths) == 12
 
 
 def test_drops_localizer_with_warning(tmp_path):
@@ -110,7 +111,7 @@ def test_drops_localizer_with_warning(tmp_path):
                                 setattr(ds, "SOPInstanceUID", "1.2.3.4"),
                                 setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0, -1])))
     vol = load_volume(tmp_path)
-    assert vol.shape[0] == 6
+    assert vol.shape[0] == 12
     assert any("localizer" in w for w in vol.meta["warnings"])
 
 
@@ -147,7 +148,7 @@ def test_refuses_missing_slice(tmp_path):
     with pytest.raises(VolumeError, match="missing slice"):
         load_volume(tmp_path)
     # a tolerance wide enough accepts it, with the mean spacing
-    assert load_volume(tmp_path, tolerance_mm=5.0).shape[0] == 5
+    assert load_volume(tmp_path, tolerance_mm=5.0).shape[0] == 11
 
 
 def test_refuses_gantry_tilt(tmp_path):
@@ -205,9 +206,9 @@ def test_cli_error_is_one_line(tmp_path, capsys):
 def test_inspect_json(tmp_path, capsys):
     import json
 
-    vol = _volume(shape=(5, 16, 16))
+    vol = _volume(shape=(10, 16, 16))
     write_dicom_series(vol, tmp_path)
     assert cli(["inspect", str(tmp_path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["shape_zyx"] == [5, 16, 16] and info["series_uid"] == vol.series_uid
+    assert info["shape_zyx"] == [10, 16, 16] and info["series_uid"] == vol.series_uid
     assert info["hu_min"] == float(vol.hu.min())

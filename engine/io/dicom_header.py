@@ -1,0 +1,231 @@
+"""One DICOM file's header -> a typed `SliceHeader`, every value checked once.
+
+pydicom parses element values lazily: a bad VR, a value of the wrong length or a
+non-numeric DS surfaces as an exception wherever the value is first touched. So every
+attribute the loader needs is read here, inside one guarded block, into plain Python
+values; nothing downstream touches the dataset except to decode its pixel data.
+
+A file that cannot be parsed at all is `Unreadable` (it is reported, never silently
+dropped: it may be a slice of the series). A file that parses but carries a bad value
+(NaN position, skewed orientation, slope 0, three PixelSpacing values...) keeps its
+header with the problems listed, so that only the series actually loaded is refused.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import VolumeError
+from .checks import SPACING_RANGE_MM, check_finite, check_orthonormal
+
+#: Suffixes under which a file that pydicom rejects is still reported as a broken slice
+#: (files without these are taken for unrelated files: README, XML, thumbnails).
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
+#: Largest |RescaleIntercept| accepted. Stored values are at most 16 bits wide and HU
+#: live in int16; an intercept beyond 2**16 puts every voxel outside the HU range.
+MAX_ABS_INTERCEPT = 65536.0
+_CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+
+# What pydicom (and the struct/numpy code under it) raises on corrupt input: a file
+# that looked like DICOM but is truncated, has an unknown VR, a value of impossible
+# length (BytesLengthException), bad encodings...
+_PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+    NotImplementedError, OverflowError, struct.error, LookupError, ArithmeticError, RuntimeError)
+try:
+    from pydicom.errors import BytesLengthException
+
+    _PARSE_ERRORS += (BytesLengthException,)
+except ImportError:  # older pydicom: raised as a ValueError subclass or not at all
+    pass
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A file that looked like a DICOM slice but could not be parsed (reported, not used)."""
+
+    path: Path
+    reason: str
+    series_uid: str = ""  # when the truncated header still named its series
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What the loader needs from one slice, as plain values; ``problems`` lists bad ones."""
+
+    path: Path
+    ds: object  # pydicom Dataset, pixel data deferred; used only to decode
+    series_uid: str
+    modality: str
+    image_type: tuple[str, ...]
+    sop_class: str
+    transfer_syntax: str
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing), mm
+    rows: int
+    cols: int
+    frames: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    samples_per_pixel: int
+    slope: float
+    intercept: float
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def is_localizer(self) -> bool:
+        return "LOCALIZER" in self.image_type
+
+    @property
+    def is_axial(self) -> bool:
+        if self.orientation is None:
+            return False
+        return abs(float(np.cross(self.orientation[:3], self.orientation[3:])[2])) > 0.8
+
+
+class _Bad(Exception):
+    """A value problem in one header (collected, not raised to the caller)."""
+
+
+def _numbers(value, n: int, what: str, name: str) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    values = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise _Bad(f"{what} is not numeric: {value!r}") from exc
+    if len(out) != n:
+        raise _Bad(f"{what} must have {n} values, got {len(out)}: {value!r}")
+    try:
+        return check_finite(name, what, out)
+    except VolumeError as exc:
+        raise _Bad(str(exc).split(": ", 1)[1]) from exc
+
+
+def _int(ds, keyword: str, default: int) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise _Bad(f"{keyword} is not an integer: {value!r}") from exc
+
+
+def _scalar(ds, keyword: str, default: float, name: str) -> float:
+    value = _numbers(ds.get(keyword), 1, keyword, name)
+    return default if value is None else value[0]
+
+
+def _check(problems: list[str], fn, *args):
+    """Run one check; a problem is recorded and a neutral value returned."""
+    try:
+        return fn(*args)
+    except _Bad as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _geometry(ds, name: str, problems: list[str]):
+    pos = _check(problems, _numbers, ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", name)
+    iop = _check(problems, _numbers, ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", name)
+    if iop is not None:
+        try:
+            check_orthonormal(name, "ImageOrientationPatient", np.asarray(iop).reshape(2, 3).T)
+        except VolumeError as exc:
+            problems.append(str(exc).split(": ", 1)[1])
+    ps = _check(problems, _numbers, ds.get("PixelSpacing"), 2, "PixelSpacing", name)
+    lo, hi = SPACING_RANGE_MM
+    if ps is not None and not all(lo <= v <= hi for v in ps):
+        problems.append(f"PixelSpacing {list(ps)} mm is outside the accepted range [{lo}, {hi}] mm")
+    return pos, iop, ps
+
+
+def _rescale(ds, name: str, problems: list[str]) -> tuple[float, float]:
+    slope = _check(problems, _scalar, ds, "RescaleSlope", 1.0, name)
+    intercept = _check(problems, _scalar, ds, "RescaleIntercept", 0.0, name)
+    if slope is not None and not slope > 0:
+        # 0 would flatten the image, a negative one invert it: never a CT in HU
+        problems.append(f"RescaleSlope must be > 0, got {slope}")
+    if intercept is not None and abs(intercept) > MAX_ABS_INTERCEPT:
+        problems.append(f"RescaleIntercept {intercept} is beyond +-{MAX_ABS_INTERCEPT:g}")
+    return (slope if slope is not None else 1.0), (intercept if intercept is not None else 0.0)
+
+
+def _parse(path: Path, ds) -> SliceHeader | Unreadable | None:
+    name = path.name
+    problems: list[str] = []
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    looks_like_image = sop in _CT_SOP_CLASSES or "Rows" in ds
+    if "PixelData" not in ds:
+        if looks_like_image or len(ds) == 0:
+            return Unreadable(path, "no pixel data (file truncated?)", series_uid)
+        return None  # a DICOM file that is no image (DICOMDIR, report, presentation state)
+    pos, iop, ps = _geometry(ds, name, problems)
+    slope, intercept = _rescale(ds, name, problems)
+    ints = {}
+    for kw, default in (("Rows", 0), ("Columns", 0), ("NumberOfFrames", 1), ("BitsAllocated", 16),
+                        ("BitsStored", 16), ("PixelRepresentation", 0), ("SamplesPerPixel", 1)):
+        ints[kw] = _check(problems, _int, ds, kw, default)
+        ints[kw] = default if ints[kw] is None else ints[kw]
+    rows, cols, frames = ints["Rows"], ints["Columns"], ints["NumberOfFrames"]
+    if rows <= 0 or cols <= 0:
+        problems.append(f"image size Rows {rows} x Columns {cols}")
+    if frames != 1:
+        problems.append(f"multi-frame image ({frames} frames in one file): only single-frame CT "
+                        f"slices are supported; convert it to one file per slice (e.g. dcmtk, gdcmconv)")
+    if ints["SamplesPerPixel"] != 1:
+        problems.append(f"SamplesPerPixel {ints['SamplesPerPixel']}: not a grey-scale CT image")
+    bits = ints["BitsAllocated"]
+    if bits not in (8, 16, 32):
+        problems.append(f"BitsAllocated {bits} is not 8, 16 or 32")
+    elif ts in UNCOMPRESSED and rows > 0 and cols > 0 and frames > 0:
+        # Cheap bound before any buffer is allocated: a header claiming 65535 x 65535
+        # in a file of a few KB is corrupt (the exact length is checked at decode).
+        need, size = rows * cols * frames * bits // 8, os.stat(path).st_size
+        if size < need:
+            problems.append(f"pixel data truncated: file has {size} bytes, Rows {rows} x Columns {cols} "
+                            f"x {bits} bits need {need}")
+    return SliceHeader(
+        path=path, ds=ds, series_uid=series_uid, modality=str(ds.get("Modality", "") or "").upper(),
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or [])),
+        sop_class=sop, transfer_syntax=ts, position=pos, orientation=iop, pixel_spacing=ps,
+        rows=rows, cols=cols, frames=frames, bits_allocated=bits, bits_stored=ints["BitsStored"],
+        pixel_representation=ints["PixelRepresentation"], samples_per_pixel=ints["SamplesPerPixel"],
+        slope=slope, intercept=intercept, problems=tuple(problems))
+
+
+def read_header(path: Path) -> SliceHeader | Unreadable | None:
+    """Parse one file. None: not DICOM (or a non-image DICOM object), to be ignored."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        return Unreadable(path, f"cannot stat: {exc.strerror or exc}")
+    if size == 0:
+        return Unreadable(path, "empty file (0 bytes)")
+    try:
+        ds = pydicom.dcmread(str(path), defer_size="4 KB")
+        return _parse(path, ds)
+    except InvalidDicomError as exc:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            return Unreadable(path, f"not a valid DICOM file ({size} bytes): {exc}")
+        return None  # not DICOM: folders often hold other files
+    except _PARSE_ERRORS as exc:
+        return Unreadable(path, f"corrupt or truncated DICOM header: {type(exc).__name__}: {exc}")
+    except _Bad as exc:  # a value pydicom could not even convert (e.g. Rows as text)
+        return Unreadable(path, str(exc))
+

@@ -1,0 +1,178 @@
+"""MetaImage and NIfTI headers, checked before SimpleITK opens anything.
+
+ITK is forgiving where a CT loader must not be: it reads a MetaImage's ElementDataFile
+wherever it points (``../../x``, ``/etc/passwd``, a FIFO that never ends), zero-fills a
+truncated ``.nii``/``.nii.gz`` and turns a NIfTI voxel size of 0 or NaN into 1 mm. So the
+few header fields that decide those outcomes are parsed here, with the standard
+library, and refused with the file and value named; only then does SimpleITK read.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import stat
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import VolumeError
+from .checks import SPACING_RANGE_MM, check_shape
+
+#: Bytes of a MetaImage header read at most (real headers are < 1 KB).
+MAX_MHD_HEADER_BYTES = 64 * 1024
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+
+
+@dataclass(frozen=True)
+class _Meta:
+    fields: dict[str, str]
+    header_len: int  # bytes up to and including the ElementDataFile line
+
+
+def _read_meta(path: Path) -> _Meta:
+    with open(path, "rb") as f:
+        head = f.read(MAX_MHD_HEADER_BYTES)
+    fields: dict[str, str] = {}
+    offset = 0
+    for line in head.splitlines(keepends=True):
+        offset += len(line)
+        key, sep, value = line.decode("latin-1").partition("=")
+        if not sep:
+            continue
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":  # by the format, the last header field
+            return _Meta(fields, offset)
+    raise VolumeError(f"{path.name}: not a MetaImage header (no ElementDataFile line in the first "
+                      f"{MAX_MHD_HEADER_BYTES} bytes)")
+
+
+def _meta_numbers(path: Path, meta: _Meta, key: str, n: int, kind=float) -> tuple:
+    text = meta.fields.get(key)
+    if text is None:
+        raise VolumeError(f"{path.name}: no {key} in the MetaImage header")
+    try:
+        values = tuple(kind(v) for v in text.split())
+    except ValueError as exc:
+        raise VolumeError(f"{path.name}: {key} is not numeric: {text!r}") from exc
+    if len(values) != n:
+        raise VolumeError(f"{path.name}: {key} must have {n} values, got {len(values)}: {text!r}")
+    return values
+
+
+def _data_file(path: Path, name: str) -> Path:
+    """The ElementDataFile, confined to the header's folder and a regular file, not opened."""
+    if name.upper() == "LIST" or "%" in name:
+        raise VolumeError(f"{path.name}: multi-file MetaImage data (ElementDataFile = {name!r}) is not "
+                          f"supported; convert it to one .mha or .mhd/.raw pair")
+    if os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        raise VolumeError(f"{path.name}: ElementDataFile {name!r} is an absolute path; it must name a file "
+                          f"beside the header")
+    folder = path.parent.resolve()
+    data = (folder / name).resolve()
+    if data.parent != folder and folder not in data.parents:
+        raise VolumeError(f"{path.name}: ElementDataFile {name!r} points outside the header's folder ({data})")
+    try:
+        st = os.stat(data)  # stat, never open: a FIFO or device must not be read
+    except FileNotFoundError as exc:
+        raise VolumeError(f"{path.name}: its data file {name!r} does not exist ({data})") from exc
+    except OSError as exc:
+        raise VolumeError(f"{path.name}: cannot stat its data file {name!r}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise VolumeError(f"{path.name}: its data file {name!r} is not a regular file (FIFO, device or folder)")
+    return data
+
+
+def check_metaimage(path: Path) -> None:
+    """Refuse a .mhd/.mha whose data file escapes, is special, missing or short."""
+    meta = _read_meta(path)
+    ndims = _meta_numbers(path, meta, "NDims", 1, int)[0]
+    if ndims != 3:
+        raise VolumeError(f"{path.name}: expected a 3-D image, NDims = {ndims}")
+    size_xyz = _meta_numbers(path, meta, "DimSize", 3, int)
+    check_shape(path.name, size_xyz[::-1])
+    key = "ElementSpacing" if "ElementSpacing" in meta.fields else "ElementSize"
+    spacing = _meta_numbers(path, meta, key, 3)
+    lo, hi = SPACING_RANGE_MM
+    if not all(math.isfinite(v) and lo <= v <= hi for v in spacing):
+        raise VolumeError(f"{path.name}: {key} {list(spacing)} mm is outside the accepted range [{lo}, {hi}] mm")
+    etype = meta.fields.get("ElementType", "")
+    if etype not in _MET_BYTES:
+        raise VolumeError(f"{path.name}: unsupported ElementType {etype!r}")
+    channels = int(meta.fields.get("ElementNumberOfChannels", "1") or 1)
+    need = size_xyz[0] * size_xyz[1] * size_xyz[2] * _MET_BYTES[etype] * channels
+    name = meta.fields["ElementDataFile"]
+    if name.upper() == "LOCAL":
+        data, skip = path, meta.header_len
+    else:
+        data = _data_file(path, name)
+        skip = max(int(meta.fields.get("HeaderSize", "0") or 0), 0)
+    if meta.fields.get("CompressedData", "False").lower() == "true":
+        return  # the compressed size says nothing; ITK refuses a short zlib stream itself
+    have = os.stat(data).st_size - skip
+    if have < need:
+        raise VolumeError(f"{data.name}: voxel data truncated: {max(have, 0)} bytes, DimSize {list(size_xyz)} "
+                          f"x {etype} needs {need} (named by {path.name})")
+
+
+# -- NIfTI ------------------------------------------------------------------------------
+
+def _nifti_header(path: Path, head: bytes) -> tuple[list[int], list[float], int, int]:
+    """(dim[0..7], pixdim[0..7], bitpix, vox_offset) of a NIfTI-1 or NIfTI-2 header."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            dim = list(struct.unpack(endian + "8h", head[40:56]))
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            pixdim = list(struct.unpack(endian + "8f", head[76:108]))
+            vox_offset = struct.unpack(endian + "f", head[108:112])[0]
+            return dim, pixdim, bitpix, int(vox_offset) if math.isfinite(vox_offset) else -1
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            dim = list(struct.unpack(endian + "8q", head[16:80]))
+            pixdim = list(struct.unpack(endian + "8d", head[104:168]))
+            return dim, pixdim, bitpix, struct.unpack(endian + "q", head[168:176])[0]
+    raise VolumeError(f"{path.name}: not a NIfTI-1/NIfTI-2 file (header of {len(head)} bytes, "
+                      f"sizeof_hdr is neither 348 nor 540)")
+
+
+def _gzip_length(path: Path, need: int) -> int:
+    """Decompressed bytes available in ``path``, read up to ``need`` (detects truncation)."""
+    got = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while got < need:
+                chunk = f.read(min(1 << 22, need - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise VolumeError(f"{path.name}: gzip stream is corrupt or truncated after {got} bytes: {exc}") from exc
+    return got
+
+
+def check_nifti(path: Path) -> None:
+    """Refuse a .nii/.nii.gz with a bad voxel size, a bad shape or truncated voxel data."""
+    gz = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(540)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise VolumeError(f"{path.name}: gzip stream is corrupt or truncated: {exc}") from exc
+    dim, pixdim, bitpix, vox_offset = _nifti_header(path, head)
+    if not 3 <= dim[0] <= 7 or any(d != 1 for d in dim[4:dim[0] + 1]):
+        raise VolumeError(f"{path.name}: expected a 3-D image, NIfTI dim = {dim[:dim[0] + 1] if 0 < dim[0] <= 7 else dim}")
+    check_shape(path.name, (dim[3], dim[2], dim[1]))
+    lo, hi = SPACING_RANGE_MM
+    if not all(math.isfinite(v) and lo <= v <= hi for v in pixdim[1:4]):
+        raise VolumeError(f"{path.name}: NIfTI pixdim (voxel size) {pixdim[1:4]} mm is outside the accepted "
+                          f"range [{lo}, {hi}] mm")
+    if bitpix not in (8, 16, 32, 64, 128) or vox_offset < 0:
+        raise VolumeError(f"{path.name}: NIfTI bitpix {bitpix} / vox_offset {vox_offset} is invalid")
+    need = vox_offset + dim[1] * dim[2] * dim[3] * bitpix // 8
+    have = _gzip_length(path, need) if gz else os.stat(path).st_size
+    if have < need:
+        raise VolumeError(f"{path.name}: voxel data truncated: {have} bytes{' decompressed' if gz else ''}, "
+                          f"dim {dim[1:4]} x {bitpix} bits from offset {vox_offset} need {need}")

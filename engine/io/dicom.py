@@ -92,6 +92,14 @@ def _choose_series(slices: list[_Slice], series_uid: str | None) -> tuple[str, l
     return uid, members
 
 
+def _several_series_warning(slices: list[_Slice], uid: str) -> list[str]:
+    others = sorted({s.series_uid for s in slices} - {uid})
+    if not others:
+        return []
+    return [f"{len(others) + 1} series in the folder; loaded {uid}, not {', '.join(others[:3])}"
+            + (f" and {len(others) - 3} more" if len(others) > 3 else "")]
+
+
 def _validate_series(uid: str, members: list[_Slice]) -> tuple[list[_Slice], list[str]]:
     """Check modality and values, drop localizers, refuse mixed geometry. Returns (slices, warnings)."""
     warnings: list[str] = []
@@ -208,8 +216,12 @@ def _decode_failure(s: _Slice, exc: Exception) -> VolumeError:
     if "exceptions were raised by all available plugins" in text:
         reasons = "; ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
         return VolumeError(f"{s.path.name}: compressed pixel data is corrupt ({UID(ts).name}): {reasons}")
-    if ts and ts not in UNCOMPRESSED and (isinstance(exc, NotImplementedError) or "missing dependencies" in text
-                                          or "plugin" in text.lower()):
+    if ts and ts not in UNCOMPRESSED and isinstance(exc, NotImplementedError):
+        # pydicom has no decoder for this transfer syntax at all (MPEG, an unknown UID):
+        # installing a plugin would not help
+        return VolumeError(f"{s.path.name}: transfer syntax {ts} ({UID(ts).name}) is not supported by any "
+                           f"pixel data decoder; convert the series to an uncompressed or JPEG transfer syntax")
+    if ts and ts not in UNCOMPRESSED and ("missing dependencies" in text or "plugin" in text.lower()):
         return VolumeError(f"{s.path.name}: {_decoder_hint(ts)}")
     return VolumeError(f"{s.path.name}: cannot decode pixel data: {text.splitlines()[0] if text else type(exc).__name__}")
 
@@ -302,6 +314,8 @@ def load_dicom(path: Path, series_uid: str | None = None, *, tolerance_mm: float
     slices, unreadable = _scan_files(Path(path), workers)
     uid, members = _choose_series(slices, series_uid)
     members, warnings = _validate_series(uid, members)
+    if series_uid is None:  # chosen by rank, not asked for: say so in the output too
+        warnings[:0] = _several_series_warning(slices, uid)
     members, dz, row, col, normal = _order_and_space(uid, members, tolerance_mm, unreadable)
     if unreadable:
         warnings.append(_unreadable_report(uid, unreadable))

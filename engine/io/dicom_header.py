@@ -182,12 +182,18 @@ def _parse(path: Path, ds) -> SliceHeader | Unreadable | None:
     rows, cols, frames = ints["Rows"], ints["Columns"], ints["NumberOfFrames"]
     if rows <= 0 or cols <= 0:
         problems.append(f"image size Rows {rows} x Columns {cols}")
-    if frames != 1:
+    if frames < 1:
+        problems.append(f"NumberOfFrames {frames}")
+    elif frames != 1:
         problems.append(f"multi-frame image ({frames} frames in one file): only single-frame CT "
                         f"slices are supported; convert it to one file per slice (e.g. dcmtk, gdcmconv)")
     if ints["SamplesPerPixel"] != 1:
         problems.append(f"SamplesPerPixel {ints['SamplesPerPixel']}: not a grey-scale CT image")
     bits = ints["BitsAllocated"]
+    if ints["PixelRepresentation"] not in (0, 1):
+        problems.append(f"PixelRepresentation {ints['PixelRepresentation']} is neither 0 (unsigned) nor 1 (signed)")
+    if not 1 <= ints["BitsStored"] <= bits:
+        problems.append(f"BitsStored {ints['BitsStored']} is not within 1-{bits} (BitsAllocated)")
     if bits not in (8, 16, 32):
         problems.append(f"BitsAllocated {bits} is not 8, 16 or 32")
     elif ts in UNCOMPRESSED and rows > 0 and cols > 0 and frames > 0:

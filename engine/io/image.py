@@ -61,10 +61,13 @@ def load_image(path: Path) -> Volume:
     """
     import SimpleITK as sitk
 
+    warnings: list[str] = []
     if path.name.lower().endswith((".mhd", ".mha")):
         check_metaimage(path)
     else:
-        check_nifti(path)
+        warnings += check_nifti(path)
+    for w in warnings:
+        log.warning("%s", w)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -82,7 +85,7 @@ def load_image(path: Path) -> Volume:
         origin_xyz_mm=tuple(img.GetOrigin()),
         direction=tuple(img.GetDirection()),
         series_uid=_stem(path),
-        meta={"source": str(path), "format": path.suffix.lower().lstrip("."), "warnings": []},
+        meta={"source": str(path), "format": path.suffix.lower().lstrip("."), "warnings": warnings},
     )
 
 

@@ -17,8 +17,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import VolumeError
-from .checks import SPACING_RANGE_MM, check_shape
+from .checks import SPACING_RANGE_MM, check_finite, check_orthonormal, check_shape
 
 #: Bytes of a MetaImage header read at most (real headers are < 1 KB).
 MAX_MHD_HEADER_BYTES = 64 * 1024
@@ -86,6 +88,35 @@ def _data_file(path: Path, name: str) -> Path:
     return data
 
 
+def _check_meta_geometry(path: Path, meta: _Meta) -> None:
+    """ITK reads "nan" or a skewed matrix without complaint: origin and axes checked here."""
+    for key in ("Offset", "Origin", "Position"):
+        if key in meta.fields:
+            check_finite(path.name, key, _meta_numbers(path, meta, key, 3))
+    for key in ("TransformMatrix", "Rotation", "Orientation"):
+        if key in meta.fields:
+            matrix = check_finite(path.name, key, _meta_numbers(path, meta, key, 9))
+            check_orthonormal(path.name, key, np.asarray(matrix).reshape(3, 3))
+
+
+def _inflated_length(data: Path, skip: int, need: int) -> int:
+    """Bytes a zlib-compressed MetaImage data stream inflates to (up to ``need``)."""
+    inflater, got = zlib.decompressobj(), 0
+    try:
+        with open(data, "rb") as f:
+            f.seek(skip)
+            while got < need:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                got += len(inflater.decompress(chunk, need - got + 1))
+                while inflater.unconsumed_tail and got < need:
+                    got += len(inflater.decompress(inflater.unconsumed_tail, need - got + 1))
+    except zlib.error as exc:
+        raise VolumeError(f"{data.name}: compressed voxel data is corrupt after {got} bytes: {exc}") from exc
+    return got
+
+
 def check_metaimage(path: Path) -> None:
     """Refuse a .mhd/.mha whose data file escapes, is special, missing or short."""
     meta = _read_meta(path)
@@ -99,6 +130,7 @@ def check_metaimage(path: Path) -> None:
     lo, hi = SPACING_RANGE_MM
     if not all(math.isfinite(v) and lo <= v <= hi for v in spacing):
         raise VolumeError(f"{path.name}: {key} {list(spacing)} mm is outside the accepted range [{lo}, {hi}] mm")
+    _check_meta_geometry(path, meta)
     etype = meta.fields.get("ElementType", "")
     if etype not in _MET_BYTES:
         raise VolumeError(f"{path.name}: unsupported ElementType {etype!r}")
@@ -111,8 +143,10 @@ def check_metaimage(path: Path) -> None:
         data = _data_file(path, name)
         skip = max(int(meta.fields.get("HeaderSize", "0") or 0), 0)
     if meta.fields.get("CompressedData", "False").lower() == "true":
-        return  # the compressed size says nothing; ITK refuses a short zlib stream itself
-    have = os.stat(data).st_size - skip
+        # ITK zero-fills a corrupt or short zlib stream ("Uncompress failed"): inflate it once here
+        have = _inflated_length(data, skip, need)
+    else:
+        have = os.stat(data).st_size - skip
     if have < need:
         raise VolumeError(f"{data.name}: voxel data truncated: {max(have, 0)} bytes, DimSize {list(size_xyz)} "
                           f"x {etype} needs {need} (named by {path.name})")
@@ -120,22 +154,47 @@ def check_metaimage(path: Path) -> None:
 
 # -- NIfTI ------------------------------------------------------------------------------
 
-def _nifti_header(path: Path, head: bytes) -> tuple[list[int], list[float], int, int]:
-    """(dim[0..7], pixdim[0..7], bitpix, vox_offset) of a NIfTI-1 or NIfTI-2 header."""
-    for endian in "<>":
-        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
-            dim = list(struct.unpack(endian + "8h", head[40:56]))
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
-            pixdim = list(struct.unpack(endian + "8f", head[76:108]))
-            vox_offset = struct.unpack(endian + "f", head[108:112])[0]
-            return dim, pixdim, bitpix, int(vox_offset) if math.isfinite(vox_offset) else -1
-        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
-            dim = list(struct.unpack(endian + "8q", head[16:80]))
-            pixdim = list(struct.unpack(endian + "8d", head[104:168]))
-            return dim, pixdim, bitpix, struct.unpack(endian + "q", head[168:176])[0]
+@dataclass(frozen=True)
+class _Nifti:
+    dim: list[int]
+    pixdim: list[float]
+    datatype: int
+    bitpix: int
+    vox_offset: int
+    qform_code: int
+    sform_code: int
+    qform: list[float]  # quatern_b, c, d, qoffset_x, y, z
+    sform: list[float]  # srow_x, srow_y, srow_z (12 values)
+
+
+def _nifti_header(path: Path, head: bytes) -> _Nifti:
+    """The fields of a NIfTI-1 or NIfTI-2 header this loader checks (nifti1.h / nifti2.h offsets)."""
+    for e in "<>":
+        if len(head) >= 348 and struct.unpack(e + "i", head[:4])[0] == 348:
+            vox = struct.unpack(e + "f", head[108:112])[0]
+            return _Nifti(dim=list(struct.unpack(e + "8h", head[40:56])),
+                          pixdim=list(struct.unpack(e + "8f", head[76:108])),
+                          datatype=struct.unpack(e + "h", head[70:72])[0], bitpix=struct.unpack(e + "h", head[72:74])[0],
+                          vox_offset=int(vox) if math.isfinite(vox) else -1,
+                          qform_code=struct.unpack(e + "h", head[252:254])[0],
+                          sform_code=struct.unpack(e + "h", head[254:256])[0],
+                          qform=list(struct.unpack(e + "6f", head[256:280])),
+                          sform=list(struct.unpack(e + "12f", head[280:328])))
+        if len(head) >= 540 and struct.unpack(e + "i", head[:4])[0] == 540:
+            return _Nifti(dim=list(struct.unpack(e + "8q", head[16:80])),
+                          pixdim=list(struct.unpack(e + "8d", head[104:168])),
+                          datatype=struct.unpack(e + "h", head[12:14])[0], bitpix=struct.unpack(e + "h", head[14:16])[0],
+                          vox_offset=struct.unpack(e + "q", head[168:176])[0],
+                          qform_code=struct.unpack(e + "i", head[344:348])[0],
+                          sform_code=struct.unpack(e + "i", head[348:352])[0],
+                          qform=list(struct.unpack(e + "6d", head[352:400])),
+                          sform=list(struct.unpack(e + "12d", head[400:496])))
     raise VolumeError(f"{path.name}: not a NIfTI-1/NIfTI-2 file (header of {len(head)} bytes, "
                       f"sizeof_hdr is neither 348 nor 540)")
+
+
+#: NIfTI scalar datatypes (nifti1.h): UINT8, INT16, INT32, FLOAT32, FLOAT64, INT8, UINT16, UINT32, INT64, UINT64.
+_NIFTI_SCALAR_TYPES = {2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280}
 
 
 def _gzip_length(path: Path, need: int) -> int:
@@ -149,30 +208,44 @@ def _gzip_length(path: Path, need: int) -> int:
                     break
                 got += len(chunk)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise VolumeError(f"{path.name}: gzip stream is corrupt or truncated after {got} bytes: {exc}") from exc
+        raise VolumeError(f"{path.name}: gzip stream is corrupt or truncated: {exc}") from exc
     return got
 
 
-def check_nifti(path: Path) -> None:
-    """Refuse a .nii/.nii.gz with a bad voxel size, a bad shape or truncated voxel data."""
+def check_nifti(path: Path) -> list[str]:
+    """Refuse a .nii/.nii.gz with a bad voxel size, shape, orientation or truncated voxel data.
+
+    Returns warnings (e.g. no qform/sform: the orientation is ITK's guess)."""
     gz = path.name.lower().endswith(".gz")
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
             head = f.read(540)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise VolumeError(f"{path.name}: gzip stream is corrupt or truncated: {exc}") from exc
-    dim, pixdim, bitpix, vox_offset = _nifti_header(path, head)
+    h = _nifti_header(path, head)
+    dim = h.dim
     if not 3 <= dim[0] <= 7 or any(d != 1 for d in dim[4:dim[0] + 1]):
         raise VolumeError(f"{path.name}: expected a 3-D image, NIfTI dim = {dim[:dim[0] + 1] if 0 < dim[0] <= 7 else dim}")
     check_shape(path.name, (dim[3], dim[2], dim[1]))
     lo, hi = SPACING_RANGE_MM
-    if not all(math.isfinite(v) and lo <= v <= hi for v in pixdim[1:4]):
-        raise VolumeError(f"{path.name}: NIfTI pixdim (voxel size) {pixdim[1:4]} mm is outside the accepted "
+    if not all(math.isfinite(v) and lo <= v <= hi for v in h.pixdim[1:4]):
+        raise VolumeError(f"{path.name}: NIfTI pixdim (voxel size) {h.pixdim[1:4]} mm is outside the accepted "
                           f"range [{lo}, {hi}] mm")
-    if bitpix not in (8, 16, 32, 64, 128) or vox_offset < 0:
-        raise VolumeError(f"{path.name}: NIfTI bitpix {bitpix} / vox_offset {vox_offset} is invalid")
-    need = vox_offset + dim[1] * dim[2] * dim[3] * bitpix // 8
+    if h.datatype not in _NIFTI_SCALAR_TYPES:
+        raise VolumeError(f"{path.name}: NIfTI datatype {h.datatype} is not a scalar voxel type")
+    if h.bitpix not in (8, 16, 32, 64) or h.vox_offset < 0:
+        raise VolumeError(f"{path.name}: NIfTI bitpix {h.bitpix} / vox_offset {h.vox_offset} is invalid")
+    if h.qform_code > 0:
+        check_finite(path.name, "NIfTI qform (quatern_b/c/d, qoffset)", h.qform)
+    if h.sform_code > 0:
+        check_finite(path.name, "NIfTI sform (srow_x/y/z)", h.sform)
+    warnings = []
+    if h.qform_code <= 0 and h.sform_code <= 0:
+        warnings.append(f"{path.name}: NIfTI has neither qform nor sform (both codes 0): the orientation and "
+                        f"origin are ITK's default, not the scanner's")
+    need = h.vox_offset + dim[1] * dim[2] * dim[3] * h.bitpix // 8
     have = _gzip_length(path, need) if gz else os.stat(path).st_size
     if have < need:
         raise VolumeError(f"{path.name}: voxel data truncated: {have} bytes{' decompressed' if gz else ''}, "
-                          f"dim {dim[1:4]} x {bitpix} bits from offset {vox_offset} need {need}")
+                          f"dim {dim[1:4]} x {h.bitpix} bits from offset {h.vox_offset} need {need}")
+    return warnings

@@ -25,6 +25,9 @@ from .checks import SPACING_RANGE_MM, check_finite, check_orthonormal
 #: Suffixes under which a file that pydicom rejects is still reported as a broken slice
 #: (files without these are taken for unrelated files: README, XML, thumbnails).
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
+#: Accepted RescaleSlope. CT slopes are 1 (sometimes 0.5-2); 0 flattens the image, a
+#: negative one inverts it and 1e-30 maps every stored value to the intercept.
+SLOPE_RANGE = (1e-3, 1e3)
 #: Largest |RescaleIntercept| accepted. Stored values are at most 16 bits wide and HU
 #: live in int16; an intercept beyond 2**16 puts every voxel outside the HU range.
 MAX_ABS_INTERCEPT = 65536.0
@@ -153,8 +156,9 @@ def _rescale(ds, name: str, problems: list[str]) -> tuple[float, float]:
     slope = _check(problems, _scalar, ds, "RescaleSlope", 1.0, name)
     intercept = _check(problems, _scalar, ds, "RescaleIntercept", 0.0, name)
     if slope is not None and not slope > 0:
-        # 0 would flatten the image, a negative one invert it: never a CT in HU
         problems.append(f"RescaleSlope must be > 0, got {slope}")
+    elif slope is not None and not SLOPE_RANGE[0] <= slope <= SLOPE_RANGE[1]:
+        problems.append(f"RescaleSlope {slope} is outside the accepted range {list(SLOPE_RANGE)}")
     if intercept is not None and abs(intercept) > MAX_ABS_INTERCEPT:
         problems.append(f"RescaleIntercept {intercept} is beyond +-{MAX_ABS_INTERCEPT:g}")
     return (slope if slope is not None else 1.0), (intercept if intercept is not None else 0.0)
@@ -192,11 +196,13 @@ def _parse(path: Path, ds) -> SliceHeader | Unreadable | None:
     bits = ints["BitsAllocated"]
     if ints["PixelRepresentation"] not in (0, 1):
         problems.append(f"PixelRepresentation {ints['PixelRepresentation']} is neither 0 (unsigned) nor 1 (signed)")
-    if not 1 <= ints["BitsStored"] <= bits:
-        problems.append(f"BitsStored {ints['BitsStored']} is not within 1-{bits} (BitsAllocated)")
-    if bits not in (8, 16, 32):
-        problems.append(f"BitsAllocated {bits} is not 8, 16 or 32")
-    elif ts in UNCOMPRESSED and rows > 0 and cols > 0 and frames > 0:
+    if bits != 16:
+        problems.append(f"BitsAllocated {bits} is not 16 (CT Image)")
+    if not 12 <= ints["BitsStored"] <= 16:
+        # CT Image module (PS3.3 C.8.2.1.1.4): 12-16 bits stored in 16 allocated; fewer
+        # bits (e.g. 1) would be read as a faithful but meaningless binary image
+        problems.append(f"BitsStored {ints['BitsStored']} is not within 12-16 (CT Image)")
+    if bits == 16 and ts in UNCOMPRESSED and rows > 0 and cols > 0 and frames > 0:
         # Cheap bound before any buffer is allocated: a header claiming 65535 x 65535
         # in a file of a few KB is corrupt (the exact length is checked at decode).
         need, size = rows * cols * frames * bits // 8, os.stat(path).st_size

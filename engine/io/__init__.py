@@ -17,6 +17,13 @@ def load_volume(path, series_uid: str | None = None, *, tolerance_mm: float | No
     SimpleITK reports for the same data. ``series_uid`` picks one series among several
     (DICOM only); ``tolerance_mm`` bounds the slice-spacing irregularity accepted
     (default: see `engine.io.dicom.DEFAULT_TOLERANCE_MM`).
+
+    Every outcome is either a `Volume` or one `VolumeError` naming the file and the bad
+    value: headers are checked before any voxel is read (`engine.io.checks`: spacing range,
+    orthonormal axes, slice count, voxel count; `dicom_header`, `image_headers`). Where a
+    scan is still usable but something was skipped or assumed (an unreadable end slice,
+    a localizer, another series in the folder), the volume loads and the reason is in
+    ``volume.meta["warnings"]`` and logged. FIFOs and devices are never opened.
     """
     p = Path(path)
     if not p.exists():

@@ -39,7 +39,6 @@ DEFAULT_TOLERANCE_MM = 0.05
 TILT_TOLERANCE_MM = 0.05
 
 _CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}
-_Slice = SliceHeader  # the name the rest of this module (and older callers) use
 
 
 def _names(items, n: int = 3) -> str:
@@ -48,7 +47,7 @@ def _names(items, n: int = 3) -> str:
     return ", ".join(f"{u.path.name} ({u.reason})" for u in items[:n]) + more
 
 
-def _scan_files(root: Path, workers: int) -> tuple[list[_Slice], list[Unreadable]]:
+def _scan_files(root: Path, workers: int) -> tuple[list[SliceHeader], list[Unreadable]]:
     # is_file() is False for FIFOs, sockets and devices (also behind symlinks): they are
     # never opened, so a FIFO in the folder cannot hang the reader.
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
@@ -66,8 +65,8 @@ def _scan_files(root: Path, workers: int) -> tuple[list[_Slice], list[Unreadable
     return slices, unreadable
 
 
-def _choose_series(slices: list[_Slice], series_uid: str | None) -> tuple[str, list[_Slice]]:
-    groups: dict[str, list[_Slice]] = {}
+def _choose_series(slices: list[SliceHeader], series_uid: str | None) -> tuple[str, list[SliceHeader]]:
+    groups: dict[str, list[SliceHeader]] = {}
     for s in slices:
         groups.setdefault(s.series_uid, []).append(s)
     if series_uid is not None:
@@ -92,7 +91,7 @@ def _choose_series(slices: list[_Slice], series_uid: str | None) -> tuple[str, l
     return uid, members
 
 
-def _several_series_warning(slices: list[_Slice], uid: str) -> list[str]:
+def _several_series_warning(slices: list[SliceHeader], uid: str) -> list[str]:
     others = sorted({s.series_uid for s in slices} - {uid})
     if not others:
         return []
@@ -100,7 +99,7 @@ def _several_series_warning(slices: list[_Slice], uid: str) -> list[str]:
             + (f" and {len(others) - 3} more" if len(others) > 3 else "")]
 
 
-def _validate_series(uid: str, members: list[_Slice]) -> tuple[list[_Slice], list[str]]:
+def _validate_series(uid: str, members: list[SliceHeader]) -> tuple[list[SliceHeader], list[str]]:
     """Check modality and values, drop localizers, refuse mixed geometry. Returns (slices, warnings)."""
     warnings: list[str] = []
     modalities = {m.modality for m in members}
@@ -140,7 +139,7 @@ def _validate_series(uid: str, members: list[_Slice]) -> tuple[list[_Slice], lis
     return members, warnings
 
 
-def _order_and_space(uid: str, members: list[_Slice], tolerance_mm: float, unreadable: list[Unreadable]):
+def _order_and_space(uid: str, members: list[SliceHeader], tolerance_mm: float, unreadable: list[Unreadable]):
     """Sort along the slice normal; return (slices, z spacing, row, col, normal)."""
     row = np.asarray(members[0].orientation[:3])
     col = np.asarray(members[0].orientation[3:])
@@ -207,7 +206,7 @@ def _decoder_hint(ts_uid) -> str:
             f"for JPEG 2000 or pylibjpeg-rle for RLE)")
 
 
-def _decode_failure(s: _Slice, exc: Exception) -> VolumeError:
+def _decode_failure(s: SliceHeader, exc: Exception) -> VolumeError:
     """Tell a missing decoder (installable) from corrupt data (not fixable by installing)."""
     from pydicom.uid import UID
 
@@ -226,7 +225,7 @@ def _decode_failure(s: _Slice, exc: Exception) -> VolumeError:
     return VolumeError(f"{s.path.name}: cannot decode pixel data: {text.splitlines()[0] if text else type(exc).__name__}")
 
 
-def _decode(s: _Slice) -> np.ndarray:
+def _decode(s: SliceHeader) -> np.ndarray:
     """One slice's stored values as a 2-D array (rows, cols), before rescale."""
     ds = s.ds
     try:
@@ -259,7 +258,7 @@ def _decode(s: _Slice) -> np.ndarray:
     return arr
 
 
-def _to_hu(s: _Slice, stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def _to_hu(s: SliceHeader, stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Stored values -> int16 HU (rounded, clipped), written into ``out`` when given.
 
     Slope and intercept were checked when the header was read (slope > 0 and finite,

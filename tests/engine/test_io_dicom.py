@@ -217,3 +217,15 @@ def test_inspect_json(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["shape_zyx"] == [10, 16, 16] and info["series_uid"] == vol.series_uid
     assert info["hu_min"] == float(vol.hu.min())
+
+
+REALCT = Path(__file__).resolve().parents[2].parent / "shared" / "realct"
+
+
+@pytest.mark.skipif(not REALCT.is_dir(), reason="../shared/realct (LIDC-IDRI-0314) is not present")
+def test_real_lidc_scan_loads_without_warnings():
+    """The real scanner's series passes every header check the loader now applies."""
+    vol = load_volume(REALCT)
+    assert vol.shape == (275, 512, 512) and vol.meta["warnings"] == []
+    np.testing.assert_allclose(vol.spacing_zyx_mm, (1.0, 0.78125, 0.78125), atol=1e-4)
+    assert -1100 <= vol.hu.min() and vol.hu.max() <= 4000

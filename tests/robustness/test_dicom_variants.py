@@ -17,6 +17,9 @@ from noduleflow.engine import Volume, VolumeError
 
 from .corrupt import edit, outcome, phantom, raw, series, setter
 
+# pydicom warns (UserWarning) about every invalid value it reads; here they are the point
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
+
 FIRST, MID, LAST = 0, 10, 19
 ALL = slice(None)
 

@@ -20,6 +20,9 @@ from noduleflow.engine import Volume
 
 from .corrupt import edit, outcome, phantom, raw, series
 
+# pydicom warns (UserWarning) about every invalid value it reads; here they are the point
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
+
 N_SEEDS = 240
 
 _TEXT = [b"0", b"-1", b"1e30", b"-1e30", b"nan", b"inf", b"abc", b"1\\2", b"1\\2\\3", b"1\\0\\0\\0\\1\\0\\0",

@@ -134,14 +134,18 @@ def check_metaimage(path: Path) -> None:
     etype = meta.fields.get("ElementType", "")
     if etype not in _MET_BYTES:
         raise VolumeError(f"{path.name}: unsupported ElementType {etype!r}")
-    channels = int(meta.fields.get("ElementNumberOfChannels", "1") or 1)
+    channels = _meta_numbers(path, meta, "ElementNumberOfChannels", 1, int)[0] \
+        if "ElementNumberOfChannels" in meta.fields else 1
+    header_size = _meta_numbers(path, meta, "HeaderSize", 1, int)[0] if "HeaderSize" in meta.fields else 0
+    if channels < 1 or header_size < -1:
+        raise VolumeError(f"{path.name}: ElementNumberOfChannels {channels} / HeaderSize {header_size} is invalid")
     need = size_xyz[0] * size_xyz[1] * size_xyz[2] * _MET_BYTES[etype] * channels
     name = meta.fields["ElementDataFile"]
     if name.upper() == "LOCAL":
         data, skip = path, meta.header_len
     else:
         data = _data_file(path, name)
-        skip = max(int(meta.fields.get("HeaderSize", "0") or 0), 0)
+        skip = max(header_size, 0)
     if meta.fields.get("CompressedData", "False").lower() == "true":
         # ITK zero-fills a corrupt or short zlib stream ("Uncompress failed"): inflate it once here
         have = _inflated_length(data, skip, need)
@@ -150,6 +154,11 @@ def check_metaimage(path: Path) -> None:
     if have < need:
         raise VolumeError(f"{data.name}: voxel data truncated: {max(have, 0)} bytes, DimSize {list(size_xyz)} "
                           f"x {etype} needs {need} (named by {path.name})")
+    if have > need and header_size != -1 and meta.fields.get("CompressedData", "False").lower() != "true":
+        # MetaIO writes exactly the voxels; more bytes mean DimSize/ElementType do not describe
+        # this data (e.g. MET_UCHAR over 16-bit voxels) and ITK would read garbage
+        raise VolumeError(f"{data.name}: {have} bytes of voxel data, but DimSize {list(size_xyz)} x {etype} "
+                          f"describes {need} (named by {path.name}): header and data do not match")
 
 
 # -- NIfTI ------------------------------------------------------------------------------
@@ -193,8 +202,9 @@ def _nifti_header(path: Path, head: bytes) -> _Nifti:
                       f"sizeof_hdr is neither 348 nor 540)")
 
 
-#: NIfTI scalar datatypes (nifti1.h): UINT8, INT16, INT32, FLOAT32, FLOAT64, INT8, UINT16, UINT32, INT64, UINT64.
-_NIFTI_SCALAR_TYPES = {2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280}
+#: NIfTI scalar datatypes (nifti1.h) -> bits per voxel: UINT8, INT16, INT32, FLOAT32, FLOAT64,
+#: INT8, UINT16, UINT32, INT64, UINT64.
+_NIFTI_SCALAR_TYPES = {2: 8, 4: 16, 8: 32, 16: 32, 64: 64, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64}
 
 
 def _gzip_length(path: Path, need: int) -> int:
@@ -233,8 +243,9 @@ def check_nifti(path: Path) -> list[str]:
                           f"range [{lo}, {hi}] mm")
     if h.datatype not in _NIFTI_SCALAR_TYPES:
         raise VolumeError(f"{path.name}: NIfTI datatype {h.datatype} is not a scalar voxel type")
-    if h.bitpix not in (8, 16, 32, 64) or h.vox_offset < 0:
-        raise VolumeError(f"{path.name}: NIfTI bitpix {h.bitpix} / vox_offset {h.vox_offset} is invalid")
+    if _NIFTI_SCALAR_TYPES[h.datatype] != h.bitpix or h.vox_offset < 0:
+        raise VolumeError(f"{path.name}: NIfTI bitpix {h.bitpix} / vox_offset {h.vox_offset} is invalid for "
+                          f"datatype {h.datatype}")
     if h.qform_code > 0:
         check_finite(path.name, "NIfTI qform (quatern_b/c/d, qoffset)", h.qform)
     if h.sform_code > 0:
@@ -248,4 +259,6 @@ def check_nifti(path: Path) -> list[str]:
     if have < need:
         raise VolumeError(f"{path.name}: voxel data truncated: {have} bytes{' decompressed' if gz else ''}, "
                           f"dim {dim[1:4]} x {h.bitpix} bits from offset {h.vox_offset} need {need}")
+    if not gz and have > need:
+        warnings.append(f"{path.name}: {have - need} bytes after the voxel data that dim and datatype describe")
     return warnings

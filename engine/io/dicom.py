@@ -293,10 +293,13 @@ def list_series(path: Path, workers: int | None = None) -> list[str]:
     return sorted({s.series_uid for s in slices if s.modality == "CT" and not s.is_localizer})
 
 
-def _unreadable_report(uid: str, unreadable: list[Unreadable]) -> str:
+def _refuse_own_unreadable(uid: str, unreadable: list[Unreadable]) -> None:
     mine = [u for u in unreadable if u.series_uid == uid]
-    if mine:  # its own (truncated) header names this series: a slice is lost for sure
+    if mine:  # its own (damaged) header names this series: a slice is lost for sure
         raise VolumeError(f"series {uid}: unreadable slice(s): {_names(mine)}")
+
+
+def _unreadable_warning(uid: str, unreadable: list[Unreadable]) -> str:
     msg = (f"skipped {len(unreadable)} unreadable file(s) that may belong to this series (its first or "
            f"last slices would then be missing): {_names(unreadable)}")
     log.warning("series %s: %s", uid, msg)
@@ -315,9 +318,10 @@ def load_dicom(path: Path, series_uid: str | None = None, *, tolerance_mm: float
     members, warnings = _validate_series(uid, members)
     if series_uid is None:  # chosen by rank, not asked for: say so in the output too
         warnings[:0] = _several_series_warning(slices, uid)
+    _refuse_own_unreadable(uid, unreadable)
     members, dz, row, col, normal = _order_and_space(uid, members, tolerance_mm, unreadable)
     if unreadable:
-        warnings.append(_unreadable_report(uid, unreadable))
+        warnings.append(_unreadable_warning(uid, unreadable))
 
     hu = np.empty((len(members), members[0].rows, members[0].cols), dtype=np.int16)
 

@@ -231,13 +231,27 @@ def read_header(path: Path) -> SliceHeader | Unreadable | None:
         return Unreadable(path, "empty file (0 bytes)")
     try:
         ds = pydicom.dcmread(str(path), defer_size="4 KB")
-        return _parse(path, ds)
     except InvalidDicomError as exc:
         if path.suffix.lower() in DICOM_SUFFIXES:
             return Unreadable(path, f"not a valid DICOM file ({size} bytes): {exc}")
         return None  # not DICOM: folders often hold other files
     except _PARSE_ERRORS as exc:
-        return Unreadable(path, f"corrupt or truncated DICOM header: {type(exc).__name__}: {exc}")
-    except _Bad as exc:  # a value pydicom could not even convert (e.g. Rows as text)
-        return Unreadable(path, str(exc))
+        return Unreadable(path, f"corrupt or truncated DICOM header: {type(exc).__name__}: {_first_line(exc)}")
+    try:
+        return _parse(path, ds)
+    except _PARSE_ERRORS as exc:  # an element pydicom cannot convert (unknown VR, wrong length...)
+        return Unreadable(path, f"corrupt DICOM header: {type(exc).__name__}: {_first_line(exc)}", _series_of(ds))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _series_of(ds) -> str:
+    """The SeriesInstanceUID of a dataset that failed elsewhere, when it can still be read."""
+    try:
+        return str(ds.get("SeriesInstanceUID", "") or "")
+    except _PARSE_ERRORS:
+        return ""
 

@@ -52,8 +52,8 @@ class Volume:
         if len(org) != 3 or not all(np.isfinite(org)):
             raise VolumeError(f"origin_xyz_mm must be 3 finite numbers, got {self.origin_xyz_mm}")
         d = tuple(float(v) for v in np.asarray(self.direction, dtype=np.float64).ravel())
-        if len(d) != 9:
-            raise VolumeError(f"direction must have 9 values, got {len(d)}")
+        if len(d) != 9 or not all(np.isfinite(d)):
+            raise VolumeError(f"direction must be 9 finite numbers, got {d}")
         object.__setattr__(self, "spacing_zyx_mm", sp)
         object.__setattr__(self, "origin_xyz_mm", org)
         object.__setattr__(self, "direction", d)

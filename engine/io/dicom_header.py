@@ -174,7 +174,7 @@ def _parse(path: Path, ds) -> SliceHeader | Unreadable | None:
     looks_like_image = sop in _CT_SOP_CLASSES or "Rows" in ds
     if "PixelData" not in ds:
         if looks_like_image or len(ds) == 0:
-            return Unreadable(path, "no pixel data (file truncated?)", series_uid)
+            return Unreadable(path, "no pixel data, file truncated?", series_uid)
         return None  # a DICOM file that is no image (DICOMDIR, report, presentation state)
     pos, iop, ps = _geometry(ds, name, problems)
     slope, intercept = _rescale(ds, name, problems)
@@ -228,12 +228,12 @@ def read_header(path: Path) -> SliceHeader | Unreadable | None:
     except OSError as exc:
         return Unreadable(path, f"cannot stat: {exc.strerror or exc}")
     if size == 0:
-        return Unreadable(path, "empty file (0 bytes)")
+        return Unreadable(path, "empty file, 0 bytes")
     try:
         ds = pydicom.dcmread(str(path), defer_size="4 KB")
     except InvalidDicomError as exc:
         if path.suffix.lower() in DICOM_SUFFIXES:
-            return Unreadable(path, f"not a valid DICOM file ({size} bytes): {exc}")
+            return Unreadable(path, f"not a valid DICOM file of {size} bytes: {_first_line(exc)}")
         return None  # not DICOM: folders often hold other files
     except _PARSE_ERRORS as exc:
         return Unreadable(path, f"corrupt or truncated DICOM header: {type(exc).__name__}: {_first_line(exc)}")

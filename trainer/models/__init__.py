@@ -1,12 +1,13 @@
 """The seed's model zoo (seeds/000): 3D-1, 3D-2, 3D-LOC, 2.5D-1, 2.5D-2, 3D-ST.
 
-All take (N, 1, 41, 41, 41) float32 patches in [0, 1] (1 mm voxels, HU window
+All but the stage-2 ``ms-3d1`` ((N, 2, 41, 41, 41): 1 mm and 2 mm context) take (N, 1, 41, 41, 41) float32 patches in [0, 1] (1 mm voxels, HU window
 [-1000, 400]) and return (N,) logits. 3D-1, 3D-2 and 3D-LOC are exactly fully
 convolutional (`dense_forward`); see `trainer.models.net3d`.
 """
 from __future__ import annotations
 
 MODEL_NAMES = ("3d-1", "3d-2", "3d-loc", "2.5d-1", "2.5d-2", "3d-st")
+STAGE2_MODELS = ("ms-3d1",)  # (N, 2, 41, 41, 41) multi-scale context input
 DENSE_MODELS = ("3d-1", "3d-2", "3d-loc")
 
 
@@ -29,7 +30,11 @@ def build_model(name: str, **kwargs):
         return Net25D2(**kwargs)
     if name == "3d-st":
         return Net3DST(**kwargs)
-    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if name == "ms-3d1":  # stage 2: two 3D-1 trunks on 1 mm and 2 mm context (trainer.models.stage2)
+        from .stage2 import build_stage2
+
+        return build_stage2("3d-1", **kwargs)
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES + STAGE2_MODELS)}")
 
 
 def uses_location(name: str) -> bool:

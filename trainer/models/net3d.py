@@ -24,17 +24,18 @@ WIDTHS = {
 
 class Net3D(nn.Module):
     """3D-1 / 3D-2 / 3D-LOC. ``loc=True`` concatenates the patch centre's relative position
-    in the scan (3 values in [0, 1]) to the features before the fully connected layers."""
+    in the scan (3 values in [0, 1]) to the features before the fully connected layers.
+    ``in_channels`` 2: the stage-2 multi-scale input (`trainer.models.stage2`)."""
 
     patch_size = 41
     dense_stride = 4
     dense_offset = 20
 
-    def __init__(self, width: str = "3d-1", loc: bool = False, dropout: float = 0.2):
+    def __init__(self, width: str = "3d-1", loc: bool = False, dropout: float = 0.2, in_channels: int = 1):
         super().__init__()
         stem, i1, i2, head = WIDTHS[width]
         self.loc = loc
-        self.stem = ConvBN(1, stem, 3)
+        self.stem = ConvBN(in_channels, stem, 3)
         self.inc1 = Inception(stem, *i1)
         self.inc2 = Inception(self.inc1.out_channels, *i2)
         self.fc1 = nn.Conv3d(self.inc2.out_channels, head, 3)  # "FC" over the 3^3 map
@@ -63,7 +64,7 @@ class Net3D(nn.Module):
         return self.out(h)[:, 0]
 
     def forward(self, x, loc=None):
-        """(N, 1, 41, 41, 41) -> (N,) logits; ``loc`` (N, 3) for 3D-LOC."""
+        """(N, C, 41, 41, 41) -> (N,) logits (C = ``in_channels``); ``loc`` (N, 3) for 3D-LOC."""
         lm = loc[:, :, None, None, None] if loc is not None else None
         return self.dense_forward(x, lm).reshape(x.shape[0])
 

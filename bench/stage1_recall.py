@@ -1,0 +1,150 @@
+"""Stage-1 recall: the share of nodules that some candidate hits (within the nodule's radius, the
+LUNA16 rule) against the number of candidates per scan, for each candidate generator.
+
+    python -m noduleflow.bench.stage1_recall --cohort tuning --out bench/results/stage1_recall/tuning
+
+Generators (`engine.stage1`): ``cnn`` (the dense CNN's scores clustered as the detector does,
+ranked by probability), ``blobs`` (multi-scale Hessian blobs, ranked by response), ``union`` (the
+two interleaved, merged by extent). Each list is cut at N candidates per scan for N in --caps.
+Also: candidates per found nodule (1.0 = one candidate per lesion), recall per stratum at the
+largest cap, and the seconds each generator took. Settings are chosen on the tuning cohort; the
+held-out cohort only reports. Phantoms are a regression signal, not clinical evidence.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+CAPS = (15, 50, 100, 150, 200, 300)
+
+
+def raw_lists(det, pre, blob_params, cnn_candidates=300):
+    """Per scan: the ranked CNN peaks and blobs, each with its extent radius, and the seconds each took."""
+    from noduleflow.engine.blobs import detect_blobs
+    from noduleflow.engine.stage1 import GENERATORS, Stage1Params, stage1_candidates  # noqa: F401
+
+    t = time.perf_counter()
+    cnn = stage1_candidates(det, pre, Stage1Params(generator="cnn", max_candidates=cnn_candidates,
+                                                   cnn_candidates=cnn_candidates))
+    t_cnn = time.perf_counter() - t
+    t = time.perf_counter()
+    b = detect_blobs(pre.volume.hu, pre.mask, blob_params)
+    t_blob = time.perf_counter() - t
+    return {"cnn": (cnn.centres_zyx, cnn.cnn_prob, cnn.radius_mm), "blobs": (b.centres_zyx, b.response, b.radius_mm),
+            "seconds": {"cnn": t_cnn, "blobs": t_blob}}
+
+
+def hits(centres_zyx, nodules_zyxr):
+    """(n_cand, n_nod) bool: candidate strictly within the nodule's radius (1 mm grid: voxels = mm)."""
+    if len(centres_zyx) == 0 or len(nodules_zyxr) == 0:
+        return np.zeros((len(centres_zyx), len(nodules_zyxr)), bool)
+    d2 = ((centres_zyx[:, None, :] - nodules_zyxr[None, :, :3]) ** 2).sum(-1)
+    return d2 < nodules_zyxr[None, :, 3] ** 2
+
+
+def evaluate_lists(per_scan, generators=("cnn", "blobs", "union"), caps=CAPS):
+    """per_scan: [(raw_lists(...), nodules (m, 4) zyx + radius, kinds, locations)] -> table rows and strata."""
+    from noduleflow.bench.strata import DIAMETER_BANDS_MM, band_name
+    from noduleflow.engine.stage1 import combine
+
+    rows, strata = [], {}
+    n_nod = sum(len(n) for _, n, _, _ in per_scan)
+    for g in generators:
+        for cap in caps:
+            found = n_cands = dup = 0
+            per_stratum: dict = {}
+            for raw, nod, kinds, locs in per_scan:
+                (cc, cp, cr), (bc, bv, br) = raw["cnn"], raw["blobs"]
+                cand = combine(cc, cp, cr, bc, bv, br, g, cap)
+                h = hits(cand.centres_zyx, nod)
+                f = h.any(0)
+                found += int(f.sum())
+                dup += int(h[:, f].sum())
+                n_cands += len(cand)
+                if cap == max(caps):
+                    for j in range(len(nod)):
+                        d = nod[j, 3] * 2
+                        band = next(band_name(lo, hi) for lo, hi in DIAMETER_BANDS_MM
+                                    if d < hi or hi == DIAMETER_BANDS_MM[-1][1])
+                        for key in (f"diameter {band}", f"kind {kinds[j]}", f"location {locs[j]}"):
+                            s = per_stratum.setdefault(key, [0, 0])
+                            s[0] += int(f[j])
+                            s[1] += 1
+            rows.append({"generator": g, "cap": cap, "candidates_per_scan": n_cands / len(per_scan),
+                         "recall": found / n_nod, "found": found, "nodules": n_nod,
+                         "candidates_per_found_nodule": dup / max(found, 1)})
+            if cap == max(caps):
+                strata[g] = {k: {"recall": v[0] / v[1], "found": v[0], "nodules": v[1]}
+                             for k, v in sorted(per_stratum.items())}
+    return rows, strata
+
+
+def main(argv=None) -> int:
+    from tqdm import tqdm
+
+    from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
+    from noduleflow.engine.blobs import BlobParams
+    from noduleflow.engine.detector import Detector
+
+    ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.stage1_recall", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cohort", default="tuning")
+    ap.add_argument("--model", help="model package for the CNN generator (default: the shipped one)")
+    ap.add_argument("--min-response", type=float, default=BlobParams().min_response)
+    ap.add_argument("--merge-factor", type=float, default=BlobParams().merge_factor)
+    ap.add_argument("--max-blobs", type=int, default=300)
+    ap.add_argument("--cache", help="cohort cache root (default: $NODULEFLOW_COHORT_CACHE)")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+
+    seeds = cohort_seeds(a.cohort)
+    cache = CohortCache(a.cache)
+    det = Detector(a.model)
+    bp = replace(BlobParams(), min_response=a.min_response, merge_factor=a.merge_factor, max_blobs=a.max_blobs)
+    per_scan, secs = [], {"cnn": [], "blobs": []}
+    for s in tqdm(seeds, desc="scans", unit="scan"):
+        scan = cache.get(s)
+        vol = scan.pre.volume
+        nod = scan.xyzd()
+        zyxr = np.c_[vol.world_to_voxel(nod[:, :3]).reshape(-1, 3), nod[:, 3] / 2]
+        raw = raw_lists(det, scan.pre, bp)
+        for k in secs:
+            secs[k].append(raw["seconds"][k])
+        per_scan.append((raw, zyxr, [n.kind for n in scan.nodules], [n.location for n in scan.nodules]))
+    rows, strata = evaluate_lists(per_scan)
+    meta = {"model_id": det.package.manifest.model_id, "cohort": a.cohort, "seeds": [seeds[0], seeds[-1]],
+            "scans": len(seeds), "blob_params": {k: v for k, v in vars(bp).items()},
+            "seconds_median": {k: float(np.median(v)) for k, v in secs.items()},
+            "command": "python -m noduleflow.bench.stage1_recall " + " ".join(argv if argv is not None
+                                                                              else sys.argv[1:])}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stage1_recall.json").write_text(json.dumps({"meta": meta, "rows": rows, "strata_at_max_cap": strata},
+                                                       indent=1, default=list))
+    lines = [f"# Stage-1 recall, {a.cohort} phantoms {seeds[0]}-{seeds[-1]} ({len(seeds)} scans, "
+             f"{rows[0]['nodules']} nodules)", "", f"`{meta['command']}`; CNN: `{meta['model_id']}`; "
+             f"median seconds per scan: CNN scoring + clustering {meta['seconds_median']['cnn']:.2f}, "
+             f"blobs {meta['seconds_median']['blobs']:.2f}.", "",
+             "| generator | cap/scan | candidates/scan | recall | found/nodules | candidates per found nodule |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['generator']} | {r['cap']} | {r['candidates_per_scan']:.1f} | {r['recall']:.3f} | "
+                     f"{r['found']}/{r['nodules']} | {r['candidates_per_found_nodule']:.2f} |")
+    lines += ["", f"Recall per stratum at {max(CAPS)} candidates/scan:", "",
+              "| stratum | " + " | ".join(strata) + " |", "|---|" + "---:|" * len(strata)]
+    for k in next(iter(strata.values())):
+        lines.append(f"| {k} | " + " | ".join(f"{strata[g][k]['recall']:.3f} ({strata[g][k]['found']}/"
+                                              f"{strata[g][k]['nodules']})" for g in strata) + " |")
+    (out / "stage1_recall.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

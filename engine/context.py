@@ -1,0 +1,53 @@
+"""Multi-scale context patches for stage 2 (false-positive reduction): around each candidate, a
+41^3 patch at 1 mm (the lesion) and a 41^3 patch at 2 mm (82 mm of surroundings: the vessel it
+sits on, the wall it touches), stacked as two channels.
+
+One function serves training and inference (no train/serve skew). The 2 mm volume is the 1 mm
+lung box averaged over 2x2x2 blocks; voxels outside the box read as air (-1000 HU), as in the
+1 mm gather.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError
+from .patches import Normalisation, gather
+
+PATCH = 41
+N_SCALES = 2
+
+
+def downsample2(hu: np.ndarray) -> np.ndarray:
+    """(z, y, x) -> float32 (z // 2, y // 2, x // 2): the mean of each 2x2x2 block."""
+    nz, ny, nx = (s // 2 * 2 for s in hu.shape)
+    if min(nz, ny, nx) == 0:
+        raise ConfigError(f"volume too small to halve: {hu.shape}")
+    b = np.asarray(hu[:nz, :ny, :nx], dtype=np.float32)
+    return b.reshape(nz // 2, 2, ny // 2, 2, nx // 2, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+class ContextVolume:
+    """The 1 mm lung box and its 2 mm version, prepared once per scan."""
+
+    def __init__(self, hu_1mm: np.ndarray, norm: Normalisation = Normalisation()):
+        self.hu1 = np.ascontiguousarray(hu_1mm)
+        self.hu2 = downsample2(self.hu1)
+        self.norm = norm
+
+    def patches(self, centres_zyx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Centres (n, 3) voxel coordinates (float or int) on the 1 mm grid ->
+        float32 (n, 2, 41, 41, 41) in [0, 1]: channel 0 at 1 mm, channel 1 at 2 mm, both centred
+        on the candidate (to the nearest voxel of each grid)."""
+        c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
+        n = len(c)
+        if out is None:
+            out = np.empty((n, N_SCALES, PATCH, PATCH, PATCH), np.float32)
+        if out.shape[0] < n or out.shape[1:] != (N_SCALES, PATCH, PATCH, PATCH) or out.dtype != np.float32:
+            raise ConfigError(f"context buffer must be float32 (>= {n}, 2, 41, 41, 41), got {out.dtype} {out.shape}")
+        buf = np.empty((n, 1, PATCH, PATCH, PATCH), np.float32)
+        gather(self.hu1, np.rint(c).astype(np.int64), buf, self.norm, size=PATCH)
+        out[:n, 0] = buf[:, 0]
+        # block k of the 2 mm grid covers 1 mm voxels 2k, 2k+1: its centre is at 2k + 0.5
+        gather(self.hu2, np.rint((c - 0.5) / 2.0).astype(np.int64), buf, self.norm, size=PATCH)
+        out[:n, 1] = buf[:, 0]
+        return out[:n]

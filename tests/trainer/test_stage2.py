@@ -1,0 +1,67 @@
+"""Stage 2: cohort seeds and cache, candidate labels, context patches, the stage-2 net."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from noduleflow.engine import ConfigError
+from noduleflow.engine.context import ContextVolume, downsample2
+from noduleflow.trainer.data.cohort import COHORTS, CohortCache, cohort_seeds
+from noduleflow.trainer.data.stage2 import label_candidates
+
+
+def test_cohorts_are_disjoint_and_large_enough():
+    names = list(COHORTS)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not set(COHORTS[a]) & set(COHORTS[b]), (a, b)
+    assert len(COHORTS["heldout"]) >= 40
+    assert cohort_seeds("5-7") == [5, 6, 7]
+    with pytest.raises(ConfigError, match="'nope'"):
+        cohort_seeds("nope")
+
+
+def test_cohort_cache_roundtrip(tmp_path):
+    cache = CohortCache(tmp_path, phantom_kwargs={"shape_zyx": (48, 96, 96), "spacing_zyx_mm": (2.5, 3.0, 3.0)})
+    assert not cache.has(7)
+    a = cache.get(7)
+    assert cache.has(7)
+    b = cache.get(7)
+    assert a.series_uid == b.series_uid and np.array_equal(np.asarray(a.pre.volume.hu), np.asarray(b.pre.volume.hu))
+    assert a.pre.volume.spacing_zyx_mm == (1.0, 1.0, 1.0) and a.pre.mask.shape == a.pre.volume.shape
+    assert a.xyzd().shape == (len(a.nodules), 4)
+    assert all(n.kind and n.location for n in a.nodules)
+
+
+def test_label_candidates():
+    nod = np.array([[0, 0, 0, 5.0]])
+    exc = np.array([[40, 0, 0, 1.0]])
+    c = np.array([[1, 0, 0], [7, 0, 0], [20, 0, 0], [41, 0, 0]], float)
+    assert label_candidates(c, nod, exc, 3.0).tolist() == [1, -1, 0, -1]
+
+
+def test_context_patches_centre_and_scale():
+    hu = np.full((90, 90, 90), -1000, np.int16)
+    hu[40:50, 40:50, 40:50] = 400  # a 10 mm cube centred at 44.5
+    p = ContextVolume(hu).patches(np.array([[44.5, 44.5, 44.5]]))
+    assert p.shape == (1, 2, 41, 41, 41) and p.dtype == np.float32
+    # 1 mm channel: about 10 bright voxels across; 2 mm channel: about 5
+    assert 9 <= (p[0, 0, 20, 20] > 0.5).sum() <= 11
+    assert 4 <= (p[0, 1, 20, 20] > 0.5).sum() <= 6
+    assert downsample2(hu).shape == (45, 45, 45)
+
+
+def test_stage2_net_starts_as_stage1():
+    torch = pytest.importorskip("torch")
+    from noduleflow.trainer.models import build_model
+    from noduleflow.trainer.models.stage2 import from_stage1
+
+    torch.manual_seed(0)
+    s1 = build_model("3d-1").eval()
+    s2 = from_stage1(s1.state_dict()).eval()
+    x = torch.rand(3, 2, 41, 41, 41)
+    with torch.no_grad():
+        assert torch.allclose(s2(x), s1(x[:, :1]), atol=1e-5)
+    s2.train()
+    s2(x).sum().backward()
+    assert s2.stem[0].weight.grad[:, 1].abs().sum() > 0  # the context channel learns

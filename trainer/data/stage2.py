@@ -1,0 +1,141 @@
+"""Stage-2 training data: stage 1's candidates on phantom scans, labelled, as multi-scale patches.
+
+Per scan (a `trainer.data.cohort.CohortScan`):
+- stage 1 (`engine.stage1.stage1_candidates`) proposes its ranked candidates;
+- a candidate within a nodule's radius is a positive; one farther than radius + 3 mm from every
+  nodule and excluded finding is a negative (stage 1's false positives: vessel branch points,
+  walls, the hard cases); the ones in between are dropped (neither clearly one nor the other);
+- the first ``negatives_per_scan`` negatives in stage 1's order are kept (its most convincing
+  false positives), and every nodule also gets ``jittered_per_nodule`` positives at its centre
+  moved by up to min(radius / 2, 3 mm), so that a nodule stage 1 missed still teaches stage 2;
+- patches from `engine.context.ContextVolume` (1 mm + 2 mm), stored as uint8 (1/255 steps).
+
+One ``.npz`` per scan under ``out_dir`` (``patches`` uint8 (n, 2, 41, 41, 41), ``labels`` int8,
+``rank`` int32 (stage-1 rank, -1 for a jittered positive), ``seed``), written atomically, skipped
+when present: an interrupted build resumes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from noduleflow.engine.context import ContextVolume
+from noduleflow.engine.stage1 import Stage1Params, stage1_candidates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage2DataSpec:
+    stage1: Stage1Params = field(default_factory=lambda: Stage1Params(max_candidates=150, cnn_candidates=150))
+    negatives_per_scan: int = 100
+    jittered_per_nodule: int = 6
+    max_jitter_mm: float = 3.0
+    margin_mm: float = 3.0
+
+
+def label_candidates(centres_zyx: np.ndarray, nodules_zyxr: np.ndarray, excluded_zyxr: np.ndarray,
+                     margin_mm: float = 3.0) -> np.ndarray:
+    """int8 (n,): 1 inside a nodule's radius, 0 farther than radius + margin from every nodule and
+    excluded finding, -1 otherwise (1 mm grid: voxels are mm)."""
+    lab = np.zeros(len(centres_zyx), np.int8)
+    if len(centres_zyx) == 0:
+        return lab
+    for f, inside_label in ((nodules_zyxr, 1), (excluded_zyxr, -1)):
+        if len(f) == 0:
+            continue
+        d = np.linalg.norm(centres_zyx[:, None, :] - f[None, :, :3], axis=-1)
+        near = (d <= f[None, :, 3] + margin_mm).any(1)
+        lab[near & (lab == 0)] = -1
+        if inside_label == 1:
+            lab[(d < f[None, :, 3]).any(1)] = 1
+    return lab
+
+
+def scan_examples(det, scan, spec: Stage2DataSpec, rng: np.random.Generator):
+    """-> (patches uint8 (n, 2, 41, 41, 41), labels int8 (n,), rank int32 (n,))."""
+    pre = scan.pre
+    vol = pre.volume
+
+    def zyxr(xyzd):
+        if len(xyzd) == 0:
+            return np.zeros((0, 4))
+        return np.c_[vol.world_to_voxel(xyzd[:, :3]).reshape(-1, 3), xyzd[:, 3] / 2.0]
+
+    nod, exc = zyxr(scan.xyzd()), zyxr(scan.xyzd(excluded=True))
+    cand = stage1_candidates(det, pre, spec.stage1)
+    lab = label_candidates(cand.centres_zyx, nod, exc, spec.margin_mm)
+    pos = np.flatnonzero(lab == 1)
+    neg = np.flatnonzero(lab == 0)[:spec.negatives_per_scan]
+    centres = [cand.centres_zyx[pos], cand.centres_zyx[neg]]
+    labels = [np.ones(len(pos), np.int8), np.zeros(len(neg), np.int8)]
+    ranks = [pos.astype(np.int32), neg.astype(np.int32)]
+    for z, y, x, r in nod:
+        k = spec.jittered_per_nodule
+        d = rng.normal(size=(k, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        mag = rng.uniform(0, min(r / 2.0, spec.max_jitter_mm), size=(k, 1))
+        centres.append(np.array([z, y, x]) + d * mag)
+        labels.append(np.ones(k, np.int8))
+        ranks.append(np.full(k, -1, np.int32))
+    c = np.concatenate(centres).reshape(-1, 3)
+    p = ContextVolume(vol.hu).patches(c)
+    return np.rint(p * 255).astype(np.uint8), np.concatenate(labels), np.concatenate(ranks)
+
+
+def build(det, cache, seeds, out_dir, spec: Stage2DataSpec = Stage2DataSpec(), progress: bool = True) -> Path:
+    """Write one ``<seed>.npz`` per seed into ``out_dir`` (skipping those present)."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in tqdm(list(seeds), desc="stage-2 data", unit="scan", disable=not progress):
+        path = out / f"{int(s)}.npz"
+        if path.exists():
+            continue
+        p, y, r = scan_examples(det, cache.get(s), spec, np.random.default_rng(int(s) + 104729))
+        tmp = out / f".{int(s)}.tmp.npz"
+        np.savez(tmp, patches=p, labels=y, rank=r, seed=np.int64(s))
+        os.replace(tmp, path)
+    return out
+
+
+def load(out_dir, seeds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (patches uint8 (N, 2, 41, 41, 41), labels int8 (N,), scan seed int64 (N,)) for ``seeds``."""
+    ps, ys, ss = [], [], []
+    for s in seeds:
+        with np.load(Path(out_dir) / f"{int(s)}.npz") as z:
+            ps.append(z["patches"])
+            ys.append(z["labels"])
+            ss.append(np.full(len(z["labels"]), int(s), np.int64))
+    return np.concatenate(ps), np.concatenate(ys), np.concatenate(ss)
+
+
+def main(argv=None) -> int:
+    """``python -m noduleflow.trainer.data.stage2 --seeds train --out DIR [--reverse]``"""
+    import argparse
+
+    from noduleflow.engine.detector import Detector
+
+    from .cohort import CohortCache, cohort_seeds
+
+    ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.data.stage2", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", nargs="+", default=["train", "validation"])
+    ap.add_argument("--model", help="stage-1 model package (default: the shipped one)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--reverse", action="store_true", help="last seed first (to meet a cache builder going forward)")
+    a = ap.parse_args(argv)
+    seeds = [s for name in a.seeds for s in cohort_seeds(name)]
+    if a.reverse:
+        seeds = seeds[::-1]
+    build(Detector(a.model), CohortCache(), seeds, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

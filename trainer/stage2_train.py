@@ -1,0 +1,157 @@
+"""Train the stage-2 classifier (`trainer.models.stage2`) on stage 1's candidates.
+
+    python -m noduleflow.trainer.stage2_train --data DIR --out runs/stage2 [--init CKPT] [--epochs N]
+
+Data: the per-scan files of `trainer.data.stage2` (train seeds for training, validation seeds
+for choosing the epoch). The training files are re-listed every epoch, so training can start
+while the data builder is still writing them. Balanced batches (half positives), augmented by
+random flips of each axis and a random in-plane transpose (both scales alike). Adam.
+
+Every epoch writes ``last.safetensors`` (+ ``last.json``, ``state.json``) and, when the
+validation ROC AUC improves, ``best.safetensors``; ``train_log.csv`` has one row per epoch. A
+rerun with the same ``--out`` resumes after the last finished epoch (the optimizer's moments
+restart; the weights, the epoch count and the best AUC carry over).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def augment(x, gen):
+    """Random flips of z, y, x and a random y/x transpose, per sample, both channels alike."""
+    import torch
+
+    for d in (2, 3, 4):
+        m = torch.rand(x.shape[0], generator=gen) < 0.5
+        x[m] = x[m].flip(d)
+    m = torch.rand(x.shape[0], generator=gen) < 0.5
+    x[m] = x[m].transpose(3, 4)
+    return x
+
+
+def predict(model, patches_u8, batch: int = 64, tta: bool = False) -> np.ndarray:
+    """Logits (N,) for uint8 patches (N, 2, 41, 41, 41); ``tta``: the mean over the 8 flips."""
+    import torch
+
+    model.eval()
+    out = []
+    flips = [()] + ([(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)] if tta else [])
+    with torch.no_grad():
+        for i in range(0, len(patches_u8), batch):
+            x = torch.from_numpy(patches_u8[i:i + batch].astype(np.float32) / 255.0)
+            out.append(np.mean([model(x.flip(f) if f else x).numpy() for f in flips], axis=0))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _files(data_dir, seeds):
+    return [s for s in seeds if (Path(data_dir) / f"{s}.npz").exists()]
+
+
+def main(argv=None) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    from .checkpoint import save_checkpoint
+    from .data.cohort import cohort_seeds
+    from .data.stage2 import load
+    from .models import build_model
+    from .models.stage2 import from_stage1
+    from .train import roc_auc
+
+    ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.stage2_train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--init", default=str(Path(__file__).parent / "checkpoints" / "default" / "best.safetensors"),
+                    help="stage-1 3D-1 weights to start from (default: the shipped v6)")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=100, help="batches per epoch")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--min-train-scans", type=int, default=8, help="wait until this many training scans exist")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_seeds, val_seeds = cohort_seeds("train"), cohort_seeds("validation")
+    while len(_files(a.data, train_seeds)) < a.min_train_scans or len(_files(a.data, val_seeds)) < len(val_seeds):
+        log.info("waiting for data: %d train scans, %d/%d validation scans", len(_files(a.data, train_seeds)),
+                 len(_files(a.data, val_seeds)), len(val_seeds))
+        time.sleep(60)
+    xv, yv, _ = load(a.data, val_seeds)
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+    state_path = out / "state.json"
+    config = {"model": "ms-3d1", "model_kwargs": {}, "stage": 2, "input": "(N, 2, 41, 41, 41): 1 mm + 2 mm context",
+              "init": a.init, "data": str(a.data), "args": vars(a)}
+    if state_path.exists():
+        st = json.loads(state_path.read_text())
+        model = build_model("ms-3d1")
+        model.load_state_dict(load_file(str(out / "last.safetensors")))
+        start, best = st["epoch"] + 1, st["best"]
+        log.info("resuming after epoch %d (best AUC %.4f at epoch %d)", st["epoch"] + 1, best["auc"], best["epoch"])
+    else:
+        model = from_stage1(load_file(a.init))
+        start, best = 0, {"auc": -1.0, "epoch": 0}
+        auc0 = roc_auc(yv, predict(model, xv))
+        log.info("before training (= stage 1's patch classifier): validation AUC %.4f", auc0)
+        (out / "init.json").write_text(json.dumps({"val_auc_before_training": auc0}))
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    log_path = out / "train_log.csv"
+    new = not log_path.exists() or start == 0
+    with open(log_path, "w" if new else "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["epoch", "train_scans", "train_pos", "train_neg", "loss", "val_auc", "seconds"])
+        for epoch in range(start, a.epochs):
+            t0 = time.perf_counter()
+            seeds = _files(a.data, train_seeds)
+            x, y, _ = load(a.data, seeds)
+            pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+            model.train()
+            losses = []
+            half = a.batch_size // 2
+            for _ in range(a.steps):
+                idx = np.r_[rng.choice(pos, half), rng.choice(neg, a.batch_size - half)]
+                xb = augment(torch.from_numpy(x[idx].astype(np.float32) / 255.0), gen)
+                yb = torch.from_numpy(y[idx].astype(np.float32))
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+            del x
+            auc = roc_auc(yv, predict(model, xv))
+            secs = time.perf_counter() - t0
+            w.writerow([epoch + 1, len(seeds), len(pos), len(neg), f"{np.mean(losses):.5f}", f"{auc:.5f}",
+                        f"{secs:.1f}"])
+            f.flush()
+            log.info("epoch %d: %d scans (%d pos, %d neg), loss %.4f, validation AUC %.4f, %.0f s", epoch + 1,
+                     len(seeds), len(pos), len(neg), np.mean(losses), auc, secs)
+            meta = {**config, "metrics": {"val_auc": auc, "epoch": epoch + 1, "train_scans": len(seeds)}}
+            if auc > best["auc"]:
+                best = {"auc": auc, "epoch": epoch + 1}
+                save_checkpoint(out, model, meta, "best")
+            save_checkpoint(out, model, meta, "last")
+            state_path.write_text(json.dumps({"epoch": epoch, "best": best}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

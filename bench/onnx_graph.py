@@ -145,7 +145,7 @@ def measure(package=None, repeats: int = 5, batch: int = 32, tile: int = 16,
     from noduleflow.engine.package import ModelPackage, default_package_path
 
     pkg = ModelPackage.load(package or default_package_path())
-    stride = pkg.manifest.dense_stride or 4
+    stride = pkg.contract.dense_stride or 4
     report = {"package": pkg.manifest.model_id, "package_path": str(pkg.path), "machine": machine(),
               "onnx": onnx.__version__, "repeats": repeats, "batch": batch,
               "dense_tile_side": stride * (tile - 1) + 41, "graphs": {}}
@@ -155,7 +155,7 @@ def measure(package=None, repeats: int = 5, batch: int = 32, tile: int = 16,
             src = pkg.file(f"{graph}.onnx")
             if src is None:
                 continue
-            if pkg.manifest.uses_location:
+            if pkg.contract.uses_location:
                 log.warning("%s: graphs with a location input are not measured", pkg.manifest.model_id)
                 break
             orig, slimmed = tmp / f"{graph}.onnx", tmp / f"{graph}_slim.onnx"

@@ -167,7 +167,7 @@ def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Pat
         ckpt = checkpoint or Path(__file__).resolve().parents[1] / "trainer/checkpoints/default/best.safetensors"
         export_aoti(ckpt, copy)
         names["torch-compiled"] = ModelPackage.load(copy)
-    norm = Normalisation(*pkg.manifest.hu_window)
+    norm = Normalisation(*pkg.contract.hu_window, pad_hu=pkg.contract.pad_hu)
     patches = gather(pre.volume.hu, centres, norm=norm)
     rows = []
     for name, p in names.items():

@@ -62,8 +62,6 @@ class DetectorConfig:
     batch_size: int = _opt(64, "patch mode: patches per batch")
     refine: bool = _opt(True, "move each centre onto the strongest image blob within 3 mm")
     in_mask: bool = _opt(True, "drop candidates whose final centre lies outside the lung mask")
-    rules: CandidateRules = _opt(CandidateRules(stride=4, center_min_hu=-650.0, reach=2),
-                                 "candidate rules on the 1 mm grid", cli=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

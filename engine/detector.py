@@ -6,7 +6,7 @@ load -> lung mask -> crop + 1 mm resample -> candidate centres -> inference -> c
 Two inference modes over the same weights:
 - ``dense`` (default): the fully convolutional graph scores whole tiles of the lung box
   on the network's output grid (stride 4 mm); only tiles holding candidates run.
-- ``patch``: 41^3 patches at the candidate centres, gathered in a background thread
+- ``patch``: cubic patches (the contract's size, 41^3) at the candidate centres, gathered in a background thread
   while the backend runs the previous batch.
 At the same centres the two give the same scores (a test holds them to 1e-4).
 """
@@ -22,7 +22,7 @@ from .config import CLUSTERINGS, MODES, DetectorConfig  # noqa: F401  (public he
 from .errors import ConfigError
 from .package import ModelPackage, default_package_path
 from .patches import Normalisation, PatchProducer
-from .preprocess import PreprocessSpec, preprocess
+from .preprocess import preprocess
 from .results import Candidate, Detections
 from .volume import Volume
 
@@ -180,8 +180,9 @@ class Detector:
         self.config = (config or DetectorConfig()).replace(**settings)
         if self.config.mode == "dense" and not self.package.has_dense:
             raise ConfigError(f"model {m.model_id} ({m.architecture}) has no dense graph: use mode='patch'")
-        self.spec = PreprocessSpec.from_dict(m.preprocess) if m.preprocess else PreprocessSpec()
-        self.norm = Normalisation(*m.hu_window)
+        self.contract = m.contract
+        self.spec = m.contract.preprocess
+        self.norm = Normalisation(*m.contract.hu_window, pad_hu=m.contract.pad_hu)
         self.backend = open_backend(self.package, backend, graph=self.config.mode, **(backend_options or {}))
         self.version = __version__
         self.cold_start_s = time.perf_counter() - t0
@@ -204,57 +205,56 @@ class Detector:
 
     def grid_centres(self, pre) -> np.ndarray:
         """Candidate centres on the network's output grid (dense and patch alike)."""
-        m = self.package.manifest
-        stride = m.dense_stride or self.config.rules.stride
-        offset = m.dense_offset if m.dense_offset is not None else 20
-        rules = CandidateRules(stride=stride, offset=offset % stride, center_min_hu=self.config.rules.center_min_hu,
-                               box_min_hu=self.config.rules.box_min_hu, box=self.config.rules.box,
-                               reach=self.config.rules.reach)
+        k = self.contract
+        rules = k.candidate_rules  # the model's own: the grid points it was trained to score
+        stride = k.dense_stride or rules.stride
+        offset = k.dense_offset if k.dense_offset is not None else k.half
+        rules = CandidateRules(stride=stride, offset=offset % stride, center_min_hu=rules.center_min_hu,
+                               box_min_hu=rules.box_min_hu, box=rules.box, reach=rules.reach)
         c = candidates(pre.volume.hu, pre.mask, rules)
-        if m.dense_stride:  # keep the points that are output-grid points of a complete patch
-            shape = np.asarray(pre.volume.shape)
-            n_out = (shape - 41) // stride + 1
+        if k.dense_stride:  # keep the points that are output-grid points of a complete patch
+            n_out = np.asarray(k.dense_output_shape(pre.volume.shape))
             idx = (c - offset) // stride
             ok = ((c - offset) >= 0).all(1) & (idx < n_out).all(1)
             c = c[ok]
         return c
 
-    def _locations(self, centres, shape):
-        return (centres / np.maximum(np.asarray(shape) - 1, 1)).astype(np.float32)
-
     def _score_patch(self, pre, centres) -> np.ndarray:
+        from tqdm import tqdm
+
         out = np.empty(len(centres), np.float64)
         k = 0
-        loc_all = self._locations(centres, pre.volume.shape) if self.package.manifest.uses_location else None
+        loc_all = self.contract.location(centres, pre.volume.shape) if self.contract.uses_location else None
         bs = min(self.config.batch_size, self.backend.max_batch)
-        for c, batch in PatchProducer(pre.volume.hu, centres, bs, self.norm):
+        producer = PatchProducer(pre.volume.hu, centres, bs, self.norm, size=self.contract.patch_size)
+        # patch mode can take minutes on a large scan: progress on a terminal (tqdm: not when piped)
+        for c, batch in tqdm(producer, desc="patches", unit="batch", disable=None if len(producer) > 20 else True,
+                             leave=False):
             extra = loc_all[k:k + len(c)] if loc_all is not None else None
             out[k:k + len(c)] = self.backend.infer(batch, extra)
             k += len(c)
         return out
 
     def _score_dense(self, pre, centres) -> np.ndarray:
-        m = self.package.manifest
-        s, off = m.dense_stride, m.dense_offset
+        k = self.contract
+        s, off, p = k.dense_stride, k.dense_offset, k.patch_size
         hu = pre.volume.hu
         shape = np.asarray(hu.shape)
-        n_out = (shape - 41) // s + 1
+        n_out = np.asarray(k.dense_output_shape(shape))
         idx = (centres - off) // s
         scores = np.full(len(centres), np.nan)
         t = self.config.tile_out
         tile_id = idx // t
-        lo, hi = self.norm.hu_min, self.norm.hu_max
         for key in np.unique(tile_id, axis=0):
             sel = np.flatnonzero((tile_id == key).all(1))
             o0 = key * t
             o1 = np.minimum(o0 + t, n_out)
-            a0, a1 = o0 * s, (o1 - 1) * s + 41
-            tile = hu[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]].astype(np.float32)
-            tile = np.clip((tile - lo) * (1.0 / (hi - lo)), 0.0, 1.0)[None, None]
+            a0, a1 = o0 * s, (o1 - 1) * s + p
+            tile = k.normalise(hu[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]])[None, None]
             extra = None
-            if m.uses_location:
+            if k.uses_location:
                 g = np.stack(np.meshgrid(*[np.arange(a, b) * s + off for a, b in zip(o0, o1)], indexing="ij"))
-                extra = (g / np.maximum(shape - 1, 1)[:, None, None, None]).astype(np.float32)[None]
+                extra = k.location(g.reshape(3, -1).T, shape).T.reshape(g.shape)[None]
             logits = self.backend.infer(tile, extra)[0]
             local = idx[sel] - o0
             scores[sel] = logits[local[:, 0], local[:, 1], local[:, 2]]
@@ -307,20 +307,20 @@ class Detector:
         cfg = config or self.config
         # cluster more than K: the mask check may drop some
         k = cfg.top_k * 3 if cfg.in_mask else cfg.top_k
-        stride = self.package.manifest.dense_stride or cfg.rules.stride
+        stride = self.contract.dense_stride or self.contract.candidate_rules.stride
         if cfg.clustering == "components":
             found = components(centres, probs, k, stride, cfg.component_min_prob)
             if len(found) < k:  # fill the list from the points below the threshold, away from the components
                 low = probs < cfg.component_min_prob
                 rest = nms(centres[low], probs[low], k, cfg.nms_radius_mm, cfg.merge_radius_mm,
-                           logits=logits[low], stride=self.package.manifest.dense_stride or 0)
+                           logits=logits[low], stride=self.contract.dense_stride or 0)
                 taken = np.array([f[0] for f in found]).reshape(-1, 3)
                 rest = [r for r in rest if not len(taken) or
                         np.linalg.norm(taken - r[0], axis=1).min() > cfg.nms_radius_mm]
                 found = found + rest[:k - len(found)]
         else:
             found = nms(centres, probs, k, cfg.nms_radius_mm, cfg.merge_radius_mm, logits=logits,
-                        stride=self.package.manifest.dense_stride or 0)
+                        stride=self.contract.dense_stride or 0)
         if cfg.refine:
             found = [(refine_centre(pre.volume.hu, c), p, n) for c, p, n in found]
         if cfg.in_mask:

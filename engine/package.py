@@ -1,27 +1,45 @@
 """Model packages: one folder with the graphs and a manifest the engine verifies before use.
 
-    patch.onnx      (N, 1, 41, 41, 41) float32 -> (N,) logits, dynamic batch
-    dense.onnx      (N, 1, D, H, W) -> (N, D', H', W') logits, the same weights as a
-                    fully convolutional net (3-D models); D' = (D - 41) // stride + 1
-    manifest.json   architecture, patch size, target spacing, HU window and
-                    normalisation, dense stride/offset, candidate rules, training data
-                    and metrics, sha256 of every file, format version
+    patch.onnx      (N, 1, P, P, P) float32 -> (N,) logits, dynamic batch (P: the contract's
+                    patch size)
+    dense.onnx      (N, 1, D, H, W) -> (N, D', H', W') logits, the same weights as a fully
+                    convolutional net (3-D models); D' = (D - P) // stride + 1
+    manifest.json   format version, model id, architecture, the input contract
+                    (`engine.contract.InputContract`: patch size, HU window and
+                    normalisation, location input, dense stride/offset, preprocessing,
+                    candidate rules), training data and metrics, export details, sha256 of
+                    every file
 
-The engine refuses a package whose format version it does not know, whose files are
-missing or do not match their hashes, or whose preprocessing it cannot honour.
+The engine refuses, with a message that says why: an unknown format version; a manifest that
+is not a JSON object of the expected types and ranges; a file entry that is not a plain name
+inside the package folder, not a regular file (symlinks, devices, FIFOs), too large, missing
+or not matching its hash. Version 1 manifests (top-level contract fields) are still read.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import PackageError
+from .contract import InputContract
+from .errors import ConfigError, PackageError
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
-NORMALISATIONS = ("window_to_unit",)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_FILE_BYTES = 4 << 30           # a graph of this product is a few MB; 4 GiB is far beyond any
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text) -> str:
+    """``text`` with control characters (terminal escapes) replaced, for messages."""
+    return _CONTROL.sub("?", str(text))
 
 
 def sha256_file(path: Path) -> str:
@@ -36,36 +54,108 @@ def sha256_file(path: Path) -> str:
 class Manifest:
     model_id: str
     architecture: str
+    contract: InputContract = field(default_factory=InputContract)
     format_version: int = FORMAT_VERSION
-    patch_size: int = 41
-    target_spacing_zyx_mm: tuple = (1.0, 1.0, 1.0)
-    hu_window: tuple = (-1000.0, 400.0)
-    normalisation: str = "window_to_unit"
     output: str = "logit"
-    dense_stride: int | None = None
-    dense_offset: int | None = None
-    uses_location: bool = False
-    preprocess: dict = field(default_factory=dict)
-    candidate_rules: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     export: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
     engine_version: str = ""
 
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["contract"] = self.contract.to_dict()
+        return d
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, raw, where: str = "manifest") -> "Manifest":
+        """Validate a manifest's JSON (any format version this engine reads); PackageError says
+        what is wrong, naming the field and its value."""
+        if not isinstance(raw, dict):
+            raise PackageError(f"{where}: the manifest must be a JSON object, got {type(raw).__name__}")
+        version = raw.get("format_version")
+        if version not in SUPPORTED_FORMAT_VERSIONS or isinstance(version, bool):
+            raise PackageError(f"{where}: package format version {printable(repr(version))} is not supported; "
+                               f"this engine reads versions {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}")
+        raw = _from_v1(raw) if version == 1 else dict(raw)
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise PackageError(f"{where}: unknown manifest fields {printable(unknown)} for format version {version}")
+        for key in ("model_id", "architecture"):
+            v = raw.get(key)
+            if not isinstance(v, str) or not 1 <= len(v) <= 128 or _CONTROL.search(v):
+                raise PackageError(f"{where}: {key} must be 1-128 printable characters, got {printable(repr(v))[:80]}")
+        for key in ("training", "export", "files"):
+            if not isinstance(raw.get(key, {}), dict):
+                raise PackageError(f"{where}: {key} must be a JSON object, got {type(raw[key]).__name__}")
+        if raw.get("output", "logit") != "logit":
+            raise PackageError(f"{where}: output must be 'logit', got {printable(repr(raw['output']))}")
+        if not isinstance(raw.get("engine_version", ""), str):
+            raise PackageError(f"{where}: engine_version must be a string")
+        for name, digest in raw.get("files", {}).items():
+            if not _FILE_NAME.match(name) or name == "manifest.json":
+                raise PackageError(f"{where}: file entry {printable(repr(name))[:80]} is not a plain file name "
+                                   "inside the package folder")
+            if not isinstance(digest, str) or not _SHA256.match(digest):
+                raise PackageError(f"{where}: the hash of {name} is not a sha256 hex digest")
+        try:
+            contract = InputContract.from_dict(raw.get("contract", {}))
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise PackageError(f"{where}: invalid contract: {printable(exc)}") from None
+        return cls(**{**raw, "contract": contract, "format_version": FORMAT_VERSION})
 
 
-def write_manifest(folder, **fields_) -> Manifest:
-    """Hash every file in ``folder`` (but the manifest) and write manifest.json."""
+def _from_v1(raw: dict) -> dict:
+    """A version-1 manifest (contract fields at the top level) in version-2 form."""
+    raw = dict(raw)
+    contract = {}
+    for key in ("patch_size", "hu_window", "normalisation", "dense_stride", "dense_offset", "uses_location"):
+        if key in raw:
+            contract[key] = raw.pop(key)
+    if raw.get("preprocess"):
+        contract["preprocess"] = raw.pop("preprocess")
+    raw.pop("preprocess", None)
+    raw.pop("target_spacing_zyx_mm", None)  # v1 duplicated preprocess.target_spacing_zyx_mm here
+    if raw.get("candidate_rules"):
+        contract["candidate_rules"] = raw.pop("candidate_rules")
+    raw.pop("candidate_rules", None)
+    raw["contract"] = contract
+    return raw
+
+
+def write_manifest(folder, manifest: Manifest) -> Manifest:
+    """Hash every file of ``folder`` (but the manifest) into ``manifest`` and write it, once.
+    -> the manifest as written."""
     from . import __version__
 
     folder = Path(folder)
     files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
-             if p.is_file() and p.name != "manifest.json"}
-    m = Manifest(**{**fields_, "files": files, "engine_version": fields_.get("engine_version") or __version__})
-    (folder / "manifest.json").write_text(m.to_json())
+             if p.is_file() and not p.is_symlink() and p.name != "manifest.json"}
+    m = Manifest(**{**manifest.__dict__, "files": files, "format_version": FORMAT_VERSION,
+                    "engine_version": manifest.engine_version or __version__})
+    tmp = folder / ".manifest.json.tmp"
+    tmp.write_text(m.to_json())
+    os.replace(tmp, folder / "manifest.json")
     return m
+
+
+def _regular_file(path: Path, limit: int, where: str) -> int:
+    """Size of ``path`` if it is a regular file (not a symlink, device or FIFO) under ``limit``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise PackageError(f"{where}: {path.name} is listed in the manifest but missing") from None
+    except OSError as exc:
+        raise PackageError(f"{where}: cannot read {path.name} ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise PackageError(f"{where}: {path.name} is {kind}; package files must be regular files")
+    if st.st_size > limit:
+        raise PackageError(f"{where}: {path.name} is {st.st_size} bytes, more than the {limit} allowed")
+    return st.st_size
 
 
 @dataclass(frozen=True)
@@ -77,50 +167,38 @@ class ModelPackage:
         return self.path / name if name in self.manifest.files else None
 
     @property
+    def contract(self) -> InputContract:
+        return self.manifest.contract
+
+    @property
     def has_dense(self) -> bool:
-        return "dense.onnx" in self.manifest.files and self.manifest.dense_stride is not None
+        return "dense.onnx" in self.manifest.files and self.contract.dense_stride is not None
 
     @classmethod
     def load(cls, path, verify_hashes: bool = True) -> "ModelPackage":
         """Open and verify a package folder; PackageError says exactly what is wrong."""
         folder = Path(path)
+        where = printable(folder.name or folder)
+        if not folder.is_dir():
+            raise PackageError(f"{printable(folder)} is not a model package folder")
         mpath = folder / "manifest.json"
-        if not mpath.exists():
-            raise PackageError(f"{folder} is not a model package: no manifest.json")
+        if not mpath.exists() and not mpath.is_symlink():
+            raise PackageError(f"{where} is not a model package: no manifest.json")
+        _regular_file(mpath, MAX_MANIFEST_BYTES, where)
         try:
-            raw = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PackageError(f"{mpath}: manifest is not valid JSON ({exc})") from exc
-        version = raw.get("format_version")
-        if version not in SUPPORTED_FORMAT_VERSIONS:
-            raise PackageError(f"{folder.name}: package format version {version!r} is not supported; this engine "
-                               f"reads versions {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}")
-        known = set(Manifest.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise PackageError(f"{folder.name}: unknown manifest fields {unknown} for format version {version}")
-        try:
-            m = Manifest(**{**raw, "target_spacing_zyx_mm": tuple(raw.get("target_spacing_zyx_mm", (1, 1, 1))),
-                            "hu_window": tuple(raw.get("hu_window", (-1000, 400)))})
-        except TypeError as exc:
-            raise PackageError(f"{folder.name}: manifest incomplete ({exc})") from exc
-        if m.patch_size != 41:
-            raise PackageError(f"{folder.name}: patch size {m.patch_size} is not supported (41 only)")
-        if m.normalisation not in NORMALISATIONS:
-            raise PackageError(f"{folder.name}: unknown normalisation {m.normalisation!r}; known: {NORMALISATIONS}")
-        lo, hi = m.hu_window
-        if not -3000 <= lo < hi <= 4000:
-            raise PackageError(f"{folder.name}: HU window {m.hu_window} is not a valid window")
+            raw = json.loads(mpath.read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise PackageError(f"{where}: manifest.json is not valid JSON ({printable(exc)})") from None
+        m = Manifest.from_dict(raw, where)
         if "patch.onnx" not in m.files:
-            raise PackageError(f"{folder.name}: manifest lists no patch.onnx")
+            raise PackageError(f"{where}: manifest lists no patch.onnx")
         for name, digest in m.files.items():
             f = folder / name
-            if not f.exists():
-                raise PackageError(f"{folder.name}: {name} is listed in the manifest but missing")
+            _regular_file(f, MAX_FILE_BYTES, where)
             if verify_hashes:
                 actual = sha256_file(f)
                 if actual != digest:
-                    raise PackageError(f"{folder.name}: {name} does not match its manifest hash "
+                    raise PackageError(f"{where}: {name} does not match its manifest hash "
                                        f"(manifest {digest[:12]}..., file {actual[:12]}...)")
         return cls(folder, m)
 

@@ -1,4 +1,5 @@
-"""Fused patch gather: 41^3 crops at given centres, HU window -> [0, 1], into a reused buffer.
+"""Fused patch gather: cubic crops (the contract's patch size) at given centres, HU window
+-> [0, 1], into a reused buffer.
 
 One numba pass per batch reads the volume once per patch voxel and writes the
 normalised float32 straight into the inference input buffer: no intermediate crop,
@@ -17,18 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from .contract import HU_WINDOW, PATCH_SIZE
 from .errors import ConfigError
-
-PATCH = 41
-HALF = PATCH // 2
 
 
 @dataclass(frozen=True)
 class Normalisation:
-    """HU window mapped linearly to [0, 1] and clipped (seed 001: [-1000, 400])."""
+    """HU window mapped linearly to [0, 1] and clipped (the model's `InputContract`)."""
 
-    hu_min: float = -1000.0
-    hu_max: float = 400.0
+    hu_min: float = HU_WINDOW[0]
+    hu_max: float = HU_WINDOW[1]
     pad_hu: float = -1000.0
 
     def __post_init__(self) -> None:
@@ -62,7 +61,7 @@ def _gather(vol, centres, out, lo, inv_range, pad_value, size):
 
 
 def gather(volume_hu: np.ndarray, centres_zyx: np.ndarray, out: np.ndarray | None = None,
-           norm: Normalisation = Normalisation(), size: int = PATCH) -> np.ndarray:
+           norm: Normalisation = Normalisation(), size: int = PATCH_SIZE) -> np.ndarray:
     """Gather patches centred at integer ``centres_zyx`` (N, 3) of a (z, y, x) HU array.
 
     Writes into ``out[:N]`` (shape (>=N, 1, size, size, size), float32, C-contiguous)
@@ -91,20 +90,21 @@ class PatchProducer:
     """
 
     def __init__(self, volume_hu: np.ndarray, centres_zyx: np.ndarray, batch_size: int,
-                 norm: Normalisation = Normalisation(), overlap: bool = True, n_buffers: int = 3):
+                 norm: Normalisation = Normalisation(), overlap: bool = True, n_buffers: int = 3,
+                 size: int = PATCH_SIZE):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.hu = np.ascontiguousarray(volume_hu)
         self.centres = np.asarray(centres_zyx, dtype=np.int64).reshape(-1, 3)
-        self.batch_size, self.norm, self.overlap = int(batch_size), norm, overlap
-        self.buffers = [np.empty((self.batch_size, 1, PATCH, PATCH, PATCH), np.float32) for _ in range(n_buffers)]
+        self.batch_size, self.norm, self.overlap, self.size = int(batch_size), norm, overlap, int(size)
+        self.buffers = [np.empty((self.batch_size, 1, size, size, size), np.float32) for _ in range(n_buffers)]
 
     def __len__(self) -> int:
         return -(-len(self.centres) // self.batch_size)
 
     def _batch(self, i: int):
         c = self.centres[i * self.batch_size:(i + 1) * self.batch_size]
-        return c, gather(self.hu, c, self.buffers[i % len(self.buffers)], self.norm)
+        return c, gather(self.hu, c, self.buffers[i % len(self.buffers)], self.norm, self.size)
 
     def __iter__(self):
         if not self.overlap:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .patches import PATCH, Normalisation
+from .contract import PATCH_SIZE
+from .patches import Normalisation
 
 
 @cuda.jit
@@ -35,7 +36,7 @@ def _gather_kernel(vol, centres, out, lo, inv_range, pad_value):
                 out[n, 0, k, jj, ii] = pad_value
 
 
-def gather_device(d_volume, d_centres, d_out, norm: Normalisation = Normalisation(), size: int = PATCH):
+def gather_device(d_volume, d_centres, d_out, norm: Normalisation = Normalisation(), size: int = PATCH_SIZE):
     """Launch the gather: ``d_volume`` (z, y, x) and ``d_centres`` (N, 3) int64 and ``d_out``
     (>= N, 1, size, size, size) float32 are device arrays. Returns ``d_out``."""
     n = d_centres.shape[0]
@@ -54,7 +55,7 @@ def gather_to_host(volume_hu: np.ndarray, centres: np.ndarray, norm: Normalisati
     c = np.ascontiguousarray(centres, dtype=np.int64).reshape(-1, 3)
     d_vol = cuda.to_device(np.ascontiguousarray(volume_hu))
     d_c = cuda.to_device(c)
-    d_out = cuda.device_array((len(c), 1, PATCH, PATCH, PATCH), dtype=np.float32)
+    d_out = cuda.device_array((len(c), 1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), dtype=np.float32)
     gather_device(d_vol, d_c, d_out, norm)
     return d_out.copy_to_host()
 

@@ -39,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from noduleflow.export.package import export_package
 
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,
-                            fp16=args.fp16, slim=args.slim)
-    if args.torch_compiled:
-        from noduleflow.export.aoti import export_aoti
-
-        for path in export_aoti(args.checkpoint, args.out):
-            print(f"wrote {path}")
+                            fp16=args.fp16, slim=args.slim, torch_compiled=args.torch_compiled)
     if args.tensorrt:
         from noduleflow.export.tensorrt_build import build_plan
 
@@ -52,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
             if (Path(args.out) / f"{graph}.onnx").exists():
                 print(f"wrote {build_plan(args.out, graph, args.tensorrt)}")
     for k, v in report.items():
-        print(f"{k}: {v:.2e}")
+        print(f"{k}: {v:.2e}" if isinstance(v, float) else f"{k}: {v}")
     print(f"wrote package {args.out}")
     return 0

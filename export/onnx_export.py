@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from noduleflow.engine import ConfigError, PackageError
+from noduleflow.engine.contract import PATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,10 @@ class _Dense:
         return Dense(model).eval()
 
 
-def export_patch(model, path: Path, uses_location: bool, opset: int = OPSET) -> Path:
+def export_patch(model, path: Path, uses_location: bool, patch: int = PATCH_SIZE, opset: int = OPSET) -> Path:
     import torch
 
-    x = torch.rand(2, 1, 41, 41, 41)
+    x = torch.rand(2, 1, patch, patch, patch)
     args = (x, torch.rand(2, 3)) if uses_location else (x,)
     names = ["patch", "location"] if uses_location else ["patch"]
     axes = {"patch": {0: "batch"}, "logit": {0: "batch"}}
@@ -46,13 +47,13 @@ def export_patch(model, path: Path, uses_location: bool, opset: int = OPSET) -> 
     return path
 
 
-def export_dense(model, path: Path, uses_location: bool, opset: int = OPSET) -> Path:
+def export_dense(model, path: Path, uses_location: bool, patch: int = PATCH_SIZE, opset: int = OPSET) -> Path:
     import torch
 
     dense = _Dense.make(model)
-    x = torch.rand(1, 1, 49, 53, 57)
+    x = torch.rand(1, 1, patch + 8, patch + 12, patch + 16)  # uneven sizes: the exporter keeps them symbolic
     s = model.dense_stride
-    out_shape = [(n - 41) // s + 1 for n in x.shape[2:]]
+    out_shape = [(n - patch) // s + 1 for n in x.shape[2:]]
     args = (x, torch.rand(1, 3, *out_shape)) if uses_location else (x,)
     names = ["volume", "location_map"] if uses_location else ["volume"]
     axes = {"volume": {0: "batch", 2: "depth", 3: "height", 4: "width"},
@@ -86,7 +87,7 @@ def _session(path: Path):
 
 
 def parity_patch(model, path: Path, patches: np.ndarray, uses_location: bool) -> float:
-    """max |logit(ONNX Runtime) - logit(PyTorch)| over ``patches`` (N, 1, 41, 41, 41)."""
+    """max |logit(ONNX Runtime) - logit(PyTorch)| over ``patches`` (N, 1, P, P, P)."""
     import torch
 
     rng = np.random.default_rng(0)
@@ -100,9 +101,10 @@ def parity_patch(model, path: Path, patches: np.ndarray, uses_location: bool) ->
     return float(np.abs(got - ref).max())
 
 
-def parity_dense(dense_path: Path, patch_path: Path, tile: np.ndarray, stride: int, uses_location: bool) -> float:
-    """max |dense(tile)[i,j,k] - patch(tile[s*i:s*i+41, ...])| over every output point."""
-    out_shape = [(n - 41) // stride + 1 for n in tile.shape]
+def parity_dense(dense_path: Path, patch_path: Path, tile: np.ndarray, stride: int, uses_location: bool,
+                 patch: int = PATCH_SIZE) -> float:
+    """max |dense(tile)[i,j,k] - patch(tile[s*i:s*i+P, ...])| over every output point."""
+    out_shape = [(n - patch) // stride + 1 for n in tile.shape]
     rng = np.random.default_rng(1)
     loc_map = rng.uniform(size=(1, 3, *out_shape)).astype(np.float32)
     feeds = {"volume": tile[None, None].astype(np.float32)}
@@ -113,7 +115,7 @@ def parity_dense(dense_path: Path, patch_path: Path, tile: np.ndarray, stride: i
         raise PackageError(f"dense graph gives {list(dense.shape)} outputs for a {list(tile.shape)} tile, "
                            f"expected {out_shape}")
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in out_shape], indexing="ij"), -1).reshape(-1, 3)
-    patches = np.stack([tile[s0:s0 + 41, s1:s1 + 41, s2:s2 + 41] for s0, s1, s2 in idx * stride])[:, None]
+    patches = np.stack([tile[s0:s0 + patch, s1:s1 + patch, s2:s2 + patch] for s0, s1, s2 in idx * stride])[:, None]
     feeds = {"patch": patches.astype(np.float32)}
     if uses_location:
         feeds["location"] = loc_map[0].reshape(3, -1).T.copy()
@@ -141,7 +143,7 @@ def to_fp16(src: Path, dst: Path) -> Path:
 def fp16_error(fp32_path: Path, fp16_path: Path, x: np.ndarray, extra: np.ndarray | None = None) -> dict:
     """max |logit| and max |sigmoid probability| difference, fp16 graph vs fp32 graph, on ``x``.
 
-    ``x``: the graph's first input, float32 (patches (N, 1, 41, 41, 41) or a tile (1, 1, D, H, W));
+    ``x``: the graph's first input, float32 (patches (N, 1, P, P, P) or a tile (1, 1, D, H, W));
     ``extra``: the second input (locations) for graphs that have one, the same for both graphs.
     """
     outs = []

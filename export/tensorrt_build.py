@@ -14,6 +14,7 @@ import numpy as np
 
 from noduleflow.engine import ConfigError
 from noduleflow.engine.backends.tensorrt import PRECISIONS, current_key, write_plan
+from noduleflow.engine.contract import PATCH_SIZE
 from noduleflow.engine.package import ModelPackage
 
 log = logging.getLogger(__name__)
@@ -29,23 +30,25 @@ class Profile:
     max: tuple
 
 
-def profiles(graph: str, max_batch: int = 256, opt_batch: int = 64, tile_out=(24, 24, 24), stride: int = 4):
-    """Patch graph: batch 1..max_batch. Dense graph: tiles from one output point (41^3) to
-    ``tile_out`` points per axis (the engine's tile: stride * (t - 1) + 41 voxels)."""
+def profiles(graph: str, max_batch: int = 256, opt_batch: int = 64, tile_out=(24, 24, 24), stride: int = 4,
+             patch: int = PATCH_SIZE):
+    """Patch graph: batch 1..max_batch. Dense graph: tiles from one output point (patch^3) to
+    ``tile_out`` points per axis (the engine's tile: stride * (t - 1) + patch voxels)."""
+    one = (1, 1, patch, patch, patch)
     if graph == "patch":
         if not 1 <= opt_batch <= max_batch:
             raise ConfigError(f"need 1 <= opt_batch <= max_batch, got {opt_batch}, {max_batch}")
-        return [Profile("patch", (1, 1, 41, 41, 41), (opt_batch, 1, 41, 41, 41), (max_batch, 1, 41, 41, 41))]
+        return [Profile("patch", one, (opt_batch, *one[1:]), (max_batch, *one[1:]))]
     if graph == "dense":
-        big = tuple(stride * (t - 1) + 41 for t in tile_out)
-        return [Profile("volume", (1, 1, 41, 41, 41), (1, 1, *big), (1, 1, *big))]
+        big = tuple(stride * (t - 1) + patch for t in tile_out)
+        return [Profile("volume", one, (1, 1, *big), (1, 1, *big))]
     raise ConfigError(f"graph must be 'patch' or 'dense', got {graph!r}")
 
 
 def calibration_batches(patches: np.ndarray, batch_size: int):
     """Representative patches cut into float32 batches for the INT8 entropy calibrator."""
-    if patches.ndim != 5 or patches.shape[1:] != (1, 41, 41, 41):
-        raise ConfigError(f"calibration patches must be (N, 1, 41, 41, 41), got {patches.shape}")
+    if patches.ndim != 5 or patches.shape[1] != 1 or len(set(patches.shape[2:])) != 1:
+        raise ConfigError(f"calibration patches must be (N, 1, P, P, P), got {patches.shape}")
     for s in range(0, len(patches) - batch_size + 1, batch_size):
         yield np.ascontiguousarray(patches[s:s + batch_size], dtype=np.float32)
 
@@ -71,7 +74,7 @@ def build_plan(package_dir, graph: str = "patch", precision: str = "fp16", works
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     profile = builder.create_optimization_profile()
-    for p in profiles(graph, stride=pkg.manifest.dense_stride or 4):
+    for p in profiles(graph, stride=pkg.contract.dense_stride or 4, patch=pkg.contract.patch_size):
         profile.set_shape(p.name, p.min, p.opt, p.max)
     config.add_optimization_profile(profile)
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""
@@ -99,7 +102,7 @@ def _entropy_calibrator(trt, patches, cache_path: Path, batch_size: int = 32):
         def __init__(self):
             super().__init__()
             self.batches = calibration_batches(patches, batch_size)
-            err, self.dev = cudart.cudaMalloc(batch_size * 41 ** 3 * 4)
+            err, self.dev = cudart.cudaMalloc(int(np.prod(patches.shape[1:])) * batch_size * 4)
 
         def get_batch_size(self):
             return batch_size

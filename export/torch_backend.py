@@ -16,7 +16,7 @@ from noduleflow.engine.package import ModelPackage
 
 class TorchCompiledBackend(Backend):
     def __init__(self, package: ModelPackage, graph: str = "patch", device: str | None = None, max_batch: int = 256):
-        super().__init__(graph, max_batch)
+        super().__init__(graph, max_batch, package.contract.patch_size)
         try:
             import torch
         except ImportError as exc:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from typing import TYPE_CHECKING
 
 from ..errors import BackendUnavailableError, ConfigError
-from ..package import ModelPackage
+
+if TYPE_CHECKING:  # the registry is imported by `import noduleflow`: keep it light
+    from ..package import ModelPackage
 
 log = logging.getLogger(__name__)
 

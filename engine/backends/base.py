@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from ..contract import PATCH_SIZE
 from ..errors import ConfigError
 
 
@@ -17,11 +18,12 @@ class Backend(ABC):
     device: str = "cpu"
     precision: str = "fp32"
 
-    def __init__(self, graph: str, max_batch: int):
+    def __init__(self, graph: str, max_batch: int, patch_size: int = PATCH_SIZE):
         if graph not in ("patch", "dense"):
             raise ConfigError(f"graph must be 'patch' or 'dense', got {graph!r}")
         self.graph = graph
         self.max_batch = int(max_batch)
+        self.patch_size = int(patch_size)  # from the package's input contract
         self._closed = False
 
     def __enter__(self):
@@ -33,7 +35,7 @@ class Backend(ABC):
     def infer(self, batch: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
         """Logits for a batch.
 
-        patch graph: (N, 1, 41, 41, 41) float32 -> (N,);
+        patch graph: (N, 1, P, P, P) float32 -> (N,), P the contract's patch size;
         dense graph: (N, 1, D, H, W) float32 -> (N, D', H', W').
         ``extra``: the location input of 3D-LOC packages ((N, 3) or (N, 3, D', H', W')).
         """
@@ -43,10 +45,11 @@ class Backend(ABC):
             raise ConfigError(f"{self.name}: input must be float32, got {getattr(batch, 'dtype', type(batch))}")
         if batch.ndim != 5 or batch.shape[1] != 1:
             raise ConfigError(f"{self.name}: input must be (N, 1, D, H, W), got shape {tuple(batch.shape)}")
-        if self.graph == "patch" and tuple(batch.shape[2:]) != (41, 41, 41):
-            raise ConfigError(f"{self.name}: patch graph takes (N, 1, 41, 41, 41), got {tuple(batch.shape)}")
-        if self.graph == "dense" and min(batch.shape[2:]) < 41:
-            raise ConfigError(f"{self.name}: dense tiles must be at least 41 per axis, got {tuple(batch.shape)}")
+        p = self.patch_size
+        if self.graph == "patch" and tuple(batch.shape[2:]) != (p, p, p):
+            raise ConfigError(f"{self.name}: patch graph takes (N, 1, {p}, {p}, {p}), got {tuple(batch.shape)}")
+        if self.graph == "dense" and min(batch.shape[2:]) < p:
+            raise ConfigError(f"{self.name}: dense tiles must be at least {p} per axis, got {tuple(batch.shape)}")
         if not 1 <= batch.shape[0] <= self.max_batch:
             raise ConfigError(f"{self.name}: batch of {batch.shape[0]} outside [1, {self.max_batch}]")
         return self._infer(batch, extra)

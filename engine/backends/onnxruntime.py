@@ -26,6 +26,47 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+def check_graph(session, package: ModelPackage, graph: str, fname: str) -> None:
+    """The graph's inputs and outputs must be what the package's contract says: a patch graph
+    takes (N, 1, P, P, P) and gives (N,) or (N, 1); a dense graph takes (N, 1, D, H, W) with
+    dynamic D, H, W and gives (N, D', H', W'); 3D-LOC graphs take the location as a second
+    input. A graph in the wrong slot or for another contract is refused before use."""
+    k = package.contract
+    ins, outs = session.get_inputs(), session.get_outputs()
+    want_inputs = 2 if k.uses_location else 1
+    where = f"package {package.manifest.model_id}: {fname}"
+    if len(ins) != want_inputs or len(outs) < 1:
+        raise PackageError(f"{where} has {len(ins)} inputs and {len(outs)} outputs; the contract needs "
+                           f"{want_inputs} input(s) and one output")
+    shape = list(ins[0].shape)
+    fixed = lambda d: d if isinstance(d, int) else None  # noqa: E731 (symbolic dims are names)
+    if len(shape) != 5 or fixed(shape[1]) not in (1, None):
+        raise PackageError(f"{where}: input shape {shape} is not (N, 1, D, H, W)")
+    out_rank = len(outs[0].shape)
+    if graph == "patch":
+        p = k.patch_size
+        if [fixed(d) for d in shape[2:]] != [p, p, p] or out_rank not in (1, 2):
+            raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a patch graph for "
+                               f"{p}^3 patches (N, 1, {p}, {p}, {p}) -> (N,)")
+    else:
+        if any(fixed(d) is not None for d in shape[2:]) or out_rank != 4:
+            raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a dense graph "
+                               "(N, 1, D, H, W) with dynamic D, H, W -> (N, D', H', W')")
+        # the stride is not in the graph's signature: run one small tile and compare (a few ms)
+        tile = np.zeros((1, 1, *(k.patch_size + 12,) * 3), np.float32)
+        feeds = {ins[0].name: tile}
+        want = k.dense_output_shape(tile.shape[2:])
+        if k.uses_location:
+            feeds[ins[1].name] = np.zeros((1, 3, *want), np.float32)
+        try:
+            got = tuple(session.run(None, feeds)[0].shape[1:])
+        except Exception as exc:  # ORT's own error types
+            raise PackageError(f"{where} does not run on a {tile.shape[2:]} tile ({type(exc).__name__})") from None
+        if got != tuple(want):
+            raise PackageError(f"{where} gives {got} output points for a {tile.shape[2:]} tile; the contract "
+                               f"(stride {k.dense_stride}) says {tuple(want)}")
+
+
 class OnnxRuntimeBackend(Backend):
     """``device``: "cpu", "cuda" or "tensorrt" (the execution provider asked for; a missing one
     is an error, not a silent fallback). ``threads``: intra-op threads (default: all cores).
@@ -37,7 +78,7 @@ class OnnxRuntimeBackend(Backend):
                  threads: int | None = None, max_batch: int = 256, precision: str = "fp32"):
         import onnxruntime as ort
 
-        super().__init__(graph, max_batch)
+        super().__init__(graph, max_batch, package.contract.patch_size)
         if device not in PROVIDERS:
             raise BackendUnavailableError(f"unknown ONNX Runtime device {device!r}; choose cpu, cuda or tensorrt")
         wanted = PROVIDERS[device][0]
@@ -59,7 +100,12 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(path), sess_options=so, providers=PROVIDERS[device])
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=PROVIDERS[device])
+        except Exception as exc:  # ORT raises its own types for a graph it cannot load
+            raise PackageError(f"package {package.manifest.model_id}: {fname} is not a loadable ONNX graph "
+                               f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        check_graph(self.session, package, graph, fname)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.name = f"onnxruntime-{device}" + ("-fp16" if precision == "fp16" else "")
         self.precision = precision

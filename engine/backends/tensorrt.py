@@ -98,7 +98,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, package: ModelPackage, graph: str = "patch", precision: str = "fp16",
                  max_batch: int = 256, max_tile=(137, 137, 137)):
-        super().__init__(graph, max_batch)
+        super().__init__(graph, max_batch, package.contract.patch_size)
         try:
             import tensorrt as trt
             from cuda.bindings import runtime as cudart
@@ -120,7 +120,7 @@ class TensorRTBackend(Backend):
         self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         err, self._stream = cudart.cudaStreamCreate()
         _check(err)
-        n_in = max_batch * 41 ** 3 if graph == "patch" else int(np.prod(max_tile))
+        n_in = max_batch * self.patch_size ** 3 if graph == "patch" else int(np.prod(max_tile))
         self._dev_in = self._malloc(n_in * 4)
         self._dev_out = self._malloc(n_in * 4)  # outputs are never larger than inputs
         err, self._host_in = cudart.cudaMallocHost(n_in * 4)

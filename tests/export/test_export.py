@@ -14,13 +14,16 @@ def test_package_contents_and_parity(tiny_package):
     pkg = ModelPackage.load(tiny_package)
     m = pkg.manifest
     assert set(m.files) == {"patch.onnx", "dense.onnx"}
-    assert m.dense_stride == 4 and m.dense_offset == 20 and m.architecture == "3d-1"
+    assert m.contract.dense_stride == 4 and m.contract.dense_offset == 20 and m.architecture == "3d-1"
     assert m.export["parity"]["patch_max_abs_logit_diff"] <= 1e-4
     assert m.export["parity"]["dense_vs_patch_max_abs_diff"] <= 1e-4
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(tiny_package / "patch.onnx")).metadata_props}
-    assert props["architecture"] == "3d-1" and props["package_format_version"] == "1"
+    assert props["architecture"] == "3d-1" and props["package_format_version"] == "2"
+    from noduleflow.engine.contract import InputContract
+
+    assert InputContract.from_dict(json.loads(props["contract"])) == m.contract  # the graph carries it too
 
 
 def test_3d_loc_exports_with_location_inputs(tmp_path):
@@ -33,7 +36,7 @@ def test_3d_loc_exports_with_location_inputs(tmp_path):
     save_checkpoint(tmp_path / "c", build_model("3d-loc").eval(), {"model": "3d-loc", "model_kwargs": {}}, "best")
     report = export_package(tmp_path / "c" / "best.safetensors", tmp_path / "p")
     assert max(report.values()) <= 1e-4
-    assert ModelPackage.load(tmp_path / "p").manifest.uses_location
+    assert ModelPackage.load(tmp_path / "p").contract.uses_location
 
 
 def _copy(src, dst):

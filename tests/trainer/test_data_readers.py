@@ -16,7 +16,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "lidc_read_message.xml"
 def _write_mhd(path: Path, seed: int):
     import SimpleITK as sitk
 
-    img = sitk.GetImageFromArray(np.random.default_rng(seed).integers(-1000, 400, (6, 8, 8)).astype(np.int16))
+    img = sitk.GetImageFromArray(np.random.default_rng(seed).integers(-1000, 400, (10, 16, 16)).astype(np.int16))
     img.SetSpacing((0.7, 0.7, 2.5))
     img.SetOrigin((-100.0, -120.0, -300.0))
     sitk.WriteImage(img, str(path))
@@ -172,4 +172,4 @@ def test_luna16_sources(luna):
     assert [s.scan_id for s in src] == ["1.2.3.1", "1.2.3.2"] and len(src[0].nodules) == 2
     assert len(src[1].excluded) == 1 and not {s.scan_id for s in src} & {s.series_uid for s in val}
     v = src[1].load()
-    assert v.series_uid == "1.2.3.2" and v.shape == (6, 8, 8)
+    assert v.series_uid == "1.2.3.2" and v.shape == (10, 16, 16)

@@ -13,7 +13,8 @@ import numpy as np
 from numba import njit
 
 from noduleflow.engine import ConfigError
-from noduleflow.engine.patches import PATCH, Normalisation
+from noduleflow.engine.contract import PATCH_SIZE
+from noduleflow.engine.patches import Normalisation
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def _sample_patch(vol, centre, rot, out, lo, inv_range, pad_hu):
 
 
 def transformed_patch_reference(volume_hu: np.ndarray, centre_zyx, rotation: np.ndarray | None = None, shift_zyx=(0, 0, 0),
-                      norm: Normalisation = Normalisation(), size: int = PATCH) -> np.ndarray:
+                      norm: Normalisation = Normalisation(), size: int = PATCH_SIZE) -> np.ndarray:
     """One patch float32 (1, size, size, size) in [0, 1]: output voxel at offset o from the patch
     centre samples the 1 mm volume at ``centre + shift + R @ o``: the content turns by R^-1 about
     the patch centre and moves by -shift."""
@@ -136,7 +137,7 @@ def transformed_patch_reference(volume_hu: np.ndarray, centre_zyx, rotation: np.
 
 
 def transformed_patch(volume_hu: np.ndarray, centre_zyx, rotation: np.ndarray | None = None, shift_zyx=(0, 0, 0),
-                      norm: Normalisation = Normalisation(), size: int = PATCH) -> np.ndarray:
+                      norm: Normalisation = Normalisation(), size: int = PATCH_SIZE) -> np.ndarray:
     """One patch float32 (1, size, size, size) in [0, 1]; numba kernel, same result as
     `transformed_patch_reference` (see there for the convention)."""
     rot = np.eye(3) if rotation is None else np.ascontiguousarray(rotation, dtype=np.float64)

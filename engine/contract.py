@@ -1,0 +1,161 @@
+"""The model's input contract: everything that must be the same when a patch is cut for
+training and when it is cut for inference.
+
+A model package's manifest carries one `InputContract` (``manifest.json["contract"]``); the
+trainer, the exporter and the engine read it from here and nowhere else, so the patch size,
+the HU window, the normalisation, the location input of 3D-LOC models, the dense grid and the
+preprocessing cannot drift between them. The defaults are the seed papers' choices: 41^3
+patches at 1 mm (seed 000), HU window [-1000, 400] scaled to [0, 1] (seed 001).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .config import CandidateRules
+from .errors import ConfigError
+from .preprocess import PreprocessSpec
+
+PATCH_SIZE = 41            # voxels per axis: the receptive field of every network of seed 000
+HU_WINDOW = (-1000.0, 400.0)
+NORMALISATIONS = ("window_to_unit",)
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """How a CT becomes network input.
+
+    patch_size: edge of the cubic patch, voxels of the preprocessed (1 mm) grid.
+    hu_window: (lo, hi) HU mapped linearly to [0, 1] and clipped ("window_to_unit").
+    pad_hu: value of voxels outside the volume.
+    uses_location: the network takes a second input, the patch centre's position in the lung
+        box as fractions in [0, 1] (z, y, x) (3D-LOC).
+    dense_stride, dense_offset: for fully convolutional graphs, output point i of a tile scores
+        the window starting at input voxel ``stride * i``, centred at ``offset + stride * i``
+        (offset = patch_size // 2; None: no dense graph).
+    preprocess: lung mask, crop margin and target spacing (`PreprocessSpec`).
+    candidate_rules: which grid points are scored (`CandidateRules`).
+    """
+    patch_size: int = PATCH_SIZE
+    hu_window: tuple[float, float] = HU_WINDOW
+    normalisation: str = "window_to_unit"
+    pad_hu: float = -1000.0
+    uses_location: bool = False
+    dense_stride: int | None = None
+    dense_offset: int | None = None
+    preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec())
+    candidate_rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0, reach=2)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.patch_size, int) or isinstance(self.patch_size, bool) or \
+                not 9 <= self.patch_size <= 255 or self.patch_size % 2 == 0:
+            raise ConfigError(f"patch_size must be an odd integer in [9, 255], got {self.patch_size!r}")
+        w = self.hu_window
+        if not (isinstance(w, (tuple, list)) and len(w) == 2 and all(_is_number(v) for v in w)
+                and -4000 <= w[0] < w[1] <= 5000):
+            raise ConfigError(f"hu_window must be (lo, hi) HU with -4000 <= lo < hi <= 5000, got {w!r}")
+        object.__setattr__(self, "hu_window", (float(w[0]), float(w[1])))
+        if self.normalisation not in NORMALISATIONS:
+            raise ConfigError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+        if not _is_number(self.pad_hu) or not -4000 <= self.pad_hu <= 5000:
+            raise ConfigError(f"pad_hu must be a number of HU in [-4000, 5000], got {self.pad_hu!r}")
+        if not isinstance(self.uses_location, bool):
+            raise ConfigError(f"uses_location must be true or false, got {self.uses_location!r}")
+        if (self.dense_stride is None) != (self.dense_offset is None):
+            raise ConfigError(f"dense_stride and dense_offset come together, got {self.dense_stride!r} "
+                              f"and {self.dense_offset!r}")
+        if self.dense_stride is not None:
+            s, o = self.dense_stride, self.dense_offset
+            if not (_is_int(s) and 1 <= s <= self.patch_size):
+                raise ConfigError(f"dense_stride must be an integer in [1, {self.patch_size}], got {s!r}")
+            # output point i scores the window [s i, s i + P): its centre is s i + P // 2, whatever s
+            if not (_is_int(o) and o == self.patch_size // 2):
+                raise ConfigError(f"dense_offset must be patch_size // 2 = {self.patch_size // 2} (the centre of "
+                                  f"each output point's window), got {o!r}")
+        if not isinstance(self.preprocess, PreprocessSpec):
+            raise ConfigError(f"preprocess must be a PreprocessSpec, got {type(self.preprocess).__name__}")
+        sp = self.preprocess.target_spacing_zyx_mm
+        # bounded: a 0.001 mm grid would ask the resampler for terabytes
+        if len(sp) != 3 or not all(_is_number(v) and 0.25 <= v <= 5.0 for v in sp):
+            raise ConfigError(f"preprocess.target_spacing_zyx_mm must be 3 numbers in [0.25, 5] mm, got {sp!r}")
+        if not _is_number(self.preprocess.margin_mm) or not 0 <= self.preprocess.margin_mm <= 200:
+            raise ConfigError(f"preprocess.margin_mm must be in [0, 200] mm, got {self.preprocess.margin_mm!r}")
+        if not isinstance(self.candidate_rules, CandidateRules):
+            raise ConfigError(f"candidate_rules must be CandidateRules, got {type(self.candidate_rules).__name__}")
+
+    # -- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "InputContract":
+        """From the manifest's JSON; ConfigError names any unknown or mistyped key."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"contract must be a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown contract keys {unknown}")
+        if "preprocess" in d:
+            pre = d["preprocess"]
+            if not isinstance(pre, dict) or not isinstance(pre.get("lung", {}), dict):
+                raise ConfigError(f"preprocess must be an object with a 'lung' object, got {pre!r}")
+            try:
+                d["preprocess"] = PreprocessSpec.from_dict(pre)
+            except TypeError as exc:
+                raise ConfigError(f"preprocess: {exc}") from None
+        if "candidate_rules" in d:
+            rules = d["candidate_rules"]
+            if not isinstance(rules, dict) or set(rules) - set(CandidateRules.__dataclass_fields__):
+                raise ConfigError(f"candidate_rules must be an object with keys among "
+                                  f"{sorted(CandidateRules.__dataclass_fields__)}, got {rules!r}")
+            try:
+                d["candidate_rules"] = CandidateRules(**rules)
+            except TypeError as exc:
+                raise ConfigError(f"candidate_rules: {exc}") from None
+        if isinstance(d.get("hu_window"), list):
+            d["hu_window"] = tuple(d["hu_window"])
+        return cls(**d)
+
+    # -- the contract applied ----------------------------------------------------------------
+    @property
+    def half(self) -> int:
+        return self.patch_size // 2
+
+    @property
+    def target_spacing_zyx_mm(self) -> tuple[float, float, float]:
+        return self.preprocess.target_spacing_zyx_mm
+
+    def normalise(self, hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """HU (any shape) -> float32 in [0, 1] by the window (``out`` reused when given)."""
+        lo, hi = self.hu_window
+        out = np.subtract(hu, lo, out=out, dtype=np.float32)
+        out *= np.float32(1.0 / (hi - lo))
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    @property
+    def pad_value(self) -> float:
+        """`pad_hu` after normalisation."""
+        lo, hi = self.hu_window
+        return min(max((self.pad_hu - lo) / (hi - lo), 0.0), 1.0)
+
+    def location(self, centres_zyx: np.ndarray, shape_zyx) -> np.ndarray:
+        """3D-LOC input: (N, 3) float32 centre positions as fractions of the lung box."""
+        return (np.asarray(centres_zyx, dtype=np.float64) /
+                np.maximum(np.asarray(shape_zyx) - 1, 1)).astype(np.float32)
+
+    def dense_output_shape(self, tile_shape_zyx) -> tuple[int, int, int]:
+        """Output grid of the dense graph on a tile: (n - patch) // stride + 1 per axis."""
+        if self.dense_stride is None:
+            raise ConfigError("this model has no dense graph")
+        return tuple((int(n) - self.patch_size) // self.dense_stride + 1 for n in tile_shape_zyx)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

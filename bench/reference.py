@@ -19,9 +19,12 @@ def label(mask):
 
 
 def lung_mask(volume: Volume, params: LungMaskParams = LungMaskParams()) -> np.ndarray:
-    """noduleflow.engine.lungmask.lung_mask with scipy.ndimage and skimage.measure."""
+    """noduleflow.engine.lungmask.lung_mask's algorithm with scipy.ndimage and skimage.measure, every step
+    on the scan's own voxels (the engine runs the topology on a coarse grid; ``params.grid_mm`` is ignored)."""
     from scipy import ndimage
     from skimage import measure
+
+    from noduleflow.engine.lungmask import AIRWAY_RIM_MM
 
     hu = volume.hu
     labels = measure.label(hu < params.threshold_hu, connectivity=1)
@@ -34,23 +37,24 @@ def lung_mask(volume: Volume, params: LungMaskParams = LungMaskParams()) -> np.n
     ok[border] = False
     ok &= props * voxel_ml >= params.min_lung_ml
     mask = ok[labels]
-    # airways
+    # airways: the lumen reaching the top slice, removed with its rim
     mean = ndimage.uniform_filter(hu.astype(np.float32), size=(1, 3, 3), mode="nearest")
     air = mask & (mean < params.airway_hu)
     air[:, 0] = air[:, -1] = air[:, :, 0] = air[:, :, -1] = False
     alab = measure.label(air, connectivity=1)
+    lumen = np.zeros(mask.shape, bool)
+    r = max(1, int(round(AIRWAY_RIM_MM / min(volume.spacing_zyx_mm[1:]))))
+    rim_st = np.ones((1, 2 * r + 1, 2 * r + 1), bool)
     if alab.max():
         zs = np.flatnonzero(mask.any(axis=(1, 2)))
         top = zs[-1] if volume.direction_matrix[2, 2] >= 0 else zs[0]
         px = volume.spacing_zyx_mm[1] * volume.spacing_zyx_mm[2]
         ids, counts = np.unique(alab[top][alab[top] > 0], return_counts=True)
         vol_of = np.bincount(alab.ravel())
-        rm = np.isin(alab, [i for i, c in zip(ids, counts)
-                            if c * px <= params.max_trachea_area_mm2 and vol_of[i] < 0.1 * mask.sum()])
-        if rm.any():
-            r = max(1, int(round(3.0 / min(volume.spacing_zyx_mm[1:]))))
-            rm = ndimage.binary_dilation(rm, structure=np.ones((1, 2 * r + 1, 2 * r + 1), bool)) & mask
-            mask &= ~rm
+        lumen = np.isin(alab, [i for i, c in zip(ids, counts)
+                               if c * px <= params.max_trachea_area_mm2 and vol_of[i] < 0.1 * mask.sum()])
+        if lumen.any():
+            mask &= ~(ndimage.binary_dilation(lumen, structure=rim_st) & mask)
     labels = measure.label(mask, connectivity=1)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
@@ -58,9 +62,9 @@ def lung_mask(volume: Volume, params: LungMaskParams = LungMaskParams()) -> np.n
     keep = [order[0]]
     if len(order) > 2 and sizes[order[1]] >= params.second_lung_ratio * sizes[order[0]]:
         keep.append(order[1])
-    mask = np.isin(labels, keep)
+    lung = np.isin(labels, keep)
     fill = lambda m: np.stack([ndimage.binary_fill_holes(s) for s in m])  # noqa: E731
-    mask = fill(mask)
+    filled = mask = fill(lung)
     if params.close_mm > 0:
         r = [int(round(params.close_mm / s)) for s in volume.spacing_zyx_mm]
         st = np.ones((1, 2 * r[1] + 1, 2 * r[2] + 1), bool)
@@ -69,6 +73,10 @@ def lung_mask(volume: Volume, params: LungMaskParams = LungMaskParams()) -> np.n
     if params.dilate_mm > 0:
         r = [int(round(params.dilate_mm / s)) for s in volume.spacing_zyx_mm]
         mask = ndimage.binary_dilation(mask, structure=np.ones([2 * v + 1 for v in r], bool))
+    # the extrapulmonary airway (lumen not enclosed by the lung in its slice) + rim, minus the lung's air
+    outside = lumen & ~filled
+    if outside.any():
+        mask &= ~(ndimage.binary_dilation(outside, structure=rim_st) & ~lung)
     return mask
 
 

@@ -81,10 +81,14 @@ def _label6(mask):
 
 @njit(cache=True)
 def _stats(labels, n):
-    """Per label: voxel count, and whether it touches the y/x faces (in-plane border)."""
+    """Per label: voxel count, whether it touches the y/x faces (in-plane border), and its
+    bounding box (z0, z1, y0, y1, x0, x1), half-open; one pass."""
     nz, ny, nx = labels.shape
     sizes = np.zeros(n + 1, dtype=np.int64)
     border = np.zeros(n + 1, dtype=np.bool_)
+    boxes = np.empty((n + 1, 6), dtype=np.int64)
+    boxes[:, 0::2] = np.iinfo(np.int64).max
+    boxes[:, 1::2] = -1
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
@@ -93,7 +97,20 @@ def _stats(labels, n):
                     sizes[v] += 1
                     if y == 0 or x == 0 or y == ny - 1 or x == nx - 1:
                         border[v] = True
-    return sizes, border
+                    b = boxes[v]
+                    if z < b[0]:
+                        b[0] = z
+                    if z >= b[1]:
+                        b[1] = z + 1
+                    if y < b[2]:
+                        b[2] = y
+                    if y >= b[3]:
+                        b[3] = y + 1
+                    if x < b[4]:
+                        b[4] = x
+                    if x >= b[5]:
+                        b[5] = x + 1
+    return sizes, border, boxes
 
 
 def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -107,4 +124,11 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 def component_stats(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(sizes int64 (n+1,), touches_inplane_border bool (n+1,)); index 0 is background."""
+    sizes, border, _ = _stats(labels, n)
+    return sizes, border
+
+
+def component_boxes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`component_stats` plus each component's bounding box, int64 (n+1, 6) rows (z0, z1, y0, y1, x0, x1),
+    half-open voxel indices (row 0, the background, is meaningless); the same single pass."""
     return _stats(labels, n)

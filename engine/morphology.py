@@ -1,54 +1,94 @@
-"""Binary morphology for the lung mask (numba).
+"""Binary morphology and grid kernels for the lung mask (numba).
 
-Box dilation/erosion is separable, and each 1-D pass is a running count over a prefix
-sum, so its cost does not grow with the radius. Hole filling works per axial slice
-(a flood fill of the background from the slice border): vessels and nodules inside
-the lung are enclosed in the axial plane even where the lung is open at the scan's
-top or bottom slice.
+Box dilation/erosion is separable, and each 1-D pass is a running count over a window,
+so its cost does not grow with the radius. Every pass walks whole x rows (the
+contiguous axis) and keeps one counter per x, so memory is read in order whatever the
+axis. Hole filling works per axial slice (a flood fill of the background from the
+slice border): vessels and nodules inside the lung are enclosed in the axial plane
+even where the lung is open at the scan's top or bottom slice.
+
+The lung mask runs its topology (components, airways, holes, closing) on a coarse grid
+of f_z x f_y x f_x blocks (`block_mean`) and draws the final boundary on the scan's own
+voxels (`refine_blocks`): see engine/lungmask.py.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from .errors import ConfigError
+
 
 @njit(cache=True, parallel=True)
-def _dilate_axis(mask, r, axis):
+def _dilate_x(mask, r):
     nz, ny, nx = mask.shape
-    out = np.zeros_like(mask)
-    if axis == 0:
-        for y in prange(ny):
-            s = np.zeros(nz + 1, dtype=np.int32)
-            for x in range(nx):
-                for z in range(nz):
-                    s[z + 1] = s[z] + mask[z, y, x]
-                for z in range(nz):
-                    out[z, y, x] = s[min(z + r + 1, nz)] - s[max(z - r, 0)] > 0
-    elif axis == 1:
-        for z in prange(nz):
-            s = np.zeros(ny + 1, dtype=np.int32)
-            for x in range(nx):
-                for y in range(ny):
-                    s[y + 1] = s[y] + mask[z, y, x]
-                for y in range(ny):
-                    out[z, y, x] = s[min(y + r + 1, ny)] - s[max(y - r, 0)] > 0
-    else:
-        for z in prange(nz):
-            s = np.zeros(nx + 1, dtype=np.int32)
-            for y in range(ny):
+    out = np.empty_like(mask)
+    for z in prange(nz):
+        for y in range(ny):
+            cnt = 0
+            for x in range(nx + r):
+                if x < nx:
+                    cnt += mask[z, y, x]
+                xo = x - r
+                if xo >= 0:
+                    j = xo - r - 1
+                    if j >= 0:
+                        cnt -= mask[z, y, j]
+                    out[z, y, xo] = cnt > 0
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _dilate_y(mask, r):
+    nz, ny, nx = mask.shape
+    out = np.empty_like(mask)
+    for z in prange(nz):
+        cnt = np.zeros(nx, dtype=np.int32)
+        for y in range(ny + r):
+            if y < ny:
                 for x in range(nx):
-                    s[x + 1] = s[x] + mask[z, y, x]
+                    cnt[x] += mask[z, y, x]
+            yo = y - r
+            if yo >= 0:
+                j = yo - r - 1
+                if j >= 0:
+                    for x in range(nx):
+                        cnt[x] -= mask[z, j, x]
                 for x in range(nx):
-                    out[z, y, x] = s[min(x + r + 1, nx)] - s[max(x - r, 0)] > 0
+                    out[z, yo, x] = cnt[x] > 0
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _dilate_z(mask, r):
+    nz, ny, nx = mask.shape
+    out = np.empty_like(mask)
+    for y in prange(ny):
+        cnt = np.zeros(nx, dtype=np.int32)
+        for z in range(nz + r):
+            if z < nz:
+                for x in range(nx):
+                    cnt[x] += mask[z, y, x]
+            zo = z - r
+            if zo >= 0:
+                j = zo - r - 1
+                if j >= 0:
+                    for x in range(nx):
+                        cnt[x] -= mask[j, y, x]
+                for x in range(nx):
+                    out[zo, y, x] = cnt[x] > 0
     return out
 
 
 def dilate(mask: np.ndarray, radius_zyx) -> np.ndarray:
-    """Binary dilation by a (2r+1) box; radius in voxels per axis (z, y, x)."""
+    """Binary dilation of a bool (z, y, x) mask by a (2r+1) box; radius in voxels per axis (z, y, x).
+
+    Outside the volume counts as background (scipy.ndimage.binary_dilation's default).
+    """
     out = np.ascontiguousarray(mask, dtype=np.bool_)
-    for axis, r in enumerate(radius_zyx):
+    for r, fn in zip(radius_zyx, (_dilate_z, _dilate_y, _dilate_x)):
         if r > 0:
-            out = _dilate_axis(out, int(r), axis)
+            out = fn(out, int(r))
     return out
 
 
@@ -58,6 +98,7 @@ def erode(mask: np.ndarray, radius_zyx) -> np.ndarray:
 
 
 def close(mask: np.ndarray, radius_zyx) -> np.ndarray:
+    """Binary closing (dilate, then erode) by a box; radius in voxels per axis (z, y, x)."""
     return erode(dilate(mask, radius_zyx), radius_zyx)
 
 
@@ -66,34 +107,48 @@ def _fill_holes_2d(mask):
     nz, ny, nx = mask.shape
     out = mask.copy()
     for z in prange(nz):
-        seen = np.zeros((ny, nx), dtype=np.bool_)
-        stack = np.empty(ny * nx, dtype=np.int64)
-        top = 0
+        # holes lie inside the slice's bounding box of the mask: flood the background from the
+        # box grown by one voxel (all background at its edge, unless clipped by the slice's own edge)
+        y0, y1, x0, x1 = ny, -1, nx, -1
         for y in range(ny):
             for x in range(nx):
-                if (y == 0 or x == 0 or y == ny - 1 or x == nx - 1) and not mask[z, y, x] and not seen[y, x]:
+                if mask[z, y, x]:
+                    y0 = min(y0, y)
+                    y1 = max(y1, y)
+                    x0 = min(x0, x)
+                    x1 = max(x1, x)
+        if y1 < 0:
+            continue
+        y0, y1, x0, x1 = max(y0 - 1, 0), min(y1 + 1, ny - 1), max(x0 - 1, 0), min(x1 + 1, nx - 1)
+        h, w = y1 - y0 + 1, x1 - x0 + 1
+        seen = np.zeros((h, w), dtype=np.bool_)
+        stack = np.empty(h * w, dtype=np.int64)
+        top = 0
+        for y in range(h):
+            for x in range(w):
+                if (y == 0 or x == 0 or y == h - 1 or x == w - 1) and not mask[z, y0 + y, x0 + x] and not seen[y, x]:
                     seen[y, x] = True
-                    stack[top] = y * nx + x
+                    stack[top] = y * w + x
                     top += 1
         while top > 0:
             top -= 1
-            p = stack[top]
-            y, x = p // nx, p % nx
+            q = stack[top]
+            y, x = q // w, q % w
             for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
                 yy, xx = y + dy, x + dx
-                if 0 <= yy < ny and 0 <= xx < nx and not mask[z, yy, xx] and not seen[yy, xx]:
+                if 0 <= yy < h and 0 <= xx < w and not mask[z, y0 + yy, x0 + xx] and not seen[yy, xx]:
                     seen[yy, xx] = True
-                    stack[top] = yy * nx + xx
+                    stack[top] = yy * w + xx
                     top += 1
-        for y in range(ny):
-            for x in range(nx):
-                if not mask[z, y, x] and not seen[y, x]:
-                    out[z, y, x] = True
+        for y in range(h):
+            for x in range(w):
+                if not mask[z, y0 + y, x0 + x] and not seen[y, x]:
+                    out[z, y0 + y, x0 + x] = True
     return out
 
 
 def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions not 4-connected to the border of their axial slice."""
+    """Fill background regions not 4-connected to the border of their axial slice (bool (z, y, x))."""
     return _fill_holes_2d(np.ascontiguousarray(mask, dtype=np.bool_))
 
 
@@ -115,5 +170,104 @@ def _mean3_inplane_below(hu, mask, thr):
 
 
 def smoothed_below(hu: np.ndarray, mask: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """Bool (z, y, x): ``mask`` & (3x3 in-plane mean of ``hu`` < ``threshold_hu``); the outermost rows
+    and columns of each slice are False. ``hu`` int16 or float32, same shape as ``mask``."""
     return _mean3_inplane_below(np.ascontiguousarray(hu), np.ascontiguousarray(mask, dtype=np.bool_),
                                 float(threshold_hu))
+
+
+@njit(cache=True, parallel=True)
+def _block_mean(hu, fz, fy, fx, out):
+    cz, cy, cx = out.shape
+    nz, ny, nx = hu.shape
+    for k in prange(cz):
+        z0, z1 = k * fz, min(k * fz + fz, nz)
+        acc = np.zeros((cy, cx), dtype=np.int32)  # int32: up to 64 voxels of |HU| < 32768 per block
+        for z in range(z0, z1):
+            for y in range(ny):
+                row = acc[y // fy]
+                i = 0
+                c = 0
+                for x in range(nx):  # a counter instead of x // fx: no division per voxel
+                    row[i] += hu[z, y, x]
+                    c += 1
+                    if c == fx:
+                        c = 0
+                        i += 1
+        for j in range(cy):
+            ny_b = min(j * fy + fy, ny) - j * fy
+            for i in range(cx):
+                nx_b = min(i * fx + fx, nx) - i * fx
+                out[k, j, i] = acc[j, i] / np.float32((z1 - z0) * ny_b * nx_b)
+
+
+def block_mean(hu: np.ndarray, factors_zyx) -> np.ndarray:
+    """Mean of each f_z x f_y x f_x block of int16 ``hu`` (z, y, x), float32 of shape ceil(n / f) per axis.
+
+    The last block along an axis may be partial; its mean is over the voxels it holds.
+    """
+    fz, fy, fx = (int(f) for f in factors_zyx)
+    if fz * fy * fx > 64:
+        raise ConfigError(f"blocks of at most 64 voxels, got {factors_zyx}")
+    shape = tuple(-(-n // f) for n, f in zip(hu.shape, (fz, fy, fx)))
+    out = np.empty(shape, dtype=np.float32)
+    _block_mean(np.ascontiguousarray(hu, dtype=np.int16), fz, fy, fx, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _refine_blocks(hu, code, fz, fy, fx, oz, oy, ox, thr, out):
+    nz, ny, nx = hu.shape
+    cz, cy, cx = code.shape
+    for k in prange(cz):
+        for z in range(max((oz + k) * fz, 0), min((oz + k + 1) * fz, nz)):
+            for j in range(cy):
+                for y in range((oy + j) * fy, min((oy + j + 1) * fy, ny)):
+                    for i in range(cx):
+                        c = code[k, j, i]
+                        x0 = (ox + i) * fx
+                        x1 = min(x0 + fx, nx)
+                        if c == 2:
+                            for x in range(x0, x1):
+                                out[z, y, x] = hu[z, y, x] < thr
+                        elif c == 1:
+                            for x in range(x0, x1):
+                                out[z, y, x] = True
+
+
+def refine_blocks(hu: np.ndarray, code: np.ndarray, factors_zyx, threshold_hu: float, origin_zyx=(0, 0, 0),
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Bool mask on the fine grid of ``hu`` (z, y, x) from a uint8 code per coarse block:
+    0 = every voxel of the block out, 1 = every voxel in, 2 = voxel in where ``hu < threshold_hu``.
+
+    ``code`` covers the coarse blocks from ``origin_zyx`` (block indices) on, on the block grid of
+    `block_mean`; fine voxels outside it are left as they are in ``out`` (default: a new all-False
+    array, which costs no memory where it is never written).
+    """
+    fz, fy, fx = (int(f) for f in factors_zyx)
+    if out is None:
+        out = np.zeros(hu.shape, dtype=np.bool_)
+    _refine_blocks(np.ascontiguousarray(hu), np.ascontiguousarray(code, dtype=np.uint8), fz, fy, fx,
+                   *(int(o) for o in origin_zyx), float(threshold_hu), out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _clear_blocks(mask, cut, fz, fy, fx, oz, oy, ox):
+    nz, ny, nx = mask.shape
+    cz, cy, cx = cut.shape
+    for k in prange(cz):
+        for z in range((oz + k) * fz, min((oz + k + 1) * fz, nz)):
+            for j in range(cy):
+                for y in range((oy + j) * fy, min((oy + j + 1) * fy, ny)):
+                    for i in range(cx):
+                        if cut[k, j, i]:
+                            for x in range((ox + i) * fx, min((ox + i + 1) * fx, nx)):
+                                mask[z, y, x] = False
+
+
+def clear_blocks(mask: np.ndarray, cut: np.ndarray, factors_zyx, origin_zyx=(0, 0, 0)) -> None:
+    """In place: set False every fine voxel of ``mask`` (z, y, x) whose coarse block is True in ``cut``
+    (``cut`` covers the blocks from ``origin_zyx`` on, as in `refine_blocks`)."""
+    _clear_blocks(mask, np.ascontiguousarray(cut, dtype=np.bool_), *(int(f) for f in factors_zyx),
+                  *(int(o) for o in origin_zyx))

@@ -19,32 +19,38 @@ from .errors import ConfigError
 from .volume import Volume
 
 
+def _axis_table(n_out: int, n_in: int, scale: float):
+    """Per output index along one axis: the two input neighbours (int64) and the weight of the
+    second (float32), i.e. continuous index i * scale clamped to the last input voxel."""
+    f = np.arange(n_out, dtype=np.float64) * scale
+    i0 = np.minimum(f.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (f - i0).astype(np.float32)
+
+
 @njit(cache=True, parallel=True)
-def _trilinear(src, out, scale_z, scale_y, scale_x):
-    nz, ny, nx = src.shape
+def _trilinear(src, out, z0, z1, wz, y0, y1, wy, x0, x1, wx, round_to_int):
+    # per output row: blend the four input rows it lies between (contiguous, vectorised),
+    # then interpolate along x from that one row; 5 multiply-adds per input row voxel and 2
+    # per output voxel instead of 7 lerps and 8 gathers per output voxel
     oz, oy, ox = out.shape
+    nx = src.shape[2]
     for k in prange(oz):
-        fz = k * scale_z
-        z0 = min(int(fz), nz - 1)
-        z1 = min(z0 + 1, nz - 1)
-        wz = fz - z0
+        row = np.empty(nx, dtype=np.float32)
         for j in range(oy):
-            fy = j * scale_y
-            y0 = min(int(fy), ny - 1)
-            y1 = min(y0 + 1, ny - 1)
-            wy = fy - y0
+            a = (np.float32(1.0) - wz[k]) * (np.float32(1.0) - wy[j])
+            b = (np.float32(1.0) - wz[k]) * wy[j]
+            c = wz[k] * (np.float32(1.0) - wy[j])
+            d = wz[k] * wy[j]
+            r00, r01, r10, r11 = src[z0[k], y0[j]], src[z0[k], y1[j]], src[z1[k], y0[j]], src[z1[k], y1[j]]
+            for x in range(nx):
+                row[x] = a * r00[x] + b * r01[x] + c * r10[x] + d * r11[x]
             for i in range(ox):
-                fx = i * scale_x
-                x0 = min(int(fx), nx - 1)
-                x1 = min(x0 + 1, nx - 1)
-                wx = fx - x0
-                c00 = src[z0, y0, x0] * (1.0 - wx) + src[z0, y0, x1] * wx
-                c01 = src[z0, y1, x0] * (1.0 - wx) + src[z0, y1, x1] * wx
-                c10 = src[z1, y0, x0] * (1.0 - wx) + src[z1, y0, x1] * wx
-                c11 = src[z1, y1, x0] * (1.0 - wx) + src[z1, y1, x1] * wx
-                c0 = c00 * (1.0 - wy) + c01 * wy
-                c1 = c10 * (1.0 - wy) + c11 * wy
-                out[k, j, i] = c0 * (1.0 - wz) + c1 * wz
+                v = row[x0[i]] + wx[i] * (row[x1[i]] - row[x0[i]])
+                if round_to_int:
+                    out[k, j, i] = np.rint(v)
+                else:
+                    out[k, j, i] = v
 
 
 @njit(cache=True, parallel=True)
@@ -87,10 +93,11 @@ def resample(volume: Volume, spacing_zyx_mm=(1.0, 1.0, 1.0), order: int = 1) -> 
     else:
         if src.dtype == np.bool_:
             raise ConfigError("trilinear resampling of a boolean mask: use order=0")
-        out = np.empty(shape, dtype=np.float32)
-        _trilinear(src, out, *scales)
-        if np.issubdtype(src.dtype, np.integer):
-            out = np.rint(out).astype(src.dtype)
+        # integer input: rounded in the kernel, no float32 copy of the output (trilinear values
+        # lie between their neighbours', so they fit the input's type)
+        out = np.empty(shape, dtype=src.dtype if np.issubdtype(src.dtype, np.integer) else np.float32)
+        tables = [t for n_out, n_in, sc in zip(shape, src.shape, scales) for t in _axis_table(n_out, n_in, sc)]
+        _trilinear(src if src.dtype != np.float64 else src.astype(np.float32), out, *tables, out.dtype != np.float32)
     return volume.with_array(out, spacing_zyx_mm=sp)
 
 

@@ -7,9 +7,10 @@ import pytest
 from noduleflow.bench import reference as ref
 from noduleflow.engine import Volume
 from noduleflow.engine.candidates import CandidateRules, candidates
-from noduleflow.engine.ccl import component_stats, label
-from noduleflow.engine.lungmask import LungMaskParams, dice, lung_mask
-from noduleflow.engine.morphology import close, dilate, erode, fill_holes_2d
+from noduleflow.engine.ccl import component_boxes, component_stats, label
+from noduleflow.engine.lungmask import LungMaskParams, dice, grid_factors, lung_mask
+from noduleflow.engine.morphology import (block_mean, clear_blocks, close, dilate, erode, fill_holes_2d,
+                                          refine_blocks)
 from noduleflow.engine.patches import Normalisation, PatchProducer, gather
 from noduleflow.engine.resample import crop, lung_bbox, resample
 from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
@@ -48,6 +49,74 @@ def test_morphology_matches_scipy():
     assert close(ring, (0, 2, 2))[1, 10, 10]
 
 
+def test_component_boxes_match_scipy():
+    from scipy import ndimage
+
+    mask = np.random.default_rng(5).uniform(size=(20, 30, 40)) < 0.3
+    lab, n = label(mask)
+    sizes, border, boxes = component_boxes(lab, n)
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        assert tuple(boxes[i]) == (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop, sl[2].start, sl[2].stop)
+    np.testing.assert_array_equal(sizes[1:], np.bincount(lab.ravel(), minlength=n + 1)[1:])
+
+
+@pytest.mark.parametrize("radius", [(0, 0, 1), (0, 3, 0), (2, 0, 0), (3, 4, 4), (1, 1, 1), (0, 25, 2)])
+def test_dilate_erode_every_axis_match_scipy(radius):
+    from scipy import ndimage
+
+    mask = np.random.default_rng(sum(radius)).uniform(size=(17, 33, 29)) < 0.04
+    st = np.ones([2 * r + 1 for r in radius], bool)
+    np.testing.assert_array_equal(dilate(mask, radius), ndimage.binary_dilation(mask, st))
+    big = dilate(mask, (1, 2, 2))
+    np.testing.assert_array_equal(erode(big, radius), ndimage.binary_erosion(big, st, border_value=1))
+
+
+@pytest.mark.parametrize("density", [0.3, 0.55, 0.7])
+def test_fill_holes_2d_matches_scipy(density):
+    from scipy import ndimage
+
+    mask = np.random.default_rng(6).uniform(size=(6, 37, 41)) < density
+    mask[2] = False  # an empty slice
+    mask[3, 0, :] = True  # a slice whose mask touches its edge
+    want = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+    np.testing.assert_array_equal(fill_holes_2d(mask), want)
+
+
+@pytest.mark.parametrize("factors", [(1, 2, 2), (2, 2, 2), (3, 1, 2), (1, 4, 4)])
+def test_block_mean_matches_numpy(factors):
+    hu = np.random.default_rng(7).integers(-3024, 3000, (13, 22, 19)).astype(np.int16)
+    got = block_mean(hu, factors)
+    pad = [(0, -n % f) for n, f in zip(hu.shape, factors)]
+    vals = np.pad(hu.astype(np.float64), pad, constant_values=np.nan)
+    shp = [s // f for s, f in zip(vals.shape, factors)]
+    want = np.nanmean(vals.reshape(shp[0], factors[0], shp[1], factors[1], shp[2], factors[2]), axis=(1, 3, 5))
+    assert got.shape == tuple(shp) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+@pytest.mark.parametrize("factors,origin", [((2, 2, 2), (0, 0, 0)), ((1, 2, 3), (2, 1, 1)), ((2, 3, 2), (1, 2, 0))])
+def test_refine_and_clear_blocks_match_numpy(factors, origin):
+    rng = np.random.default_rng(8)
+    hu = rng.integers(-1000, 200, (11, 20, 17)).astype(np.int16)
+    cshape = [-(-n // f) for n, f in zip(hu.shape, factors)]
+    code = rng.integers(0, 3, [c - o for c, o in zip(cshape, origin)]).astype(np.uint8)
+    full = np.zeros(cshape, np.uint8)
+    full[origin[0]:, origin[1]:, origin[2]:] = code
+    up = full.repeat(factors[0], 0).repeat(factors[1], 1).repeat(factors[2], 2)[:hu.shape[0], :hu.shape[1], :hu.shape[2]]
+    want = (up == 1) | ((up == 2) & (hu < -320))
+    got = refine_blocks(hu, code, factors, -320.0, origin_zyx=origin)
+    np.testing.assert_array_equal(got, want)
+    cut = code == 1
+    clear_blocks(got, cut, factors, origin_zyx=origin)
+    np.testing.assert_array_equal(got, want & (up != 1))
+
+
+def test_grid_factors():
+    assert grid_factors((1.0, 0.7, 0.7), 2.0) == (2, 2, 2)
+    assert grid_factors((2.5, 0.5, 0.66), 2.0) == (1, 4, 3)
+    assert grid_factors((1.0, 0.7, 0.7), 0.0) == (1, 1, 1)
+
+
 @pytest.fixture(scope="module")
 def phantoms():
     cases = {"two": PhantomParams(n_nodules=3), "touching": PhantomParams(n_nodules=2, touching_lungs=True),
@@ -64,6 +133,28 @@ def test_lung_mask_dice_and_reference(phantoms, case):
     theirs = ref.lung_mask(ph.volume, LungMaskParams())
     assert dice(ours, theirs) > 0.999
     assert ours.shape == ph.volume.shape and ours.dtype == bool
+
+
+@pytest.fixture(scope="module")
+def fine_phantom():
+    # fine enough that the mask's topology runs on 2 x 2 blocks in plane (grid_factors (1, 2, 2))
+    return generate_phantom(31, params=PhantomParams(n_nodules=4), shape_zyx=(60, 224, 224),
+                            spacing_zyx_mm=(2.5, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("dilate_mm", [0.0, 3.0])
+def test_lung_mask_on_coarse_grid_matches_full_resolution_reference(fine_phantom, dilate_mm):
+    vol = fine_phantom.volume
+    p = LungMaskParams(dilate_mm=dilate_mm)
+    assert grid_factors(vol.spacing_zyx_mm, p.grid_mm) == (1, 2, 2)
+    theirs = ref.lung_mask(vol, p)
+    full = lung_mask(vol, p, grid_mm=0)
+    assert dice(full, theirs) > 0.999  # the same algorithm at full resolution
+    ours = lung_mask(vol, p)
+    assert ours.shape == vol.shape and ours.dtype == bool
+    assert dice(ours, theirs) >= 0.99
+    if dilate_mm == 0:
+        assert dice(ours, fine_phantom.lung_mask) >= 0.97
 
 
 def test_lung_mask_keeps_nodules_and_removes_trachea(phantoms):
@@ -93,6 +184,18 @@ def test_lung_mask_refuses_a_volume_without_lungs():
     vol = Volume(np.full((10, 40, 40), 40, np.int16), (1, 1, 1), (0, 0, 0))
     with pytest.raises(VolumeError, match="no lung"):
         lung_mask(vol)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+@pytest.mark.parametrize("spacing_zyx_mm", [(1.0, 1.0, 1.0), (0.8, 1.7, 0.6)])
+def test_resample_dtypes_and_spacings_equal_simpleitk(dtype, spacing_zyx_mm):
+    ph = generate_phantom(9, shape_zyx=(24, 70, 60), spacing_zyx_mm=(2.0, 0.75, 1.3))
+    vol = ph.volume.with_array(ph.volume.hu.astype(dtype))
+    out = resample(vol, spacing_zyx_mm)
+    assert out.hu.dtype == (np.int16 if dtype == np.int16 else np.float32)
+    theirs = ref.resample_sitk(vol, out)
+    tol = 0.5 + 1e-3 if dtype == np.int16 else 1e-2  # int16: rounding only
+    assert np.abs(theirs[1:-1, 1:-1, 1:-1] - out.hu[1:-1, 1:-1, 1:-1]).max() <= tol
 
 
 @pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, 1, 0, 0, 0, -1)])

@@ -2,6 +2,7 @@
 
     noduleflow bench accuracy --data COHORT_DIR [--model PKG] [--out DIR]
     noduleflow bench accuracy --phantoms 10 --seed 3000 [--model PKG] [--out DIR]
+    noduleflow bench accuracy --cohort heldout [--model PKG] [--out DIR]
 
 COHORT_DIR: a folder written by `noduleflow synth`, or any folder of DICOM series / .mhd
 scans with a LUNA16-style annotations.csv (and optionally annotations_excluded.csv).
@@ -25,6 +26,9 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="cohort folder with annotations.csv")
     src.add_argument("--phantoms", type=int, help="number of held-out phantom scans generated in memory")
+    src.add_argument("--cohort", help="a cached phantom cohort by name (heldout, tuning, ...: "
+                                      "trainer.data.cohort.COHORTS) or FIRST-LAST seeds: overall and per-stratum "
+                                      "figures (bench.accuracy_cohort; the detector's default settings)")
     p.add_argument("--seed", type=int, default=3000, help="first phantom seed (with --phantoms)")
     p.add_argument("--model", help="model package (default: the shipped one)")
     p.add_argument("--backend", default="auto")
@@ -64,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from noduleflow.engine.extras import require_extra
 
     require_extra("bench", "noduleflow bench accuracy")
+    if args.cohort:
+        from noduleflow.bench.accuracy_cohort import main as cohort_main
+
+        return cohort_main(["--cohort", args.cohort, "--out", args.out, "--keep", str(args.keep),
+                            "--backend", args.backend] + (["--model", args.model] if args.model else []))
     from tqdm import tqdm
 
     from noduleflow.bench.froc import Candidates, Findings, evaluate, format_table, save_json

@@ -23,20 +23,32 @@ from pathlib import Path
 import numpy as np
 
 
-def detect_cached(det, scan, keep: int = 100):
-    """Run ``det``'s stages on a `CohortScan` -> (xyz (n, 3) world mm, prob (n,), n_scored)."""
-    from noduleflow.engine.detector import _sigmoid
+def detect_cached(det, scan, keep: int = 100, lists_root=None, n: int = 0):
+    """Run ``det``'s stages on a `CohortScan` -> (xyz (n, 3) world mm, prob (n,)): the first ``keep``
+    of the detector's clustered list with top_k=``n`` (the list with top_k=keep, as clustering is
+    greedy in rank order; `bench.stage1_recall.cnn_list`, cached under ``lists_root``); n=0: keep."""
+    from .stage1_recall import cnn_list
+
+    c, p, _, _ = cnn_list(det, scan, max(n, keep), lists_root)
+    return scan.pre.volume.voxel_to_world(c[:keep]).reshape(-1, 3), p[:keep]
+
+
+def detect_two_stage(det, model, scan, stage1_params, keep: int = 100, tta: bool = True):
+    """Stage 1 (`engine.stage1`) then the stage-2 torch ``model`` on each candidate's multi-scale
+    context patches -> (xyz (n, 3) world mm, stage-2 prob (n,), best first, at most ``keep``)."""
+    from noduleflow.engine.context import ContextVolume
+    from noduleflow.engine.stage1 import stage1_candidates
+    from noduleflow.trainer.stage2_train import predict
 
     pre = scan.pre
-    cfg = det.config.replace(top_k=keep)
-    centres = det.grid_centres(pre)
-    logits = np.asarray(det.score(pre, centres))
-    probs = _sigmoid(logits)
-    keep_mask = probs >= cfg.threshold
-    found = det.cluster(pre, centres[keep_mask], probs[keep_mask], logits[keep_mask], config=cfg)
-    xyz = np.array([pre.volume.voxel_to_world(c) for c, _, _ in found], dtype=np.float64).reshape(-1, 3)
-    prob = np.array([p for _, p, _ in found], dtype=np.float64)
-    return xyz, prob, int(len(centres))
+    cand = stage1_candidates(det, pre, stage1_params)
+    if not len(cand):
+        return np.zeros((0, 3)), np.zeros(0)
+    p = ContextVolume(pre.volume.hu).patches(cand.centres_zyx)
+    logits = predict(model, np.rint(p * 255).astype(np.uint8), tta=tta)
+    prob = 1.0 / (1.0 + np.exp(-logits))
+    order = np.argsort(-prob, kind="stable")[:keep]
+    return pre.volume.voxel_to_world(cand.centres_zyx[order]).reshape(-1, 3), prob[order]
 
 
 def scan_result(scan, xyz, prob):
@@ -108,6 +120,12 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=int, default=100, help="candidates kept per scan (100, the LUNA16 limit)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--cache", help="cohort cache root (default: $NODULEFLOW_COHORT_CACHE)")
+    ap.add_argument("--lists-cache", help="folder caching each scan's stage-1 lists (bench.stage1_recall)")
+    ap.add_argument("--stage2", help="a stage-2 checkpoint (.safetensors, trainer.stage2_train): rescore the "
+                                     "stage-1 candidates with it (torch, in the bench)")
+    ap.add_argument("--stage1", default="union", help="stage-1 generator with --stage2 (cnn, blobs, union)")
+    ap.add_argument("--stage1-cap", type=int, default=150, help="stage-1 candidates per scan with --stage2")
+    ap.add_argument("--no-tta", action="store_true", help="stage 2 without the 8-flip test-time augmentation")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
@@ -116,9 +134,19 @@ def main(argv=None) -> int:
     seeds = cohort_seeds(a.cohort)
     cache = CohortCache(a.cache)
     det = Detector(a.model, backend=a.backend)
-    results, times = run_cohort(lambda s: detect_cached(det, s, a.keep), seeds, cache)
+    if a.stage2:
+        from noduleflow.engine.stage1 import Stage1Params
+        from noduleflow.trainer.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(a.stage2)
+        s1 = Stage1Params(generator=a.stage1, max_candidates=a.stage1_cap, cnn_candidates=a.stage1_cap)
+        results, times = run_cohort(lambda s: detect_two_stage(det, model, s, s1, a.keep, not a.no_tta), seeds,
+                                    cache)
+    else:
+        results, times = run_cohort(lambda s: detect_cached(det, s, a.keep, a.lists_cache), seeds, cache)
     res = score_cohort(results, bootstrap=a.bootstrap)
-    meta = {"model_id": det.package.manifest.model_id, "backend": det.backend.name, "mode": det.config.mode,
+    meta = {"model_id": det.package.manifest.model_id + (f" + stage 2 {a.stage2}" if a.stage2 else ""),
+            "backend": det.backend.name, "mode": det.config.mode,
             "config": {k: v for k, v in vars(det.config).items() if k != "rules"},
             "data": f"phantom seeds {seeds[0]}-{seeds[-1]} ({a.cohort})", "scans": len(seeds), "keep": a.keep,
             "bootstrap": a.bootstrap, "detect_seconds_median": float(np.median(times)),

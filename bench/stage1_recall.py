@@ -3,8 +3,8 @@ LUNA16 rule) against the number of candidates per scan, for each candidate gener
 
     python -m noduleflow.bench.stage1_recall --cohort tuning --out bench/results/stage1_recall/tuning
 
-Generators (`engine.stage1`): ``cnn`` (the dense CNN's scores clustered as the detector does,
-ranked by probability), ``blobs`` (multi-scale Hessian blobs, ranked by response), ``union`` (the
+Generators (`engine.stage1`): ``cnn`` (the dense CNN's scores clustered as the detector does but
+without its per-candidate centre refinement, ranked by probability), ``blobs`` (multi-scale Hessian blobs, ranked by response), ``union`` (the
 two interleaved, merged by extent). Each list is cut at N candidates per scan for N in --caps.
 Also: candidates per found nodule (1.0 = one candidate per lesion), recall per stratum at the
 largest cap, and the seconds each generator took. Settings are chosen on the tuning cohort; the
@@ -24,19 +24,67 @@ import numpy as np
 CAPS = (15, 50, 100, 150, 200, 300)
 
 
-def raw_lists(det, pre, blob_params, cnn_candidates=300):
-    """Per scan: the ranked CNN peaks and blobs, each with its extent radius, and the seconds each took."""
-    from noduleflow.engine.blobs import detect_blobs
-    from noduleflow.engine.stage1 import GENERATORS, Stage1Params, stage1_candidates  # noqa: F401
+def _cache_file(root, kind, key, seed):
+    import hashlib
 
+    if root is None:
+        return None
+    d = Path(root) / kind / hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{int(seed)}.npz"
+
+
+def cnn_list(det, scan, n: int = 300, root=None, refine: bool | None = None):
+    """The detector's clustered CNN peaks of a `CohortScan`, ranked: (centres zyx (k, 3), prob (k,),
+    grid points merged (k,), seconds). ``det.cluster`` with top_k=n: its first K entries are what
+    the detector returns with top_k=K (clustering and NMS are greedy in rank order). Cached under
+    ``root`` by model, settings and seed."""
+    from noduleflow.engine.detector import _sigmoid
+
+    cfg = det.config.replace(top_k=n, **({} if refine is None else {"refine": refine}))
+    key = {"model": det.package.manifest.model_id, "config": repr(cfg), "n": n}
+    f = _cache_file(root, "cnn", key, scan.seed)
+    if f is not None and f.exists():
+        with np.load(f) as z:
+            return z["centres"], z["prob"], z["npts"], float(z["seconds"])
     t = time.perf_counter()
-    cnn = stage1_candidates(det, pre, Stage1Params(generator="cnn", max_candidates=cnn_candidates,
-                                                   cnn_candidates=cnn_candidates))
-    t_cnn = time.perf_counter() - t
+    pre = scan.pre
+    centres = det.grid_centres(pre)
+    logits = np.asarray(det.score(pre, centres))
+    probs = _sigmoid(logits)
+    keep = probs >= cfg.threshold
+    found = det.cluster(pre, centres[keep], probs[keep], logits[keep], config=cfg)
+    out = (np.array([c for c, _, _ in found], np.float64).reshape(-1, 3), np.array([p for _, p, _ in found]),
+           np.array([k for _, _, k in found], np.int64), time.perf_counter() - t)
+    if f is not None:
+        np.savez(f, centres=out[0], prob=out[1], npts=out[2], seconds=out[3])
+    return out
+
+
+def blob_list(scan, params, root=None):
+    """`engine.blobs.detect_blobs` on a `CohortScan`: (centres, response, radius_mm, seconds), cached."""
+    from noduleflow.engine.blobs import detect_blobs
+
+    f = _cache_file(root, "blobs", {k: v for k, v in vars(params).items()}, scan.seed)
+    if f is not None and f.exists():
+        with np.load(f) as z:
+            return z["centres"], z["response"], z["radius"], float(z["seconds"])
     t = time.perf_counter()
-    b = detect_blobs(pre.volume.hu, pre.mask, blob_params)
-    t_blob = time.perf_counter() - t
-    return {"cnn": (cnn.centres_zyx, cnn.cnn_prob, cnn.radius_mm), "blobs": (b.centres_zyx, b.response, b.radius_mm),
+    b = detect_blobs(scan.pre.volume.hu, scan.pre.mask, params)
+    out = (b.centres_zyx, b.response, b.radius_mm, time.perf_counter() - t)
+    if f is not None:
+        np.savez(f, centres=out[0], response=out[1], radius=out[2], seconds=out[3])
+    return out
+
+
+def raw_lists(det, scan, blob_params, cnn_candidates=300, root=None):
+    """Per scan: the ranked CNN peaks and blobs, each with its extent radius, and the seconds each took."""
+    from noduleflow.engine.stage1 import component_radius_mm
+
+    cc, cp, cn, t_cnn = cnn_list(det, scan, cnn_candidates, root, refine=False)  # as engine.stage1 does
+    stride = det.package.manifest.dense_stride or det.config.rules.stride
+    bc, bv, br, t_blob = blob_list(scan, blob_params, root)
+    return {"cnn": (cc, cp, component_radius_mm(cn, stride)), "blobs": (bc, bv, br),
             "seconds": {"cnn": t_cnn, "blobs": t_blob}}
 
 
@@ -100,6 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--merge-factor", type=float, default=BlobParams().merge_factor)
     ap.add_argument("--max-blobs", type=int, default=300)
     ap.add_argument("--cache", help="cohort cache root (default: $NODULEFLOW_COHORT_CACHE)")
+    ap.add_argument("--lists-cache", help="folder caching each scan's CNN and blob lists (default: none)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
@@ -113,7 +162,7 @@ def main(argv=None) -> int:
         vol = scan.pre.volume
         nod = scan.xyzd()
         zyxr = np.c_[vol.world_to_voxel(nod[:, :3]).reshape(-1, 3), nod[:, 3] / 2]
-        raw = raw_lists(det, scan.pre, bp)
+        raw = raw_lists(det, scan, bp, root=a.lists_cache)
         for k in secs:
             secs[k].append(raw["seconds"][k])
         per_scan.append((raw, zyxr, [n.kind for n in scan.nodules], [n.location for n in scan.nodules]))

@@ -61,9 +61,11 @@ def test_union_merges_by_extent_and_interleaves():
     blob_c = np.array([[4, 0, 0], [90, 0, 0]], float)
     u = combine(cnn_c, np.array([0.9, 0.5]), np.array([2.5, 2.5]), blob_c, np.array([80.0, 40.0]),
                 np.array([6.0, 3.0]), "union", 10)
-    # blob 0 lies inside its own 6 mm extent of CNN 0: the same lesion
-    assert len(u) == 3 and u.source.tolist() == [0, 0, 1]
-    assert u.cnn_prob[2] != u.cnn_prob[2]  # NaN: no CNN peak near blob 1
+    # blob 0 overlaps CNN 0 (within its 6 mm extent): the same lesion, centred on the blob
+    # interleaved: CNN 0 (on blob 0), the remaining blob, CNN 1
+    assert len(u) == 3 and u.source.tolist() == [0, 1, 0]
+    assert u.centres_zyx[0].tolist() == [4, 0, 0] and u.radius_mm[0] == 6.0 and u.blob_response[0] == 80.0
+    assert np.isnan(u.cnn_prob[1]) and np.isnan(u.blob_response[2])
     assert len(combine(cnn_c, np.array([0.9, 0.5]), np.array([2.5, 2.5]), blob_c, np.array([80.0, 40.0]),
                        np.array([6.0, 3.0]), "union", 2)) == 2
     assert component_radius_mm(np.array([1, 1000]), 4.0).tolist() == [2.5, 15.0]

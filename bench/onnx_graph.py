@@ -92,10 +92,10 @@ def slim(src: Path, dst: Path) -> str:
     return f"onnxsim {onnxsim.__version__}"
 
 
-def _inputs(graph: str, batch: int, tile: int, phantom_shape_zyx, stride: int, seed: int = 0) -> dict:
+def _inputs(graph: str, batch: int, tile: int, phantom_shape_zyx, stride: int, contract, seed: int = 0) -> dict:
     """Random and phantom inputs for ``graph`` ("patch": (batch, 1, 41, 41, 41); "dense": a tile
     of ``stride * (tile - 1) + 41`` voxels a side), float32 in [0, 1] like the engine feeds."""
-    from noduleflow.engine.patches import gather
+    from noduleflow.engine.patches import Normalisation, gather
     from noduleflow.engine.preprocess import preprocess
     from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
@@ -108,17 +108,18 @@ def _inputs(graph: str, batch: int, tile: int, phantom_shape_zyx, stride: int, s
         nod = np.array([np.round(pre.volume.world_to_voxel(x.center_xyz_mm)).astype(int)
                         for x in ph.nodules]).reshape(-1, 3)
         centres = np.concatenate([nod, pts[rng.choice(len(pts), batch - len(nod))]])
-        real = gather(pre.volume.hu, centres).astype(np.float32)
-        rand = rng.uniform(size=(batch, 1, 41, 41, 41)).astype(np.float32)
+        p = contract.patch_size
+        real = gather(pre.volume.hu, centres, norm=Normalisation(*contract.hu_window), size=p)
+        rand = rng.uniform(size=(batch, 1, p, p, p)).astype(np.float32)
         return {"random": rand, "phantom": real}
-    side = stride * (tile - 1) + 41
+    side = stride * (tile - 1) + contract.patch_size
     hu = pre.volume.hu
     c = np.array(hu.shape) // 2
     lo = np.maximum(c - side // 2, 0)
     crop = hu[lo[0]:lo[0] + side, lo[1]:lo[1] + side, lo[2]:lo[2] + side].astype(np.float32)
     pad = [(0, side - n) for n in crop.shape]  # a small phantom may be shorter than the tile in z
     crop = np.pad(crop, pad, constant_values=-1000.0)
-    real = np.clip((crop + 1000.0) / 1400.0, 0, 1)[None, None].astype(np.float32)
+    real = contract.normalise(crop)[None, None]
     rand = rng.uniform(size=(1, 1, side, side, side)).astype(np.float32)
     return {"random": rand, "phantom": real}
 
@@ -148,7 +149,7 @@ def measure(package=None, repeats: int = 5, batch: int = 32, tile: int = 16,
     stride = pkg.contract.dense_stride or 4
     report = {"package": pkg.manifest.model_id, "package_path": str(pkg.path), "machine": machine(),
               "onnx": onnx.__version__, "repeats": repeats, "batch": batch,
-              "dense_tile_side": stride * (tile - 1) + 41, "graphs": {}}
+              "dense_tile_side": stride * (tile - 1) + pkg.contract.patch_size, "graphs": {}}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         for graph in ("patch", "dense"):
@@ -173,7 +174,7 @@ def measure(package=None, repeats: int = 5, batch: int = 32, tile: int = 16,
                 sessions[name] = _session(path, optimized_path=opt)
                 counts[name] = _ops(path)
                 counts[f"{name}_after_ort_enable_all"] = _ops(opt)
-            xs = _inputs(graph, batch, tile, phantom_shape_zyx, stride)
+            xs = _inputs(graph, batch, tile, phantom_shape_zyx, stride, pkg.contract)
             diff = {}
             for kind, x in xs.items():
                 a, b = (s.run(None, {s.get_inputs()[0].name: x})[0] for s in sessions.values())

@@ -25,9 +25,10 @@ def measure(package=None, repeats: int = 3, tile: int = 24) -> dict:
 
     pkg = ModelPackage.load(package or default_package_path())
     rng = np.random.default_rng(0)
-    side = 4 * (tile - 1) + 41
+    p = pkg.contract.patch_size
+    side = pkg.contract.dense_stride * (tile - 1) + p
     inputs = {"dense.onnx": rng.uniform(size=(1, 1, side, side, side)).astype(np.float32),
-              "patch.onnx": rng.uniform(size=(64, 1, 41, 41, 41)).astype(np.float32)}
+              "patch.onnx": rng.uniform(size=(64, 1, p, p, p)).astype(np.float32)}
     levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}

@@ -193,7 +193,8 @@ def tile_sweep(package, pre, centres, tiles=TILES) -> list[dict]:
         d.score(pre, centres[:1])  # warm-up: session, first allocation
         t0 = time.perf_counter()
         d.score(pre, centres)
-        rows.append({"tile_out": t, "tile_side_voxels": 4 * (t - 1) + 41, "seconds": time.perf_counter() - t0})
+        side = d.contract.dense_stride * (t - 1) + d.contract.patch_size
+        rows.append({"tile_out": t, "tile_side_voxels": side, "seconds": time.perf_counter() - t0})
         d.close()
     return rows
 

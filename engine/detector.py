@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from .candidates import CandidateRules, candidates
+from .contract import HU_WINDOW
 from .config import CLUSTERINGS, MODES, DetectorConfig  # noqa: F401  (public here too)
 from .errors import ConfigError
 from .package import ModelPackage, default_package_path
@@ -63,7 +64,7 @@ def refine_centre(hu: np.ndarray, centre_zyx, search: int = 3, sigmas=(1.0, 1.5,
     lo = np.maximum(c - half, 0)
     hi = np.minimum(c + half + 1, hu.shape)
     # half >= search + 3 max(sigma) + 1: the blur's zero padding never reaches the searched voxels
-    box = np.clip(hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float64), -1000.0, 400.0)
+    box = np.clip(hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float64), *HU_WINDOW)
     cc = c - lo
     s0 = np.maximum(cc - search, 1)
     s1 = np.minimum(cc + search + 1, np.asarray(box.shape) - 1)

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from noduleflow.engine import ConfigError
+from noduleflow.engine.contract import PATCH_SIZE
 from noduleflow.engine.patches import Normalisation, gather
 from noduleflow.engine.volume import Volume
 
@@ -197,7 +198,7 @@ def to_patchset(stream: PatchStream, progress: bool = False):
     from .phantoms import PatchSet
 
     order = stream.order()
-    patches = np.empty((len(order), 1, 41, 41, 41), np.uint8)
+    patches = np.empty((len(order), 1, *(PATCH_SIZE,) * 3), np.uint8)
     labels = np.empty(len(order), np.int8)
     locs = np.empty((len(order), 3), np.float32)
     rng = np.random.default_rng([stream.seed, stream.epoch, 2, 0])

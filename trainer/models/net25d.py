@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from noduleflow.engine.contract import PATCH_SIZE
+
 from .blocks import ConvBN, Inception
 
 
@@ -38,7 +40,7 @@ class CNN2D(nn.Module):
 
 
 class Net25D1(nn.Module):
-    patch_size = 41
+    patch_size = PATCH_SIZE
 
     def __init__(self, dropout: float = 0.2):
         super().__init__()
@@ -50,7 +52,7 @@ class Net25D1(nn.Module):
 
 
 class Net25D2(nn.Module):
-    patch_size = 41
+    patch_size = PATCH_SIZE
 
     def __init__(self, dropout: float = 0.2):
         super().__init__()

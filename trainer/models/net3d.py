@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from noduleflow.engine.contract import PATCH_SIZE
+
 from .blocks import ConvBN, Inception
 
 WIDTHS = {
@@ -27,7 +29,7 @@ class Net3D(nn.Module):
     in the scan (3 values in [0, 1]) to the features before the fully connected layers.
     ``in_channels`` 2: the stage-2 multi-scale input (`trainer.models.stage2`)."""
 
-    patch_size = 41
+    patch_size = PATCH_SIZE
     dense_stride = 4
     dense_offset = 20
 
@@ -83,7 +85,7 @@ class Net3DST(nn.Module):
     worse than 3D-1; kept as an option). Not convertible to dense form: the rotation
     depends on the patch."""
 
-    patch_size = 41
+    patch_size = PATCH_SIZE
 
     def __init__(self, dropout: float = 0.2):
         super().__init__()

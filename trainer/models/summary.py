@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from noduleflow.engine.contract import PATCH_SIZE
+
 from . import MODEL_NAMES, build_model
 
 
@@ -25,7 +27,7 @@ def count(model: nn.Module) -> tuple[int, float]:
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Conv2d, nn.Linear))]
     model.eval()
     with torch.no_grad():
-        model(torch.rand(1, 1, 41, 41, 41), torch.rand(1, 3))
+        model(torch.rand(1, 1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), torch.rand(1, 3))
     for h in hs:
         h.remove()
     return sum(p.numel() for p in model.parameters()), 2 * macs / 1e9

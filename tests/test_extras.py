@@ -48,3 +48,20 @@ def test_missing_extra_is_one_line(extra, argv, tmp_path):
 def test_extras_come_from_the_package_metadata():
     assert "torch" in extra_packages("train") and "skimage" in extra_packages("bench")
     assert {"pynetdicom", "highdicom"} <= set(extra_packages("serve"))
+
+
+def test_bench_outputs_default_outside_the_source_tree():
+    """Every bench subcommand writes to ./bench-<name> in the working folder unless told otherwise."""
+    import argparse
+
+    from noduleflow.cli import build_parser
+
+    bench = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["bench"]
+    subs = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction)).choices
+    checked = 0
+    for name, parser in subs.items():
+        out = [a for a in parser._actions if "--out" in a.option_strings]
+        if out:
+            assert out[0].default == f"bench-{name}", (name, out[0].default)
+            checked += 1
+    assert checked >= 4

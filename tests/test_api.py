@@ -146,3 +146,19 @@ def test_public_api_is_lazy():
     assert r.stdout.strip() == "[]"
     assert set(noduleflow.__all__) >= {"Detector", "Detections", "load_volume", "lung_mask", "resample",
                                        "NoduleflowError", "__version__"}
+
+
+def test_detect_keeps_two_scans_with_one_name_apart(detector, phantom, tmp_path):
+    from noduleflow.engine.io import save_volume
+
+    for sub in ("a", "b"):
+        save_volume(phantom.volume.with_array(phantom.volume.hu, series_uid=""), tmp_path / sub / "ct.nii.gz")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "noduleflow", "detect", str(tmp_path / "a" / "ct.nii.gz"),
+                        str(tmp_path / "b" / "ct.nii.gz"), "--model", str(detector.package.path), "--no-png",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["candidates.csv", "ct-2.json", "ct.json"]
+    assert "written as ct-2" in r.stderr
+    ids = {row[0] for row in list(csv.reader((out / "candidates.csv").read_text().splitlines()))[1:]}
+    assert ids == {"ct", "ct-2"}

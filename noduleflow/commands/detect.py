@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from noduleflow.engine import NoduleflowError
     from noduleflow.engine.detector import Detector
+    from noduleflow.engine.package import printable
     from noduleflow.engine.results import write_candidates_csv
 
     out = Path(args.out)
@@ -84,12 +85,12 @@ def run(args: argparse.Namespace) -> int:
         seen[d.name] = n + 1
         name = d.name if n == 0 else f"{d.name}-{n + 1}"
         if n:
-            print(f"note: {path} repeats series id {d.series_uid!r}: written as {name}", file=sys.stderr)
+            print(f"note: {path} repeats series id {printable(d.series_uid)!r}: written as {name}", file=sys.stderr)
         d.save(out, png=not args.no_png, csv_file=False, name=name)
         rows += [(name if n else r[0], *r[1:]) for r in d.rows()]
         for w in d.meta.get("warnings", []):
-            print(f"warning: {path}: {w}", file=sys.stderr)
-        print(f"{d.series_uid}: {len(d)} candidates, top p={d[0].prob if len(d) else 0:.3f}; "
+            print(f"warning: {path}: {printable(w)}", file=sys.stderr)
+        print(f"{printable(d.series_uid)}: {len(d)} candidates, top p={d[0].prob if len(d) else 0:.3f}; "
               + " ".join(f"{k} {v:.2f}s" for k, v in d.timings_s.items()))
     write_candidates_csv(out / "candidates.csv", rows)
     print(f"wrote {out / 'candidates.csv'} ({len(rows)} candidates from {len(jobs) - failed} scans)"

@@ -43,13 +43,27 @@ def register(sub) -> None:
     g.add_argument("--no-network", action="store_true", help="no DICOM listener (folder watch only)")
     g.add_argument("--forward", metavar="AET@HOST:PORT", help="C-STORE each SR to this destination")
     g.add_argument("--forward-retries", type=int, default=3, help="attempts per SR (default 3, backoff 2, 4 s)")
+    g.add_argument("--max-associations", type=int, default=16,
+                   help="simultaneous connections, idle ones included (default 16)")
+    g.add_argument("--acse-timeout", type=float, default=5.0, metavar="S",
+                   help="close a connection that sends no association request within S s (default 5)")
+    g.add_argument("--network-timeout", type=float, default=60.0, metavar="S",
+                   help="abort an association silent for S s (default 60); its series then waits for a resend")
     w = p.add_argument_group("series and spool")
     w.add_argument("--quiet-period", type=float, default=10.0, metavar="S",
-                   help="a series is complete after S seconds without a new instance (default 10)")
+                   help="a series is complete after S seconds without a new instance, with no association "
+                        "still sending it and no gap in its slices (default 10)")
+    w.add_argument("--incomplete-wait", type=float, default=600.0, metavar="S",
+                   help="a series with a gap, or whose sender was cut off, waits S seconds for the rest (default "
+                        "600); then a gapped one fails and a cut-off one is processed with its SR marked PARTIAL")
     w.add_argument("--watch", metavar="DIR", help="also take DICOM files dropped into DIR (deleted once "
                                                   "spooled; bad files move to SPOOL/rejected/)")
     w.add_argument("--keep-instances", action="store_true",
-                   help="keep a done series' images in the spool (default: drop them; failed series keep them)")
+                   help="keep a done series' images for good (default: drop them --retain-instances seconds "
+                        "after; failed series keep them)")
+    w.add_argument("--retain-instances", type=float, default=3600.0, metavar="S",
+                   help="keep a done series' images S seconds (default 3600), so that an instance arriving "
+                        "later merges with them into a new version of the series")
     w.add_argument("--max-attempts", type=int, default=3,
                    help="a series interrupted this many times by a dying service is failed (default 3)")
     w.add_argument("--min-free-mb", type=float, default=256.0,
@@ -61,6 +75,25 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _detail(s: dict) -> str:
+    parts = []
+    if s.get("version") and s["version"] > 1:
+        parts.append(f"version {s['version']}")
+    if s.get("incomplete"):
+        parts.append(f"incomplete: {s['incomplete']}")
+    if s.get("interrupted"):
+        parts.append("sender cut off, waiting for a resend")
+    if s.get("complete") is False:
+        parts.append("processed as PARTIAL")
+    if s.get("duplicates"):
+        parts.append(f"{s['duplicates']} duplicate instance(s) ignored")
+    if s.get("error"):
+        parts.append(s["error"])
+    elif s.get("timings_s"):
+        parts.append(f"{s['timings_s'].get('total', 0):.1f} s" + (", SR forwarded" if s.get("forwarded") else ""))
+    return "; ".join(parts)
+
+
 def print_status(st: dict, out=None) -> None:
     out = out or sys.stdout
     svc = st.get("service") or {}
@@ -68,15 +101,20 @@ def print_status(st: dict, out=None) -> None:
     where = f" (pid {svc.get('pid')}, {svc.get('ae_title')} on {svc.get('host')}:{svc.get('port')})" \
         if st["running"] and svc.get("network") else (f" (pid {svc.get('pid')})" if st["running"] else "")
     print(f"spool {st['spool']}: service {running}{where}", file=out)
+    for name, h in sorted((st.get("health") or {}).items()):
+        if h.get("state") != "up" or h.get("restarts"):
+            print(f"  {name} thread {h.get('state', '?').upper()}"
+                  + (f": {h['error']}" if h.get("error") and h.get("state") != "up" else "")
+                  + (f" (restarted {h['restarts']} time(s))" if h.get("restarts") else "")
+                  + ("; instances are refused (0xA700) until it runs again" if name == "worker"
+                     and h.get("state") != "up" else ""), file=out)
     print("  " + ", ".join(f"{k} {v}" for k, v in st["counts"].items())
           + f"; late instances {sum(st['late_instances'].values())}; rejected files {st['rejected_files']}",
           file=out)
     if st["series"]:
         print(f"  {'state':<11}{'images':>7}{'idle s':>9}  series / detail", file=out)
     for s in st["series"]:
-        detail = s["error"] or ""
-        if s["timings_s"]:
-            detail = f"{s['timings_s'].get('total', 0):.1f} s" + (", SR forwarded" if s.get("forwarded") else "")
+        detail = _detail(s)
         print(f"  {s['state']:<11}{s['instances']:>7}{s['idle_s']:>9.0f}  {s['series_uid']}"
               + (f"  {detail}" if detail else ""), file=out)
 
@@ -105,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = ServeConfig(spool=Path(args.spool), host=args.host, port=args.port, ae_title=args.ae_title,
                       allow_ae=tuple(args.allow_ae), allow_any_ae=args.allow_any_ae,
                       allow_hosts=tuple(args.allow_host), network=not args.no_network,
-                      quiet_s=args.quiet_period, watch=Path(args.watch) if args.watch else None,
+                      quiet_s=args.quiet_period, incomplete_s=args.incomplete_wait,
+                      retain_s=args.retain_instances, max_associations=args.max_associations,
+                      acse_timeout_s=args.acse_timeout, network_timeout_s=args.network_timeout, watch=Path(args.watch) if args.watch else None,
                       model=args.model, backend=args.backend, detection=detector_config(args),
                       png=not args.no_png, keep_instances=args.keep_instances,
                       max_attempts=args.max_attempts, forward=args.forward, forward_retries=args.forward_retries,

@@ -1,10 +1,14 @@
 """`Service`: the DICOM Storage SCP, the quiet-period completion, one detection worker, the
 optional SR forwarder and folder watcher, all working on one `Spool`.
 
-Threads, one process: pynetdicom's acceptor threads store instances; a completion thread moves
-quiet series to the queue; a single worker thread owns the model (loaded once) and processes
-one series at a time; a forward thread sends SRs on (with retries) so a down PACS never
-blocks detection; a watch thread takes files dropped into a folder. A SIGKILL at any point
+Threads, one process: pynetdicom's acceptor threads store instances (`scp.StorageSCP`); a
+completion thread moves quiet, whole series to the queue; a single worker thread owns the
+model (loaded once) and processes one series at a time; a forward thread sends SRs on (with
+retries) so a down PACS never blocks detection; a watch thread takes files dropped into a
+folder. Every thread runs supervised: an exception (a full disk while claiming a series...)
+is logged, the thread's health goes "down" (in ``--status``; while the worker is down,
+instances are refused with 0xA700 so senders keep them), and the loop is retried with
+backoff; the completion thread restarts a thread that died anyway. A SIGKILL at any point
 is recovered by `Spool.recover` at the next start.
 """
 from __future__ import annotations
@@ -16,7 +20,6 @@ import os
 import queue
 import re
 import shutil
-import socketserver
 import threading
 import time
 import traceback
@@ -26,14 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.errors import ConfigError, NoduleflowError
+from .files import make_private, open_private
+from .scp import (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS,
+                  StorageSCP)
 from .spool import SeriesState, Spool, SpoolError, SpoolFullError, validate_instance
 
 log = logging.getLogger("noduleflow.serve")
 
-# DIMSE C-STORE failure statuses (PS3.4 B.2.3)
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")   # printable ASCII without backslash, 1-16 chars
 
 
@@ -67,6 +69,7 @@ class ServeConfig:
     allow_hosts: tuple[str, ...] = ()     # peer addresses/networks accepted; empty: any
     network: bool = True                  # run the SCP (False: folder watch only)
     quiet_s: float = 10.0                 # a series is complete after this long without an instance
+    incomplete_s: float = 600.0           # a gapped or cut-off series waits this long for the rest
     poll_s: float = 0.5
     watch: Path | None = None
     watch_settle_s: float = 2.0           # a dropped file is taken once unchanged for this long
@@ -74,13 +77,21 @@ class ServeConfig:
     backend: str = "auto"
     detection: object = None              # a DetectorConfig (None: its defaults)
     png: bool = True
-    keep_instances: bool = False          # keep a done series' instances (failed ones are always kept)
+    keep_instances: bool = False          # keep a done series' instances for good (failed ones always are)
+    retain_s: float = 3600.0              # else drop them this long after it is done (a late instance
+                                          # within it merges with them into a new version)
     max_attempts: int = 3                 # a series interrupted this often by a dying service is failed
     forward: str | None = None            # AET@host:port to C-STORE each SR to
     forward_retries: int = 3
     forward_backoff_s: float = 2.0
     min_free_mb: float = 256.0
     stop_timeout_s: float = 120.0         # graceful stop waits this long for the running series
+    max_associations: int = 16            # simultaneous connections, idle ones included
+    acse_timeout_s: float = 5.0           # a connection must send its A-ASSOCIATE-RQ within this
+    dimse_timeout_s: float = 30.0         # one DIMSE message exchange
+    network_timeout_s: float = 60.0       # an association silent this long is aborted
+    restart_backoff_s: float = 1.0        # a failed thread loop is retried after 1, 2, 4... s
+    restart_backoff_max_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) < 65536:
@@ -90,8 +101,17 @@ class ServeConfig:
                 raise ConfigError(f"AE title {t!r} must be 1-16 printable ASCII characters without '\\'")
         if self.quiet_s <= 0 or self.poll_s <= 0 or self.watch_settle_s < 0:
             raise ConfigError(f"--quiet-period must be > 0 (got {self.quiet_s})")
+        if not self.incomplete_s >= self.quiet_s:
+            raise ConfigError(f"--incomplete-wait must be >= --quiet-period {self.quiet_s} (got {self.incomplete_s})")
         if self.max_attempts < 1 or self.forward_retries < 1:
             raise ConfigError("--max-attempts and --forward-retries must be >= 1")
+        if not self.retain_s >= 0:
+            raise ConfigError(f"--retain-instances must be >= 0 seconds (got {self.retain_s})")
+        if self.max_associations < 1:
+            raise ConfigError(f"--max-associations must be >= 1 (got {self.max_associations})")
+        for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s", "restart_backoff_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 seconds (got {getattr(self, name)})")
         _networks(self.allow_hosts)
         if self.forward:
             parse_destination(self.forward)
@@ -118,11 +138,16 @@ class Service:
         self.spool.min_free_mb = cfg.min_free_mb
         self.detector = detector
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._server = None
+        self._threads: dict[str, threading.Thread] = {}
+        self._scp: StorageSCP | None = None
         self._forward_q: queue.Queue = queue.Queue()
         self._busy = threading.Lock()       # held by the worker while it processes a series
         self._log_handler: logging.Handler | None = None
+        self._health: dict[str, dict] = {}
+        self._health_lock = threading.Lock()
+        self._info: dict = {}
+        self._steps: dict[str, tuple] = {}
+        self._watch_seen: dict = {}
         self.port: int | None = None
         self._started = 0.0
 
@@ -130,12 +155,14 @@ class Service:
     def start(self) -> "Service":
         self.spool.lock()
         self._started = time.time()
-        self._log_handler = logging.FileHandler(self.spool.root / "serve.log")
+        log_path = self.spool.root / "serve.log"
+        os.close(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))   # 0600 before it holds a line
+        self._log_handler = logging.FileHandler(log_path)
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(self._log_handler)
         if log.level == logging.NOTSET or log.level > logging.INFO:
             log.setLevel(logging.INFO)
-        counts = self.spool.recover(self.cfg.max_attempts, self.cfg.keep_instances)
+        counts = self.spool.recover(self.cfg.max_attempts)
         if any(counts.values()):
             log.info("recovered the spool: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
         if self.detector is None:
@@ -146,42 +173,41 @@ class Service:
         log.info("model %s, backend %s, mode %s, ready in %.2f s", m.model_id, self.detector.backend.name,
                  self.detector.config.mode, getattr(self.detector, "cold_start_s", 0.0))
         if self.cfg.network:
-            self._start_scp()
-        self._spawn("complete", self._completion_loop)
-        self._spawn("worker", self._worker_loop)
+            self._scp = StorageSCP(self.cfg, self.spool, accepting=self.accepting)
+            self.port = self._scp.start(_networks(self.cfg.allow_hosts))
+        self._spawn("worker", self._worker_step, on_restart=self._recover_worker)
+        self._spawn("complete", self._completion_step)
         if self.cfg.forward:
             for s in self.spool.series([SeriesState.DONE]):
                 if not s.record.get("forwarded") and (self.spool.results_dir(s.uid) / "sr.dcm").exists():
                     self._forward_q.put(s.uid)
-            self._spawn("forward", self._forward_loop)
+            self._spawn("forward", self._forward_step)
         if self.cfg.watch is not None:
             Path(self.cfg.watch).mkdir(parents=True, exist_ok=True)
-            self._spawn("watch", self._watch_loop)
-        info = {"pid": os.getpid(), "host": self.cfg.host, "port": self.port, "ae_title": self.cfg.ae_title,
-                "network": self.cfg.network, "watch": str(self.cfg.watch) if self.cfg.watch else None,
-                "model_id": m.model_id, "backend": self.detector.backend.name, "started": time.time()}
-        (self.spool.root / "serve.json").write_text(json.dumps(info, indent=1))
+            self._spawn("watch", self._watch_step)
+        self._info = {"pid": os.getpid(), "host": self.cfg.host, "port": self.port, "ae_title": self.cfg.ae_title,
+                      "network": self.cfg.network, "watch": str(self.cfg.watch) if self.cfg.watch else None,
+                      "model_id": m.model_id, "backend": self.detector.backend.name, "started": time.time(),
+                      "limits": {"max_associations": self.cfg.max_associations,
+                                 "acse_timeout_s": self.cfg.acse_timeout_s,
+                                 "dimse_timeout_s": self.cfg.dimse_timeout_s,
+                                 "network_timeout_s": self.cfg.network_timeout_s}}
+        self._write_info()
         log.info("serving: spool %s%s%s", self.spool.root,
                  f", {self.cfg.ae_title} on {self.cfg.host}:{self.port}" if self.cfg.network else "",
                  f", watching {self.cfg.watch}" if self.cfg.watch else "")
         return self
 
-    def _spawn(self, name, target) -> None:
-        t = threading.Thread(target=target, name=f"noduleflow-{name}", daemon=True)
-        t.start()
-        self._threads.append(t)
-
     def stop(self) -> None:
         """Stop receiving, let the running series finish (up to stop_timeout_s), release the spool."""
         self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._scp is not None:
+            self._scp.stop()
+            self._scp = None
         deadline = time.monotonic() + self.cfg.stop_timeout_s
-        for t in self._threads:
+        for t in self._threads.values():
             t.join(timeout=max(0.1, deadline - time.monotonic()))
-        self._threads = []
+        self._threads = {}
         log.info("stopped")
         if self._log_handler is not None:
             log.removeHandler(self._log_handler)
@@ -202,98 +228,97 @@ class Service:
     def __exit__(self, *exc):
         self.stop()
 
-    # -- DICOM network -------------------------------------------------------------------------
-    def _start_scp(self) -> None:
-        from pynetdicom import AE, evt
-        from pynetdicom.sop_class import CTImageStorage, Verification
-        from pynetdicom.transport import ThreadedAssociationServer
-
-        nets = _networks(self.cfg.allow_hosts)
-
-        class _Server(ThreadedAssociationServer):
-            def verify_request(self, request, client_address):   # socketserver hook, before any PDU
-                if not nets:
-                    return True
-                try:
-                    addr = ipaddress.ip_address(client_address[0])
-                except ValueError:
-                    addr = None
-                ok = addr is not None and any(addr in n for n in nets)
-                if not ok:
-                    log.warning("refused connection from %s: address not in --allow-host", client_address[0])
-                return ok
-
-            def shutdown(self):   # made by make_server, not start_server: the AE does not list it
-                socketserver.BaseServer.shutdown(self)
-                self.server_close()
-
-        ae = AE(ae_title=self.cfg.ae_title)
-        ae.maximum_associations = 16
-        ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
-                                                  "1.2.840.10008.1.2.2"])
-        ae.add_supported_context(Verification)
-        if self.cfg.allow_ae:
-            ae.require_calling_aet = list(self.cfg.allow_ae)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
-                    (evt.EVT_REQUESTED, self._on_requested)]
-        server = ae.make_server((self.cfg.host, self.cfg.port), evt_handlers=handlers, server_class=_Server)
-        self.port = server.server_address[1]
-        t = threading.Thread(target=server.serve_forever, name="noduleflow-scp", daemon=True)
+    # -- supervision ---------------------------------------------------------------------------
+    def _spawn(self, name: str, step, on_restart=None) -> None:
+        self._set_health(name, "up")
+        t = threading.Thread(target=self._supervised, args=(name, step, on_restart), name=f"noduleflow-{name}",
+                             daemon=True)
+        self._threads[name] = t
+        self._steps[name] = (step, on_restart)
         t.start()
-        self._server = server
 
-    def _on_requested(self, event) -> None:
-        rq = event.assoc.requestor
-        calling = str(getattr(rq.primitive, "calling_ae_title", "") or "").strip()
-        allowed = not self.cfg.allow_ae or calling in self.cfg.allow_ae
-        (log.info if allowed else log.warning)(
-            "association from %s@%s%s", calling, rq.address,
-            "" if allowed else ": calling AE title not in --allow-ae, rejected")
-
-    def _on_echo(self, event) -> int:
-        return 0x0000
-
-    def _on_store(self, event) -> int:
-        rq = event.assoc.requestor
-        who = f"{rq.ae_title}@{rq.address}"
-        try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            series, sop = validate_instance(ds, transfer_syntax=str(event.context.transfer_syntax),
-                                            affected_sop_uid=event.request.AffectedSOPInstanceUID)
-            self.spool.store(event.encoded_dataset(), series, sop, source=who)
-        except SpoolFullError as exc:
-            log.error("refused an instance from %s: %s", who, exc)
-            return STATUS_OUT_OF_RESOURCES
-        except SpoolError as exc:
-            log.warning("refused an instance from %s: %s", who, exc)
-            return STATUS_DATASET_MISMATCH
-        except Exception as exc:   # undecodable data set: refuse it, keep serving
-            log.warning("refused an instance from %s: cannot read it (%s: %s)", who, type(exc).__name__, exc)
-            return STATUS_CANNOT_UNDERSTAND
-        return 0x0000
-
-    # -- completion and detection ----------------------------------------------------------------
-    def _completion_loop(self) -> None:
+    def _supervised(self, name: str, step, on_restart) -> None:
+        """Run ``step`` until stopped; an exception marks the thread down, is logged, and the
+        loop is retried after a growing delay (first running ``on_restart``)."""
+        failures = 0
         while not self._stop.is_set():
             try:
-                self.spool.complete_quiet(self.cfg.quiet_s, since=self._started)
-            except Exception:   # never let the thread die; the next poll tries again
-                log.exception("completion check failed")
-            self._stop.wait(self.cfg.poll_s)
+                if failures and on_restart is not None:
+                    on_restart()
+                step()
+                if failures:
+                    log.warning("%s thread is running again after %d failure(s)", name, failures)
+                    self._set_health(name, "up")
+                    failures = 0
+            except Exception as exc:   # supervision: nothing may end this loop but stop()
+                failures += 1
+                delay = min(self.cfg.restart_backoff_max_s, self.cfg.restart_backoff_s * 2 ** (failures - 1))
+                log.exception("%s thread failed (%d in a row); retrying in %.0f s", name, failures, delay)
+                self._set_health(name, "down", error=f"{type(exc).__name__}: {exc}"[:500], failures=failures,
+                                 retry_in_s=delay)
+                self._stop.wait(delay)
 
-    def _worker_loop(self) -> None:
-        while not self._stop.is_set():
-            queued = self.spool.queued()
-            if not queued:
-                self._stop.wait(self.cfg.poll_s)
-                continue
-            self.process(queued[0])
+    def _watchdog(self) -> None:
+        """A thread that ended without stop() (a BaseException got past supervision) is restarted."""
+        for name, t in list(self._threads.items()):
+            if not t.is_alive() and not self._stop.is_set():
+                log.error("%s thread died; restarting it", name)
+                self._set_health(name, "down", error="thread died")
+                self._spawn(name, *self._steps[name])
+
+    def _set_health(self, name: str, state: str, **detail) -> None:
+        with self._health_lock:
+            prev = self._health.get(name, {})
+            restarts = prev.get("restarts", 0) + (state == "up" and prev.get("state") == "down")
+            self._health[name] = {"state": state, "since": round(time.time(), 3), "restarts": restarts, **detail}
+        if self._info:
+            self._write_info()
+
+    def health(self) -> dict:
+        """{thread: {state: up|down, since, restarts, error...}}"""
+        with self._health_lock:
+            return {k: dict(v) for k, v in self._health.items()}
+
+    def accepting(self) -> bool:
+        """Instances are taken only while the worker can process them."""
+        t = self._threads.get("worker")
+        return t is not None and t.is_alive() and self.health().get("worker", {}).get("state") == "up"
+
+    def _write_info(self) -> None:
+        try:
+            self.spool.write_file(self.spool.root / "serve.json",
+                                  json.dumps({**self._info, "health": self.health()}, indent=1).encode())
+        except OSError as exc:   # a full disk must not take the thread reporting it down as well
+            log.error("cannot write %s: %s", self.spool.root / "serve.json", exc)
+
+    # -- completion and detection ----------------------------------------------------------------
+    def _completion_step(self) -> None:
+        receiving = self._scp.receiving() if self._scp is not None else set()
+        self.spool.complete_quiet(self.cfg.quiet_s, since=self._started, receiving=receiving,
+                                  incomplete_s=self.cfg.incomplete_s)
+        if not self.cfg.keep_instances:
+            self.spool.prune(self.cfg.retain_s)
+        self._watchdog()
+        self._stop.wait(self.cfg.poll_s)
+
+    def _worker_step(self) -> None:
+        queued = self.spool.queued()
+        if not queued:
+            self._stop.wait(self.cfg.poll_s)
+            return
+        self.process(queued[0])
+
+    def _recover_worker(self) -> None:
+        """Before the worker runs again: a series it had claimed is finished or queued again."""
+        for d in sorted((self.spool.root / "processing").iterdir()):
+            outcome = self.spool.recover_processing(d.name, self.cfg.max_attempts)
+            log.warning("series %s was being processed when the worker failed: %s", d.name, outcome)
 
     def process(self, uid: str) -> bool:
         """Detect one complete series; True if it was processed (done or failed) by this call."""
         import pydicom
 
+        from .completeness import check_series
         from .sr import write_sr
 
         with self._busy:
@@ -301,11 +326,17 @@ class Service:
             if d is None:
                 return False
             t0 = time.perf_counter()
+            rec = self.spool.read_record(d)
+            version = int(rec.get("version", 1))
             try:
                 partial = d / "result.partial"
                 shutil.rmtree(partial, ignore_errors=True)
-                partial.mkdir()
+                partial.mkdir(mode=0o700)
                 inst = d / "instances"
+                whole = check_series(inst)
+                if not whole.complete:   # the queue only takes whole series; never report a gap as complete
+                    raise SpoolError(f"series {uid} is incomplete: {whole.reason}")
+                complete = rec.get("complete") is not False
                 det = self.detector.detect(inst, series_uid=uid, keep_preprocessed=self.cfg.png)
                 t = time.perf_counter()
                 det.save(partial, png=self.cfg.png)
@@ -313,8 +344,8 @@ class Service:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)   # highdicom on single-part patient names
                     write_sr(det, evidence, partial / "sr.dcm", model_id=det.model_id,
-                             engine_version=det.engine_version)
-                self.spool.publish(uid, partial)
+                             engine_version=det.engine_version, complete=complete)
+                self.spool.publish(uid, partial, version, complete=complete, instances=whole.instances)
                 out_s = time.perf_counter() - t
             except Exception as exc:
                 # input errors say what is wrong in one line; anything else keeps its traceback
@@ -323,21 +354,20 @@ class Service:
                 return True
             timings = {**{k: round(v, 3) for k, v in det.timings_s.items()},
                        "outputs": round(out_s, 3), "total": round(time.perf_counter() - t0, 3)}
-            self.spool.finish(uid, keep_instances=self.cfg.keep_instances, timings_s=timings,
-                              candidates=len(det.candidates),
-                              top_prob=round(det.candidates[0].prob, 4) if det.candidates else 0.0)
+            self.spool.finish(uid, timings_s=timings, candidates=len(det.candidates), version=version,
+                              top_prob=round(det.candidates[0].prob, 4) if det.candidates else 0.0,
+                              forwarded=None, forward_error=None)
         if self.cfg.forward:
             self._forward_q.put(uid)
         return True
 
     # -- SR forwarding -----------------------------------------------------------------------------
-    def _forward_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                uid = self._forward_q.get(timeout=self.cfg.poll_s)
-            except queue.Empty:
-                continue
-            self.forward(uid)
+    def _forward_step(self) -> None:
+        try:
+            uid = self._forward_q.get(timeout=self.cfg.poll_s)
+        except queue.Empty:
+            return
+        self.forward(uid)
 
     def forward(self, uid: str) -> bool:
         """C-STORE the series' SR to the --forward destination, retrying with backoff."""
@@ -346,7 +376,6 @@ class Service:
 
         aet, host, port = parse_destination(self.cfg.forward)
         sr = self.spool.results_dir(uid) / "sr.dcm"
-        done = self.spool.dir(SeriesState.DONE, uid)
         error = "not tried"
         for attempt in range(1, self.cfg.forward_retries + 1):
             ae = AE(ae_title=self.cfg.ae_title)
@@ -358,8 +387,8 @@ class Service:
                 finally:
                     assoc.release()
                 code = getattr(status, "Status", None)
-                if code == 0x0000:
-                    self.spool.event(done, "forwarded", forwarded=True, destination=self.cfg.forward,
+                if code == STATUS_SUCCESS:
+                    self._forward_event(uid, "forwarded", forwarded=True, destination=self.cfg.forward,
                                      attempt=attempt)
                     return True
                 error = f"C-STORE status 0x{code:04X}" if code is not None else "no response to C-STORE"
@@ -369,18 +398,18 @@ class Service:
                         attempt, self.cfg.forward_retries, error)
             if attempt < self.cfg.forward_retries and self._stop.wait(self.cfg.forward_backoff_s * 2 ** (attempt - 1)):
                 break
-        self.spool.event(done, "forward_failed", forwarded=False, forward_error=error)
+        self._forward_event(uid, "forward_failed", forwarded=False, forward_error=error)
         return False
 
+    def _forward_event(self, uid: str, name: str, **detail) -> None:
+        d = self.spool.current_dir(uid)   # a new version may have started meanwhile
+        if d is not None:
+            self.spool.event(d, name, **detail)
+
     # -- folder watch ------------------------------------------------------------------------------
-    def _watch_loop(self) -> None:
-        seen: dict[Path, tuple[int, int]] = {}
-        while not self._stop.is_set():
-            try:
-                seen = self.scan_watch(seen)
-            except Exception:
-                log.exception("watch scan failed")
-            self._stop.wait(max(self.cfg.poll_s, 0.2))
+    def _watch_step(self) -> None:
+        self._watch_seen = self.scan_watch(self._watch_seen)
+        self._stop.wait(max(self.cfg.poll_s, 0.2))
 
     def scan_watch(self, seen: dict) -> dict:
         """One pass over the watched folder: take every file unchanged since the last pass and
@@ -418,7 +447,7 @@ class Service:
                 ds.save_as(buf, enforce_file_format=True)
                 data = buf.getvalue()
             self.spool.store(data, series, sop, source=f"watch:{f.name}")
-        except SpoolFullError as exc:
+        except (SpoolFullError, OSError) as exc:   # a full or failing disk: the file waits where it is
             log.error("watched file %s left in place: %s", f, exc)
             return False
         except Exception as exc:
@@ -426,11 +455,13 @@ class Service:
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", f.name)[-80:]
             dest = self.spool.root / "rejected" / f"{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:8]}_{safe}"
             shutil.move(str(f), dest)
-            Path(str(dest) + ".reason.txt").write_text(f"{f}\n{reason}\n")
+            make_private(dest)
+            self.spool.write_file(Path(str(dest) + ".reason.txt"), f"{f}\n{reason}\n".encode())
             log.warning("rejected watched file %s: %s (moved to %s)", f, reason, dest)
             return False
         f.unlink()
         return True
 
 
-__all__ = ["ServeConfig", "Service", "parse_destination"]
+__all__ = ["ServeConfig", "Service", "parse_destination", "STATUS_CANNOT_UNDERSTAND", "STATUS_DATASET_MISMATCH",
+           "STATUS_OUT_OF_RESOURCES", "STATUS_SUCCESS"]

@@ -3,117 +3,26 @@
 Writes are atomic (temporary file in SPOOL/tmp, fsync, rename, fsync of the directory), and
 state changes are renames of a series directory, so a SIGKILL at any instant leaves either
 the old state or the new one. Names on disk come only from UIDs that passed `valid_uid`,
-never from a path or a name taken from the data.
+never from a path or a name taken from the data. Folders are 0700 and files 0600 whatever
+the umask (`files`): the spool holds patient data.
 """
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.errors import NoduleflowError
+from .completeness import Completeness, check_series
+from .files import fsync_dir, make_private, mkdir_private, open_private, write_atomic, write_tmp
+from .instance import (CT_IMAGE_STORAGE, STATES, SeriesState, SpoolError, SpoolFullError, valid_uid,
+                       validate_instance)
 
 log = logging.getLogger("noduleflow.serve")
-
-# DICOM UI: digits and dots, at most 64 characters, no empty component, no leading zero.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
-
-
-class SpoolError(NoduleflowError):
-    """An instance that must not enter the spool (bad UID, not CT, truncated...), or a spool misuse."""
-
-
-class SpoolFullError(SpoolError):
-    """The spool's disk is below its free-space minimum; the sender should try again later."""
-
-
-class SeriesState(str, enum.Enum):
-    RECEIVED = "received"
-    COMPLETE = "complete"
-    PROCESSING = "processing"
-    DONE = "done"
-    FAILED = "failed"
-
-
-STATES = tuple(SeriesState)
-
-
-def valid_uid(value) -> bool:
-    s = str(value) if value is not None else ""
-    return 0 < len(s) <= 64 and bool(_UID.match(s))
-
-
-def validate_instance(ds, transfer_syntax: str | None = None, affected_sop_uid: str | None = None) -> tuple[str, str]:
-    """Check that ``ds`` (a pydicom Dataset) is a single-frame CT image with usable UIDs and
-    complete pixel data. Returns (SeriesInstanceUID, SOPInstanceUID); raises SpoolError
-    naming what is wrong."""
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class != CT_IMAGE_STORAGE:
-        raise SpoolError(f"SOP class {sop_class or '(none)'} is not CT Image Storage ({CT_IMAGE_STORAGE})")
-    modality = str(ds.get("Modality", ""))
-    if modality.upper() != "CT":
-        raise SpoolError(f"modality {modality or '(none)'!r} is not CT")
-    uids = {}
-    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        v = ds.get(key)
-        if not valid_uid(v):
-            raise SpoolError(f"{key} {str(v)[:80]!r} is not a valid DICOM UID")
-        uids[key] = str(v)
-    if affected_sop_uid is not None and str(affected_sop_uid) != uids["SOPInstanceUID"]:
-        raise SpoolError(f"SOPInstanceUID {uids['SOPInstanceUID']} differs from the request's "
-                         f"AffectedSOPInstanceUID {affected_sop_uid}")
-    if "PixelData" not in ds:
-        raise SpoolError("no PixelData")
-    if transfer_syntax is None and getattr(ds, "file_meta", None) is not None:
-        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) or None
-    if transfer_syntax in _NATIVE_SYNTAXES or transfer_syntax is None:
-        try:
-            rows, cols = int(ds.Rows), int(ds.Columns)
-            bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1))
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise SpoolError(f"image pixel attributes missing or unreadable: {exc}") from None
-        need = rows * cols * spp * frames * bits // 8
-        have = len(ds.PixelData)
-        if have < need:
-            raise SpoolError(f"PixelData is truncated: {have} bytes, {rows}x{cols}x{bits // 8} needs {need}")
-    return uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_tmp(data: bytes, tmp_dir: Path) -> Path:
-    """``data`` in a new fsynced file in ``tmp_dir`` (on the destination's filesystem)."""
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """temp file in ``tmp_dir`` -> fsync -> rename onto ``path`` -> fsync dir."""
-    os.replace(_write_tmp(data, tmp_dir), path)
-    _fsync_dir(path.parent)
-
 
 @dataclass(frozen=True)
 class SeriesInfo:
@@ -125,8 +34,17 @@ class SeriesInfo:
     record: dict
 
 
+# Record keys copied from an event's details to the top of series.json (the series' current state).
+_RECORD_KEYS = ("error", "attempts", "instances", "timings_s", "forwarded", "forward_error", "candidates", "top_prob",
+                "version", "complete", "incomplete", "interrupted", "receiving", "duplicates", "extent_mm")
+
+
 class Spool:
-    """The spool folder. Thread-safe within one process; one service per spool (`lock`)."""
+    """The spool folder. Thread-safe within one process; one service per spool (`lock`).
+
+    A series has versions: instances that arrive after it was processed (or failed) start
+    version n + 1 in received/, holding the earlier instances still kept plus the new ones;
+    once processed, its results replace version n's (moved to SPOOL/superseded/)."""
 
     min_free_mb: float = 256.0   # instances are refused (out of resources) below this much free disk
 
@@ -134,8 +52,10 @@ class Spool:
         self.root = Path(root)
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
-        for d in (*(s.value for s in STATES), "results", "late", "rejected", "tmp"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self._checked: dict[str, tuple] = {}   # uid -> (mtime, count, Completeness): headers read once
+        mkdir_private(self.root)
+        for d in (*(s.value for s in STATES), "results", "superseded", "late", "rejected", "tmp"):
+            mkdir_private(self.root / d)
         self.tmp = self.root / "tmp"
 
     # -- single service per spool ---------------------------------------------------------
@@ -143,7 +63,7 @@ class Spool:
         """Take the spool's service lock (released by the kernel if the process dies)."""
         import fcntl
 
-        fd = os.open(self.root / "serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(self.root / "serve.lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -162,7 +82,7 @@ class Spool:
         p = self.root / "serve.lock"
         if not p.exists():
             return False
-        fd = os.open(p, os.O_RDWR)
+        fd = os.open(p, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -190,100 +110,237 @@ class Spool:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def _write_record(self, series_dir: Path, record: dict) -> None:
-        write_atomic(series_dir / "series.json", json.dumps(record, indent=1).encode(), self.tmp)
+    def write_file(self, path: Path, data: bytes) -> None:
+        """Any file the service writes into the spool: atomic and 0600."""
+        write_atomic(Path(path), data, self.tmp)
 
-    def event(self, series_dir: Path, name: str, **detail) -> dict:
+    def event(self, series_dir: Path, name: str, *, quiet: bool = False, **detail) -> dict:
         """Append an event to the series' record (series.json) and the log."""
         with self._lock:
             rec = self.read_record(series_dir)
             rec.setdefault("events", []).append({"t": round(time.time(), 3), "event": name, **detail})
-            rec.update({k: v for k, v in detail.items() if k in ("error", "attempts", "instances", "timings_s",
-                                                                   "forwarded", "forward_error", "candidates", "top_prob")})
-            self._write_record(series_dir, rec)
-        extra = " ".join(f"{k}={v}" for k, v in detail.items() if k != "error")
-        (log.error if name == "failed" else log.info)("series %s %s %s%s", series_dir.name, name, extra,
-                                                      f" reason: {detail['error']}" if "error" in detail else "")
+            rec.update({k: v for k, v in detail.items() if k in _RECORD_KEYS})
+            self.write_file(series_dir / "series.json", json.dumps(rec, indent=1).encode())
+        extra = " ".join(f"{k}={v}" for k, v in detail.items() if k not in ("error", "extent_mm"))
+        level = logging.ERROR if name == "failed" else logging.DEBUG if quiet else logging.INFO
+        log.log(level, "series %s %s %s%s", series_dir.name, name, extra,
+                f" reason: {detail['error']}" if "error" in detail else "")
         return rec
 
+    def current_dir(self, uid: str) -> Path | None:
+        s = self.state_of(uid)
+        return None if s is None else self.dir(s, uid)
+
     # -- receiving ----------------------------------------------------------------------------
-    def store(self, data: bytes, series_uid: str, sop_uid: str, *, source: str = "") -> Path:
+    def store(self, data: bytes, series_uid: str, sop_uid: str, *, source: str = "", sending: bool = False) -> Path:
         """Store one validated instance's bytes (a DICOM file with meta header) atomically.
 
         A series still receiving takes it; a queued (complete) series goes back to receiving;
-        a series already processed or failed keeps it under SPOOL/late/ and is not re-run.
-        Returns the stored path."""
+        a processed or failed series starts a new version with it; while the series is being
+        processed it waits in SPOOL/late/ and starts the new version when processing ends.
+        An instance whose SOP Instance UID the series already holds is not written: the first
+        one is kept (never overwrite what a sender was told is stored), and the duplicate is
+        counted in the series' record and logged. ``sending``: it came over an association that
+        is still open; the series is marked receiving (persisted before the instance is, so a
+        service killed mid-transfer knows at restart that the sender was cut off). Returns the
+        path that holds the instance."""
         if not (valid_uid(series_uid) and valid_uid(sop_uid)):
             raise SpoolError(f"refusing to store UIDs {series_uid[:80]!r}/{sop_uid[:80]!r}")
         self.check_free_space(len(data))
-        tmp = _write_tmp(data, self.tmp)
+        tmp = write_tmp(data, self.tmp)
         try:
             with self._lock:
-                received = self.dir(SeriesState.RECEIVED, series_uid)
-                first = False
-                if not received.is_dir():
-                    queued = self.dir(SeriesState.COMPLETE, series_uid)
-                    try:
-                        os.rename(queued, received)   # fails if the worker claimed it first
-                        log.warning("series %s: instance arrived after completion; back to receiving", series_uid)
-                    except FileNotFoundError:
-                        state = self.state_of(series_uid)
-                        if state is not None and state != SeriesState.RECEIVED:
-                            return self._store_late(tmp, series_uid, sop_uid, state)
-                        first = True
-                        (received / "instances").mkdir(parents=True, exist_ok=True)
+                state = self.state_of(series_uid)
+                if state == SeriesState.PROCESSING:
+                    held = self.dir(state, series_uid) / "instances" / f"{sop_uid}.dcm"
+                    if held.exists():
+                        return self._duplicate(self.dir(state, series_uid), held, data, source)
+                    return self._store_late(tmp, series_uid, sop_uid, data, source)
+                if state in (SeriesState.DONE, SeriesState.FAILED):
+                    d = self.dir(state, series_uid)
+                    held = d / "instances" / f"{sop_uid}.dcm"
+                    if held.exists():   # a resend of what this version already holds: nothing new
+                        return self._duplicate(d, held, data, source)
+                    received = self._new_version(series_uid, state, f"instance {sop_uid} from {source or '?'}")
+                elif state == SeriesState.COMPLETE:
+                    received = self.dir(SeriesState.RECEIVED, series_uid)
+                    os.rename(self.dir(state, series_uid), received)   # the worker claims under this lock too
+                    fsync_dir(received.parent)
+                    log.warning("series %s: instance arrived after completion; back to receiving", series_uid)
+                    self.event(received, "receiving_again", complete=None)
+                elif state is None:
+                    received = self.dir(SeriesState.RECEIVED, series_uid)
+                    mkdir_private(received / "instances")
+                    fsync_dir(received.parent)
+                    self.event(received, "received", source=source, version=1)
+                else:
+                    received = self.dir(SeriesState.RECEIVED, series_uid)
                 dest = received / "instances" / f"{sop_uid}.dcm"
+                if dest.exists():
+                    return self._duplicate(received, dest, data, source)
+                if sending and not self.read_record(received).get("receiving"):
+                    self.event(received, "transfer_started", quiet=True, receiving=True, source=source)
                 os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
-                if first:
-                    _fsync_dir(received.parent)
-                    self.event(received, "received", source=source)
+                fsync_dir(dest.parent)
                 return dest
         finally:
             if tmp.exists():
                 tmp.unlink()
 
-    def _store_late(self, tmp: Path, series_uid: str, sop_uid: str, state: SeriesState) -> Path:
-        d = self.root / "late" / series_uid
-        d.mkdir(parents=True, exist_ok=True)
+    def _duplicate(self, series_dir: Path, held: Path, data: bytes, source: str) -> Path:
+        same = held.stat().st_size == len(data) and held.read_bytes() == data
+        rec = self.read_record(series_dir)
+        n = int(rec.get("duplicates", 0)) + 1
+        # an identical resend is routine (a sender retrying); different content under one UID is not
+        (log.info if same else log.warning)(
+            "series %s: SOP Instance UID %s received again from %s (%s); kept the first copy",
+            series_dir.name, held.stem, source or "?", "identical" if same else "DIFFERENT content")
+        self.event(series_dir, "duplicate", quiet=True, duplicates=n, sop_instance_uid=held.stem, identical=same,
+                   source=source)
+        return held
+
+    def _store_late(self, tmp: Path, series_uid: str, sop_uid: str, data: bytes, source: str) -> Path:
+        d = mkdir_private(self.root / "late" / series_uid)
         dest = d / f"{sop_uid}.dcm"
+        if dest.exists():
+            log.info("series %s: instance %s already waiting in %s; kept the first copy", series_uid, sop_uid, d)
+            return dest
         os.replace(tmp, dest)
-        _fsync_dir(d)
-        log.warning("series %s is already %s: instance %s kept in %s and not processed again",
-                    series_uid, state.value, sop_uid, d)
+        fsync_dir(d)
+        log.warning("series %s is being processed: instance %s waits in %s for the next version",
+                    series_uid, sop_uid, d)
         return dest
+
+    def _new_version(self, uid: str, state: SeriesState, why: str) -> Path:
+        """done/failed -> received as version n + 1 (under the lock). Instances still held are kept."""
+        src, dest = self.dir(state, uid), self.dir(SeriesState.RECEIVED, uid)
+        rec = self.read_record(src)
+        os.rename(src, dest)
+        fsync_dir(dest.parent)
+        mkdir_private(dest / "instances")
+        for stale in ("error.txt",):
+            (dest / stale).unlink(missing_ok=True)
+        version = int(rec.get("version", 1)) + 1
+        self.event(dest, "new_version", version=version, previous_state=state.value, reason=why,
+                   complete=None, incomplete=None, interrupted=False, error=None)
+        log.warning("series %s: %s after it was %s: receiving version %d (it will be processed again and "
+                    "supersede version %d)", uid, why, state.value, version, version - 1)
+        return dest
+
+    def fold_late(self, uid: str) -> bool:
+        """Instances that waited in late/ while ``uid`` was processed start its next version."""
+        late = self.root / "late" / uid
+        with self._lock:
+            files = sorted(late.glob("*.dcm")) if late.is_dir() else []
+            state = self.state_of(uid)
+            if not files or state not in (SeriesState.DONE, SeriesState.FAILED):
+                return False
+            received = self._new_version(uid, state, f"{len(files)} instance(s) that arrived while processing")
+            for f in files:
+                dest = received / "instances" / f.name
+                if dest.exists():
+                    f.unlink()
+                else:
+                    os.replace(f, dest)
+            fsync_dir(received / "instances")
+            shutil.rmtree(late, ignore_errors=True)
+        return True
+
+    def transfer(self, uid: str, what: str) -> None:
+        """Record how a sender's association stands for a series still receiving: ``started``,
+        ``released`` (it finished normally) or ``aborted`` (cut off: the series is interrupted and
+        waits for a resend instead of counting as complete after the quiet period)."""
+        with self._lock:
+            d = self.dir(SeriesState.RECEIVED, uid)
+            if not d.is_dir():
+                return
+            if what == "started":
+                self.event(d, "transfer_started", quiet=True, receiving=True)
+            elif what == "released":
+                self.event(d, "transfer_released", quiet=True, receiving=False, interrupted=False)
+            else:
+                self.event(d, "transfer_interrupted", receiving=False, interrupted=True, how=what)
 
     def check_free_space(self, need_bytes: int) -> None:
         min_free = self.min_free_mb * 2 ** 20
         free = shutil.disk_usage(self.root).free
         if free - need_bytes < min_free:
             raise SpoolFullError(f"spool {self.root} has {free / 2 ** 20:.0f} MiB free, below the "
-                             f"{min_free / 2 ** 20:.0f} MiB minimum")
+                                 f"{min_free / 2 ** 20:.0f} MiB minimum")
 
     # -- state changes ------------------------------------------------------------------------
-    def complete_quiet(self, quiet_s: float, now: float | None = None, since: float = 0.0) -> list[str]:
-        """Move every received series with no instance for ``quiet_s`` seconds to complete.
+    def completeness(self, uid: str, inst: Path, mtime: float) -> Completeness:
+        """`check_series` on a received series, read again only when its folder changed."""
+        n = sum(1 for _ in inst.iterdir())
+        hit = self._checked.get(uid)
+        if hit and hit[:2] == (mtime, n):
+            return hit[2]
+        c = check_series(inst)
+        self._checked[uid] = (mtime, n, c)
+        return c
 
-        ``since``: the service's start time; the quiet clock never starts before it, so a sender
-        cut off by a restart has ``quiet_s`` to resume before its partial series counts as complete."""
+    def complete_quiet(self, quiet_s: float, now: float | None = None, since: float = 0.0, *,
+                       receiving=(), incomplete_s: float = 600.0) -> list[str]:
+        """Queue every received series that is quiet and whole; return their UIDs.
+
+        Quiet: no instance for ``quiet_s`` seconds and no association storing into it
+        (``receiving``: UIDs with one open). ``since``: the service's start time; the quiet clock
+        never starts before it, so a sender cut off by a restart has time to resume. Whole: no
+        gap in its slices (`completeness.check_series`); a series with a gap, or one whose
+        sender was cut off (``interrupted``), waits up to ``incomplete_s`` for the rest; then a
+        gapped series fails (its instances kept: a resend starts a new version) and an
+        interrupted one without a gap is queued, marked not complete (its SR says PARTIAL)."""
         now = time.time() if now is None else now
         done = []
         with self._lock:
             for d in sorted((self.root / "received").iterdir()):
+                uid = d.name
                 inst = d / "instances"
                 try:
                     last = inst.stat().st_mtime
                 except FileNotFoundError:
                     continue
-                if now - max(last, since) < quiet_s:
+                idle = now - max(last, since)
+                if uid in receiving or idle < quiet_s:
                     continue
-                n = sum(1 for _ in inst.iterdir())
-                dest = self.dir(SeriesState.COMPLETE, d.name)
+                rec = self.read_record(d)
+                c = self._whole(uid, inst, last, rec)
+                if not c.complete:
+                    if idle >= incomplete_s:
+                        self._checked.pop(uid, None)
+                        self.fail(uid, f"incomplete: {c.reason}; nothing arrived for {idle:.0f} s "
+                                       f"(send the missing instances or the whole series again)",
+                                  state=SeriesState.RECEIVED)
+                    elif rec.get("incomplete") != c.reason:
+                        self.event(d, "incomplete", incomplete=c.reason, instances=c.instances)
+                    continue
+                interrupted = bool(rec.get("interrupted"))
+                if interrupted and idle < incomplete_s:
+                    continue   # its sender was cut off: give it time to send again
+                dest = self.dir(SeriesState.COMPLETE, uid)
                 os.rename(d, dest)
-                _fsync_dir(dest.parent)
-                self.event(dest, "complete", instances=n)
-                done.append(d.name)
+                fsync_dir(dest.parent)
+                self._checked.pop(uid, None)
+                ext = [round(min(c.positions_mm), 3), round(max(c.positions_mm), 3)] if c.positions_mm else None
+                self.event(dest, "complete", instances=c.instances, complete=not interrupted, incomplete=None,
+                           extent_mm=ext, **({"reason": "its sender was cut off and did not resume"}
+                                             if interrupted else {}))
+                done.append(uid)
         return done
+
+    def _whole(self, uid: str, inst: Path, mtime: float, rec: dict) -> Completeness:
+        c = self.completeness(uid, inst, mtime)
+        prev = rec.get("extent_mm")
+        if c.complete and prev and c.positions_mm and int(rec.get("version", 1)) > 1:
+            # a new version must cover what the one it supersedes covered: results for part of a
+            # scan must not replace results for all of it
+            lo, hi = min(c.positions_mm), max(c.positions_mm)
+            if lo > prev[0] + 0.5 or hi < prev[1] - 0.5:
+                return Completeness(False, f"version {rec.get('version')} covers {lo:.1f}..{hi:.1f} mm along the "
+                                           f"normal, the previous one {prev[0]:.1f}..{prev[1]:.1f} mm "
+                                           f"(its images are no longer held: send the whole series)",
+                                    c.instances, c.positions_mm)
+        return c
 
     def queued(self) -> list[str]:
         """Complete series, oldest first."""
@@ -303,7 +360,7 @@ class Spool:
                 os.rename(src, dest)
             except FileNotFoundError:
                 return None
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             rec = self.read_record(dest)
             self.event(dest, "processing", attempts=int(rec.get("attempts", 0)) + 1)
         return dest
@@ -313,28 +370,55 @@ class Spool:
             raise SpoolError(f"series UID {uid[:80]!r} is not a valid DICOM UID")
         return self.root / "results" / uid
 
-    def publish(self, uid: str, partial: Path) -> Path:
-        """Atomically turn a fully written results folder into SPOOL/results/<uid> (once)."""
+    def results_version(self, uid: str) -> int | None:
+        """The version of the series that SPOOL/results/<uid> holds (None: no results)."""
         final = self.results_dir(uid)
-        if final.exists():
-            raise SpoolError(f"results for series {uid} already exist in {final}; not writing them twice")
+        if not final.is_dir():
+            return None
+        try:
+            return int(json.loads((final / "version.json").read_text())["version"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return 1   # written before results carried their version
+
+    def publish(self, uid: str, partial: Path, version: int = 1, **info) -> Path:
+        """Atomically turn a fully written results folder into SPOOL/results/<uid>.
+
+        ``version.json`` in it names the series version (and ``info``: completeness...). Results
+        of an earlier version move to SPOOL/superseded/<uid>/v<n>/ first; results of this very
+        version are never written twice."""
+        final = self.results_dir(uid)
+        have = self.results_version(uid)
+        if have is not None and have >= version:
+            raise SpoolError(f"results for series {uid} version {have} already exist in {final}; not writing "
+                             f"version {version} over them")
+        self.write_file(partial / "version.json", json.dumps({"series_uid": uid, "version": version, **info},
+                                                            indent=1).encode())
+        make_private(partial)
         for f in partial.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(partial)
-        os.rename(partial, final)
-        _fsync_dir(final.parent)
+        fsync_dir(partial)
+        with self._lock:
+            if have is not None:
+                old = mkdir_private(self.root / "superseded" / uid) / f"v{have}"
+                shutil.rmtree(old, ignore_errors=True)
+                # two renames: a reader may find no results for an instant, never mixed ones
+                os.rename(final, old)
+            os.rename(partial, final)
+            fsync_dir(final.parent)
         return final
 
-    def finish(self, uid: str, *, keep_instances: bool = False, **detail) -> Path:
-        """processing -> done; drops the instances unless asked to keep them."""
+    def finish(self, uid: str, *, keep_instances: bool = True, **detail) -> Path:
+        """processing -> done. Instances stay (a later instance merges with them into a new version)
+        until `prune`, unless ``keep_instances`` is False."""
         src, dest = self.dir(SeriesState.PROCESSING, uid), self.dir(SeriesState.DONE, uid)
         with self._lock:
             os.rename(src, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         self.event(dest, "done", **detail)
         if not keep_instances:
             shutil.rmtree(dest / "instances", ignore_errors=True)
+        self.fold_late(uid)
         return dest
 
     def fail(self, uid: str, error: str, state: SeriesState = SeriesState.PROCESSING) -> Path:
@@ -342,44 +426,71 @@ class Spool:
         src, dest = self.dir(state, uid), self.dir(SeriesState.FAILED, uid)
         with self._lock:
             os.rename(src, dest)
-            _fsync_dir(dest.parent)
-            write_atomic(dest / "error.txt", (error.rstrip() + "\n").encode(), self.tmp)
+            fsync_dir(dest.parent)
+            self.write_file(dest / "error.txt", (error.rstrip() + "\n").encode())
         shutil.rmtree(dest / "result.partial", ignore_errors=True)
         self.event(dest, "failed", error=error.strip().splitlines()[-1][:500] if error.strip() else "unknown")
+        self.fold_late(uid)
         return dest
 
-    def recover(self, max_attempts: int = 3, keep_instances: bool = False) -> dict:
-        """On start: finish what a killed service left. Returns counts of what was done.
+    def prune(self, retain_s: float, now: float | None = None) -> int:
+        """Drop the instances of series done more than ``retain_s`` seconds ago; returns how many."""
+        now = time.time() if now is None else now
+        n = 0
+        for d in (self.root / "done").iterdir():
+            inst = d / "instances"
+            if not inst.is_dir():
+                continue
+            ev = self.read_record(d).get("events") or [{}]
+            if now - float(ev[-1].get("t", 0.0)) >= retain_s:
+                with self._lock:
+                    if inst.is_dir() and d.is_dir():
+                        shutil.rmtree(inst, ignore_errors=True)
+                        n += 1
+        return n
 
-        processing/ with published results -> done (never run again); processing/ without
-        -> complete (run again) unless it was already tried ``max_attempts`` times -> failed;
+    def recover(self, max_attempts: int = 3, keep_instances: bool = True) -> dict:
+        """On start (and when the worker restarts): finish what a killed service or worker left.
+
+        processing/ whose published results are of its version -> done (never run again);
+        processing/ without -> complete (run again) unless it was already tried
+        ``max_attempts`` times -> failed; received/ series whose sender was still connected ->
+        interrupted (they wait for a resend); instances left in late/ start new versions;
         leftover temporary files are removed."""
-        counts = {"requeued": 0, "finished": 0, "failed": 0, "tmp_removed": 0}
+        counts = {"requeued": 0, "finished": 0, "failed": 0, "interrupted": 0, "tmp_removed": 0}
         for f in self.tmp.iterdir():
             f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
             counts["tmp_removed"] += 1
         for d in sorted((self.root / "processing").iterdir()):
-            uid = d.name
-            shutil.rmtree(d / "result.partial", ignore_errors=True)
-            if self.results_dir(uid).is_dir():
-                self.finish(uid, keep_instances=keep_instances, recovered=True)
-                counts["finished"] += 1
-                continue
-            attempts = int(self.read_record(d).get("attempts", 1))
-            if attempts >= max_attempts:
-                self.fail(uid, f"interrupted {attempts} times while processing (the service died each time); "
-                               f"not retried")
-                counts["failed"] += 1
-                continue
-            dest = self.dir(SeriesState.COMPLETE, uid)
-            os.rename(d, dest)
-            self.event(dest, "requeued", reason="the service stopped while processing it")
-            counts["requeued"] += 1
-        if not keep_instances:
-            for d in (self.root / "done").iterdir():
-                if (d / "instances").exists():
-                    shutil.rmtree(d / "instances", ignore_errors=True)
+            counts[self.recover_processing(d.name, max_attempts, keep_instances)] += 1
+        for d in sorted((self.root / "received").iterdir()):
+            if self.read_record(d).get("receiving"):
+                self.event(d, "transfer_interrupted", receiving=False, interrupted=True,
+                           how="the service stopped while it was being sent")
+                counts["interrupted"] += 1
+        for d in sorted((self.root / "late").iterdir()):
+            if valid_uid(d.name):
+                self.fold_late(d.name)
         return counts
+
+    def recover_processing(self, uid: str, max_attempts: int, keep_instances: bool = True) -> str:
+        """A series left in processing/ by a dead service or worker: 'finished', 'failed' or 'requeued'."""
+        d = self.dir(SeriesState.PROCESSING, uid)
+        shutil.rmtree(d / "result.partial", ignore_errors=True)
+        rec = self.read_record(d)
+        if self.results_version(uid) == int(rec.get("version", 1)):
+            self.finish(uid, keep_instances=keep_instances, recovered=True)
+            return "finished"
+        attempts = int(rec.get("attempts", 1))
+        if attempts >= max_attempts:
+            self.fail(uid, f"interrupted {attempts} times while processing (the service died each time); "
+                           f"not retried")
+            return "failed"
+        dest = self.dir(SeriesState.COMPLETE, uid)
+        with self._lock:
+            os.rename(d, dest)
+        self.event(dest, "requeued", reason="the service stopped while processing it")
+        return "requeued"
 
     # -- reading --------------------------------------------------------------------------------
     def series(self, states=STATES) -> list[SeriesInfo]:
@@ -395,7 +506,7 @@ class Spool:
                     continue
                 rec = self.read_record(d)
                 if not n:
-                    n = int(rec.get("instances", 0))
+                    n = int(rec.get("instances") or 0)
                 out.append(SeriesInfo(d.name, SeriesState(s), d, n, now - last, rec))
         return out
 
@@ -407,18 +518,24 @@ class Spool:
         if p.exists():
             try:
                 info = json.loads(p.read_text())
-            except json.JSONDecodeError:
+            except (OSError, json.JSONDecodeError):
                 info = {}
+        running = self.service_running()
         late = {d.name: sum(1 for _ in d.iterdir()) for d in (self.root / "late").iterdir()}
+        keys = ("version", "complete", "incomplete", "interrupted", "duplicates", "error", "timings_s", "forwarded")
         return {
             "spool": str(self.root),
-            "running": self.service_running(),
+            "running": running,
             "service": info,
+            # a dead service's last word on its threads is history, not health
+            "health": info.get("health") if running else None,
             "counts": {s.value: sum(1 for x in series if x.state == s) for s in STATES},
             "series": [{"series_uid": x.uid, "state": x.state.value, "instances": x.instances,
-                        "idle_s": round(x.age_s, 1), "error": x.record.get("error"),
-                        "timings_s": x.record.get("timings_s"), "forwarded": x.record.get("forwarded")}
-                       for x in series],
+                        "idle_s": round(x.age_s, 1), **{k: x.record.get(k) for k in keys}} for x in series],
             "late_instances": late,
             "rejected_files": sum(1 for f in (self.root / "rejected").iterdir() if not f.name.endswith(".reason.txt")),
         }
+
+
+__all__ = ["CT_IMAGE_STORAGE", "STATES", "SeriesInfo", "SeriesState", "Spool", "SpoolError", "SpoolFullError",
+           "valid_uid", "validate_instance"]

@@ -9,15 +9,40 @@ instances are the SR's evidence, so it references the series it was computed fro
 """
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
+
+log = logging.getLogger("noduleflow.serve")
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SERIES_NUMBER = 9901   # SR series number; the SR is a derived series of its own
 
+# Patient and study attributes the SR copies from its evidence (highdicom reads them as
+# attributes). Type 2 in the CT and SR IODs: present but possibly empty, and often absent in
+# anonymised or scanner-exported data. A missing one must never cost a series its results.
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
-def build_sr(detections, evidence, *, model_id: str, engine_version: str, device_uid: str | None = None):
+
+def _with_type2(ds):
+    """``ds``, or a copy of it with every missing (or None) `TYPE2_COPIED` attribute set empty."""
+    missing = [k for k in TYPE2_COPIED if ds.get(k) is None]
+    if not missing:
+        return ds
+    log.info("series %s: no %s in the images; left empty in the SR", ds.get("SeriesInstanceUID", "?"),
+             ", ".join(missing))
+    ds = copy.deepcopy(ds)
+    for k in missing:
+        setattr(ds, k, "")
+    return ds
+
+
+def build_sr(detections, evidence, *, model_id: str, engine_version: str, device_uid: str | None = None,
+             complete: bool = True):
     """``evidence``: the source CT instances' headers (pydicom Datasets, pixel data not needed).
-    Returns a highdicom ``Comprehensive3DSR``."""
+    ``complete``: whether the series is known to be whole; False gives CompletionFlag PARTIAL
+    (a series whose sender was cut off). Returns a highdicom ``Comprehensive3DSR``."""
     import highdicom as hd
     import numpy as np
     from pydicom.sr.codedict import codes
@@ -25,6 +50,7 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
 
     if not evidence:
         raise ValueError("an SR needs the source instances as evidence")
+    evidence = [_with_type2(evidence[0]), *evidence[1:]]
     ref = evidence[0]
     frame_uid = str(ref.FrameOfReferenceUID)
     series_uid = str(ref.SeriesInstanceUID)
@@ -62,7 +88,7 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
     return hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="noduleflow",
-        series_description=f"noduleflow nodule candidates ({model_id})", is_complete=True)
+        series_description=f"noduleflow nodule candidates ({model_id})", is_complete=bool(complete))
 
 
 def write_sr(detections, evidence, path, **kw) -> Path:

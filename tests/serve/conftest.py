@@ -76,5 +76,5 @@ def make_service(tmp_path, detector):
 
     yield make
     for s in started:
-        if s._server is not None or s._threads:
+        if s._scp is not None or s._threads:
             s.stop()

@@ -44,7 +44,8 @@ def test_pynetdicom_echo_and_store_give_csv_json_and_sr(make_service, series_poo
     uid = _uid(files)
     assert _finished(svc, uid)
     res = svc.spool.results_dir(uid)
-    assert sorted(p.name for p in res.iterdir()) == sorted([f"{uid}.json", "candidates.csv", "sr.dcm"])
+    assert sorted(p.name for p in res.iterdir()) == sorted([f"{uid}.json", "candidates.csv", "sr.dcm",
+                                                               "version.json"])
     det = json.loads((res / f"{uid}.json").read_text())
     rows = list(csv.DictReader(open(res / "candidates.csv")))
     assert len(rows) == len(det["candidates"]) > 0 and {r["seriesuid"] for r in rows} == {uid}

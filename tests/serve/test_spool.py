@@ -88,21 +88,22 @@ def test_store_is_atomic_and_follows_the_states(tmp_path, series_pool):
     partial.mkdir()
     (partial / "candidates.csv").write_text("x\n")
     sp.publish(uid, partial)
-    with pytest.raises(SpoolError, match="not writing them twice"):
+    assert sp.results_version(uid) == 1
+    with pytest.raises(SpoolError, match="version 1 already exist"):
         (d / "again").mkdir()
         sp.publish(uid, d / "again")
     sp.finish(uid, candidates=0)
     assert sp.state_of(uid) == SeriesState.DONE
-    assert not (sp.dir(SeriesState.DONE, uid) / "instances").exists()   # dropped by default
     events = [e["event"] for e in json.loads((sp.dir(SeriesState.DONE, uid) / "series.json").read_text())["events"]]
-    assert events == ["received", "complete", "complete", "processing", "done"]
+    assert events == ["received", "complete", "receiving_again", "complete", "processing", "done"]
 
-    # an instance for a finished series is kept aside, not processed again
-    late = sp.store(files[0].read_bytes(), uid, str(_ds(files[0]).SOPInstanceUID))
-    assert late.parent == tmp_path / "spool" / "late" / uid
-    assert sp.state_of(uid) == SeriesState.DONE
+    # the instances stay until pruned, so that a late one can merge with them into a new version
+    assert len(list((sp.dir(SeriesState.DONE, uid) / "instances").iterdir())) == 5
+    assert sp.prune(retain_s=3600) == 0
+    assert sp.prune(retain_s=0.0) == 1
+    assert not (sp.dir(SeriesState.DONE, uid) / "instances").exists()
     st = sp.status()
-    assert st["counts"]["done"] == 1 and st["late_instances"] == {uid: 1}
+    assert st["counts"]["done"] == 1 and st["late_instances"] == {}
 
 
 def test_store_refuses_bad_uids_and_a_full_disk(tmp_path, ct_file):
@@ -137,7 +138,7 @@ def test_recover_requeues_finishes_or_fails_what_a_killed_service_left(tmp_path,
     _processing(sp, c, series_pool[2][:2], attempts=3)      # killed three times already
     (sp.tmp / "deadbeef.part").write_bytes(b"half")
     counts = sp.recover(max_attempts=3)
-    assert counts == {"requeued": 1, "finished": 1, "failed": 1, "tmp_removed": 1}
+    assert counts == {"requeued": 1, "finished": 1, "failed": 1, "interrupted": 0, "tmp_removed": 1}
     assert sp.state_of(a) == SeriesState.COMPLETE and sp.queued() == [a]
     assert sp.state_of(b) == SeriesState.DONE
     assert sp.state_of(c) == SeriesState.FAILED

@@ -1,0 +1,75 @@
+"""Is a received series whole? Checked on the headers before a series may count as complete.
+
+The engine's loader refuses a series with missing slices when it is processed; the service
+must instead *wait* for them: a sender that paused, or was cut off and will resend, has not
+finished. So a quiet series is only queued when its slices, ordered along the slice normal
+(as the loader orders them, with the engine's header reader and gap tolerance), are evenly
+spaced with no gap, and its InstanceNumbers, where every slice has one, run without a hole.
+
+What this cannot see: slices missing at either end (the positions of the slices present are
+still evenly spaced). The service covers that case by how the transfer ended (an association
+that was aborted or cut off marks its series interrupted, see `Service`), never by timing.
+Every other defect (mixed orientations, uneven spacing, a non-CT slice) is left to the loader,
+which fails the series with its reason when it is processed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: A gap this many times the median spacing or more is a missing slice, not uneven spacing
+#: (uneven spacing is the loader's to refuse, with its own tolerance).
+GAP_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class Completeness:
+    complete: bool
+    reason: str                   # why not complete ("" when complete)
+    instances: int
+    positions_mm: tuple[float, ...] = ()   # slice positions along the normal, sorted
+
+
+def check_series(folder: Path, tolerance_mm: float | None = None) -> Completeness:
+    """Check the DICOM files in ``folder`` (one series) for gaps, on their headers only."""
+    from ..engine.io.dicom import DEFAULT_TOLERANCE_MM
+    from ..engine.io.dicom_header import SliceHeader, read_header
+
+    tol = DEFAULT_TOLERANCE_MM if tolerance_mm is None else float(tolerance_mm)
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if Path(folder).is_dir() else []
+    headers = [h for h in map(read_header, files) if isinstance(h, SliceHeader) and not h.is_localizer]
+    n = len(files)
+    if not headers:
+        return Completeness(False, "no readable CT slice", n)
+    numbers = [h.ds.get("InstanceNumber") for h in headers]
+    if all(v not in (None, "") for v in numbers) and len(headers) > 1:
+        try:
+            nums = sorted(int(v) for v in numbers)
+        except (TypeError, ValueError):
+            nums = []
+        holes = [a for a, b in zip(nums, nums[1:]) if b - a > 1]
+        if holes:
+            a = holes[0]
+            return Completeness(False, f"InstanceNumber {a + 1} missing (between {a} and "
+                                       f"{nums[nums.index(a) + 1]}; {len(holes)} hole(s))", n)
+    located = [h for h in headers if h.position is not None and h.orientation is not None]
+    if len(located) < 2:
+        return Completeness(True, "", n, tuple(float(h.position[2]) for h in located if h.position))
+    o = np.asarray(located[0].orientation, dtype=np.float64)
+    normal = np.cross(o[:3], o[3:])
+    dist = np.sort(np.asarray([h.position for h in located], dtype=np.float64) @ normal)
+    gaps = np.diff(dist)
+    gaps = gaps[gaps > 1e-3]      # duplicate positions are the loader's to refuse
+    if gaps.size:
+        median = float(np.median(gaps))
+        big = np.flatnonzero((gaps > GAP_FACTOR * median) & (gaps - median > tol))
+        if big.size:
+            i = int(big[0])
+            return Completeness(False, f"slice(s) missing: gap {gaps[i]:.3f} mm, median spacing {median:.3f} mm "
+                                       f"({big.size} gap(s))", n, tuple(float(d) for d in dist))
+    return Completeness(True, "", n, tuple(float(d) for d in dist))
+
+
+__all__ = ["Completeness", "check_series"]

@@ -248,8 +248,10 @@ class Detector:
         tile_id = idx // t
         for key in np.unique(tile_id, axis=0):
             sel = np.flatnonzero((tile_id == key).all(1))
-            o0 = key * t
-            o1 = np.minimum(o0 + t, n_out)
+            # only the output points this tile's candidates need: their bounding box, not the whole
+            # tile (the lung's edge leaves most tiles partly empty; the scores are the same)
+            o0 = np.maximum(key * t, idx[sel].min(0))
+            o1 = np.minimum(np.minimum(key * t + t, n_out), idx[sel].max(0) + 1)
             a0, a1 = o0 * s, (o1 - 1) * s + p
             tile = k.normalise(hu[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]])[None, None]
             extra = None

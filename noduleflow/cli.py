@@ -4,8 +4,8 @@ Each subcommand module exposes ``register(subparsers)`` which adds its parser an
 sets ``func`` (a callable taking the parsed args and returning an exit code).
 Command modules import only the standard library at import time and do their heavy
 imports inside ``func``: building ``--help`` must not load torch, onnxruntime or
-numba. The engine reaches into trainer/export/bench only here, by module name,
-when the user asks for one of their subcommands.
+numba. The trainer, exporter and benchmarks contribute their own subcommands
+(listed below by module name); the runtime (``noduleflow.engine``) contributes none.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "noduleflow.commands.detect",
     "noduleflow.commands.demo",
     "noduleflow.commands.serve",
+    "noduleflow.commands.warmup",
     "noduleflow.commands.synth",
     "noduleflow.trainer.commands.train",
     "noduleflow.export.cli",

@@ -1,0 +1,13 @@
+"""`noduleflow warmup` compiles (or loads) the kernels and reports first and warm detection times."""
+from __future__ import annotations
+
+import re
+
+from noduleflow.cli import main
+
+
+def test_warmup_reports_first_and_warm(capsys):
+    assert main(["warmup"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"first detection ([\d.]+) s .*then ([\d.]+) s warm", out)
+    assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, out

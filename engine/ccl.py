@@ -9,7 +9,7 @@ skimage.measure.label / scipy.ndimage.label on the same mask (bench/preprocess.p
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True, inline="always")
@@ -132,3 +132,150 @@ def component_boxes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray,
     """`component_stats` plus each component's bounding box, int64 (n+1, 6) rows (z0, z1, y0, y1, x0, x1),
     half-open voxel indices (row 0, the background, is meaningless); the same single pass."""
     return _stats(labels, n)
+
+
+# --- run-length labelling: components of (values < threshold) without a label image ----------
+#
+# The lung mask's first labelling only needs, per component, its size, whether it touches the
+# in-plane border and its bounding box, and then the voxels of a few chosen components. Air
+# comes in long x runs (the air around the patient, the lungs), so labelling the runs instead
+# of the voxels does a union-find operation per run, not per voxel, and never writes an int32
+# image: one read of the values, then work proportional to the number of runs.
+
+
+@njit(cache=True, parallel=True)
+def _count_runs(values, thr):
+    nz, ny, nx = values.shape
+    counts = np.zeros(nz * ny, dtype=np.int64)
+    for z in prange(nz):
+        for y in range(ny):
+            c = 0
+            inside = False
+            for x in range(nx):
+                b = values[z, y, x] < thr
+                if b and not inside:
+                    c += 1
+                inside = b
+            counts[z * ny + y] = c
+    return counts
+
+
+@njit(cache=True, parallel=True)
+def _fill_runs(values, thr, row_start, starts, ends):
+    nz, ny, nx = values.shape
+    for z in prange(nz):
+        for y in range(ny):
+            k = row_start[z * ny + y]
+            inside = False
+            for x in range(nx):
+                b = values[z, y, x] < thr
+                if b and not inside:
+                    starts[k] = x
+                elif inside and not b:
+                    ends[k] = x
+                    k += 1
+                inside = b
+            if inside:
+                ends[k] = nx
+
+
+@njit(cache=True)
+def _union_runs(row_start, starts, ends, nz, ny):
+    n = starts.shape[0]
+    parent = np.arange(n, dtype=np.int64)
+    for z in range(nz):
+        for y in range(ny):
+            r = z * ny + y
+            a0, a1 = row_start[r], row_start[r + 1]
+            for prev in (r - 1 if y > 0 else -1, r - ny if z > 0 else -1):
+                if prev < 0:
+                    continue
+                i, j = a0, row_start[prev]
+                j1 = row_start[prev + 1]
+                while i < a1 and j < j1:  # sweep two sorted run lists; overlap = 6-connected
+                    if starts[i] < ends[j] and starts[j] < ends[i]:
+                        _union(parent, i, j)
+                    if ends[i] < ends[j]:
+                        i += 1
+                    else:
+                        j += 1
+    return parent
+
+
+@njit(cache=True)
+def _run_components(row_start, starts, ends, parent, nz, ny, nx):
+    n = starts.shape[0]
+    comp = np.zeros(n, dtype=np.int64)
+    ncomp = 0
+    for i in range(n):  # roots are the smallest run index of their component: raster order
+        if _find(parent, i) == i:
+            ncomp += 1
+            comp[i] = ncomp
+    sizes = np.zeros(ncomp + 1, dtype=np.int64)
+    border = np.zeros(ncomp + 1, dtype=np.bool_)
+    boxes = np.empty((ncomp + 1, 6), dtype=np.int64)
+    boxes[:, 0::2] = np.iinfo(np.int64).max
+    boxes[:, 1::2] = -1
+    for z in range(nz):
+        for y in range(ny):
+            r = z * ny + y
+            for i in range(row_start[r], row_start[r + 1]):
+                c = comp[_find(parent, i)]
+                comp[i] = c
+                sizes[c] += ends[i] - starts[i]
+                if y == 0 or y == ny - 1 or starts[i] == 0 or ends[i] == nx:
+                    border[c] = True
+                b = boxes[c]
+                b[0] = min(b[0], z)
+                b[1] = max(b[1], z + 1)
+                b[2] = min(b[2], y)
+                b[3] = max(b[3], y + 1)
+                b[4] = min(b[4], starts[i])
+                b[5] = max(b[5], ends[i])
+    return comp, ncomp, sizes, border, boxes
+
+
+@njit(cache=True, parallel=True)
+def _paint_runs(row_start, starts, ends, comp, keep, ny, z0, y0, x0, out):
+    oz, oy, ox = out.shape
+    for k in prange(oz):
+        for j in range(oy):
+            r = (z0 + k) * ny + y0 + j
+            for i in range(row_start[r], row_start[r + 1]):
+                if keep[comp[i]]:
+                    for x in range(max(starts[i] - x0, 0), min(ends[i] - x0, ox)):
+                        out[k, j, x] = True
+
+
+class RunComponents:
+    """6-connected components of ``values < threshold`` in a (z, y, x) array, labelled as x runs.
+
+    Attributes: ``n`` components (numbered 1..n in raster order of their first voxel, as
+    `label` numbers them); ``sizes`` int64 (n+1,), ``border`` bool (n+1,) (touches the in-plane
+    faces), ``boxes`` int64 (n+1, 6) half-open (z0, z1, y0, y1, x0, x1); index 0 is background.
+    """
+
+    def __init__(self, values: np.ndarray, threshold: float):
+        values = np.ascontiguousarray(values)
+        nz, ny, nx = self.shape = values.shape
+        counts = _count_runs(values, threshold)
+        self._row_start = np.zeros(nz * ny + 1, dtype=np.int64)
+        np.cumsum(counts, out=self._row_start[1:])
+        m = int(self._row_start[-1])
+        self._starts = np.empty(m, dtype=np.int64)
+        self._ends = np.empty(m, dtype=np.int64)
+        _fill_runs(values, threshold, self._row_start, self._starts, self._ends)
+        parent = _union_runs(self._row_start, self._starts, self._ends, nz, ny)
+        self._comp, self.n, self.sizes, self.border, self.boxes = _run_components(
+            self._row_start, self._starts, self._ends, parent, nz, ny, nx)
+
+    def mask(self, keep, box=None) -> np.ndarray:
+        """Bool mask of the components in ``keep`` (ids), over ``box`` = (z0, z1, y0, y1, x0, x1)
+        (default: the whole array)."""
+        nz, ny, nx = self.shape
+        z0, z1, y0, y1, x0, x1 = box if box is not None else (0, nz, 0, ny, 0, nx)
+        lut = np.zeros(self.n + 1, dtype=np.bool_)
+        lut[np.asarray(keep, dtype=np.int64)] = True
+        out = np.zeros((z1 - z0, y1 - y0, x1 - x0), dtype=np.bool_)
+        _paint_runs(self._row_start, self._starts, self._ends, self._comp, lut, ny, z0, y0, x0, out)
+        return out

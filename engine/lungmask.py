@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .ccl import component_boxes, component_stats, label
+from .ccl import RunComponents, component_stats, label
 from .errors import ConfigError, VolumeError
 from .morphology import block_mean, clear_blocks, close, dilate, erode, fill_holes_2d, refine_blocks, smoothed_below
 from .volume import Volume
@@ -122,8 +122,8 @@ def lung_topology(hu: np.ndarray, spacing_zyx_mm, superior_last: bool, p: LungMa
     lung C, air = hu < threshold, the airway removed from the air mask (lumen + rim), and the
     extrapulmonary airway to cut from the final mask.
     """
-    labels, n = label(hu < p.threshold_hu)
-    sizes, border, boxes = component_boxes(labels, n)
+    runs = RunComponents(hu, p.threshold_hu)  # no label image: sizes, border and boxes from x runs
+    sizes, border, boxes = runs.sizes, runs.border, runs.boxes
     voxel_ml = float(np.prod(spacing_zyx_mm)) / 1000.0
     ok = np.flatnonzero((~border) & (sizes * voxel_ml >= p.min_lung_ml))
     ok = ok[ok > 0]
@@ -140,8 +140,8 @@ def lung_topology(hu: np.ndarray, spacing_zyx_mm, superior_last: bool, p: LungMa
                 min(int(boxes[ok, 2 * a + 1].max()) + margin[a], hu.shape[a])]
     sl = tuple(slice(box[2 * a], box[2 * a + 1]) for a in range(3))
     hu = np.ascontiguousarray(hu[sl])
-    mask = _keep(np.ascontiguousarray(labels[sl]), n, ok)
-    del labels
+    mask = runs.mask(ok, box)
+    del runs
     lumen = _airway_lumen(hu, mask, spacing_zyx_mm, superior_last, p, smooth)
     r = max(1, int(round(AIRWAY_RIM_MM / min(spacing_zyx_mm[1:]))))
     rim = dilate(lumen, (0, r, r)) & mask if lumen.any() else lumen

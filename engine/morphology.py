@@ -183,17 +183,21 @@ def _block_mean(hu, fz, fy, fx, out):
     for k in prange(cz):
         z0, z1 = k * fz, min(k * fz + fz, nz)
         acc = np.zeros((cy, cx), dtype=np.int32)  # int32: up to 64 voxels of |HU| < 32768 per block
+        full = nx // fx
         for z in range(z0, z1):
             for y in range(ny):
                 row = acc[y // fy]
-                i = 0
-                c = 0
-                for x in range(nx):  # a counter instead of x // fx: no division per voxel
-                    row[i] += hu[z, y, x]
-                    c += 1
-                    if c == fx:
-                        c = 0
-                        i += 1
+                src = hu[z, y]
+                for i in range(full):
+                    s = np.int32(0)
+                    for t in range(i * fx, i * fx + fx):
+                        s += src[t]
+                    row[i] += s
+                if full < cx:  # a partial last block
+                    s = np.int32(0)
+                    for t in range(full * fx, nx):
+                        s += src[t]
+                    row[full] += s
         for j in range(cy):
             ny_b = min(j * fy + fy, ny) - j * fy
             for i in range(cx):

@@ -60,6 +60,27 @@ def test_component_boxes_match_scipy():
     np.testing.assert_array_equal(sizes[1:], np.bincount(lab.ravel(), minlength=n + 1)[1:])
 
 
+@pytest.mark.parametrize("density", [0.2, 0.5, 0.8])
+def test_run_components_match_scipy(density):
+    from scipy import ndimage
+
+    from noduleflow.engine.ccl import RunComponents
+
+    values = np.random.default_rng(10).uniform(size=(16, 25, 31)).astype(np.float32)
+    mask = values < density
+    runs = RunComponents(values, density)
+    theirs, m = ref.label(mask)
+    assert runs.n == m
+    np.testing.assert_array_equal(runs.sizes[1:], np.bincount(theirs.ravel(), minlength=m + 1)[1:])
+    for i, sl in enumerate(ndimage.find_objects(theirs), start=1):  # both number in raster order
+        assert tuple(runs.boxes[i]) == tuple(v for s in sl for v in (s.start, s.stop))
+        touches = (theirs[:, [0, -1]] == i).any() or (theirs[:, :, [0, -1]] == i).any()
+        assert runs.border[i] == touches
+    keep = [1, m // 2, m]
+    np.testing.assert_array_equal(runs.mask(keep), np.isin(theirs, keep))
+    np.testing.assert_array_equal(runs.mask(keep, (2, 9, 3, 20, 5, 31)), np.isin(theirs, keep)[2:9, 3:20, 5:31])
+
+
 @pytest.mark.parametrize("radius", [(0, 0, 1), (0, 3, 0), (2, 0, 0), (3, 4, 4), (1, 1, 1), (0, 25, 2)])
 def test_dilate_erode_every_axis_match_scipy(radius):
     from scipy import ndimage

@@ -129,9 +129,14 @@ def send_pynetdicom(port: int, ae_title: str, files, contexts=None) -> list[int]
     if not assoc.is_established:
         raise RuntimeError(f"{ae_title}: association not established")
     try:
-        return [int(assoc.send_c_store(f).Status) for f in files]
+        statuses = [int(assoc.send_c_store(f).Status) for f in files]
     finally:
         assoc.release()
+    if not assoc.is_released:
+        # the service went away before the release: as a scanner would, count the transfer as
+        # failed and send it again (the service holds the series as interrupted meanwhile)
+        raise RuntimeError(f"{ae_title}: association not released (the peer went away)")
+    return statuses
 
 
 def _send_storescu(tool: str, port: int, ae_title: str, files) -> list[int]:
@@ -145,6 +150,15 @@ def _send_storescu(tool: str, port: int, ae_title: str, files) -> list[int]:
 def _states(spool: Path) -> dict[str, list[str]]:
     return {s: sorted(p.name for p in (spool / s).iterdir()) if (spool / s).is_dir() else []
             for s in ("received", "complete", "processing", "done", "failed")}
+
+
+def _whole_result(folder: Path, n_instances: int) -> bool:
+    """The results' version.json says they were computed from all ``n_instances``, as complete."""
+    try:
+        v = json.loads((folder / "version.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return v.get("instances") == n_instances and v.get("complete") is True
 
 
 def run_load(workdir, n_series: int = 20, clients: int = 4, kill_after: int = 3, quiet_s: float = 2.0,
@@ -259,6 +273,8 @@ def run_load(workdir, n_series: int = 20, clients: int = 4, kill_after: int = 3,
         "every result holds csv, json and SR": all(
             {"candidates.csv", "sr.dcm", f"{u}.json"} <= {p.name for p in (spool / "results" / u).iterdir()}
             for u in results),
+        "every result is of its whole series (all instances, marked complete)": all(
+            _whole_result(spool / "results" / u, len(files)) for u, files in series if u in results),
         "all instances accepted": not errors,
         "status readable": status.returncode == 0 and json.loads(status.stdout)["counts"]["done"] == len(st["done"]),
         "service stopped cleanly on SIGTERM": rc == 0,

@@ -82,7 +82,8 @@ class StorageSCP:
             ae.require_calling_aet = list(cfg.allow_ae)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_RELEASED, self._on_released),
-                    (evt.EVT_ABORTED, self._on_aborted), (evt.EVT_CONN_CLOSE, self._on_closed)]
+                    (evt.EVT_PDU_RECV, self._on_pdu), (evt.EVT_ABORTED, self._on_aborted),
+                    (evt.EVT_CONN_CLOSE, self._on_closed)]
         self.ae = ae
         server = ae.make_server((cfg.host, cfg.port), evt_handlers=handlers, server_class=_Server)
         self.port = server.server_address[1]
@@ -148,6 +149,15 @@ class StorageSCP:
                 self.spool.transfer(uid, how)
             except (OSError, SpoolError):
                 log.exception("series %s: could not record the end of its transfer (%s)", uid, how)
+
+    def _on_pdu(self, event) -> None:
+        # A-RELEASE-RQ: the sender says it has sent everything. Recorded here, in the reader
+        # thread before pynetdicom answers it, not on EVT_RELEASED (triggered after the answer
+        # went out): a service killed in between must not find the series "still receiving".
+        from pynetdicom.pdu import A_RELEASE_RQ
+
+        if isinstance(event.pdu, A_RELEASE_RQ):
+            self._end(event, "released")
 
     def _on_released(self, event) -> None:
         self._end(event, "released")

@@ -119,7 +119,13 @@ class Spool:
         with self._lock:
             rec = self.read_record(series_dir)
             rec.setdefault("events", []).append({"t": round(time.time(), 3), "event": name, **detail})
-            rec.update({k: v for k, v in detail.items() if k in _RECORD_KEYS})
+            for k, v in detail.items():
+                if k not in _RECORD_KEYS:
+                    continue
+                if v is None:            # None clears a key (a new version starts afresh)
+                    rec.pop(k, None)
+                else:
+                    rec[k] = v
             self.write_file(series_dir / "series.json", json.dumps(rec, indent=1).encode())
         extra = " ".join(f"{k}={v}" for k, v in detail.items() if k not in ("error", "extent_mm"))
         level = logging.ERROR if name == "failed" else logging.DEBUG if quiet else logging.INFO

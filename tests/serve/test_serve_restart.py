@@ -1,5 +1,11 @@
 """`noduleflow serve` as a real subprocess, SIGKILLed while it processes a series and restarted:
-every series ends with exactly one result (bench/serve_load.py does the work and the checks)."""
+every series ends with exactly one result, computed from all its instances (bench/serve_load.py
+does the work and the checks).
+
+Nothing here depends on how fast the machine is: a series counts as complete only when no
+association is still sending it, its slices have no gap, and its sender was not cut off (a
+series that was arriving when the service died waits for the resend, however long the restart
+and the resend take); every wait polls the spool's state with a bound."""
 from __future__ import annotations
 
 import pytest

@@ -68,3 +68,31 @@ def test_sr_reads_back_with_its_points_probabilities_and_references(tmp_path, se
 def test_sr_needs_evidence():
     with pytest.raises(ValueError, match="evidence"):
         write_sr(_detections("1.2.3"), [], "/nonexistent/sr.dcm", model_id="m", engine_version="0")
+
+
+def test_missing_type2_patient_and_study_attributes_give_empty_values(tmp_path, series_pool):
+    """Anonymised or scanner-exported images often lack PatientBirthDate & co.: the SR is still
+    written, with those attributes present and empty (Type 2), and the rest copied."""
+    from noduleflow.serve.sr import TYPE2_COPIED
+
+    evidence = [pydicom.dcmread(f, stop_before_pixels=True) for f in series_pool[0]]
+    for ds in evidence:
+        for k in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName", "StudyID"):
+            if k in ds:
+                delattr(ds, k)
+    assert "PatientBirthDate" not in evidence[0]
+    path = write_sr(_detections(str(evidence[0].SeriesInstanceUID)), evidence, tmp_path / "sr.dcm",
+                    model_id="m", engine_version="0")
+    sr = pydicom.dcmread(path)
+    for k in TYPE2_COPIED:
+        assert k in sr, k
+    assert sr.PatientBirthDate == "" and sr.PatientSex == "" and sr.AccessionNumber == ""
+    assert sr.PatientID == evidence[0].PatientID and sr.CompletionFlag == "COMPLETE"
+    assert "PatientBirthDate" not in evidence[0]          # the caller's datasets are left alone
+
+
+def test_an_sr_for_a_series_not_known_to_be_whole_is_partial(tmp_path, series_pool):
+    evidence = [pydicom.dcmread(f, stop_before_pixels=True) for f in series_pool[0][:20]]
+    path = write_sr(_detections(str(evidence[0].SeriesInstanceUID)), evidence, tmp_path / "sr.dcm",
+                    model_id="m", engine_version="0", complete=False)
+    assert pydicom.dcmread(path).CompletionFlag == "PARTIAL"

@@ -8,6 +8,7 @@ a permissive one (0o000, 0o002) would leave the data readable by other local use
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def mkdir_private(path: Path) -> Path:
         except FileExistsError:
             pass
         os.chmod(d, DIR_MODE)
-    os.chmod(path, DIR_MODE)
+    if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:   # chmod only when needed: --status may run as
+        os.chmod(path, DIR_MODE)                          # another user on a spool that is already right
     return path
 
 

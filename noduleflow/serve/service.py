@@ -109,9 +109,10 @@ class ServeConfig:
             raise ConfigError(f"--retain-instances must be >= 0 seconds (got {self.retain_s})")
         if self.max_associations < 1:
             raise ConfigError(f"--max-associations must be >= 1 (got {self.max_associations})")
-        for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s", "restart_backoff_s"):
+        for name, option in (("acse_timeout_s", "--acse-timeout"), ("dimse_timeout_s", "dimse_timeout_s"),
+                             ("network_timeout_s", "--network-timeout"), ("restart_backoff_s", "restart_backoff_s")):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0 seconds (got {getattr(self, name)})")
+                raise ConfigError(f"{option} must be > 0 seconds (got {getattr(self, name)})")
         _networks(self.allow_hosts)
         if self.forward:
             parse_destination(self.forward)
@@ -145,6 +146,7 @@ class Service:
         self._log_handler: logging.Handler | None = None
         self._health: dict[str, dict] = {}
         self._health_lock = threading.Lock()
+        self._info_lock = threading.Lock()      # serve.json: one writer at a time, newest health last
         self._info: dict = {}
         self._steps: dict[str, tuple] = {}
         self._watch_seen: dict = {}
@@ -172,11 +174,11 @@ class Service:
         m = self.detector.package.manifest
         log.info("model %s, backend %s, mode %s, ready in %.2f s", m.model_id, self.detector.backend.name,
                  self.detector.config.mode, getattr(self.detector, "cold_start_s", 0.0))
-        if self.cfg.network:
-            self._scp = StorageSCP(self.cfg, self.spool, accepting=self.accepting)
-            self.port = self._scp.start(_networks(self.cfg.allow_hosts))
         self._spawn("worker", self._worker_step, on_restart=self._recover_worker)
         self._spawn("complete", self._completion_step)
+        if self.cfg.network:   # after the worker: instances are refused while it is not running
+            self._scp = StorageSCP(self.cfg, self.spool, accepting=self.accepting)
+            self.port = self._scp.start(_networks(self.cfg.allow_hosts))
         if self.cfg.forward:
             for s in self.spool.series([SeriesState.DONE]):
                 if not s.record.get("forwarded") and (self.spool.results_dir(s.uid) / "sr.dcm").exists():
@@ -286,8 +288,9 @@ class Service:
 
     def _write_info(self) -> None:
         try:
-            self.spool.write_file(self.spool.root / "serve.json",
-                                  json.dumps({**self._info, "health": self.health()}, indent=1).encode())
+            with self._info_lock:
+                self.spool.write_file(self.spool.root / "serve.json",
+                                      json.dumps({**self._info, "health": self.health()}, indent=1).encode())
         except OSError as exc:   # a full disk must not take the thread reporting it down as well
             log.error("cannot write %s: %s", self.spool.root / "serve.json", exc)
 

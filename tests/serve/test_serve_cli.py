@@ -16,6 +16,9 @@ from noduleflow.cli import main
     (["--allow-host", "not-an-ip"], "--allow-host 'not-an-ip'"),
     (["--no-network"], "--no-network needs --watch"),
     (["--quiet-period", "0"], "--quiet-period must be > 0"),
+    (["--incomplete-wait", "5"], "--incomplete-wait must be >= --quiet-period 10.0 (got 5.0)"),
+    (["--max-associations", "0"], "--max-associations must be >= 1 (got 0)"),
+    (["--acse-timeout", "0"], "--acse-timeout must be > 0 seconds (got 0.0)"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(["serve", "--spool", str(tmp_path / "s"), *argv]) == 2

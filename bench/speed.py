@@ -109,7 +109,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
                    "dense_points_per_s": len(centres) / d.timings_s["inference"],
                    "dense_voxels_per_s": float(np.prod(pre.volume.shape)) / d.timings_s["inference"],
                    "patch_stream_points_per_s": len(sub) / t_stream,
-                   "patch_serial_points_per_s": len(sub) / t_serial}
+                   "patch_serial_points_per_s": len(sub) / t_serial,
+                   "peak_rss_mb_after": d.meta["peak_rss_mb_after"]}
             if baseline and i == 0:
                 row["baseline"] = seed_style(vol, checkpoint, pre.volume.voxel_to_world(sub[:300]))
             per.append(row)
@@ -216,6 +217,9 @@ def markdown(r: dict) -> str:
             f"{x['backend']} b{x['batch']}: {x['points_per_s']:.0f}" for x in r["patch_backend_batch_sweep"]))
     if "peak_rss_mb" in r:
         lines.append(f"- peak host RSS of the benchmark process: {r['peak_rss_mb']:.0f} MB")
+        if r["per_scan"] and "peak_rss_mb_after" in r["per_scan"][0]:
+            lines.append("- peak RSS (high-water mark) after each stage of the first scan, MB: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in r["per_scan"][0]["peak_rss_mb_after"].items()))
     if r.get("dense_tile_sweep"):
         best = min(r["dense_tile_sweep"], key=lambda x: x["seconds"])
         lines.append("- dense tile size (output points per axis -> seconds for the last scan's grid): " +

@@ -29,6 +29,16 @@ from .volume import Volume
 
 log = logging.getLogger(__name__)
 
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MB (a high-water mark: after each stage it
+    says how far that stage, or an earlier one, drove it)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
@@ -275,18 +285,21 @@ class Detector:
             return [self.detect(s, series_uid, keep_preprocessed) for s in source]
         from .io import load_volume
 
-        timings = {}
+        timings, rss = {}, {}
         t = time.perf_counter()
         vol = source if isinstance(source, Volume) else load_volume(source, series_uid=series_uid)
         timings["load"] = time.perf_counter() - t
+        rss["load"] = _peak_rss_mb()
         pre = preprocess(vol, self.spec)
         timings.update(pre.timings_s)
+        rss["preprocess"] = _peak_rss_mb()
         t = time.perf_counter()
         centres = self.grid_centres(pre)
         timings["candidates"] = time.perf_counter() - t
         t = time.perf_counter()
         logits = self.score(pre, centres)
         timings["inference"] = time.perf_counter() - t
+        rss["inference"] = _peak_rss_mb()
         t = time.perf_counter()
         probs = _sigmoid(logits)
         keep = probs >= self.config.threshold
@@ -294,13 +307,14 @@ class Detector:
         cands = tuple(Candidate(tuple(float(v) for v in pre.volume.voxel_to_world(c)), p, n) for c, p, n in found)
         timings["clustering"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
+        rss["clustering"] = _peak_rss_mb()
         return Detections(
             series_uid=vol.series_uid, candidates=cands, timings_s=timings, backend=self.backend.name,
             mode=self.config.mode, model_id=self.package.manifest.model_id, engine_version=self.version,
             n_scored=int(len(centres)),
             meta={"shape_zyx": list(vol.shape), "spacing_zyx_mm": list(vol.spacing_zyx_mm),
                   "lung_box_1mm_zyx": list(pre.volume.shape), "source": vol.meta.get("source", ""),
-                  "warnings": list(vol.meta.get("warnings", []))},
+                  "warnings": list(vol.meta.get("warnings", [])), "peak_rss_mb_after": rss},
             volume=vol, preprocessed=pre if keep_preprocessed else None,
         )
 

@@ -13,6 +13,7 @@ is recovered by `Spool.recover` at the next start.
 """
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import json
 import logging
@@ -174,6 +175,12 @@ class Service:
         m = self.detector.package.manifest
         log.info("model %s, backend %s, mode %s, ready in %.2f s", m.model_id, self.detector.backend.name,
                  self.detector.config.mode, getattr(self.detector, "cold_start_s", 0.0))
+        # Import what the threads use here, once: two threads importing pydicom for the first time
+        # at the same moment can each see it half-initialised (ImportError: circular import).
+        for module in ("pydicom", "pydicom.sr.codedict", "highdicom", "pynetdicom", "..engine.io.dicom_header",
+                       ".completeness", ".sr"):
+            importlib.import_module(module, __package__)
+
         self._spawn("worker", self._worker_step, on_restart=self._recover_worker)
         self._spawn("complete", self._completion_step)
         if self.cfg.network:   # after the worker: instances are refused while it is not running

@@ -106,7 +106,7 @@ def print_status(st: dict, out=None) -> None:
             print(f"  {name} thread {h.get('state', '?').upper()}"
                   + (f": {h['error']}" if h.get("error") and h.get("state") != "up" else "")
                   + (f" (restarted {h['restarts']} time(s))" if h.get("restarts") else "")
-                  + ("; instances are refused (0xA700) until it runs again" if name == "worker"
+                  + ("; instances are refused (0xA700) until it runs again" if name in ("worker", "complete")
                      and h.get("state") != "up" else ""), file=out)
     print("  " + ", ".join(f"{k} {v}" for k, v in st["counts"].items())
           + f"; late instances {sum(st['late_instances'].values())}; rejected files {st['rejected_files']}",

@@ -289,9 +289,14 @@ class Service:
             return {k: dict(v) for k, v in self._health.items()}
 
     def accepting(self) -> bool:
-        """Instances are taken only while the worker can process them."""
-        t = self._threads.get("worker")
-        return t is not None and t.is_alive() and self.health().get("worker", {}).get("state") == "up"
+        """Instances are taken only while they can be processed: the worker and the completion
+        thread both running."""
+        health = self.health()
+        for name in ("worker", "complete"):
+            t = self._threads.get(name)
+            if t is None or not t.is_alive() or health.get(name, {}).get("state") != "up":
+                return False
+        return True
 
     def _write_info(self) -> None:
         try:

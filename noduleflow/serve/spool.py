@@ -53,6 +53,7 @@ class Spool:
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._checked: dict[str, tuple] = {}   # uid -> (mtime, count, Completeness): headers read once
+        self._marked_receiving: set[str] = set()   # records known to say receiving (not re-read per instance)
         mkdir_private(self.root)
         for d in (*(s.value for s in STATES), "results", "superseded", "late", "rejected", "tmp"):
             mkdir_private(self.root / d)
@@ -184,8 +185,10 @@ class Spool:
                 dest = received / "instances" / f"{sop_uid}.dcm"
                 if dest.exists():
                     return self._duplicate(received, dest, data, source)
-                if sending and not self.read_record(received).get("receiving"):
-                    self.event(received, "transfer_started", quiet=True, receiving=True, source=source)
+                if sending and series_uid not in self._marked_receiving:
+                    if not self.read_record(received).get("receiving"):
+                        self.event(received, "transfer_started", quiet=True, receiving=True, source=source)
+                    self._marked_receiving.add(series_uid)
                 os.replace(tmp, dest)
                 fsync_dir(dest.parent)
                 return dest
@@ -198,7 +201,7 @@ class Spool:
         rec = self.read_record(series_dir)
         n = int(rec.get("duplicates", 0)) + 1
         # an identical resend is routine (a sender retrying); different content under one UID is not
-        (log.info if same else log.warning)(
+        (log.debug if same else log.warning)(
             "series %s: SOP Instance UID %s received again from %s (%s); kept the first copy",
             series_dir.name, held.stem, source or "?", "identical" if same else "DIFFERENT content")
         self.event(series_dir, "duplicate", quiet=True, duplicates=n, sop_instance_uid=held.stem, identical=same,
@@ -253,16 +256,16 @@ class Spool:
         return True
 
     def transfer(self, uid: str, what: str) -> None:
-        """Record how a sender's association stands for a series still receiving: ``started``,
-        ``released`` (it finished normally) or ``aborted`` (cut off: the series is interrupted and
-        waits for a resend instead of counting as complete after the quiet period)."""
+        """Record how a sender's association that stored into a series still receiving ended:
+        ``released`` (normally: it has sent everything) or anything else ("aborted", "connection
+        lost": cut off, so the series is interrupted and waits for a resend instead of counting
+        as complete after the quiet period). The start is recorded by `store` (``sending``)."""
         with self._lock:
+            self._marked_receiving.discard(uid)
             d = self.dir(SeriesState.RECEIVED, uid)
             if not d.is_dir():
                 return
-            if what == "started":
-                self.event(d, "transfer_started", quiet=True, receiving=True)
-            elif what == "released":
+            if what == "released":
                 self.event(d, "transfer_released", quiet=True, receiving=False, interrupted=False)
             else:
                 self.event(d, "transfer_interrupted", receiving=False, interrupted=True, how=what)

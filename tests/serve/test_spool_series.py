@@ -254,3 +254,21 @@ def test_spool_folders_are_0700_and_files_0600_whatever_the_umask(tmp_path, seri
     assert not wrong, wrong
     assert len(modes) > 130          # instances, records, results, error.txt, the lock were all looked at
     assert stat.S_IMODE((tmp_path / "deep").stat().st_mode) == 0o700
+
+
+def test_the_real_scan_is_whole_and_one_slice_less_is_not(tmp_path):
+    """LIDC-IDRI-0314 from a real scanner: its numbering and spacing pass; without a middle slice
+    they do not (skipped where ../shared/realct is absent)."""
+    from pathlib import Path
+
+    real = Path(__file__).resolve().parents[2] / ".." / "shared" / "realct" / "LIDC-IDRI-0314"
+    if not real.is_dir():
+        pytest.skip("../shared/realct not present")
+    files = sorted(real.glob("*.dcm"))
+    c = check_series(real)
+    assert c.complete and c.instances == len(files) > 100
+    order = sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    for f in order[:100] + order[101:]:
+        (tmp_path / f.name).symlink_to(f)
+    c = check_series(tmp_path)
+    assert not c.complete and "missing" in c.reason

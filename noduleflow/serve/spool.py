@@ -163,11 +163,12 @@ class Spool:
                     if held.exists():
                         return self._duplicate(self.dir(state, series_uid), held, data, source)
                     return self._store_late(tmp, series_uid, sop_uid, data, source)
-                if state in (SeriesState.DONE, SeriesState.FAILED):
+                if state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.COMPLETE):
                     d = self.dir(state, series_uid)
                     held = d / "instances" / f"{sop_uid}.dcm"
                     if held.exists():   # a resend of what this version already holds: nothing new
                         return self._duplicate(d, held, data, source)
+                if state in (SeriesState.DONE, SeriesState.FAILED):
                     received = self._new_version(series_uid, state, f"instance {sop_uid} from {source or '?'}")
                 elif state == SeriesState.COMPLETE:
                     received = self.dir(SeriesState.RECEIVED, series_uid)

@@ -86,6 +86,8 @@ def test_a_series_with_a_gap_is_never_queued_and_fails_after_the_incomplete_wait
     _store(sp, [files[20]])
     assert sp.complete_quiet(quiet_s=1.0, now=NOW, incomplete_s=1e9) == [uid]
     assert _record(sp, uid)["complete"] is True and "incomplete" not in _record(sp, uid)
+    _store(sp, [files[0]])                          # a resend of a held instance leaves it queued
+    assert sp.queued() == [uid] and _record(sp, uid)["duplicates"] == 1
 
     # another series whose gap never fills: failed after the wait, with the reason, images kept
     other = series_pool[1]

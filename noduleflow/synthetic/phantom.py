@@ -62,10 +62,13 @@ class PhantomParams:
     z_extent_mm: float | None = None       # scanned length; default 250-330 mm
     min_nodule_mm: float = 3.0
     max_nodule_mm: float = 30.0
+    confounders: int = 0                   # nodule look-alikes of each kind (phantom_confounders); 0: none
 
     def __post_init__(self) -> None:
         if self.n_nodules is not None and not 0 <= self.n_nodules <= 20:
             raise ConfigError(f"n_nodules must be in [0, 20], got {self.n_nodules}")
+        if not 0 <= self.confounders <= 50:
+            raise ConfigError(f"confounders must be in [0, 50], got {self.confounders}")
         if not 3.0 <= self.min_nodule_mm <= self.max_nodule_mm <= 40.0:
             raise ConfigError(f"need 3 <= min_nodule_mm <= max_nodule_mm <= 40, got "
                               f"{self.min_nodule_mm}, {self.max_nodule_mm}")
@@ -179,6 +182,11 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
     from .phantom_lesions import place_findings
 
     nodules, excluded = place_findings(rng, grid, hu, lung, anat, params)
+    confounders = []
+    if params.confounders:  # their own random stream: phantoms without them are unchanged
+        from .phantom_confounders import add_confounders
+
+        confounders = add_confounders(seed, grid, hu, lung, anat, params.confounders)
 
     # Partial-volume blur and correlated low-dose noise, then the field of view.
     _blur3(hu, axes=(1, 2))
@@ -199,4 +207,5 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
                  meta={"source": f"phantom seed={seed}", "format": "phantom"})
     return Phantom(vol, lung, tuple(nodules), tuple(excluded),
                    meta={"seed": seed, "noise_hu": sigma, "scale": scale, "len_z_mm": len_z,
-                         "touching_lungs": params.touching_lungs, "one_lung": params.one_lung})
+                         "touching_lungs": params.touching_lungs, "one_lung": params.one_lung,
+                         "confounders": confounders})

@@ -48,3 +48,27 @@ def phantom_montage(phantom, out_path, max_nodules: int = 8) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_path)
     return out_path
+
+
+def confounder_montage(phantom, out_path, per_kind: int = 2, half_mm: float = 25.0) -> Path:
+    """Three-plane crops around the phantom's nodule look-alikes (``meta["confounders"]``), up to
+    ``per_kind`` of each kind, one row each, labelled, as one PNG."""
+    from PIL import Image, ImageDraw
+
+    vol = phantom.volume
+    rows, seen = [], {}
+    for kind, centre, size in phantom.meta.get("confounders", []):
+        if seen.get(kind, 0) >= per_kind:
+            continue
+        seen[kind] = seen.get(kind, 0) + 1
+        crops = [c.convert("RGB").resize((160, 160)) for c in three_plane_crops(vol, centre, half_mm)]
+        ImageDraw.Draw(crops[0]).text((3, 3), f"{kind} {size:.0f}mm", fill=(255, 255, 0))
+        rows.append(crops)
+    canvas = Image.new("RGB", (3 * 160, max(1, len(rows)) * 160), (0, 0, 0))
+    for j, crops in enumerate(rows):
+        for i, c in enumerate(crops):
+            canvas.paste(c, (160 * i, 160 * j))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out_path)
+    return out_path

@@ -101,3 +101,18 @@ def test_bad_params():
         PhantomParams(n_nodules=-1)
     with pytest.raises(ConfigError, match="shape_zyx"):
         generate_phantom(0, shape_zyx=(2, 64, 64), spacing_zyx_mm=(1, 1, 1))
+
+
+def test_confounders_drawn_apart_from_everything_else():
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+    from noduleflow.synthetic.phantom_confounders import KINDS
+
+    kw = dict(shape_zyx=(60, 128, 128), spacing_zyx_mm=(4.0, 2.6, 2.6))
+    plain = generate_phantom(11, **kw)
+    conf = generate_phantom(11, params=PhantomParams(confounders=2), **kw)
+    # the look-alikes come from their own random stream: the findings are the same
+    assert [n.center_xyz_mm for n in plain.nodules] == [n.center_xyz_mm for n in conf.nodules]
+    kinds = {k for k, _, _ in conf.meta["confounders"]}
+    assert kinds <= set(KINDS) and {"bifurcation", "fissure"} <= kinds
+    assert plain.meta["confounders"] == []
+    assert (plain.volume.hu != conf.volume.hu).any()

@@ -356,10 +356,13 @@ class Service:
                 t = time.perf_counter()
                 det.save(partial, png=self.cfg.png)
                 evidence = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(inst.iterdir())]
+                earlier = self.spool.results_dir(uid) / "sr.dcm"    # the SR of the version this supersedes
+                previous = pydicom.dcmread(earlier, stop_before_pixels=True) if version > 1 and earlier.is_file() \
+                    else None
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)   # highdicom on single-part patient names
                     write_sr(det, evidence, partial / "sr.dcm", model_id=det.model_id,
-                             engine_version=det.engine_version, complete=complete)
+                             engine_version=det.engine_version, complete=complete, previous=previous)
                 self.spool.publish(uid, partial, version, complete=complete, instances=whole.instances)
                 out_s = time.perf_counter() - t
             except Exception as exc:

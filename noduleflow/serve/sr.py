@@ -39,10 +39,12 @@ def _with_type2(ds):
 
 
 def build_sr(detections, evidence, *, model_id: str, engine_version: str, device_uid: str | None = None,
-             complete: bool = True):
+             complete: bool = True, previous=None):
     """``evidence``: the source CT instances' headers (pydicom Datasets, pixel data not needed).
     ``complete``: whether the series is known to be whole; False gives CompletionFlag PARTIAL
-    (a series whose sender was cut off). Returns a highdicom ``Comprehensive3DSR``."""
+    (a series whose sender was cut off). ``previous``: the SR this one supersedes (an earlier
+    version of the series), referenced as its predecessor document. Returns a highdicom
+    ``Comprehensive3DSR``."""
     import highdicom as hd
     import numpy as np
     from pydicom.sr.codedict import codes
@@ -88,7 +90,8 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
     return hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="noduleflow",
-        series_description=f"noduleflow nodule candidates ({model_id})", is_complete=bool(complete))
+        series_description=f"noduleflow nodule candidates ({model_id})", is_complete=bool(complete),
+        previous_versions=[previous] if previous is not None else None)
 
 
 def write_sr(detections, evidence, path, **kw) -> Path:

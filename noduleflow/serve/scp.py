@@ -143,12 +143,16 @@ class StorageSCP:
 
     def _end(self, event, how: str) -> None:
         with self._lock:
-            series = self._open.pop(id(event.assoc), set())
+            series = set(self._open.get(id(event.assoc), ()))
+        # recorded first, then forgotten: until then the series counts as still being sent, so
+        # it cannot complete before its record says how the transfer ended
         for uid in sorted(series):
             try:
                 self.spool.transfer(uid, how)
             except (OSError, SpoolError):
                 log.exception("series %s: could not record the end of its transfer (%s)", uid, how)
+        with self._lock:
+            self._open.pop(id(event.assoc), None)
 
     def _on_pdu(self, event) -> None:
         # A-RELEASE-RQ: the sender says it has sent everything. Recorded here, in the reader

@@ -232,7 +232,7 @@ class Spool:
             (dest / stale).unlink(missing_ok=True)
         version = int(rec.get("version", 1)) + 1
         self.event(dest, "new_version", version=version, previous_state=state.value, reason=why,
-                   complete=None, incomplete=None, interrupted=False, error=None)
+                   complete=None, incomplete=None, interrupted=None, receiving=None, error=None)
         log.warning("series %s: %s after it was %s: receiving version %d (it will be processed again and "
                     "supersede version %d)", uid, why, state.value, version, version - 1)
         return dest

@@ -72,8 +72,9 @@ def _echo_and_store(svc, series_pool):
     assert [p[1] for p in points] == pytest.approx([c["prob"] for c in det["candidates"]], abs=1e-6)
     assert points[0][0] == pytest.approx(det["candidates"][0]["center_xyz_mm"], abs=1e-4)
     rec = json.loads((svc.spool.dir(SeriesState.DONE, uid) / "series.json").read_text())
-    assert [e["event"] for e in rec["events"] if not e["event"].startswith("transfer_")] == \
-        ["received", "complete", "processing", "done"]
+    assert [e["event"] for e in rec["events"]] == \
+        ["received", "transfer_started", "transfer_released", "complete", "processing", "done"]
+    assert rec["receiving"] is False and rec["interrupted"] is False
     assert pydicom.dcmread(res / "sr.dcm", stop_before_pixels=True).CompletionFlag == "COMPLETE"
     assert rec["instances"] == len(files) and rec["timings_s"]["total"] > 0
     log = (svc.spool.root / "serve.log").read_text()

@@ -426,7 +426,8 @@ class Service:
 
     # -- folder watch ------------------------------------------------------------------------------
     def _watch_step(self) -> None:
-        self._watch_seen = self.scan_watch(self._watch_seen)
+        if self.accepting():   # otherwise dropped files wait where they are, as senders' instances do
+            self._watch_seen = self.scan_watch(self._watch_seen)
         self._stop.wait(max(self.cfg.poll_s, 0.2))
 
     def scan_watch(self, seen: dict) -> dict:

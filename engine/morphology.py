@@ -182,7 +182,7 @@ def _block_mean(hu, fz, fy, fx, out):
     nz, ny, nx = hu.shape
     for k in prange(cz):
         z0, z1 = k * fz, min(k * fz + fz, nz)
-        acc = np.zeros((cy, cx), dtype=np.int32)  # int32: up to 64 voxels of |HU| < 32768 per block
+        acc = np.zeros((cy, cx), dtype=np.int32)  # int32: exact for blocks of up to 65536 int16 voxels
         full = nx // fx
         for z in range(z0, z1):
             for y in range(ny):
@@ -211,8 +211,8 @@ def block_mean(hu: np.ndarray, factors_zyx) -> np.ndarray:
     The last block along an axis may be partial; its mean is over the voxels it holds.
     """
     fz, fy, fx = (int(f) for f in factors_zyx)
-    if fz * fy * fx > 64:
-        raise ConfigError(f"blocks of at most 64 voxels, got {factors_zyx}")
+    if not 1 <= fz * fy * fx <= 65536 or min(fz, fy, fx) < 1:
+        raise ConfigError(f"block factors must be >= 1 with at most 65536 voxels per block, got {factors_zyx}")
     shape = tuple(-(-n // f) for n, f in zip(hu.shape, (fz, fy, fx)))
     out = np.empty(shape, dtype=np.float32)
     _block_mean(np.ascontiguousarray(hu, dtype=np.int16), fz, fy, fx, out)

@@ -68,9 +68,9 @@ def test_missing_file_and_unknown_version(tiny_package, tmp_path):
 def test_unhonourable_preprocessing(tiny_package, tmp_path):
     q = _copy(tiny_package, tmp_path / "pkg")
     man = json.loads((q / "manifest.json").read_text())
-    man["normalisation"] = "zscore"
+    man["contract"]["normalisation"] = "zscore"
     (q / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(PackageError, match="unknown normalisation 'zscore'"):
+    with pytest.raises(PackageError, match="normalisation must be one of .* got 'zscore'"):
         ModelPackage.load(q)
     with pytest.raises(PackageError, match="no manifest.json"):
         ModelPackage.load(tmp_path)

@@ -6,6 +6,11 @@ finished. So a quiet series is only queued when its slices, ordered along the sl
 (as the loader orders them, with the engine's header reader and gap tolerance), are evenly
 spaced with no gap, and its InstanceNumbers, where every slice has one, run without a hole.
 
+A gap in the positions means slices are certainly missing: such a series is never processed
+(`Completeness.gap`). A hole in the InstanceNumbers while the positions are even may be a quirk
+of the scanner's numbering: the series waits like a gapped one, but is processed in the end,
+reported as not complete.
+
 What this cannot see: slices missing at either end (the positions of the slices present are
 still evenly spaced). The service covers that case by how the transfer ended (an association
 that was aborted or cut off marks its series interrupted, see `Service`), never by timing.
@@ -30,6 +35,10 @@ class Completeness:
     reason: str                   # why not complete ("" when complete)
     instances: int
     positions_mm: tuple[float, ...] = ()   # slice positions along the normal, sorted
+    # True: slices are certainly missing (a gap in the positions): never processed. False with
+    # complete False: only the InstanceNumbers have a hole (positions even): it may be a quirk of
+    # the numbering, so after the wait the series is processed, reported as not complete.
+    gap: bool = False
 
 
 def check_series(folder: Path, tolerance_mm: float | None = None) -> Completeness:
@@ -42,21 +51,10 @@ def check_series(folder: Path, tolerance_mm: float | None = None) -> Completenes
     headers = [h for h in map(read_header, files) if isinstance(h, SliceHeader) and not h.is_localizer]
     n = len(files)
     if not headers:
-        return Completeness(False, "no readable CT slice", n)
-    numbers = [h.ds.get("InstanceNumber") for h in headers]
-    if all(v not in (None, "") for v in numbers) and len(headers) > 1:
-        try:
-            nums = sorted(int(v) for v in numbers)
-        except (TypeError, ValueError):
-            nums = []
-        holes = [a for a, b in zip(nums, nums[1:]) if b - a > 1]
-        if holes:
-            a = holes[0]
-            return Completeness(False, f"InstanceNumber {a + 1} missing (between {a} and "
-                                       f"{nums[nums.index(a) + 1]}; {len(holes)} hole(s))", n)
+        return Completeness(False, "no readable CT slice", n, gap=True)
     located = [h for h in headers if h.position is not None and h.orientation is not None]
     if len(located) < 2:
-        return Completeness(True, "", n, tuple(float(h.position[2]) for h in located if h.position))
+        return _numbering(headers, n, tuple(float(h.position[2]) for h in located))
     o = np.asarray(located[0].orientation, dtype=np.float64)
     normal = np.cross(o[:3], o[3:])
     dist = np.sort(np.asarray([h.position for h in located], dtype=np.float64) @ normal)
@@ -68,8 +66,24 @@ def check_series(folder: Path, tolerance_mm: float | None = None) -> Completenes
         if big.size:
             i = int(big[0])
             return Completeness(False, f"slice(s) missing: gap {gaps[i]:.3f} mm, median spacing {median:.3f} mm "
-                                       f"({big.size} gap(s))", n, tuple(float(d) for d in dist))
-    return Completeness(True, "", n, tuple(float(d) for d in dist))
+                                       f"({big.size} gap(s))", n, tuple(float(d) for d in dist), gap=True)
+    return _numbering(headers, n, tuple(float(d) for d in dist))
+
+
+def _numbering(headers, n: int, positions: tuple[float, ...]) -> Completeness:
+    """InstanceNumbers, where every slice has one, must run without a hole."""
+    numbers = [h.ds.get("InstanceNumber") for h in headers]
+    if all(v not in (None, "") for v in numbers) and len(headers) > 1:
+        try:
+            nums = sorted(int(v) for v in numbers)
+        except (TypeError, ValueError):
+            nums = []
+        holes = [a for a, b in zip(nums, nums[1:]) if b - a > 1]
+        if holes:
+            a = holes[0]
+            return Completeness(False, f"InstanceNumber {a + 1} missing (between {a} and "
+                                       f"{nums[nums.index(a) + 1]}; {len(holes)} hole(s))", n, positions)
+    return Completeness(True, "", n, positions)
 
 
 __all__ = ["Completeness", "check_series"]

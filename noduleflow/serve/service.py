@@ -146,7 +146,7 @@ class Service:
         self._busy = threading.Lock()       # held by the worker while it processes a series
         self._log_handler: logging.Handler | None = None
         self._health: dict[str, dict] = {}
-        self._health_lock = threading.Lock()
+        self._health_lock = threading.RLock()
         self._info_lock = threading.Lock()      # serve.json: one writer at a time, newest health last
         self._info: dict = {}
         self._steps: dict[str, tuple] = {}
@@ -276,12 +276,14 @@ class Service:
                 self._spawn(name, *self._steps[name])
 
     def _set_health(self, name: str, state: str, **detail) -> None:
+        # serve.json is written under the same lock: whoever reads a new state from `health`
+        # finds it in --status as well
         with self._health_lock:
             prev = self._health.get(name, {})
             restarts = prev.get("restarts", 0) + (state == "up" and prev.get("state") == "down")
             self._health[name] = {"state": state, "since": round(time.time(), 3), "restarts": restarts, **detail}
-        if self._info:
-            self._write_info()
+            if self._info:
+                self._write_info()
 
     def health(self) -> dict:
         """{thread: {state: up|down, since, restarts, error...}}"""
@@ -349,9 +351,9 @@ class Service:
                 partial.mkdir(mode=0o700)
                 inst = d / "instances"
                 whole = check_series(inst)
-                if not whole.complete:   # the queue only takes whole series; never report a gap as complete
+                if whole.gap:   # the queue never takes a gapped series; never report one, complete or not
                     raise SpoolError(f"series {uid} is incomplete: {whole.reason}")
-                complete = rec.get("complete") is not False
+                complete = whole.complete and rec.get("complete") is not False
                 det = self.detector.detect(inst, series_uid=uid, keep_preprocessed=self.cfg.png)
                 t = time.perf_counter()
                 det.save(partial, png=self.cfg.png)

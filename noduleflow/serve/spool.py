@@ -296,10 +296,10 @@ class Spool:
         Quiet: no instance for ``quiet_s`` seconds and no association storing into it
         (``receiving``: UIDs with one open). ``since``: the service's start time; the quiet clock
         never starts before it, so a sender cut off by a restart has time to resume. Whole: no
-        gap in its slices (`completeness.check_series`); a series with a gap, or one whose
-        sender was cut off (``interrupted``), waits up to ``incomplete_s`` for the rest; then a
-        gapped series fails (its instances kept: a resend starts a new version) and an
-        interrupted one without a gap is queued, marked not complete (its SR says PARTIAL)."""
+        gap in its slices (`completeness.check_series`); a series with a gap, a hole in its
+        InstanceNumbers, or whose sender was cut off (``interrupted``) waits up to
+        ``incomplete_s`` for the rest; then a gapped series fails (its instances kept: a resend
+        starts a new version) and the others are queued, marked not complete (SR: PARTIAL)."""
         now = time.time() if now is None else now
         done = []
         with self._lock:
@@ -315,26 +315,30 @@ class Spool:
                     continue
                 rec = self.read_record(d)
                 c = self._whole(uid, inst, last, rec)
-                if not c.complete:
-                    if idle >= incomplete_s:
-                        self._checked.pop(uid, None)
-                        self.fail(uid, f"incomplete: {c.reason}; nothing arrived for {idle:.0f} s "
-                                       f"(send the missing instances or the whole series again)",
-                                  state=SeriesState.RECEIVED)
-                    elif rec.get("incomplete") != c.reason:
+                if not c.complete and idle >= incomplete_s and c.gap:
+                    self._checked.pop(uid, None)
+                    self.fail(uid, f"incomplete: {c.reason}; nothing arrived for {idle:.0f} s "
+                                   f"(send the missing instances or the whole series again)",
+                              state=SeriesState.RECEIVED)
+                    continue
+                if not c.complete and idle < incomplete_s:
+                    if rec.get("incomplete") != c.reason:
                         self.event(d, "incomplete", incomplete=c.reason, instances=c.instances)
                     continue
                 interrupted = bool(rec.get("interrupted"))
                 if interrupted and idle < incomplete_s:
                     continue   # its sender was cut off: give it time to send again
+                # here: whole, or, after the wait, cut off or with a numbering hole (not complete)
+                whole = c.complete and not interrupted
                 dest = self.dir(SeriesState.COMPLETE, uid)
                 os.rename(d, dest)
                 fsync_dir(dest.parent)
                 self._checked.pop(uid, None)
                 ext = [round(min(c.positions_mm), 3), round(max(c.positions_mm), 3)] if c.positions_mm else None
-                self.event(dest, "complete", instances=c.instances, complete=not interrupted, incomplete=None,
-                           extent_mm=ext, **({"reason": "its sender was cut off and did not resume"}
-                                             if interrupted else {}))
+                why = [c.reason] if not c.complete else []
+                why += ["its sender was cut off and did not resume"] if interrupted else []
+                self.event(dest, "complete", instances=c.instances, complete=whole, incomplete=None,
+                           extent_mm=ext, **({"reason": "; ".join(why)} if why else {}))
                 done.append(uid)
         return done
 
@@ -349,7 +353,7 @@ class Spool:
                 return Completeness(False, f"version {rec.get('version')} covers {lo:.1f}..{hi:.1f} mm along the "
                                            f"normal, the previous one {prev[0]:.1f}..{prev[1]:.1f} mm "
                                            f"(its images are no longer held: send the whole series)",
-                                    c.instances, c.positions_mm)
+                                    c.instances, c.positions_mm, gap=True)
         return c
 
     def queued(self) -> list[str]:

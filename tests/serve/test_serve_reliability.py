@@ -111,8 +111,10 @@ def test_a_failing_worker_is_restarted_reported_and_instances_refused_meanwhile(
 
     disk_full.clear()
     wait_for(lambda: svc.spool.state_of(uid) == SeriesState.DONE, timeout=240, what="the series after the restart")
-    h = svc.health()["worker"]
-    assert h["state"] == "up" and h["restarts"] == 1
+    # "up" once the step that processed it has returned (a moment after the series shows done)
+    h = wait_for(lambda: (lambda h: h if h["state"] == "up" else None)(svc.health()["worker"]), timeout=60,
+                 what="the worker to be reported up")
+    assert h["restarts"] == 1
     assert svc.spool.status()["health"]["worker"]["state"] == "up"
     assert send(svc.port, series_pool[1][:1]) == [OK]
     assert "worker thread failed" in (svc.spool.root / "serve.log").read_text()

@@ -57,7 +57,7 @@ def test_check_series_finds_gaps_and_instance_number_holes(tmp_path, series_pool
 
     (whole / files[30].name).unlink()                      # a slice missing in the middle
     c = check_series(whole)
-    assert not c.complete and "missing" in c.reason
+    assert not c.complete and c.gap and c.reason.startswith("slice(s) missing: gap 5.000 mm")
 
     # InstanceNumber with a hole while the positions are even: the numbers say a slice is missing
     holes = tmp_path / "holes"
@@ -67,7 +67,30 @@ def test_check_series_finds_gaps_and_instance_number_holes(tmp_path, series_pool
         ds.InstanceNumber = i + 1 + (i >= 5)
         ds.save_as(holes / f.name)
     c = check_series(holes)
-    assert not c.complete and "InstanceNumber 6 missing" in c.reason
+    assert not c.complete and not c.gap and "InstanceNumber 6 missing" in c.reason
+
+
+def test_a_hole_in_the_numbering_alone_waits_then_is_processed_as_not_complete(tmp_path, series_pool):
+    sp = Spool(tmp_path / "spool")
+    files = series_pool[0][:10]
+    uid = _uid(files[0])
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.InstanceNumber = i + 1 + (i >= 5)
+        sp.store(_bytes(ds), uid, str(ds.SOPInstanceUID))
+    assert sp.complete_quiet(quiet_s=1.0, now=NOW, incomplete_s=1e9) == []
+    assert "InstanceNumber 6 missing" in _record(sp, uid)["incomplete"]
+    assert sp.complete_quiet(quiet_s=1.0, now=NOW, incomplete_s=5.0) == [uid]
+    rec = _record(sp, uid)
+    assert rec["complete"] is False and "InstanceNumber 6 missing" in rec["events"][-1]["reason"]
+
+
+def _bytes(ds) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def test_a_series_with_a_gap_is_never_queued_and_fails_after_the_incomplete_wait(tmp_path, series_pool):
@@ -97,7 +120,7 @@ def test_a_series_with_a_gap_is_never_queued_and_fails_after_the_incomplete_wait
     sp.complete_quiet(quiet_s=1.0, now=NOW, incomplete_s=5.0)
     assert sp.state_of(ouid) == SeriesState.FAILED
     err = (sp.dir(SeriesState.FAILED, ouid) / "error.txt").read_text()
-    assert err.startswith("incomplete: ") and "missing" in err and not sp.results_dir(ouid).exists()
+    assert err.startswith("incomplete: slice(s) missing") and not sp.results_dir(ouid).exists()
     assert len(list((sp.dir(SeriesState.FAILED, ouid) / "instances").iterdir())) == len(other) - 2
 
 

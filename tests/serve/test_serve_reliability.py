@@ -138,8 +138,12 @@ def test_idle_connections_are_closed_and_cannot_lock_a_sender_out(make_service):
             s.close()
     ae = AE(ae_title=SCU_AE)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", svc.port, ae_title="NODULEFLOW")
-    assert assoc.is_established
+
+    def associate():   # the hung-up connections' threads may take a moment to end and free their slots
+        a = ae.associate("127.0.0.1", svc.port, ae_title="NODULEFLOW")
+        return a if a.is_established else None
+
+    assoc = wait_for(associate, timeout=60, every=0.2, what="a sender to get in")
     assert int(assoc.send_c_echo().Status) == OK
     assoc.release()
 

@@ -214,7 +214,14 @@ def _rev(commit: str) -> str:
 
 
 _RSS_SNIPPET = """
-import json, resource, sys, time
+import json, sys, time
+
+
+def hwm_kb():
+    # VmHWM: this process's own peak RSS; ru_maxrss would carry over the parent's peak across fork + exec
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 import numpy as np
 sys.path.insert(0, sys.argv[5])
 from noduleflow.engine import Volume
@@ -229,11 +236,11 @@ else:
 mid = hu.shape[0] // 2
 try:
     lung_mask(vol.with_array(np.ascontiguousarray(hu[mid - 12:mid + 12])), dilate_mm=float(sys.argv[4]))
-except Exception:
+except Exception:  # no lung in the slab (either engine's own error type): what ran is loaded all the same
     pass
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm_kb()
 m = lung_mask(vol, dilate_mm=float(sys.argv[4]))
-print(json.dumps({"peak_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))
+print(json.dumps({"peak_growth_mb": (hwm_kb() - before) / 1024}))
 """
 
 

@@ -72,12 +72,37 @@ def run_cohort(detect, seeds, cache, progress: bool = True):
     return results, times
 
 
+def compact(res: dict, n_points: int = 100) -> dict:
+    """The figures with each FROC curve sampled at ``n_points`` log-spaced FP rates (1/64 to the
+    curve's end; the curve is a step function, so this keeps its shape) and floats rounded to 5
+    digits: the full curves of 14 strata take megabytes."""
+    def rnd(v):
+        if isinstance(v, float):
+            return round(v, 5)
+        if isinstance(v, dict):
+            return {k: rnd(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [rnd(x) for x in v]
+        return v
+
+    out = {}
+    for name, e in res.items():
+        e = dict(e)
+        if "froc" in e and len(e["froc"]["fps"]) > n_points:
+            fps, sens = np.asarray(e["froc"]["fps"]), np.asarray(e["froc"]["sensitivity"])
+            grid = np.geomspace(1 / 64, max(float(fps[-1]), 1 / 32), n_points)
+            e["froc"] = {"fps": grid.tolist(), "sensitivity": np.interp(grid, fps, sens).tolist(),
+                         "sampled": f"{n_points} log-spaced FP rates"}
+        out[name] = rnd(e)
+    return out
+
+
 def write_report(res: dict, meta: dict, out: Path, title: str) -> None:
     from .plots import _save
     from .strata import KS, format_markdown
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "strata": res}, indent=1))
+    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "strata": compact(res)}, indent=1))
     md = [f"# {title}", "", f"Model `{meta['model_id']}`; {meta['data']}; {meta['scans']} scans, "
           f"{res['all']['nodules']} nodules; command: `{meta['command']}`.", "",
           "Sensitivity at K candidates/scan (a candidate within the nodule's radius among the scan's K most "

@@ -82,7 +82,7 @@ def raw_lists(det, scan, blob_params, cnn_candidates=300, root=None):
     from noduleflow.engine.stage1 import component_radius_mm
 
     cc, cp, cn, t_cnn = cnn_list(det, scan, cnn_candidates, root, refine=False)  # as engine.stage1 does
-    stride = det.package.manifest.dense_stride or det.config.rules.stride
+    stride = det.contract.dense_stride or det.contract.candidate_rules.stride
     bc, bv, br, t_blob = blob_list(scan, blob_params, root)
     return {"cnn": (cc, cp, component_radius_mm(cn, stride)), "blobs": (bc, bv, br),
             "seconds": {"cnn": t_cnn, "blobs": t_blob}}

@@ -33,6 +33,7 @@ class CandidateRules:
 
 MODES = ("dense", "patch")
 CLUSTERINGS = ("nms", "components")
+STAGES = ("auto", "1", "2")
 
 
 def _opt(default, help: str, cli: bool = True):
@@ -44,6 +45,9 @@ def _opt(default, help: str, cli: bool = True):
 class DetectorConfig:
     """Every detection setting, declared once: the options of ``detect``, ``demo`` and ``serve``
     (names, defaults, help) are derived from these fields by the CLI."""
+    stages: str = _opt("auto", "auto: stage 1 (candidates for recall) then stage 2 (false-positive reduction) when "
+                               "the model package has a stage-2 graph, else stage 1 alone; 1: stage 1 alone "
+                               "(the dense CNN's clustered peaks); 2: both, an error without a stage-2 graph")
     mode: str = _opt("dense", "dense: the fully convolutional graph on tiles of the lung box; patch: 41^3 "
                               "patches at the candidate centres (same scores, slower)")
     top_k: int = _opt(15, "candidates kept per scan")
@@ -64,6 +68,8 @@ class DetectorConfig:
     in_mask: bool = _opt(True, "drop candidates whose final centre lies outside the lung mask")
 
     def __post_init__(self) -> None:
+        if self.stages not in STAGES:
+            raise ConfigError(f"stages must be one of {STAGES}, got {self.stages!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.clustering not in CLUSTERINGS:

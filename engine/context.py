@@ -1,19 +1,19 @@
-"""Multi-scale context patches for stage 2 (false-positive reduction): around each candidate, a
-41^3 patch at 1 mm (the lesion) and a 41^3 patch at 2 mm (82 mm of surroundings: the vessel it
-sits on, the wall it touches), stacked as two channels.
+"""Multi-scale context patches for stage 2 (false-positive reduction): around each candidate, the
+contract's patch (41^3) at 1 mm (the lesion) and the same number of voxels at 2 mm (82 mm of
+surroundings: the vessel it sits on, the wall it touches), stacked as channels.
 
 One function serves training and inference (no train/serve skew). The 2 mm volume is the 1 mm
-lung box averaged over 2x2x2 blocks; voxels outside the box read as air (-1000 HU), as in the
-1 mm gather.
+lung box averaged over 2x2x2 blocks; voxels outside the box read as the contract's padding (air),
+as in the 1 mm gather.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .contract import PATCH_SIZE
 from .errors import ConfigError
 from .patches import Normalisation, gather
 
-PATCH = 41
 N_SCALES = 2
 
 
@@ -27,27 +27,43 @@ def downsample2(hu: np.ndarray) -> np.ndarray:
 
 
 class ContextVolume:
-    """The 1 mm lung box and its 2 mm version, prepared once per scan."""
+    """The 1 mm lung box and its 2 mm version, prepared once per scan. ``size``: the patch edge
+    (the model's contract); ``channels``: 1 (1 mm only) or 2 (1 mm + 2 mm)."""
 
-    def __init__(self, hu_1mm: np.ndarray, norm: Normalisation = Normalisation()):
+    def __init__(self, hu_1mm: np.ndarray, norm: Normalisation = Normalisation(), size: int = PATCH_SIZE,
+                 channels: int = N_SCALES):
+        if channels not in (1, 2):
+            raise ConfigError(f"context patches have 1 or 2 scales, got {channels!r}")
         self.hu1 = np.ascontiguousarray(hu_1mm)
-        self.hu2 = downsample2(self.hu1)
+        self.hu2 = downsample2(self.hu1) if channels == 2 else None
         self.norm = norm
+        self.size = int(size)
+        self.channels = int(channels)
 
     def patches(self, centres_zyx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Centres (n, 3) voxel coordinates (float or int) on the 1 mm grid ->
-        float32 (n, 2, 41, 41, 41) in [0, 1]: channel 0 at 1 mm, channel 1 at 2 mm, both centred
-        on the candidate (to the nearest voxel of each grid)."""
+        float32 (n, channels, size, size, size) in [0, 1]: channel 0 at 1 mm, channel 1 at 2 mm,
+        both centred on the candidate (to the nearest voxel of each grid)."""
         c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
-        n = len(c)
+        n, p, ch = len(c), self.size, self.channels
         if out is None:
-            out = np.empty((n, N_SCALES, PATCH, PATCH, PATCH), np.float32)
-        if out.shape[0] < n or out.shape[1:] != (N_SCALES, PATCH, PATCH, PATCH) or out.dtype != np.float32:
-            raise ConfigError(f"context buffer must be float32 (>= {n}, 2, 41, 41, 41), got {out.dtype} {out.shape}")
-        buf = np.empty((n, 1, PATCH, PATCH, PATCH), np.float32)
-        gather(self.hu1, np.rint(c).astype(np.int64), buf, self.norm, size=PATCH)
+            out = np.empty((n, ch, p, p, p), np.float32)
+        if out.shape[0] < n or out.shape[1:] != (ch, p, p, p) or out.dtype != np.float32:
+            raise ConfigError(f"context buffer must be float32 (>= {n}, {ch}, {p}, {p}, {p}), got {out.dtype} "
+                              f"{out.shape}")
+        buf = np.empty((n, 1, p, p, p), np.float32)
+        gather(self.hu1, np.rint(c).astype(np.int64), buf, self.norm, size=p)
         out[:n, 0] = buf[:, 0]
-        # block k of the 2 mm grid covers 1 mm voxels 2k, 2k+1: its centre is at 2k + 0.5
-        gather(self.hu2, np.rint((c - 0.5) / 2.0).astype(np.int64), buf, self.norm, size=PATCH)
-        out[:n, 1] = buf[:, 0]
+        if ch == 2:
+            # block k of the 2 mm grid covers 1 mm voxels 2k, 2k+1: its centre is at 2k + 0.5
+            gather(self.hu2, np.rint((c - 0.5) / 2.0).astype(np.int64), buf, self.norm, size=p)
+            out[:n, 1] = buf[:, 0]
         return out[:n]
+
+
+def flips8(batch: np.ndarray):
+    """The 8 flip combinations of the three spatial axes of (N, C, D, H, W), identity first
+    (stage 2's test-time augmentation: the mean logit over them)."""
+    for f in range(8):
+        axes = tuple(2 + a for a in range(3) if f >> a & 1)
+        yield np.ascontiguousarray(np.flip(batch, axes)) if axes else batch

@@ -21,6 +21,49 @@ from .preprocess import PreprocessSpec
 PATCH_SIZE = 41            # voxels per axis: the receptive field of every network of seed 000
 HU_WINDOW = (-1000.0, 400.0)
 NORMALISATIONS = ("window_to_unit",)
+STAGE1_GENERATORS = ("cnn", "blobs", "union")
+
+
+@dataclass(frozen=True)
+class Stage2Spec:
+    """Stage 2 of a two-stage package (false-positive reduction, ``stage2.onnx``).
+
+    Stage 1 (`engine.stage1`) proposes up to ``max_candidates`` candidates per scan with
+    ``generator`` (the dense CNN's clustered peaks, Hessian blobs with responses of at least
+    ``blob_min_response``, or their union); stage 2 scores each on ``channels`` multi-scale
+    context patches (`engine.context.ContextVolume`: the contract's patch at 1 mm, then at 2 mm,
+    ...), the mean logit over the 8 axis flips when ``tta_flips``. The final probability is
+    ``sigmoid(calibration_scale * logit + calibration_bias)`` (Platt scaling, fitted on
+    validation phantoms; 1 and 0: uncalibrated)."""
+
+    channels: int = 2
+    generator: str = "union"
+    max_candidates: int = 150
+    blob_min_response: float = 20.0
+    tta_flips: bool = True
+    calibration_scale: float = 1.0
+    calibration_bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.channels) or not 1 <= self.channels <= 4:
+            raise ConfigError(f"stage2.channels must be an integer in [1, 4], got {self.channels!r}")
+        if self.generator not in STAGE1_GENERATORS:
+            raise ConfigError(f"stage2.generator must be one of {STAGE1_GENERATORS}, got {self.generator!r}")
+        if not _is_int(self.max_candidates) or not 1 <= self.max_candidates <= 2000:
+            raise ConfigError(f"stage2.max_candidates must be an integer in [1, 2000], got {self.max_candidates!r}")
+        if not _is_number(self.blob_min_response) or self.blob_min_response < 0:
+            raise ConfigError(f"stage2.blob_min_response must be a number >= 0, got {self.blob_min_response!r}")
+        if not isinstance(self.tta_flips, bool):
+            raise ConfigError(f"stage2.tta_flips must be true or false, got {self.tta_flips!r}")
+        if not _is_number(self.calibration_scale) or not 0 < self.calibration_scale <= 100:
+            raise ConfigError(f"stage2.calibration_scale must be in (0, 100], got {self.calibration_scale!r}")
+        if not _is_number(self.calibration_bias) or not -100 <= self.calibration_bias <= 100:
+            raise ConfigError(f"stage2.calibration_bias must be in [-100, 100], got {self.calibration_bias!r}")
+
+    def calibrate(self, logits):
+        """Calibrated probabilities of stage-2 logits."""
+        z = self.calibration_scale * np.asarray(logits, dtype=np.float64) + self.calibration_bias
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
 
 
 @dataclass(frozen=True)
@@ -47,6 +90,7 @@ class InputContract:
     dense_offset: int | None = None
     preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec())
     candidate_rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0, reach=2)
+    stage2: Stage2Spec | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.patch_size, int) or isinstance(self.patch_size, bool) or \
@@ -84,6 +128,8 @@ class InputContract:
             raise ConfigError(f"preprocess.margin_mm must be in [0, 200] mm, got {self.preprocess.margin_mm!r}")
         if not isinstance(self.candidate_rules, CandidateRules):
             raise ConfigError(f"candidate_rules must be CandidateRules, got {type(self.candidate_rules).__name__}")
+        if self.stage2 is not None and not isinstance(self.stage2, Stage2Spec):
+            raise ConfigError(f"stage2 must be a Stage2Spec or null, got {type(self.stage2).__name__}")
 
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -115,6 +161,12 @@ class InputContract:
                 d["candidate_rules"] = CandidateRules(**rules)
             except TypeError as exc:
                 raise ConfigError(f"candidate_rules: {exc}") from None
+        if d.get("stage2") is not None:
+            st2 = d["stage2"]
+            if not isinstance(st2, dict) or set(st2) - set(Stage2Spec.__dataclass_fields__):
+                raise ConfigError(f"stage2 must be an object with keys among "
+                                  f"{sorted(Stage2Spec.__dataclass_fields__)}, got {st2!r}")
+            d["stage2"] = Stage2Spec(**st2)
         if isinstance(d.get("hu_window"), list):
             d["hu_window"] = tuple(d["hu_window"])
         return cls(**d)

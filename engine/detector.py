@@ -195,11 +195,18 @@ class Detector:
         self.spec = m.contract.preprocess
         self.norm = Normalisation(*m.contract.hu_window, pad_hu=m.contract.pad_hu)
         self.backend = open_backend(self.package, backend, graph=self.config.mode, **(backend_options or {}))
+        if self.config.stages == "2" and not self.package.has_stage2:
+            raise ConfigError(f"model {m.model_id} has no stage-2 graph: use stages='1' or 'auto'")
+        self.two_stage = self.package.has_stage2 and self.config.stages != "1"
+        self.stage2_backend = open_backend(self.package, backend, graph="stage2", **(backend_options or {})) \
+            if self.two_stage else None
         self.version = __version__
         self.cold_start_s = time.perf_counter() - t0
 
     def close(self) -> None:
         self.backend.close()
+        if self.stage2_backend is not None:
+            self.stage2_backend.close()
 
     def __enter__(self):
         return self
@@ -273,6 +280,81 @@ class Detector:
             scores[sel] = logits[local[:, 0], local[:, 1], local[:, 2]]
         return scores
 
+    def score_stage2(self, pre, centres_zyx) -> np.ndarray:
+        """Stage-2 logits (n,) of candidates at ``centres_zyx`` (n, 3) on ``pre``'s 1 mm grid: each
+        candidate's multi-scale context patches, the mean logit over the 8 axis flips when the
+        contract says so."""
+        from .context import ContextVolume, flips8
+
+        st2 = self.contract.stage2
+        c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
+        out = np.empty(len(c), np.float64)
+        if not len(c):
+            return out
+        ctx = ContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
+        bs = min(self.config.batch_size, self.stage2_backend.max_batch)
+        for i in range(0, len(c), bs):
+            x = ctx.patches(c[i:i + bs])
+            views = flips8(x) if st2.tta_flips else (x,)
+            out[i:i + len(x)] = np.mean([self.stage2_backend.infer(v) for v in views], axis=0)
+        return out
+
+    def stage1(self, pre, timings: dict | None = None):
+        """Stage 1 of a two-stage package on a preprocessed scan -> `engine.stage1.Stage1Candidates`
+        (ranked; at most the contract's ``stage2.max_candidates``), each stage timed into
+        ``timings``: the dense CNN's grid points, their scores, their clustered peaks, the blobs."""
+        from .blobs import BlobParams, detect_blobs
+        from .stage1 import cnn_peaks, combine
+
+        st2 = self.contract.stage2
+        timings = {} if timings is None else timings
+        gen, cap = st2.generator, st2.max_candidates
+        cc, cp, cr = np.zeros((0, 3)), np.zeros(0), np.zeros(0)
+        if gen in ("cnn", "union"):
+            cc, cp, cr = cnn_peaks(self, pre, cap, timings)
+        bc, bv, br = np.zeros((0, 3)), np.zeros(0), np.zeros(0)
+        if gen in ("blobs", "union"):
+            t = time.perf_counter()
+            b = detect_blobs(pre.volume.hu, pre.mask, BlobParams(min_response=st2.blob_min_response))
+            bc, bv, br = b.centres_zyx, b.response, b.radius_mm
+            timings["blobs"] = time.perf_counter() - t
+        return combine(cc, cp, cr, bc, bv, br, gen, cap)
+
+    def find(self, pre, timings: dict | None = None, rss: dict | None = None):
+        """The pipeline after preprocessing: ranked candidates of a preprocessed scan ->
+        (found [(centre zyx on ``pre``'s grid, probability, grid points merged, diameter mm or
+        None)], number scored). Two-stage packages: stage 1 (`stage1`) then stage 2, the
+        calibrated stage-2 probability ranking; else the dense CNN's grid, scores and clusters.
+        Each step is timed into ``timings`` and the peak RSS after it recorded in ``rss``."""
+        timings = {} if timings is None else timings
+        rss = {} if rss is None else rss
+        cfg = self.config
+        if self.two_stage:
+            st2 = self.contract.stage2
+            cand = self.stage1(pre, timings)
+            rss["stage1"] = _peak_rss_mb()
+            t = time.perf_counter()
+            probs = st2.calibrate(self.score_stage2(pre, cand.centres_zyx))
+            timings["stage2"] = time.perf_counter() - t
+            rss["stage2"] = _peak_rss_mb()
+            order = [i for i in np.argsort(-probs, kind="stable") if probs[i] >= cfg.threshold]
+            return [(cand.centres_zyx[i], float(probs[i]), 1, 2.0 * float(cand.radius_mm[i]))
+                    for i in order[:cfg.top_k]], len(cand)
+        t = time.perf_counter()
+        centres = self.grid_centres(pre)
+        timings["candidates"] = time.perf_counter() - t
+        t = time.perf_counter()
+        logits = np.asarray(self.score(pre, centres))
+        timings["inference"] = time.perf_counter() - t
+        rss["inference"] = _peak_rss_mb()
+        t = time.perf_counter()
+        probs = _sigmoid(logits)
+        keep = probs >= cfg.threshold
+        found = [(c, p, n, None) for c, p, n in self.cluster(pre, centres[keep], probs[keep], logits[keep])]
+        timings["clustering"] = time.perf_counter() - t
+        rss["clustering"] = _peak_rss_mb()
+        return found, int(len(centres))
+
     def detect(self, source, series_uid: str | None = None, keep_preprocessed: bool = False):
         """Detect nodule candidates in one scan, or in each of several.
 
@@ -293,26 +375,16 @@ class Detector:
         pre = preprocess(vol, self.spec)
         timings.update(pre.timings_s)
         rss["preprocess"] = _peak_rss_mb()
-        t = time.perf_counter()
-        centres = self.grid_centres(pre)
-        timings["candidates"] = time.perf_counter() - t
-        t = time.perf_counter()
-        logits = self.score(pre, centres)
-        timings["inference"] = time.perf_counter() - t
-        rss["inference"] = _peak_rss_mb()
-        t = time.perf_counter()
-        probs = _sigmoid(logits)
-        keep = probs >= self.config.threshold
-        found = self.cluster(pre, centres[keep], probs[keep], np.asarray(logits)[keep])
-        cands = tuple(Candidate(tuple(float(v) for v in pre.volume.voxel_to_world(c)), p, n) for c, p, n in found)
-        timings["clustering"] = time.perf_counter() - t
+        found, n_scored = self.find(pre, timings, rss)
+        cands = tuple(Candidate(tuple(float(v) for v in pre.volume.voxel_to_world(c)), p, n, d)
+                      for c, p, n, d in found)
         timings["total"] = sum(timings.values())
-        rss["clustering"] = _peak_rss_mb()
         return Detections(
             series_uid=vol.series_uid, candidates=cands, timings_s=timings, backend=self.backend.name,
             mode=self.config.mode, model_id=self.package.manifest.model_id, engine_version=self.version,
-            n_scored=int(len(centres)),
-            meta={"shape_zyx": list(vol.shape), "spacing_zyx_mm": list(vol.spacing_zyx_mm),
+            n_scored=int(n_scored),
+            meta={"stages": 2 if self.two_stage else 1,
+                  "shape_zyx": list(vol.shape), "spacing_zyx_mm": list(vol.spacing_zyx_mm),
                   "lung_box_1mm_zyx": list(pre.volume.shape), "source": vol.meta.get("source", ""),
                   "warnings": list(vol.meta.get("warnings", [])), "peak_rss_mb_after": rss},
             volume=vol, preprocessed=pre if keep_preprocessed else None,

@@ -2,6 +2,9 @@
 
     patch.onnx      (N, 1, P, P, P) float32 -> (N,) logits, dynamic batch (P: the contract's
                     patch size)
+    stage2.onnx     two-stage packages: (N, C, P, P, P) multi-scale context patches -> (N,)
+                    logits, the false-positive reduction of stage 1's candidates (the
+                    contract's ``stage2`` block says how candidates are made and scored)
     dense.onnx      (N, 1, D, H, W) -> (N, D', H', W') logits, the same weights as a fully
                     convolutional net (3-D models); D' = (D - P) // stride + 1
     manifest.json   format version, model id, architecture, the input contract
@@ -171,6 +174,11 @@ class ModelPackage:
         return self.manifest.contract
 
     @property
+    def has_stage2(self) -> bool:
+        """A two-stage package: the contract declares stage 2 and ``stage2.onnx`` is listed."""
+        return self.contract.stage2 is not None and "stage2.onnx" in self.manifest.files
+
+    @property
     def has_dense(self) -> bool:
         return "dense.onnx" in self.manifest.files and self.contract.dense_stride is not None
 
@@ -192,6 +200,10 @@ class ModelPackage:
         m = Manifest.from_dict(raw, where)
         if "patch.onnx" not in m.files:
             raise PackageError(f"{where}: manifest lists no patch.onnx")
+        if (m.contract.stage2 is None) != ("stage2.onnx" not in m.files):
+            raise PackageError(f"{where}: the contract's stage2 and the file stage2.onnx come together "
+                               f"(contract stage2 {'set' if m.contract.stage2 else 'null'}, stage2.onnx "
+                               f"{'listed' if 'stage2.onnx' in m.files else 'not listed'})")
         for name, digest in m.files.items():
             f = folder / name
             _regular_file(f, MAX_FILE_BYTES, where)

@@ -28,7 +28,6 @@ class Stage1Params:
     generator: str = "union"
     max_candidates: int = 300
     cnn_candidates: int = 300       # clustered CNN peaks considered (before the union's cap)
-    refine_cnn: bool = False        # the detector's per-candidate blob refinement of CNN centres
     blob: BlobParams = BlobParams()
 
     def __post_init__(self) -> None:
@@ -138,25 +137,39 @@ def combine(cnn_centres, cnn_prob, cnn_radius, blob_centres, blob_response, blob
     return Stage1Candidates(cat_c[idx].reshape(-1, 3), cat_r[idx], cat_p[idx], cat_v[idx], src[idx])
 
 
+def cnn_peaks(det, pre, n: int, timings: dict | None = None):
+    """The dense CNN's clustered peaks of a preprocessed scan with ``det`` (a `Detector`), ranked:
+    (centres zyx (k, 3), probability (k,), extent radius mm (k,)), at most ``n``, without the
+    detector's per-candidate blob refinement (the union takes its centres from the blobs, and the
+    refinement costs ~0.1 s per candidate on a CPU). Each step is timed into ``timings``."""
+    import time
+
+    from .detector import _sigmoid
+
+    timings = {} if timings is None else timings
+    cfg = det.config.replace(top_k=n, refine=False)
+    t = time.perf_counter()
+    centres = det.grid_centres(pre)
+    timings["candidates"] = time.perf_counter() - t
+    t = time.perf_counter()
+    logits = np.asarray(det.score(pre, centres))
+    timings["inference"] = time.perf_counter() - t
+    t = time.perf_counter()
+    found = det.cluster(pre, centres, _sigmoid(logits), logits, config=cfg)
+    timings["clustering"] = time.perf_counter() - t
+    stride = det.contract.dense_stride or det.contract.candidate_rules.stride
+    return (np.array([f[0] for f in found], dtype=np.float64).reshape(-1, 3),
+            np.array([f[1] for f in found], dtype=np.float64),
+            component_radius_mm(np.array([f[2] for f in found]), stride))
+
+
 def stage1_candidates(det, pre, params: Stage1Params = Stage1Params()) -> Stage1Candidates:
     """Stage-1 candidates of a preprocessed scan (``engine.preprocess.Preprocessed``) with the dense
     CNN of ``det`` (a `Detector`) and/or the blob detector."""
-    from .detector import _sigmoid
-
     cc = np.zeros((0, 3))
     cp = cr = np.zeros(0)
     if params.generator in ("cnn", "union"):
-        # no per-candidate blob refinement here: the union takes its centres from the blobs, and the
-        # detector's refinement costs ~0.1 s per candidate on a CPU (300 candidates: 30 s)
-        cfg = det.config.replace(top_k=params.cnn_candidates, refine=params.refine_cnn)
-        centres = det.grid_centres(pre)
-        logits = np.asarray(det.score(pre, centres))
-        probs = _sigmoid(logits)
-        found = det.cluster(pre, centres, probs, logits, config=cfg)
-        stride = det.contract.dense_stride or det.contract.candidate_rules.stride
-        cc = np.array([f[0] for f in found], dtype=np.float64).reshape(-1, 3)
-        cp = np.array([f[1] for f in found], dtype=np.float64)
-        cr = component_radius_mm(np.array([f[2] for f in found]), stride)
+        cc, cp, cr = cnn_peaks(det, pre, params.cnn_candidates)
     bc = np.zeros((0, 3))
     br = bv = np.zeros(0)
     if params.generator in ("blobs", "union"):

@@ -23,6 +23,15 @@ def register(sub) -> None:
                    help="also write patch_fp16.onnx (and dense_fp16.onnx): fp16 weights and activations, "
                         "fp32 inputs/outputs; their error against fp32 on phantom patches is printed and "
                         "recorded in the manifest (needs onnxconverter-common)")
+    p.add_argument("--stage2", metavar="CHECKPOINT",
+                   help="a stage-2 checkpoint (python -m noduleflow.trainer.stage2_train): written as stage2.onnx "
+                        "(checked against PyTorch) and declared in the contract, making a two-stage package "
+                        "whose detection is stage 1 + stage 2")
+    p.add_argument("--stage2-spec", metavar="JSON",
+                   help="with --stage2: a JSON file of the contract's stage-2 settings (engine.contract.Stage2Spec: "
+                        "generator, max_candidates, blob_min_response, tta_flips, calibration_scale, "
+                        "calibration_bias), e.g. the one python -m noduleflow.trainer.stage2_calibrate writes; "
+                        "default: Stage2Spec's defaults")
     p.add_argument("--tensorrt", choices=("fp32", "fp16", "int8"),
                    help="also build TensorRT plans for this GPU into OUT/trt/ (needs tensorrt; unverified)")
     p.add_argument("--torch-compiled", action="store_true",
@@ -38,12 +47,28 @@ def run(args: argparse.Namespace) -> int:
     require_extra("export", "noduleflow export")
     from noduleflow.export.package import export_package
 
+    spec = None
+    if args.stage2_spec:
+        import json
+
+        from noduleflow.engine import ConfigError
+        from noduleflow.engine.contract import Stage2Spec
+
+        if not args.stage2:
+            raise ConfigError("--stage2-spec needs --stage2")
+        try:
+            raw = json.loads(Path(args.stage2_spec).read_text())
+            spec = Stage2Spec(**{k: v for k, v in raw.items() if not k.startswith("_")})
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"--stage2-spec {args.stage2_spec}: {exc}") from None
+
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,
-                            fp16=args.fp16, slim=args.slim, torch_compiled=args.torch_compiled)
+                            fp16=args.fp16, slim=args.slim, torch_compiled=args.torch_compiled, stage2=args.stage2,
+                            stage2_spec=spec)
     if args.tensorrt:
         from noduleflow.export.tensorrt_build import build_plan
 
-        for graph in ("patch", "dense"):
+        for graph in ("patch", "dense", "stage2"):
             if (Path(args.out) / f"{graph}.onnx").exists():
                 print(f"wrote {build_plan(args.out, graph, args.tensorrt)}")
     for k, v in report.items():

@@ -47,6 +47,27 @@ def export_patch(model, path: Path, uses_location: bool, patch: int = PATCH_SIZE
     return path
 
 
+def export_stage2(model, path: Path, channels: int, patch: int = PATCH_SIZE, opset: int = OPSET) -> Path:
+    """The stage-2 classifier: (N, C, P, P, P) multi-scale context patches -> (N,) logits."""
+    import torch
+
+    x = torch.rand(2, channels, patch, patch, patch)
+    torch.onnx.export(model.eval(), (x,), str(path), input_names=["patch"], output_names=["logit"],
+                      dynamic_axes={"patch": {0: "batch"}, "logit": {0: "batch"}}, opset_version=opset,
+                      dynamo=False)
+    return path
+
+
+def parity_stage2(model, path: Path, patches: np.ndarray) -> float:
+    """max |logit(ONNX Runtime) - logit(PyTorch)| over stage-2 ``patches`` (N, C, P, P, P)."""
+    import torch
+
+    with torch.no_grad():
+        ref = model(torch.from_numpy(patches)).numpy().reshape(-1)
+    got = _session(path).run(None, {"patch": patches})[0].reshape(-1)
+    return float(np.abs(got - ref).max())
+
+
 def export_dense(model, path: Path, uses_location: bool, patch: int = PATCH_SIZE, opset: int = OPSET) -> Path:
     import torch
 

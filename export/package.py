@@ -1,6 +1,7 @@
 """`noduleflow export`: a checkpoint -> a verified model package the engine loads."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -9,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from noduleflow.engine import ConfigError, PackageError
-from noduleflow.engine.contract import InputContract
+from noduleflow.engine.contract import InputContract, Stage2Spec
 from noduleflow.engine.package import FORMAT_VERSION, Manifest, ModelPackage, write_manifest
 from noduleflow.engine.preprocess import PreprocessSpec
 
-from .onnx_export import (export_dense, export_patch, fp16_error, parity_dense, parity_patch,
-                          slim_graph, to_fp16)
+from .onnx_export import (export_dense, export_patch, export_stage2, fp16_error, parity_dense, parity_patch,
+                          parity_stage2, slim_graph, to_fp16)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def _sample_patches(contract: InputContract, n: int = 16, seed: int = 0) -> np.n
 
 
 def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: bool = False,
-                   fp16: bool = False, slim: bool = True, torch_compiled: bool = False) -> dict:
+                   fp16: bool = False, slim: bool = True, torch_compiled: bool = False,
+                   stage2: str | None = None, stage2_spec: Stage2Spec | None = None) -> dict:
     """Export ``checkpoint`` (safetensors + json) to ``out_dir``; returns the parity report.
 
     Raises PackageError if ONNX Runtime and PyTorch disagree beyond 1e-4 on any logit.
@@ -55,6 +57,9 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     ``slim``: run onnxslim on each graph right after export, so the parity checks below judge
     the graph that ships (bench/results/onnx_graph.md has the measurement behind the default).
     ``torch_compiled``: also write ``patch.pt2`` (AOTInductor) for the torch-compiled backend.
+    ``stage2``: a stage-2 checkpoint (`trainer.stage2_train`, model ``ms-3d1``): written as
+    ``stage2.onnx``, checked against PyTorch on phantom context patches like the patch graph, and
+    declared in the contract by ``stage2_spec`` (default: `Stage2Spec()`).
     The manifest is written once, at the end, over every file.
     """
     import onnx
@@ -88,18 +93,22 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
         tile = contract.normalise(hu[c[0] - 30:c[0] + 30, c[1] - 26:c[1] + 26, c[2] - 34:c[2] + 34])
         report["dense_vs_patch_max_abs_diff"] = parity_dense(out / "dense.onnx", out / "patch.onnx", tile,
                                                              contract.dense_stride, loc, contract.patch_size)
+    stage2_info = None
+    if stage2:
+        spec, stage2_info = _export_stage2(stage2, stage2_spec, out, contract, pre, slim, report)
+        contract = dataclasses.replace(contract, stage2=spec)
     bad = {k: v for k, v in report.items() if v > PARITY_TOL}
     if bad:
         raise PackageError(f"parity check failed (tolerance {PARITY_TOL}): {bad}")
     manifest = Manifest(
         model_id=model_id or f"{name}-{Path(checkpoint).stem}", architecture=name, contract=contract,
         training={"data": config.get("data", {}), "metrics": config.get("metrics", {}),
-                  "train": config.get("train", {})},
+                  "train": config.get("train", {}), **({"stage2": stage2_info} if stage2_info else {})},
         export={"opset": 17, "parity": dict(report), "torch": __import__("torch").__version__,
                 "onnx": onnx.__version__, "slim": slimmed},
     )
     # the graphs carry their contract too (ONNX metadata), so a graph found alone says what it expects
-    for g in ("patch.onnx", "dense.onnx"):
+    for g in ("patch.onnx", "dense.onnx", "stage2.onnx"):
         if (out / g).exists():
             m = onnx.load(str(out / g))
             for k, v in {"model_id": manifest.model_id, "architecture": name,
@@ -121,6 +130,41 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     write_manifest(out, manifest)
     ModelPackage.load(out)  # what we wrote must verify
     return report
+
+
+def _export_stage2(checkpoint, spec: Stage2Spec | None, out: Path, contract: InputContract, pre, slim: bool,
+                   report: dict) -> tuple[Stage2Spec, dict]:
+    """Write ``stage2.onnx`` from a stage-2 checkpoint, check it against PyTorch on context patches
+    of the parity phantom (its nodules and random lung points) -> the contract's stage-2 block."""
+    import onnx
+
+    from noduleflow.engine.context import ContextVolume
+    from noduleflow.engine.patches import Normalisation
+    from noduleflow.trainer.checkpoint import load_checkpoint
+    from noduleflow.trainer.models import STAGE2_MODELS
+
+    model, config = load_checkpoint(checkpoint)
+    if config["model"] not in STAGE2_MODELS:
+        raise ConfigError(f"--stage2 needs a stage-2 checkpoint (model one of {STAGE2_MODELS}), got "
+                          f"{config['model']!r} from {checkpoint}")
+    spec = spec or Stage2Spec()
+    channels = int(model.state_dict()["stem.0.weight"].shape[1])
+    if channels != spec.channels:
+        raise ConfigError(f"stage-2 checkpoint takes {channels} channels, the spec says {spec.channels}")
+    export_stage2(model, out / "stage2.onnx", channels, contract.patch_size)
+    if slim:
+        slim_graph(out / "stage2.onnx")
+    onnx.checker.check_model(str(out / "stage2.onnx"))
+    rng = np.random.default_rng(3)
+    pts = np.argwhere(pre.mask)
+    centres = pts[rng.choice(len(pts), 12)].astype(np.float64)
+    ctx = ContextVolume(pre.volume.hu, Normalisation(*contract.hu_window, pad_hu=contract.pad_hu),
+                        contract.patch_size, channels)
+    patches = np.concatenate([ctx.patches(centres),
+                              rng.uniform(size=(4, channels, *(contract.patch_size,) * 3)).astype(np.float32)])
+    report["stage2_max_abs_logit_diff"] = parity_stage2(model, out / "stage2.onnx", patches)
+    return spec, {"model": config["model"], "data": config.get("data"), "init": config.get("init"),
+                  "metrics": config.get("metrics", {})}
 
 
 def contract_of(model, config: dict) -> InputContract:

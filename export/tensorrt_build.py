@@ -31,18 +31,20 @@ class Profile:
 
 
 def profiles(graph: str, max_batch: int = 256, opt_batch: int = 64, tile_out=(24, 24, 24), stride: int = 4,
-             patch: int = PATCH_SIZE):
-    """Patch graph: batch 1..max_batch. Dense graph: tiles from one output point (patch^3) to
-    ``tile_out`` points per axis (the engine's tile: stride * (t - 1) + patch voxels)."""
+             patch: int = PATCH_SIZE, channels: int = 1):
+    """Patch and stage-2 graphs: batch 1..max_batch (stage 2: ``channels`` context scales). Dense
+    graph: tiles from one output point (patch^3) to ``tile_out`` points per axis (the engine's
+    tile: stride * (t - 1) + patch voxels)."""
     one = (1, 1, patch, patch, patch)
-    if graph == "patch":
+    if graph in ("patch", "stage2"):
         if not 1 <= opt_batch <= max_batch:
             raise ConfigError(f"need 1 <= opt_batch <= max_batch, got {opt_batch}, {max_batch}")
+        one = (1, channels if graph == "stage2" else 1, patch, patch, patch)
         return [Profile("patch", one, (opt_batch, *one[1:]), (max_batch, *one[1:]))]
     if graph == "dense":
         big = tuple(stride * (t - 1) + patch for t in tile_out)
         return [Profile("volume", one, (1, 1, *big), (1, 1, *big))]
-    raise ConfigError(f"graph must be 'patch' or 'dense', got {graph!r}")
+    raise ConfigError(f"graph must be 'patch', 'dense' or 'stage2', got {graph!r}")
 
 
 def calibration_batches(patches: np.ndarray, batch_size: int):
@@ -74,7 +76,9 @@ def build_plan(package_dir, graph: str = "patch", precision: str = "fp16", works
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     profile = builder.create_optimization_profile()
-    for p in profiles(graph, stride=pkg.contract.dense_stride or 4, patch=pkg.contract.patch_size):
+    channels = pkg.contract.stage2.channels if graph == "stage2" and pkg.contract.stage2 else 1
+    for p in profiles(graph, stride=pkg.contract.dense_stride or 4, patch=pkg.contract.patch_size,
+                      channels=channels):
         profile.set_shape(p.name, p.min, p.opt, p.max)
     config.add_optimization_profile(profile)
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from noduleflow.engine.backends.base import Backend
+from noduleflow.engine.backends.base import Backend, graph_channels
 from noduleflow.engine.errors import BackendUnavailableError, PackageError
 from noduleflow.engine.package import ModelPackage
 
 
 class TorchCompiledBackend(Backend):
     def __init__(self, package: ModelPackage, graph: str = "patch", device: str | None = None, max_batch: int = 256):
-        super().__init__(graph, max_batch, package.contract.patch_size)
+        super().__init__(graph, max_batch, package.contract.patch_size, graph_channels(package, graph))
         try:
             import torch
         except ImportError as exc:
@@ -37,4 +37,5 @@ class TorchCompiledBackend(Backend):
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         with torch.no_grad():
             y = self._model(x)
-        return y.float().cpu().numpy()
+        y = y.float().cpu().numpy()
+        return y.reshape(len(batch)) if self.graph != "dense" else y

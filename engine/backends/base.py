@@ -12,18 +12,27 @@ import numpy as np
 from ..contract import PATCH_SIZE
 from ..errors import ConfigError
 
+GRAPHS = ("patch", "dense", "stage2")
+
+
+def graph_channels(package, graph: str) -> int:
+    """Input channels of ``graph`` in ``package``: 1, or the stage-2 context scales."""
+    st2 = package.contract.stage2
+    return st2.channels if graph == "stage2" and st2 is not None else 1
+
 
 class Backend(ABC):
     name: str = "abstract"
     device: str = "cpu"
     precision: str = "fp32"
 
-    def __init__(self, graph: str, max_batch: int, patch_size: int = PATCH_SIZE):
-        if graph not in ("patch", "dense"):
-            raise ConfigError(f"graph must be 'patch' or 'dense', got {graph!r}")
+    def __init__(self, graph: str, max_batch: int, patch_size: int = PATCH_SIZE, channels: int = 1):
+        if graph not in GRAPHS:
+            raise ConfigError(f"graph must be one of {GRAPHS}, got {graph!r}")
         self.graph = graph
         self.max_batch = int(max_batch)
         self.patch_size = int(patch_size)  # from the package's input contract
+        self.channels = int(channels)      # 1, or stage 2's context scales (contract.stage2.channels)
         self._closed = False
 
     def __enter__(self):
@@ -36,18 +45,21 @@ class Backend(ABC):
         """Logits for a batch.
 
         patch graph: (N, 1, P, P, P) float32 -> (N,), P the contract's patch size;
-        dense graph: (N, 1, D, H, W) float32 -> (N, D', H', W').
+        dense graph: (N, 1, D, H, W) float32 -> (N, D', H', W');
+        stage2 graph: (N, C, P, P, P) float32 -> (N,), C the context scales of stage 2.
         ``extra``: the location input of 3D-LOC packages ((N, 3) or (N, 3, D', H', W')).
         """
         if self._closed:
             raise ConfigError(f"{self.name} backend is closed")
         if not hasattr(batch, "dtype") or batch.dtype != np.float32:
             raise ConfigError(f"{self.name}: input must be float32, got {getattr(batch, 'dtype', type(batch))}")
-        if batch.ndim != 5 or batch.shape[1] != 1:
-            raise ConfigError(f"{self.name}: input must be (N, 1, D, H, W), got shape {tuple(batch.shape)}")
+        c = self.channels
+        if batch.ndim != 5 or batch.shape[1] != c:
+            raise ConfigError(f"{self.name}: input must be (N, {c}, D, H, W), got shape {tuple(batch.shape)}")
         p = self.patch_size
-        if self.graph == "patch" and tuple(batch.shape[2:]) != (p, p, p):
-            raise ConfigError(f"{self.name}: patch graph takes (N, 1, {p}, {p}, {p}), got {tuple(batch.shape)}")
+        if self.graph != "dense" and tuple(batch.shape[2:]) != (p, p, p):
+            raise ConfigError(f"{self.name}: {self.graph} graph takes (N, {c}, {p}, {p}, {p}), got "
+                              f"{tuple(batch.shape)}")
         if self.graph == "dense" and min(batch.shape[2:]) < p:
             raise ConfigError(f"{self.name}: dense tiles must be at least {p} per axis, got {tuple(batch.shape)}")
         if not 1 <= batch.shape[0] <= self.max_batch:

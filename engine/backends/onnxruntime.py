@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, PackageError
 from ..package import ModelPackage
-from .base import Backend
+from .base import Backend, graph_channels
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +30,26 @@ def check_graph(session, package: ModelPackage, graph: str, fname: str) -> None:
     """The graph's inputs and outputs must be what the package's contract says: a patch graph
     takes (N, 1, P, P, P) and gives (N,) or (N, 1); a dense graph takes (N, 1, D, H, W) with
     dynamic D, H, W and gives (N, D', H', W'); 3D-LOC graphs take the location as a second
-    input. A graph in the wrong slot or for another contract is refused before use."""
+    input; a stage-2 graph takes (N, C, P, P, P), C its context scales, and gives (N,) or (N, 1).
+    A graph in the wrong slot or for another contract is refused before use."""
     k = package.contract
     ins, outs = session.get_inputs(), session.get_outputs()
-    want_inputs = 2 if k.uses_location else 1
+    want_inputs = 2 if k.uses_location and graph != "stage2" else 1
+    channels = graph_channels(package, graph)
     where = f"package {package.manifest.model_id}: {fname}"
     if len(ins) != want_inputs or len(outs) < 1:
         raise PackageError(f"{where} has {len(ins)} inputs and {len(outs)} outputs; the contract needs "
                            f"{want_inputs} input(s) and one output")
     shape = list(ins[0].shape)
     fixed = lambda d: d if isinstance(d, int) else None  # noqa: E731 (symbolic dims are names)
-    if len(shape) != 5 or fixed(shape[1]) not in (1, None):
-        raise PackageError(f"{where}: input shape {shape} is not (N, 1, D, H, W)")
+    if len(shape) != 5 or fixed(shape[1]) not in (channels, None):
+        raise PackageError(f"{where}: input shape {shape} is not (N, {channels}, D, H, W)")
     out_rank = len(outs[0].shape)
-    if graph == "patch":
+    if graph in ("patch", "stage2"):
         p = k.patch_size
         if [fixed(d) for d in shape[2:]] != [p, p, p] or out_rank not in (1, 2):
-            raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a patch graph for "
-                               f"{p}^3 patches (N, 1, {p}, {p}, {p}) -> (N,)")
+            raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a {graph} graph for "
+                               f"{p}^3 patches (N, {channels}, {p}, {p}, {p}) -> (N,)")
     else:
         if any(fixed(d) is not None for d in shape[2:]) or out_rank != 4:
             raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a dense graph "
@@ -78,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
                  threads: int | None = None, max_batch: int = 256, precision: str = "fp32"):
         import onnxruntime as ort
 
-        super().__init__(graph, max_batch, package.contract.patch_size)
+        super().__init__(graph, max_batch, package.contract.patch_size, graph_channels(package, graph))
         if device not in PROVIDERS:
             raise BackendUnavailableError(f"unknown ONNX Runtime device {device!r}; choose cpu, cuda or tensorrt")
         wanted = PROVIDERS[device][0]
@@ -118,7 +120,8 @@ class OnnxRuntimeBackend(Backend):
             if extra is None:
                 raise PackageError(f"{self.graph}.onnx needs a second input ({self.inputs[1]}): the location")
             feeds[self.inputs[1]] = np.ascontiguousarray(extra, dtype=np.float32)
-        return self.session.run(None, feeds)[0]
+        y = self.session.run(None, feeds)[0]
+        return y.reshape(len(batch)) if self.graph != "dense" else y
 
     def close(self):
         self.session = None

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, PackageError
 from ..package import ModelPackage
-from .base import Backend
+from .base import Backend, graph_channels
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, package: ModelPackage, graph: str = "patch", precision: str = "fp16",
                  max_batch: int = 256, max_tile=(137, 137, 137)):
-        super().__init__(graph, max_batch, package.contract.patch_size)
+        super().__init__(graph, max_batch, package.contract.patch_size, graph_channels(package, graph))
         try:
             import tensorrt as trt
             from cuda.bindings import runtime as cudart
@@ -120,7 +120,7 @@ class TensorRTBackend(Backend):
         self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         err, self._stream = cudart.cudaStreamCreate()
         _check(err)
-        n_in = max_batch * self.patch_size ** 3 if graph == "patch" else int(np.prod(max_tile))
+        n_in = max_batch * self.channels * self.patch_size ** 3 if graph != "dense" else int(np.prod(max_tile))
         self._dev_in = self._malloc(n_in * 4)
         self._dev_out = self._malloc(n_in * 4)  # outputs are never larger than inputs
         err, self._host_in = cudart.cudaMallocHost(n_in * 4)
@@ -160,7 +160,8 @@ class TensorRTBackend(Backend):
                                       cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream))
         _check(cudart.cudaStreamSynchronize(self._stream))
         out = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_float * n_out).from_address(self._host_out))
-        return out.copy().reshape(out_shape)
+        out = out.copy().reshape(out_shape)
+        return out.reshape(len(batch)) if self.graph != "dense" else out
 
     def close(self):
         if not self._closed and hasattr(self, "_stream"):

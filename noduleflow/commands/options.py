@@ -13,9 +13,9 @@ import typing
 
 
 def _choices(name: str):
-    from noduleflow.engine.config import CLUSTERINGS, MODES
+    from noduleflow.engine.config import CLUSTERINGS, MODES, STAGES
 
-    return {"mode": MODES, "clustering": CLUSTERINGS}.get(name)
+    return {"mode": MODES, "clustering": CLUSTERINGS, "stages": STAGES}.get(name)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,171 @@
+"""Two-stage packages: stage2.onnx exported and declared in the contract, the engine running
+stage 1 + stage 2 by default, the stage-2 score being what the graph gives on the candidates'
+context patches, averaged over the 8 flips and calibrated."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from noduleflow.engine import ConfigError, PackageError
+from noduleflow.engine.contract import InputContract, Stage2Spec
+from noduleflow.engine.package import ModelPackage, write_manifest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory):
+    """Random-weight 3D-1 (stage 1) and ms-3d1 (stage 2) checkpoints exported by the CLI with a
+    stage-2 spec file: blobs as stage 1, 40 candidates, calibration scale 0.5 and bias -1."""
+    from noduleflow.cli import main
+    from noduleflow.trainer.checkpoint import save_checkpoint
+    from noduleflow.trainer.models import build_model
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("two_stage")
+    save_checkpoint(root / "s1", build_model("3d-1").eval(), {"model": "3d-1", "model_kwargs": {}}, "best")
+    save_checkpoint(root / "s2", build_model("ms-3d1").eval(), {"model": "ms-3d1", "model_kwargs": {}}, "best")
+    spec = {"generator": "union", "max_candidates": 40, "blob_min_response": 10.0, "tta_flips": True,
+            "calibration_scale": 0.5, "calibration_bias": -1.0, "_note": "keys starting with _ are comments"}
+    (root / "spec.json").write_text(json.dumps(spec))
+    rc = main(["export", str(root / "s1" / "best.safetensors"), str(root / "pkg"), "--model-id", "test-2stage",
+               "--stage2", str(root / "s2" / "best.safetensors"), "--stage2-spec", str(root / "spec.json")])
+    assert rc == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+    return generate_phantom(5, params=PhantomParams(n_nodules=2), shape_zyx=(70, 160, 160),
+                            spacing_zyx_mm=(2.5, 1.6, 1.6))
+
+
+def test_package_declares_both_stages(two_stage):
+    pkg = ModelPackage.load(two_stage / "pkg")
+    assert pkg.has_stage2 and {"patch.onnx", "dense.onnx", "stage2.onnx"} <= set(pkg.manifest.files)
+    st2 = pkg.contract.stage2
+    assert st2 == Stage2Spec(generator="union", max_candidates=40, blob_min_response=10.0, tta_flips=True,
+                             calibration_scale=0.5, calibration_bias=-1.0)
+    assert pkg.manifest.export["parity"]["stage2_max_abs_logit_diff"] <= 1e-4
+    assert pkg.manifest.training["stage2"]["model"] == "ms-3d1"
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(two_stage / "pkg" / "stage2.onnx")).metadata_props}
+    assert json.loads(meta["contract"])["stage2"]["max_candidates"] == 40
+
+
+def test_stage_settings(two_stage, tmp_path):
+    import shutil
+
+    from noduleflow.engine.detector import Detector
+
+    det = Detector(two_stage / "pkg")
+    assert det.two_stage and det.stage2_backend.channels == 2
+    one = Detector(two_stage / "pkg", stages="1")
+    assert not one.two_stage and one.stage2_backend is None
+    # a one-stage package asked for two stages: an error, not a silent stage 1
+    pkg_dir = tmp_path / "one"
+    shutil.copytree(two_stage / "pkg", pkg_dir)
+    (pkg_dir / "stage2.onnx").unlink()
+    m = ModelPackage.load(two_stage / "pkg").manifest
+    write_manifest(pkg_dir, dataclasses.replace(m, contract=dataclasses.replace(m.contract, stage2=None)))
+    with pytest.raises(ConfigError, match="no stage-2 graph"):
+        Detector(pkg_dir, stages="2")
+    assert not Detector(pkg_dir).two_stage
+
+
+def test_detect_two_stage_scores_are_the_graphs(two_stage, phantom):
+    """Every returned probability is sigmoid(0.5 * mean-over-8-flips logit - 1) of stage2.onnx on the
+    candidate's context patches, ranked, with the stage-1 extent as diameter."""
+    import onnxruntime as ort
+
+    from noduleflow.engine.context import ContextVolume
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.preprocess import preprocess
+
+    det = Detector(two_stage / "pkg", top_k=10)
+    res = det.detect(phantom.volume, keep_preprocessed=True)
+    assert res.meta["stages"] == 2 and 1 <= len(res) <= 10
+    assert {"blobs", "stage2", "inference", "clustering"} <= set(res.timings_s)
+    assert 0 < res.n_scored <= 40
+    probs = np.array([c.prob for c in res])
+    assert (np.diff(probs) <= 0).all()
+    assert all(c.diameter_mm is not None and 5.0 <= c.diameter_mm <= 30.0 for c in res)
+
+    pre = preprocess(phantom.volume, det.spec)
+    cand = det.stage1(pre)
+    assert len(cand) == res.n_scored
+    k = det.contract
+    x = ContextVolume(pre.volume.hu, det.norm, k.patch_size, 2).patches(cand.centres_zyx)
+    sess = ort.InferenceSession(str(two_stage / "pkg" / "stage2.onnx"), providers=["CPUExecutionProvider"])
+    views = [np.ascontiguousarray(np.flip(x, tuple(2 + a for a in range(3) if f >> a & 1))) for f in range(8)]
+    logit = np.mean([sess.run(None, {"patch": v})[0].reshape(-1) for v in views], axis=0)
+    want = 1 / (1 + np.exp(-(0.5 * logit - 1.0)))
+    order = np.argsort(-want, kind="stable")[:len(res)]
+    assert np.allclose(probs, want[order], atol=1e-5)
+    got_xyz = np.array([c.center_xyz_mm for c in res])
+    assert np.allclose(got_xyz, pre.volume.voxel_to_world(cand.centres_zyx[order]).reshape(-1, 3))
+
+
+def test_flips8_are_the_eight_axis_flips():
+    from noduleflow.engine.context import flips8
+
+    x = np.random.default_rng(0).normal(size=(2, 2, 3, 4, 5)).astype(np.float32)
+    views = list(flips8(x))
+    assert len(views) == 8 and views[0] is x
+    flat = {v.tobytes() for v in views}
+    assert len(flat) == 8
+    assert np.array_equal(views[7], x[:, :, ::-1, ::-1, ::-1])
+
+
+def test_stage2_spec_and_file_come_together(two_stage, tmp_path):
+    import shutil
+
+    pkg_dir = tmp_path / "pkg"
+    shutil.copytree(two_stage / "pkg", pkg_dir)
+    (pkg_dir / "stage2.onnx").unlink()
+    m = ModelPackage.load(two_stage / "pkg").manifest
+    write_manifest(pkg_dir, m)  # rehashes: stage2.onnx is no longer listed, the contract still says stage 2
+    with pytest.raises(PackageError, match="stage2"):
+        ModelPackage.load(pkg_dir)
+    # the contract without stage 2: a one-stage package again
+    write_manifest(pkg_dir, dataclasses.replace(m, contract=dataclasses.replace(m.contract, stage2=None)))
+    assert not ModelPackage.load(pkg_dir).has_stage2
+
+
+def test_stage2_graph_in_the_patch_slot_is_refused(two_stage, tmp_path):
+    import shutil
+
+    from noduleflow.engine.backends import open_backend
+
+    pkg_dir = tmp_path / "pkg"
+    shutil.copytree(two_stage / "pkg", pkg_dir)
+    shutil.copy(pkg_dir / "stage2.onnx", pkg_dir / "patch.onnx")
+    write_manifest(pkg_dir, ModelPackage.load(two_stage / "pkg").manifest)
+    with pytest.raises(PackageError, match="patch.onnx"):
+        open_backend(ModelPackage.load(pkg_dir), "onnxruntime-cpu", graph="patch")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"channels": 0}, "channels"), ({"generator": "dots"}, "generator"), ({"max_candidates": 0}, "max_candidates"),
+    ({"blob_min_response": -1}, "blob_min_response"), ({"tta_flips": "yes"}, "tta_flips"),
+    ({"calibration_scale": 0}, "calibration_scale"), ({"calibration_bias": float("nan")}, "calibration_bias"),
+])
+def test_stage2_spec_rejects_bad_values(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        Stage2Spec(**bad)
+
+
+def test_contract_roundtrip_with_stage2():
+    k = InputContract(dense_stride=4, dense_offset=20, stage2=Stage2Spec(max_candidates=77))
+    assert InputContract.from_dict(json.loads(json.dumps(k.to_dict()))) == k
+    with pytest.raises(ConfigError, match="stage2"):
+        InputContract.from_dict({"stage2": {"max_candidates": 5, "unknown": 1}})
+    assert Stage2Spec(calibration_scale=2.0, calibration_bias=1.0).calibrate([0.0, -0.5]).tolist() == \
+        pytest.approx([1 / (1 + np.exp(-1.0)), 0.5])

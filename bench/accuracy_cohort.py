@@ -14,6 +14,7 @@ never for choosing a setting. Phantoms are a regression signal, not clinical evi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -33,22 +34,49 @@ def detect_cached(det, scan, keep: int = 100, lists_root=None, n: int = 0):
     return scan.pre.volume.voxel_to_world(c[:keep]).reshape(-1, 3), p[:keep]
 
 
-def detect_two_stage(det, model, scan, stage1_params, keep: int = 100, tta: bool = True):
-    """Stage 1 (`engine.stage1`) then the stage-2 torch ``model`` on each candidate's multi-scale
-    context patches -> (xyz (n, 3) world mm, stage-2 prob (n,), best first, at most ``keep``)."""
-    from noduleflow.engine.context import ContextVolume
-    from noduleflow.engine.stage1 import stage1_candidates
-    from noduleflow.trainer.stage2_train import predict
+def detect_package(det, scan, keep: int = 100):
+    """``det``'s own pipeline after preprocessing (`Detector.find`: stage 1 + stage 2 for two-stage
+    packages) on a `CohortScan` -> (xyz (n, 3) world mm, prob (n,), best first, at most ``keep``)."""
+    saved = det.config
+    det.config = saved.replace(top_k=keep)
+    try:
+        found, _ = det.find(scan.pre)
+    finally:
+        det.config = saved
+    c = np.array([f[0] for f in found], np.float64).reshape(-1, 3)
+    return scan.pre.volume.voxel_to_world(c).reshape(-1, 3), np.array([f[1] for f in found], np.float64)
 
-    pre = scan.pre
-    cand = stage1_candidates(det, pre, stage1_params)
-    if not len(cand):
-        return np.zeros((0, 3)), np.zeros(0)
-    p = ContextVolume(pre.volume.hu).patches(cand.centres_zyx)
-    logits = predict(model, np.rint(p * 255).astype(np.uint8), tta=tta)
-    prob = 1.0 / (1.0 + np.exp(-logits))
-    order = np.argsort(-prob, kind="stable")[:keep]
-    return pre.volume.voxel_to_world(cand.centres_zyx[order]).reshape(-1, 3), prob[order]
+
+def candidate_labels(r) -> np.ndarray:
+    """Per candidate of a `ScanResult`: 1 within some nodule's radius, 0 outside every nodule and
+    excluded finding, -1 on an excluded finding only (left out of calibration figures)."""
+    xyz = np.asarray(r.xyz, float).reshape(-1, 3)
+    lab = np.zeros(len(xyz), np.int8)
+    for f, v in ((np.asarray(r.excluded, float).reshape(-1, 4), -1), (np.asarray(r.nodules, float).reshape(-1, 4), 1)):
+        if len(f) and len(xyz):
+            d = np.linalg.norm(xyz[:, None, :] - f[None, :, :3], axis=-1)
+            lab[(d < f[None, :, 3] / 2).any(1)] = v
+    return lab
+
+
+def calibration(results, ks=(15, 100), bins: int = 10) -> dict:
+    """Expected calibration error of the candidates' probabilities against "is a nodule" over each
+    scan's top K, and the reliability table (top 100)."""
+    from noduleflow.trainer.stage2_calibrate import expected_calibration_error
+
+    out = {}
+    for k in ks:
+        p = np.concatenate([np.asarray(r.prob, float)[:k] for r in results])
+        y = np.concatenate([candidate_labels(r)[:k] for r in results])
+        keep = y >= 0
+        out[f"ece_top{k}"] = expected_calibration_error(p[keep], y[keep], bins)
+        out[f"candidates_top{k}"] = int(keep.sum())
+    idx = np.minimum((p[keep] * bins).astype(int), bins - 1)
+    out["reliability_top100"] = [{"bin": [b / bins, (b + 1) / bins], "n": int((idx == b).sum()),
+                                  "mean_prob": float(p[keep][idx == b].mean()) if (idx == b).any() else None,
+                                  "hit_rate": float(y[keep][idx == b].mean()) if (idx == b).any() else None}
+                                 for b in range(bins)]
+    return out
 
 
 def scan_result(scan, xyz, prob):
@@ -110,6 +138,19 @@ def write_report(res: dict, meta: dict, out: Path, title: str) -> None:
           f"by bootstrap over scans ({meta['bootstrap']} resamples). Within a stratum, hits on the other "
           "nodules are ignored. Synthetic phantoms: a regression signal, not clinical evidence.", "",
           format_markdown(res, KS), ""]
+    cal = meta.get("calibration")
+    if cal:
+        md += ["## Calibration", "", "Expected calibration error (10 equal-width bins) of the candidates' "
+               "probabilities against \"lies within a nodule's radius\" (candidates on an excluded finding "
+               f"left out): top 15 per scan {cal['ece_top15']:.3f} ({cal['candidates_top15']} candidates), "
+               f"top 100 per scan {cal['ece_top100']:.3f} ({cal['candidates_top100']}). Reliability (top 100): "
+               "`calibration.png`.", "", "| probability | candidates | mean probability | nodule rate |",
+               "|---|---:|---:|---:|"]
+        for b in cal["reliability_top100"]:
+            if b["n"]:
+                md.append(f"| {b['bin'][0]:.1f}-{b['bin'][1]:.1f} | {b['n']} | {b['mean_prob']:.3f} | "
+                          f"{b['hit_rate']:.3f} |")
+        md.append("")
     (out / "accuracy.md").write_text("\n".join(md))
     import matplotlib
 
@@ -131,6 +172,22 @@ def write_report(res: dict, meta: dict, out: Path, title: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
     _save(fig, out / "froc.png")
+    if cal:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        rows = [b for b in cal["reliability_top100"] if b["n"]]
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+        ax.plot([b["mean_prob"] for b in rows], [b["hit_rate"] for b in rows], "o-", lw=1.6,
+                label=f"top 100/scan (ECE {cal['ece_top100']:.3f})")
+        for b in rows:
+            ax.annotate(str(b["n"]), (b["mean_prob"], b["hit_rate"]), fontsize=6, xytext=(3, -8),
+                        textcoords="offset points")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("predicted probability (bin mean)")
+        ax.set_ylabel("share that are nodules")
+        ax.set_title(f"{title}: reliability", fontsize=8)
+        ax.legend(loc="upper left", fontsize=7)
+        _save(fig, out / "calibration.png")
 
 
 def main(argv=None) -> int:
@@ -146,11 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--cache", help="cohort cache root (default: $NODULEFLOW_COHORT_CACHE)")
     ap.add_argument("--lists-cache", help="folder caching each scan's stage-1 lists (bench.stage1_recall)")
-    ap.add_argument("--stage2", help="a stage-2 checkpoint (.safetensors, trainer.stage2_train): rescore the "
-                                     "stage-1 candidates with it (torch, in the bench)")
-    ap.add_argument("--stage1", default="union", help="stage-1 generator with --stage2 (cnn, blobs, union)")
-    ap.add_argument("--stage1-cap", type=int, default=150, help="stage-1 candidates per scan with --stage2")
-    ap.add_argument("--no-tta", action="store_true", help="stage 2 without the 8-flip test-time augmentation")
+    ap.add_argument("--stages", default="auto", choices=("auto", "1", "2"),
+                    help="the detector's stages (auto: both for a two-stage package)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
@@ -158,19 +212,16 @@ def main(argv=None) -> int:
 
     seeds = cohort_seeds(a.cohort)
     cache = CohortCache(a.cache)
-    det = Detector(a.model, backend=a.backend)
-    if a.stage2:
-        from noduleflow.engine.stage1 import Stage1Params
-        from noduleflow.trainer.checkpoint import load_checkpoint
-
-        model, _ = load_checkpoint(a.stage2)
-        s1 = Stage1Params(generator=a.stage1, max_candidates=a.stage1_cap, cnn_candidates=a.stage1_cap)
-        results, times = run_cohort(lambda s: detect_two_stage(det, model, s, s1, a.keep, not a.no_tta), seeds,
-                                    cache)
+    det = Detector(a.model, backend=a.backend, stages=a.stages)
+    if det.two_stage:
+        results, times = run_cohort(lambda s: detect_package(det, s, a.keep), seeds, cache)
     else:
         results, times = run_cohort(lambda s: detect_cached(det, s, a.keep, a.lists_cache), seeds, cache)
     res = score_cohort(results, bootstrap=a.bootstrap)
-    meta = {"model_id": det.package.manifest.model_id + (f" + stage 2 {a.stage2}" if a.stage2 else ""),
+    calib = calibration(results)
+    st2 = det.contract.stage2 if det.two_stage else None
+    meta = {"model_id": det.package.manifest.model_id, "stages": 2 if det.two_stage else 1,
+            "stage2": dataclasses.asdict(st2) if st2 else None, "calibration": calib,
             "backend": det.backend.name, "mode": det.config.mode,
             "config": {k: v for k, v in vars(det.config).items() if k != "rules"},
             "data": f"phantom seeds {seeds[0]}-{seeds[-1]} ({a.cohort})", "scans": len(seeds), "keep": a.keep,

@@ -31,8 +31,9 @@ class Stage2Spec:
     Stage 1 (`engine.stage1`) proposes up to ``max_candidates`` candidates per scan with
     ``generator`` (the dense CNN's clustered peaks, Hessian blobs with responses of at least
     ``blob_min_response``, or their union); stage 2 scores each on ``channels`` multi-scale
-    context patches (`engine.context.ContextVolume`: the contract's patch at 1 mm, then at 2 mm,
-    ...), the mean logit over the 8 axis flips when ``tta_flips``. The final probability is
+    context patches (`engine.context.ContextVolume`: the contract's patch at 1 mm, then at 2 mm),
+    the mean logit over the first ``tta_flips`` of the 8 axis flips (1, 2, 4 or 8; order of
+    `engine.context.flips8`, identity first). The final probability is
     ``sigmoid(calibration_scale * logit + calibration_bias)`` (Platt scaling, fitted on
     validation phantoms; 1 and 0: uncalibrated)."""
 
@@ -40,7 +41,7 @@ class Stage2Spec:
     generator: str = "union"
     max_candidates: int = 150
     blob_min_response: float = 20.0
-    tta_flips: bool = True
+    tta_flips: int = 8
     calibration_scale: float = 1.0
     calibration_bias: float = 0.0
 
@@ -53,8 +54,8 @@ class Stage2Spec:
             raise ConfigError(f"stage2.max_candidates must be an integer in [1, 2000], got {self.max_candidates!r}")
         if not _is_number(self.blob_min_response) or self.blob_min_response < 0:
             raise ConfigError(f"stage2.blob_min_response must be a number >= 0, got {self.blob_min_response!r}")
-        if not isinstance(self.tta_flips, bool):
-            raise ConfigError(f"stage2.tta_flips must be true or false, got {self.tta_flips!r}")
+        if not _is_int(self.tta_flips) or self.tta_flips not in (1, 2, 4, 8):
+            raise ConfigError(f"stage2.tta_flips must be 1, 2, 4 or 8, got {self.tta_flips!r}")
         if not _is_number(self.calibration_scale) or not 0 < self.calibration_scale <= 100:
             raise ConfigError(f"stage2.calibration_scale must be in (0, 100], got {self.calibration_scale!r}")
         if not _is_number(self.calibration_bias) or not -100 <= self.calibration_bias <= 100:

@@ -12,6 +12,7 @@ At the same centres the two give the same scores (a test holds them to 1e-4).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
@@ -282,8 +283,8 @@ class Detector:
 
     def score_stage2(self, pre, centres_zyx) -> np.ndarray:
         """Stage-2 logits (n,) of candidates at ``centres_zyx`` (n, 3) on ``pre``'s 1 mm grid: each
-        candidate's multi-scale context patches, the mean logit over the 8 axis flips when the
-        contract says so."""
+        candidate's multi-scale context patches, the mean logit over the contract's number of axis
+        flips (`engine.context.flips8`, identity first)."""
         from .context import ContextVolume, flips8
 
         st2 = self.contract.stage2
@@ -295,7 +296,7 @@ class Detector:
         bs = min(self.config.batch_size, self.stage2_backend.max_batch)
         for i in range(0, len(c), bs):
             x = ctx.patches(c[i:i + bs])
-            views = flips8(x) if st2.tta_flips else (x,)
+            views = itertools.islice(flips8(x), st2.tta_flips)
             out[i:i + len(x)] = np.mean([self.stage2_backend.infer(v) for v in views], axis=0)
         return out
 

@@ -29,7 +29,7 @@ def two_stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_stage")
     save_checkpoint(root / "s1", build_model("3d-1").eval(), {"model": "3d-1", "model_kwargs": {}}, "best")
     save_checkpoint(root / "s2", build_model("ms-3d1").eval(), {"model": "ms-3d1", "model_kwargs": {}}, "best")
-    spec = {"generator": "union", "max_candidates": 40, "blob_min_response": 10.0, "tta_flips": True,
+    spec = {"generator": "union", "max_candidates": 40, "blob_min_response": 10.0, "tta_flips": 4,
             "calibration_scale": 0.5, "calibration_bias": -1.0, "_note": "keys starting with _ are comments"}
     (root / "spec.json").write_text(json.dumps(spec))
     rc = main(["export", str(root / "s1" / "best.safetensors"), str(root / "pkg"), "--model-id", "test-2stage",
@@ -50,7 +50,7 @@ def test_package_declares_both_stages(two_stage):
     pkg = ModelPackage.load(two_stage / "pkg")
     assert pkg.has_stage2 and {"patch.onnx", "dense.onnx", "stage2.onnx"} <= set(pkg.manifest.files)
     st2 = pkg.contract.stage2
-    assert st2 == Stage2Spec(generator="union", max_candidates=40, blob_min_response=10.0, tta_flips=True,
+    assert st2 == Stage2Spec(generator="union", max_candidates=40, blob_min_response=10.0, tta_flips=4,
                              calibration_scale=0.5, calibration_bias=-1.0)
     assert pkg.manifest.export["parity"]["stage2_max_abs_logit_diff"] <= 1e-4
     assert pkg.manifest.training["stage2"]["model"] == "ms-3d1"
@@ -81,7 +81,7 @@ def test_stage_settings(two_stage, tmp_path):
 
 
 def test_detect_two_stage_scores_are_the_graphs(two_stage, phantom):
-    """Every returned probability is sigmoid(0.5 * mean-over-8-flips logit - 1) of stage2.onnx on the
+    """Every returned probability is sigmoid(0.5 * mean-over-4-flips logit - 1) of stage2.onnx on the
     candidate's context patches, ranked, with the stage-1 extent as diameter."""
     import onnxruntime as ort
 
@@ -104,7 +104,7 @@ def test_detect_two_stage_scores_are_the_graphs(two_stage, phantom):
     k = det.contract
     x = ContextVolume(pre.volume.hu, det.norm, k.patch_size, 2).patches(cand.centres_zyx)
     sess = ort.InferenceSession(str(two_stage / "pkg" / "stage2.onnx"), providers=["CPUExecutionProvider"])
-    views = [np.ascontiguousarray(np.flip(x, tuple(2 + a for a in range(3) if f >> a & 1))) for f in range(8)]
+    views = [np.ascontiguousarray(np.flip(x, tuple(2 + a for a in range(3) if f >> a & 1))) for f in range(4)]
     logit = np.mean([sess.run(None, {"patch": v})[0].reshape(-1) for v in views], axis=0)
     want = 1 / (1 + np.exp(-(0.5 * logit - 1.0)))
     order = np.argsort(-want, kind="stable")[:len(res)]
@@ -154,7 +154,7 @@ def test_stage2_graph_in_the_patch_slot_is_refused(two_stage, tmp_path):
 
 @pytest.mark.parametrize("bad, match", [
     ({"channels": 0}, "channels"), ({"generator": "dots"}, "generator"), ({"max_candidates": 0}, "max_candidates"),
-    ({"blob_min_response": -1}, "blob_min_response"), ({"tta_flips": "yes"}, "tta_flips"),
+    ({"blob_min_response": -1}, "blob_min_response"), ({"tta_flips": 3}, "tta_flips"), ({"tta_flips": True}, "tta_flips"),
     ({"calibration_scale": 0}, "calibration_scale"), ({"calibration_bias": float("nan")}, "calibration_bias"),
 ])
 def test_stage2_spec_rejects_bad_values(bad, match):

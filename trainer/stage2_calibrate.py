@@ -23,21 +23,34 @@ import numpy as np
 
 
 def platt(logits: np.ndarray, labels: np.ndarray, iters: int = 100, ridge: float = 1e-6) -> tuple[float, float]:
-    """Maximum-likelihood (a, b) of ``P(y=1) = sigmoid(a * logit + b)`` (Newton's method)."""
+    """Maximum-likelihood (a, b) of ``P(y=1) = sigmoid(a * logit + b)``: Newton's method with a
+    backtracking line search (plain Newton overshoots from a poor start), from a = 0 and b = the
+    base rate's log-odds."""
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.float64)
     if len(z) < 2 or y.min() == y.max():
         raise ValueError(f"calibration needs both classes, got {int(y.sum())} positives of {len(y)}")
     X = np.c_[z, np.ones_like(z)]
-    w = np.array([1.0, 0.0])
+
+    def nll(w):
+        t = X @ w
+        return float(np.sum(np.logaddexp(0.0, t) - y * t) + 0.5 * ridge * w @ w)
+
+    w = np.array([0.0, np.log(y.mean() / (1 - y.mean()))])
+    f = nll(w)
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -60, 60)))
         g = X.T @ (p - y) + ridge * w
         H = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
         step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-10:
+        t = 1.0
+        while nll(w - t * step) > f and t > 1e-8:
+            t /= 2
+        w = w - t * step
+        f_new = nll(w)
+        if abs(f - f_new) < 1e-12 * max(1.0, abs(f)):
             break
+        f = f_new
     return float(w[0]), float(w[1])
 
 

@@ -97,8 +97,9 @@ class Detections(Sequence):
         return json.dumps(self.to_dict(), indent=indent)
 
     def rows(self) -> list[tuple]:
-        """(seriesuid, x, y, z, probability) per candidate: the LUNA16 submission rows."""
-        return [(self.series_uid, *c.center_xyz_mm, c.prob) for c in self.candidates]
+        """(seriesuid, x, y, z, probability, diameter mm or None) per candidate: the LUNA16
+        submission rows, with the estimated diameter as an extra column."""
+        return [(self.series_uid, *c.center_xyz_mm, c.prob, c.diameter_mm) for c in self.candidates]
 
     def to_csv(self) -> str:
         """The LUNA16 submission CSV of this series (header + one row per candidate)."""
@@ -146,17 +147,25 @@ def safe_name(uid: str, fallback_seed: str = "") -> str:
 
 
 def csv_text(rows) -> str:
-    """rows: iterable of (seriesuid, x, y, z, prob) -> LUNA16 submission CSV text."""
+    """rows: iterable of (seriesuid, x, y, z, prob[, diameter mm or None]) -> LUNA16 submission
+    CSV text; a ``diameter_mm`` column after the five LUNA16 ones when any row has a diameter
+    (LUNA16 readers take the first five columns)."""
+    rows = [tuple(r) for r in rows]
+    with_d = any(len(r) > 5 and r[5] is not None for r in rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_HEADER)
-    for uid, x, y, z, p in rows:
-        w.writerow([uid, f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}"])
+    w.writerow(CSV_HEADER + (("diameter_mm",) if with_d else ()))
+    for r in rows:
+        uid, x, y, z, p = r[:5]
+        cells = [uid, f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}"]
+        if with_d:
+            cells.append(f"{r[5]:.1f}" if len(r) > 5 and r[5] is not None else "")
+        w.writerow(cells)
     return buf.getvalue()
 
 
 def write_candidates_csv(path, rows) -> Path:
-    """rows: iterable of (seriesuid, x, y, z, prob) -> LUNA16 submission CSV (atomic)."""
+    """rows: iterable of (seriesuid, x, y, z, prob[, diameter]) -> LUNA16 submission CSV (atomic)."""
     return atomic_write(path, csv_text(rows))
 
 

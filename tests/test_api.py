@@ -162,3 +162,19 @@ def test_detect_keeps_two_scans_with_one_name_apart(detector, phantom, tmp_path)
     assert "written as ct-2" in r.stderr
     ids = {row[0] for row in list(csv.reader((out / "candidates.csv").read_text().splitlines()))[1:]}
     assert ids == {"ct", "ct-2"}
+
+
+def test_csv_carries_diameters_as_an_extra_column_only_when_known():
+    from noduleflow import Candidate, Detections
+    from noduleflow.engine.results import csv_text
+
+    def det(d):
+        return Detections(series_uid="s", candidates=(Candidate((1.0, 2.0, 3.0), 0.5, 1, d),), timings_s={},
+                          backend="b", mode="dense", model_id="m", engine_version="0")
+
+    assert det(None).to_csv().splitlines() == ["seriesuid,coordX,coordY,coordZ,probability",
+                                               "s,1.0000,2.0000,3.0000,0.500000"]
+    assert det(6.25).to_csv().splitlines() == ["seriesuid,coordX,coordY,coordZ,probability,diameter_mm",
+                                               "s,1.0000,2.0000,3.0000,0.500000,6.2"]
+    mixed = csv_text(det(6.25).rows() + det(None).rows()).splitlines()
+    assert mixed[1].endswith(",6.2") and mixed[2].endswith(",0.500000,")

@@ -71,13 +71,17 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
             source_series=hd.sr.SourceSeriesForSegmentation(series_uid))
         prob = hd.sr.Measurement(name=codes.DCM.Probability, value=float(round(c.prob, 6)),
                                  unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
+        measurements = [prob]
+        if c.diameter_mm is not None:  # the detector's estimate (two-stage models: the stage-1 extent)
+            measurements.append(hd.sr.Measurement(name=codes.SCT.Diameter, value=float(round(c.diameter_mm, 1)),
+                                                  unit=codes.UCUM.Millimeter, algorithm_id=algorithm))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"candidate {i}"),
             referenced_volume_surface=surface,
             finding_type=codes.SCT.Nodule,
             finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
             algorithm_id=algorithm,
-            measurements=[prob]))
+            measurements=measurements))
     if not groups:   # TID 1500 needs one group: say "Nodule: absent" for the series (TID 1501)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="no candidates"),

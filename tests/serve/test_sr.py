@@ -96,3 +96,29 @@ def test_an_sr_for_a_series_not_known_to_be_whole_is_partial(tmp_path, series_po
     path = write_sr(_detections(str(evidence[0].SeriesInstanceUID)), evidence, tmp_path / "sr.dcm",
                     model_id="m", engine_version="0", complete=False)
     assert pydicom.dcmread(path).CompletionFlag == "PARTIAL"
+
+
+def test_sr_carries_the_estimated_diameter(tmp_path, series_pool):
+    """A candidate with a diameter gets a second NUM (SCT 81827009 Diameter, mm); one without none."""
+    evidence = [pydicom.dcmread(f, stop_before_pixels=True) for f in series_pool[0]]
+    cands = (Candidate((-30.5, 12.25, -140.0), 0.9, 1, 7.5), Candidate((10.0, 2.0, -120.0), 0.4, 1, None))
+    det = Detections(series_uid=str(evidence[0].SeriesInstanceUID), candidates=cands, timings_s={},
+                     backend="onnxruntime-cpu", mode="dense", model_id="test-model", engine_version="0.1.0")
+    sr = pydicom.dcmread(write_sr(det, evidence, tmp_path / "sr.dcm", model_id="test-model", engine_version="0"))
+    groups = []
+
+    def walk(items):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
+            if name == "Volumetric ROI Measurements" or name.startswith("Measurement Group"):
+                groups.append({s.ConceptNameCodeSequence[0].CodeValue: s for s in it.ContentSequence
+                               if s.ValueType == "NUM"})
+            elif "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(sr.ContentSequence)
+    assert len(groups) == 2
+    d = groups[0]["81827009"].MeasuredValueSequence[0]
+    assert float(d.NumericValue) == pytest.approx(7.5)
+    assert d.MeasurementUnitsCodeSequence[0].CodeValue == "mm"
+    assert "81827009" not in groups[1] and "122157" in groups[1]

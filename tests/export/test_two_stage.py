@@ -169,3 +169,17 @@ def test_contract_roundtrip_with_stage2():
         InputContract.from_dict({"stage2": {"max_candidates": 5, "unknown": 1}})
     assert Stage2Spec(calibration_scale=2.0, calibration_bias=1.0).calibrate([0.0, -0.5]).tolist() == \
         pytest.approx([1 / (1 + np.exp(-1.0)), 0.5])
+
+
+def test_bench_speed_reports_both_stages(two_stage, tmp_path):
+    from noduleflow.bench import speed
+
+    r = speed.run(1, two_stage / "pkg", 20, tmp_path, seed0=4000, baseline=False, shape_zyx=(60, 128, 128),
+                  spacing_zyx_mm=(2.5, 2.0, 2.0), batches=(8,))
+    t = r["two_stage"]
+    assert {"blobs", "stage2", "total"} <= set(t["stage_s_median"])
+    row = r["per_scan"][0]
+    assert t["over_stage1_only_median"] == pytest.approx(row["two_stage_stages_s"]["total"] /
+                                                         row["stages_s"]["total"])
+    assert "stage2" not in row["stages_s"]  # the stage-1-only detection beside it
+    assert "two stages" in (tmp_path / "speed_cpu.md").read_text()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def warm_twice(model=None, shape_zyx=(80, 192, 192), spacing_zyx_mm=(3.0, 1.8, 1.8),
-               warm_repeats: int = 1) -> tuple[float, float]:
+               warm_repeats: int = 1, stages: str = "auto") -> tuple[float, float]:
     """Seconds of a first detection and of the best of ``warm_repeats`` later ones (import and
     model load excluded) on a small phantom with two nodules."""
     from noduleflow import Detector
@@ -28,7 +28,7 @@ def warm_twice(model=None, shape_zyx=(80, 192, 192), spacing_zyx_mm=(3.0, 1.8, 1
 
     vol = generate_phantom(1, params=PhantomParams(n_nodules=2), shape_zyx=shape_zyx,
                            spacing_zyx_mm=spacing_zyx_mm).volume
-    with Detector(model, backend="onnxruntime-cpu") as det:
+    with Detector(model, backend="onnxruntime-cpu", stages=stages) as det:
         times = []
         for _ in range(1 + warm_repeats):
             t = time.perf_counter()

@@ -33,7 +33,9 @@ class Stage2Spec:
     ``blob_min_response``, or their union); stage 2 scores each on ``channels`` multi-scale
     context patches (`engine.context.ContextVolume`: the contract's patch at 1 mm, then at 2 mm),
     the mean logit over the first ``tta_flips`` of the 8 axis flips (1, 2, 4 or 8; order of
-    `engine.context.flips8`, identity first). The final probability is
+    `engine.context.flips8`, identity first). Ranked by that, a candidate within ``dedup_factor``
+    x the larger extent radius of it and a better-ranked one is the same lesion and dropped (0:
+    off). The final probability is
     ``sigmoid(calibration_scale * logit + calibration_bias)`` (Platt scaling, fitted on
     validation phantoms; 1 and 0: uncalibrated)."""
 
@@ -42,6 +44,7 @@ class Stage2Spec:
     max_candidates: int = 150
     blob_min_response: float = 20.0
     tta_flips: int = 8
+    dedup_factor: float = 1.5
     calibration_scale: float = 1.0
     calibration_bias: float = 0.0
 
@@ -56,6 +59,8 @@ class Stage2Spec:
             raise ConfigError(f"stage2.blob_min_response must be a number >= 0, got {self.blob_min_response!r}")
         if not _is_int(self.tta_flips) or self.tta_flips not in (1, 2, 4, 8):
             raise ConfigError(f"stage2.tta_flips must be 1, 2, 4 or 8, got {self.tta_flips!r}")
+        if not _is_number(self.dedup_factor) or not 0 <= self.dedup_factor <= 5:
+            raise ConfigError(f"stage2.dedup_factor must be in [0, 5], got {self.dedup_factor!r}")
         if not _is_number(self.calibration_scale) or not 0 < self.calibration_scale <= 100:
             raise ConfigError(f"stage2.calibration_scale must be in (0, 100], got {self.calibration_scale!r}")
         if not _is_number(self.calibration_bias) or not -100 <= self.calibration_bias <= 100:

@@ -170,6 +170,25 @@ def components(points_zyx: np.ndarray, probs: np.ndarray, top_k: int, stride: in
     return [(centre[i], float(best[i]), int(size[i])) for i in order]
 
 
+def lesion_order(centres_zyx: np.ndarray, radius_mm: np.ndarray, score: np.ndarray, factor: float) -> np.ndarray:
+    """Indices of candidates, best score first, one per lesion: a candidate within ``factor`` x the
+    larger extent radius of itself and a better one (1 mm grid: voxels are mm) is dropped
+    (``factor`` 0: nothing dropped)."""
+    order = np.argsort(-np.asarray(score), kind="stable")
+    if not factor or len(order) < 2:
+        return order
+    c = np.asarray(centres_zyx, np.float64).reshape(-1, 3)
+    r = np.asarray(radius_mm, np.float64)
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            d = np.linalg.norm(c[kept] - c[i], axis=1)
+            if (d < factor * np.maximum(r[kept], r[i])).any():
+                continue
+        kept.append(int(i))
+    return np.asarray(kept, dtype=np.int64)
+
+
 class Detector:
     """Nodule candidates for CT series with one model package and one backend.
 
@@ -338,7 +357,8 @@ class Detector:
             probs = st2.calibrate(self.score_stage2(pre, cand.centres_zyx))
             timings["stage2"] = time.perf_counter() - t
             rss["stage2"] = _peak_rss_mb()
-            order = [i for i in np.argsort(-probs, kind="stable") if probs[i] >= cfg.threshold]
+            order = [i for i in lesion_order(cand.centres_zyx, cand.radius_mm, probs, st2.dedup_factor)
+                     if probs[i] >= cfg.threshold]
             return [(cand.centres_zyx[i], float(probs[i]), 1, 2.0 * float(cand.radius_mm[i]))
                     for i in order[:cfg.top_k]], len(cand)
         t = time.perf_counter()

@@ -82,11 +82,11 @@ def test_stage_settings(two_stage, tmp_path):
 
 def test_detect_two_stage_scores_are_the_graphs(two_stage, phantom):
     """Every returned probability is sigmoid(0.5 * mean-over-4-flips logit - 1) of stage2.onnx on the
-    candidate's context patches, ranked, with the stage-1 extent as diameter."""
+    candidate's context patches, ranked one per lesion, with the stage-1 extent as diameter."""
     import onnxruntime as ort
 
     from noduleflow.engine.context import ContextVolume
-    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.detector import Detector, lesion_order
     from noduleflow.engine.preprocess import preprocess
 
     det = Detector(two_stage / "pkg", top_k=10)
@@ -107,7 +107,7 @@ def test_detect_two_stage_scores_are_the_graphs(two_stage, phantom):
     views = [np.ascontiguousarray(np.flip(x, tuple(2 + a for a in range(3) if f >> a & 1))) for f in range(4)]
     logit = np.mean([sess.run(None, {"patch": v})[0].reshape(-1) for v in views], axis=0)
     want = 1 / (1 + np.exp(-(0.5 * logit - 1.0)))
-    order = np.argsort(-want, kind="stable")[:len(res)]
+    order = lesion_order(cand.centres_zyx, cand.radius_mm, want, det.contract.stage2.dedup_factor)[:len(res)]
     assert np.allclose(probs, want[order], atol=1e-5)
     got_xyz = np.array([c.center_xyz_mm for c in res])
     assert np.allclose(got_xyz, pre.volume.voxel_to_world(cand.centres_zyx[order]).reshape(-1, 3))
@@ -183,3 +183,16 @@ def test_bench_speed_reports_both_stages(two_stage, tmp_path):
                                                          row["stages_s"]["total"])
     assert "stage2" not in row["stages_s"]  # the stage-1-only detection beside it
     assert "two stages" in (tmp_path / "speed_cpu.md").read_text()
+
+
+def test_lesion_order_keeps_one_candidate_per_lesion():
+    from noduleflow.engine.detector import lesion_order
+
+    c = np.array([[0, 0, 0], [5, 0, 0], [20, 0, 0], [22.5, 0, 0]], float)
+    r = np.array([4.0, 2.0, 2.0, 1.0])
+    score = np.array([0.2, 0.9, 0.8, 0.7])
+    # 1 (best) covers 0 (5 mm < 1.5 x max(2, 4) = 6); 2 covers 3 (2.5 mm < 1.5 x 2)
+    assert lesion_order(c, r, score, 1.5).tolist() == [1, 2]
+    assert lesion_order(c, r, score, 0.0).tolist() == [1, 2, 3, 0]
+    # factor 1: 5 mm is beyond max(2, 4) = 4 and 2.5 mm beyond max(2, 1) = 2: all four are kept
+    assert lesion_order(c, r, score, 1.0).tolist() == [1, 2, 3, 0]

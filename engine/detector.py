@@ -321,24 +321,27 @@ class Detector:
 
     def stage1(self, pre, timings: dict | None = None):
         """Stage 1 of a two-stage package on a preprocessed scan -> `engine.stage1.Stage1Candidates`
-        (ranked; at most the contract's ``stage2.max_candidates``), each stage timed into
+        (ranked; at most the contract's ``stage2.max_candidates``), each step timed into
         ``timings``: the dense CNN's grid points, their scores, their clustered peaks, the blobs."""
-        from .blobs import BlobParams, detect_blobs
-        from .stage1 import cnn_peaks, combine
+        from .blobs import BlobParams
+        from .stage1 import Stage1Params, stage1_candidates
 
         st2 = self.contract.stage2
-        timings = {} if timings is None else timings
-        gen, cap = st2.generator, st2.max_candidates
-        cc, cp, cr = np.zeros((0, 3)), np.zeros(0), np.zeros(0)
-        if gen in ("cnn", "union"):
-            cc, cp, cr = cnn_peaks(self, pre, cap, timings)
-        bc, bv, br = np.zeros((0, 3)), np.zeros(0), np.zeros(0)
-        if gen in ("blobs", "union"):
-            t = time.perf_counter()
-            b = detect_blobs(pre.volume.hu, pre.mask, BlobParams(min_response=st2.blob_min_response))
-            bc, bv, br = b.centres_zyx, b.response, b.radius_mm
-            timings["blobs"] = time.perf_counter() - t
-        return combine(cc, cp, cr, bc, bv, br, gen, cap)
+        params = Stage1Params(generator=st2.generator, max_candidates=st2.max_candidates,
+                              cnn_candidates=st2.max_candidates,
+                              blob=BlobParams(min_response=st2.blob_min_response))
+        return stage1_candidates(self, pre, params, timings)
+
+    def score_grid(self, pre, timings: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The CNN's grid points of a preprocessed scan and their logits, timed into ``timings``
+        ("candidates", "inference")."""
+        t = time.perf_counter()
+        centres = self.grid_centres(pre)
+        timings["candidates"] = time.perf_counter() - t
+        t = time.perf_counter()
+        logits = np.asarray(self.score(pre, centres))
+        timings["inference"] = time.perf_counter() - t
+        return centres, logits
 
     def find(self, pre, timings: dict | None = None, rss: dict | None = None):
         """The pipeline after preprocessing: ranked candidates of a preprocessed scan ->
@@ -361,12 +364,7 @@ class Detector:
                      if probs[i] >= cfg.threshold]
             return [(cand.centres_zyx[i], float(probs[i]), 1, 2.0 * float(cand.radius_mm[i]))
                     for i in order[:cfg.top_k]], len(cand)
-        t = time.perf_counter()
-        centres = self.grid_centres(pre)
-        timings["candidates"] = time.perf_counter() - t
-        t = time.perf_counter()
-        logits = np.asarray(self.score(pre, centres))
-        timings["inference"] = time.perf_counter() - t
+        centres, logits = self.score_grid(pre, timings)
         rss["inference"] = _peak_rss_mb()
         t = time.perf_counter()
         probs = _sigmoid(logits)

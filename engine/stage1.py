@@ -148,12 +148,7 @@ def cnn_peaks(det, pre, n: int, timings: dict | None = None):
 
     timings = {} if timings is None else timings
     cfg = det.config.replace(top_k=n, refine=False)
-    t = time.perf_counter()
-    centres = det.grid_centres(pre)
-    timings["candidates"] = time.perf_counter() - t
-    t = time.perf_counter()
-    logits = np.asarray(det.score(pre, centres))
-    timings["inference"] = time.perf_counter() - t
+    centres, logits = det.score_grid(pre, timings)
     t = time.perf_counter()
     found = det.cluster(pre, centres, _sigmoid(logits), logits, config=cfg)
     timings["clustering"] = time.perf_counter() - t
@@ -163,16 +158,21 @@ def cnn_peaks(det, pre, n: int, timings: dict | None = None):
             component_radius_mm(np.array([f[2] for f in found]), stride))
 
 
-def stage1_candidates(det, pre, params: Stage1Params = Stage1Params()) -> Stage1Candidates:
+def stage1_candidates(det, pre, params: Stage1Params = Stage1Params(), timings: dict | None = None) -> Stage1Candidates:
     """Stage-1 candidates of a preprocessed scan (``engine.preprocess.Preprocessed``) with the dense
-    CNN of ``det`` (a `Detector`) and/or the blob detector."""
+    CNN of ``det`` (a `Detector`) and/or the blob detector; each step timed into ``timings``."""
+    import time
+
+    timings = {} if timings is None else timings
     cc = np.zeros((0, 3))
     cp = cr = np.zeros(0)
     if params.generator in ("cnn", "union"):
-        cc, cp, cr = cnn_peaks(det, pre, params.cnn_candidates)
+        cc, cp, cr = cnn_peaks(det, pre, params.cnn_candidates, timings)
     bc = np.zeros((0, 3))
     br = bv = np.zeros(0)
     if params.generator in ("blobs", "union"):
+        t = time.perf_counter()
         b = detect_blobs(pre.volume.hu, pre.mask, params.blob)
         bc, br, bv = b.centres_zyx, b.radius_mm, b.response
+        timings["blobs"] = time.perf_counter() - t
     return combine(cc, cp, cr, bc, bv, br, params.generator, params.max_candidates)

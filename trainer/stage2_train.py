@@ -1,6 +1,8 @@
 """Train the stage-2 classifier (`trainer.models.stage2`) on stage 1's candidates.
 
     python -m noduleflow.trainer.stage2_train --data DIR --out runs/stage2 [--init CKPT] [--epochs N]
+    python -m noduleflow.trainer.stage2_train --data DIR --out runs/stage2_ft --init-stage2 STAGE2_CKPT \
+        --train-seeds train train_extra --lr 1e-4 --epochs 12
 
 Data: the per-scan files of `trainer.data.stage2` (train seeds for training, validation seeds
 for choosing the epoch). The training files are re-listed every epoch, so training can start
@@ -74,6 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--init", default=str(Path(__file__).parent / "checkpoints" / "default" / "best.safetensors"),
                     help="stage-1 3D-1 weights to start from (default: the shipped v6)")
+    ap.add_argument("--init-stage2", help="stage-2 weights to continue from (fine-tuning; instead of --init)")
+    ap.add_argument("--train-seeds", nargs="+", default=["train"],
+                    help="training cohorts: names or FIRST-LAST seed ranges (default: train)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--steps", type=int, default=100, help="batches per epoch")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -87,7 +92,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_seeds, val_seeds = cohort_seeds("train"), cohort_seeds("validation")
+    train_seeds = [s for name in a.train_seeds for s in cohort_seeds(name)]
+    val_seeds = cohort_seeds("validation")
+    if set(train_seeds) & set(val_seeds):
+        raise SystemExit(f"training and validation seeds overlap: {sorted(set(train_seeds) & set(val_seeds))[:5]}")
     while len(_files(a.data, train_seeds)) < a.min_train_scans or len(_files(a.data, val_seeds)) < len(val_seeds):
         log.info("waiting for data: %d train scans, %d/%d validation scans", len(_files(a.data, train_seeds)),
                  len(_files(a.data, val_seeds)), len(val_seeds))
@@ -106,10 +114,17 @@ def main(argv=None) -> int:
         start, best = st["epoch"] + 1, st["best"]
         log.info("resuming after epoch %d (best AUC %.4f at epoch %d)", st["epoch"] + 1, best["auc"], best["epoch"])
     else:
-        model = from_stage1(load_file(a.init))
+        if a.init_stage2:
+            model = build_model("ms-3d1")
+            model.load_state_dict(load_file(a.init_stage2))
+            config["init"] = a.init_stage2
+            what = "the stage-2 weights continued from"
+        else:
+            model = from_stage1(load_file(a.init))
+            what = "stage 1's patch classifier"
         start, best = 0, {"auc": -1.0, "epoch": 0}
         auc0 = roc_auc(yv, predict(model, xv))
-        log.info("before training (= stage 1's patch classifier): validation AUC %.4f", auc0)
+        log.info("before training (= %s): validation AUC %.4f", what, auc0)
         (out / "init.json").write_text(json.dumps({"val_auc_before_training": auc0}))
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()

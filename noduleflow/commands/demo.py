@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         with Detector(args.model, backend=args.backend, config=detector_config(args)) as det:
             d = det.detect(Path(tmp) / "series", keep_preprocessed=True)
     truth = np.array([[*n.center_xyz_mm, n.diameter_mm] for n in ph.nodules]).reshape(-1, 4)
-    print(f"\nmodel {d.model_id}, backend {d.backend}, mode {d.mode}; {d.n_scored} grid points scored")
+    if d.meta.get("stages") == 2:
+        print(f"\nmodel {d.model_id}, backend {d.backend}; two stages: {d.n_scored} stage-1 candidates scored by stage 2")
+    else:
+        print(f"\nmodel {d.model_id}, backend {d.backend}, mode {d.mode}; {d.n_scored} grid points scored")
     print(f"{'rank':>4} {'x mm':>8} {'y mm':>8} {'z mm':>8} {'prob':>6}  true nodule")
     hit = set()
     for r, c in enumerate(d, 1):

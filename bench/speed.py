@@ -13,6 +13,10 @@ For a two-stage package, each scan also runs the default detection (stage 1 + st
 time is given beside stage 1 alone (the CNN's dense pass and clustering) on the same scan.
 Ratios are measured in the same run on the same machine; cold start (model load and
 ONNX Runtime session, numba JIT or cache load) is reported apart from warm runs.
+FLOP accounting of the dense pass (`noduleflow.bench.flops`): per scan, the FLOPs the dense
+detector ran for its grid points (work done: its tiles' bounding boxes) and the FLOPs those points
+need (each layer's positions once), over its inference time, against the machine's float32 peak
+(numpy matmul, the dense graph's heaviest convolution in ONNX Runtime) measured in the same run.
 """
 from __future__ import annotations
 
@@ -60,13 +64,14 @@ def machine() -> dict:
 
 def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, baseline: bool = True,
         z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None, checkpoint=None,
-        compiled: bool = False, batches=BATCHES) -> dict:
+        compiled: bool = False, batches=BATCHES, peak_budget_s: float = 6.0) -> dict:
     """Measure ``n_scans`` phantom series; write speed_cpu.json/.md into ``out_dir``.
 
     Default phantom: 300 mm of chest at 1.5 x 0.7 x 0.7 mm (about 200 x 512 x 512 voxels).
     ``checkpoint``: the PyTorch checkpoint the baseline runs (default: the shipped
     default model's, which is what the default package was exported from). ``compiled``: also
-    build an AOTInductor patch graph (needs torch) and compare it in the backend sweep."""
+    build an AOTInductor patch graph (needs torch) and compare it in the backend sweep.
+    ``peak_budget_s``: seconds for measuring the machine's float32 peak (`bench.flops.peak`)."""
     from noduleflow.bench.baseline import seed_style
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io import load_volume
@@ -82,7 +87,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     patch = Detector(package, mode="patch", backend="onnxruntime-cpu", stages="1")
     # the default detection of a two-stage package: stage 1 (the contract's generator) + stage 2
     two = Detector(package, backend="onnxruntime-cpu") if dense.package.has_stage2 else None
-    scans, per = [], []
+    scans, per, grids = [], [], []
     from noduleflow.engine.patches import PatchProducer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,6 +108,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             vol = load_volume(s)
             pre = preprocess(vol, dense.spec)
             centres = dense.grid_centres(pre)
+            # counted after the loop, so that the counting cannot raise the per-scan peak RSS
+            grids.append((centres, tuple(pre.volume.shape), d.timings_s["inference"]))
             sub = centres[rng.choice(len(centres), min(subset, len(centres)), replace=False)]
             t0 = time.perf_counter()
             patch.score(pre, sub)
@@ -127,6 +134,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
                 row["baseline"] = seed_style(vol, checkpoint, pre.volume.voxel_to_world(sub[:300]))
             per.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stages_s"}), flush=True)
+        flops = flop_accounting(dense, grids, peak_budget_s)
         tiles = tile_sweep(package, pre, centres)
         sweep = backend_sweep(package, pre, sub[:256], batches, compiled, checkpoint, Path(tmp))
     totals = [r["stages_s"]["total"] for r in per]
@@ -144,6 +152,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
         "patch_backend_batch_sweep": sweep,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "per_scan": per,
+        "flops": flops,
     }
     if two is not None:
         st = per[0]["two_stage_stages_s"]
@@ -170,6 +179,32 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
 
     plot_stages(res, out_dir / "speed_cpu_stages.png")
     return res
+
+
+def flop_accounting(dense, grids, peak_budget_s: float) -> dict:
+    """FLOPs of the dense pass per scan and achieved/peak. ``grids``: per scan (the grid centres
+    the dense detector scored, its lung box shape, its inference seconds). Work done: what its tiles
+    ran (`flops.work_done`); needed: what the centres' output points need, each layer's positions
+    once, as the graph computes them (`flops.needed_work`), and by receptive fields alone
+    (``discarded=False``). The peak is measured once, now."""
+    from noduleflow.bench import flops as fl
+
+    graph = fl.layers_from_onnx(dense.package.file("dense.onnx"))
+    k, t = dense.contract, dense.config.tile_out
+    counts = [{"scan": i, "grid_points": int(len(c)), "inference_s": sec,
+               "flop_done": fl.work_done(graph, k, c, shape, t),
+               "flop_needed": fl.needed_work(graph, k, c, shape),
+               "flop_needed_receptive": fl.needed_work(graph, k, c, shape, discarded=False)}
+              for i, (c, shape, sec) in enumerate(grids)]
+    pk = fl.peak(seconds_budget=peak_budget_s, graph=graph)
+    per = [dict(r, **fl.accounting(r["flop_done"], r["flop_needed"], r["inference_s"], pk)) for r in counts]
+    done, need = sum(r["flop_done"] for r in counts), sum(r["flop_needed"] for r in counts)
+    total = fl.accounting(done, need, sum(r["inference_s"] for r in counts), pk)
+    total["gflop_needed_receptive"] = sum(r["flop_needed_receptive"] for r in counts) / 1e9
+    return {"tile_out": t, "per_patch_gflop": fl.region_flops(graph, (1, 1, 1)) / 1e9,
+            "per_patch_receptive_gflop": fl.needed_work(graph, k, [[k.dense_offset] * 3], [k.patch_size] * 3,
+                                                        discarded=False) / 1e9,
+            "peak": pk, "all_scans": total, "per_scan": per}
 
 
 def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Path) -> list[dict]:
@@ -254,6 +289,7 @@ def markdown(r: dict) -> str:
         lines.append("- dense tile size (output points per axis -> seconds for the last scan's grid): " +
                      ", ".join(f"{x['tile_out']}: {x['seconds']:.2f}" for x in r["dense_tile_sweep"]) +
                      f" (fastest {best['tile_out']})")
+    lines += _flops_lines(r) + _mask_and_rss_lines(r)
     if "baseline" in r:
         lines += [f"- mask + resampling vs seed-style (scipy zoom cubic, scipy/skimage mask): "
                   f"{r['resample_and_mask_speedup_vs_baseline']:.1f}x",
@@ -263,6 +299,46 @@ def markdown(r: dict) -> str:
                   f"{r['scan_speedup_vs_baseline']:.0f}x"]
     lines.append("\nAbsolute times on a shared 2-core machine are indicative only; the ratios are the result.")
     return "\n".join(lines) + "\n"
+
+
+def _flops_lines(r: dict) -> list[str]:
+    f = r.get("flops")
+    if not f:
+        return []
+    a, pk = f["all_scans"], f["peak"]
+    pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
+    return [
+        f"- dense pass FLOPs (convolutions, 2 per multiply-add; all scans, tile {f['tile_out']}): work done "
+        f"{a['gflop_done']:.1f} GFLOP, needed {a['gflop_needed']:.1f} GFLOP, needed/done {a['needed_over_done']:.2f} "
+        f"(receptive fields alone {a['gflop_needed_receptive']:.1f} GFLOP; per patch {f['per_patch_gflop']:.3f}, "
+        f"{f['per_patch_receptive_gflop']:.3f} by receptive field)",
+        f"- float32 peak measured in this run: matmul {pk['matmul_gflops']:.0f} GFLOP/s (numpy {pk['matmul_n']}^2), "
+        f"conv3d {pk['conv3d_gflops']:.0f} GFLOP/s (ONNX Runtime, {pk['conv3d']}, {pk['threads']} threads)",
+        f"- achieved/peak on work done: {a['gflops_done']:.1f} GFLOP/s in {a['seconds']:.2f} s of inference = "
+        f"{pct(a['done_over_matmul_peak'])} of matmul, {pct(a['done_over_conv3d_peak'])} of conv3d",
+        f"- achieved/peak on needed work: {a['gflops_needed']:.1f} GFLOP/s = {pct(a['needed_over_matmul_peak'])} of "
+        f"matmul, {pct(a['needed_over_conv3d_peak'])} of conv3d"]
+
+
+def _mask_and_rss_lines(r: dict) -> list[str]:
+    lines = []
+    runs = [("one stage", r.get("stage_s_median") or {})]
+    if r.get("two_stage"):
+        runs.append(("two stages", r["two_stage"].get("stage_s_median") or {}))
+    share = [f"{name} {100 * s['mask'] / s['total']:.0f} % ({s['mask']:.2f} of {s['total']:.2f} s)"
+             for name, s in runs if "mask" in s and s.get("total")]
+    if share:
+        lines.append("- lung mask share of the whole scan (median mask s / median total s): " + "; ".join(share))
+    rss = []
+    for name, key in (("one stage", "peak_rss_mb_after"), ("two stages", "two_stage_peak_rss_mb_after")):
+        v = [max(x[key].values()) for x in r.get("per_scan") or [] if x.get(key)]
+        if v:
+            rss.append(f"{name} median {statistics.median(v):.0f}, max {max(v):.0f}")
+    if rss:
+        lines.append("- peak RSS at the end of each scan's detection, MB (the process's high-water mark: it never "
+                     "falls from scan to scan, and each scan's two-stage run follows its one-stage run): " +
+                     "; ".join(rss))
+    return lines
 
 
 def main(argv=None) -> int:

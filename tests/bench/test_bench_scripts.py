@@ -88,8 +88,12 @@ def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
 
     ckpt = tiny_package.parent / "ckpt" / "best.safetensors"
     r = speed.run(1, tiny_package, 40, tmp_path, seed0=4000, shape_zyx=TINY["shape_zyx"],
-                  spacing_zyx_mm=TINY["spacing_zyx_mm"], checkpoint=ckpt)
+                  spacing_zyx_mm=TINY["spacing_zyx_mm"], checkpoint=ckpt, peak_budget_s=0.5)
     row = r["per_scan"][0]
+    f = r["flops"]["all_scans"]
+    assert 0 < f["gflop_needed"] <= f["gflop_done"] and f["needed_over_done"] <= 1
+    assert r["flops"]["peak"]["matmul_gflops"] > 0 and r["flops"]["peak"]["conv3d_gflops"] > 0
+    assert "achieved/peak on needed work" in speed.markdown(r)
     stages = row["stages_s"]
     for k in ("load", "mask", "resample", "candidates", "inference", "total"):
         assert stages[k] >= 0

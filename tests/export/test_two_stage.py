@@ -175,7 +175,7 @@ def test_bench_speed_reports_both_stages(two_stage, tmp_path):
     from noduleflow.bench import speed
 
     r = speed.run(1, two_stage / "pkg", 20, tmp_path, seed0=4000, baseline=False, shape_zyx=(60, 128, 128),
-                  spacing_zyx_mm=(2.5, 2.0, 2.0), batches=(8,))
+                  spacing_zyx_mm=(2.5, 2.0, 2.0), batches=(8,), peak_budget_s=0.5)
     t = r["two_stage"]
     assert {"blobs", "stage2", "total"} <= set(t["stage_s_median"])
     row = r["per_scan"][0]

@@ -37,7 +37,14 @@ class Stage2Spec:
     x the larger extent radius of it and a better-ranked one is the same lesion and dropped (0:
     off). The final probability is
     ``sigmoid(calibration_scale * logit + calibration_bias)`` (Platt scaling, fitted on
-    validation phantoms; 1 and 0: uncalibrated)."""
+    validation phantoms; 1 and 0: uncalibrated).
+
+    ``subsolid_candidates`` (0: off) more candidates come from a second blob pass for subsolid
+    (ground-glass) lesions, appended after the first ``max_candidates``: voxels denser than
+    ``subsolid_solid_hu`` (walls, vessels, solid tissue) are set to ``subsolid_fill_hu`` (aerated
+    lung) and blobs with responses of at least ``subsolid_min_response`` are sought at scales up
+    to 4 mm (`engine.stage1.subsolid_blobs`): a faint nodule that touches the pleura or a vessel
+    is then a ball on dark lung, which the first pass misses."""
 
     channels: int = 2
     generator: str = "union"
@@ -47,6 +54,10 @@ class Stage2Spec:
     dedup_factor: float = 1.5
     calibration_scale: float = 1.0
     calibration_bias: float = 0.0
+    subsolid_candidates: int = 0
+    subsolid_solid_hu: float = -400.0
+    subsolid_fill_hu: float = -850.0
+    subsolid_min_response: float = 3.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.channels) or not 1 <= self.channels <= 4:
@@ -61,6 +72,18 @@ class Stage2Spec:
             raise ConfigError(f"stage2.tta_flips must be 1, 2, 4 or 8, got {self.tta_flips!r}")
         if not _is_number(self.dedup_factor) or not 0 <= self.dedup_factor <= 5:
             raise ConfigError(f"stage2.dedup_factor must be in [0, 5], got {self.dedup_factor!r}")
+        if not _is_int(self.subsolid_candidates) or not 0 <= self.subsolid_candidates <= 1000:
+            raise ConfigError(f"stage2.subsolid_candidates must be an integer in [0, 1000], got "
+                              f"{self.subsolid_candidates!r}")
+        for name in ("subsolid_solid_hu", "subsolid_fill_hu"):
+            v = getattr(self, name)
+            if not _is_number(v) or not -1024 <= v <= 400:
+                raise ConfigError(f"stage2.{name} must be a number in [-1024, 400] HU, got {v!r}")
+        if self.subsolid_fill_hu >= self.subsolid_solid_hu:
+            raise ConfigError(f"stage2.subsolid_fill_hu ({self.subsolid_fill_hu}) must be below "
+                              f"subsolid_solid_hu ({self.subsolid_solid_hu})")
+        if not _is_number(self.subsolid_min_response) or self.subsolid_min_response < 0:
+            raise ConfigError(f"stage2.subsolid_min_response must be a number >= 0, got {self.subsolid_min_response!r}")
         if not _is_number(self.calibration_scale) or not 0 < self.calibration_scale <= 100:
             raise ConfigError(f"stage2.calibration_scale must be in (0, 100], got {self.calibration_scale!r}")
         if not _is_number(self.calibration_bias) or not -100 <= self.calibration_bias <= 100:

@@ -321,15 +321,19 @@ class Detector:
 
     def stage1(self, pre, timings: dict | None = None):
         """Stage 1 of a two-stage package on a preprocessed scan -> `engine.stage1.Stage1Candidates`
-        (ranked; at most the contract's ``stage2.max_candidates``), each step timed into
+        (ranked; at most the contract's ``stage2.max_candidates`` + ``subsolid_candidates``), each step timed into
         ``timings``: the dense CNN's grid points, their scores, their clustered peaks, the blobs."""
         from .blobs import BlobParams
-        from .stage1 import Stage1Params, stage1_candidates
+        from .stage1 import SUBSOLID_SIGMAS_MM, Stage1Params, stage1_candidates
 
         st2 = self.contract.stage2
         params = Stage1Params(generator=st2.generator, max_candidates=st2.max_candidates,
                               cnn_candidates=st2.max_candidates,
-                              blob=BlobParams(min_response=st2.blob_min_response))
+                              blob=BlobParams(min_response=st2.blob_min_response),
+                              subsolid=st2.subsolid_candidates, subsolid_solid_hu=st2.subsolid_solid_hu,
+                              subsolid_fill_hu=st2.subsolid_fill_hu,
+                              subsolid_blob=BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM,
+                                                       min_response=st2.subsolid_min_response))
         return stage1_candidates(self, pre, params, timings)
 
     def score_grid(self, pre, timings: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,9 @@ candidate. The union first centres each CNN peak on the blob it overlaps (the bl
 maximum of the dot filter; the CNN's is a weighted mean of 4 mm grid points), then interleaves
 the two ranked lists (CNN first, then the remaining blobs, one of each in turn) and drops a
 candidate that falls inside one already kept: its rank is its position in that list.
+
+An optional second blob pass for subsolid lesions (`subsolid_blobs`) appends its candidates that
+are not already in the list (`append_distinct`).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .errors import ConfigError
 GENERATORS = ("cnn", "blobs", "union")
 MIN_RADIUS_MM = 2.5
 MAX_RADIUS_MM = 15.0
+SUBSOLID_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8, 4.0)
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,10 @@ class Stage1Params:
     max_candidates: int = 300
     cnn_candidates: int = 300       # clustered CNN peaks considered (before the union's cap)
     blob: BlobParams = BlobParams()
+    subsolid: int = 0               # more candidates from the subsolid pass (`subsolid_blobs`), appended
+    subsolid_solid_hu: float = -400.0
+    subsolid_fill_hu: float = -850.0
+    subsolid_blob: BlobParams = BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM, min_response=3.0)
 
     def __post_init__(self) -> None:
         if self.generator not in GENERATORS:
@@ -43,7 +51,7 @@ class Stage1Candidates:
     """Ranked candidates on the 1 mm grid: ``centres_zyx`` (n, 3) float64 voxels, ``radius_mm`` (n,),
     ``cnn_prob`` (n,) (the clustered CNN peak's probability; NaN for a blob no CNN peak overlaps),
     ``blob_response`` (n,) (NaN for a CNN peak no blob overlaps), ``source`` (n,) int8 (0: CNN
-    peak, possibly centred on its blob; 1: blob alone)."""
+    peak, possibly centred on its blob; 1: blob alone; 2: subsolid-pass blob)."""
 
     centres_zyx: np.ndarray
     radius_mm: np.ndarray
@@ -158,6 +166,40 @@ def cnn_peaks(det, pre, n: int, timings: dict | None = None):
             component_radius_mm(np.array([f[2] for f in found]), stride))
 
 
+def subsolid_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, solid_hu: float = -400.0, fill_hu: float = -850.0,
+                   params: BlobParams = BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM, min_response=3.0)):
+    """Blobs of subsolid (ground-glass) density: every voxel denser than ``solid_hu`` (chest wall,
+    vessels, solid tissue) set to ``fill_hu`` (aerated lung), then `detect_blobs`. A faint nodule
+    attached to the pleura or a vessel loses its response in the first pass (the dense neighbour
+    makes the Hessian plate- or tube-like); here it is a ball on dark lung. Solid lesions vanish
+    from this pass (the first pass has them)."""
+    flat = np.where(hu_1mm > solid_hu, np.float32(fill_hu), hu_1mm).astype(np.float32, copy=False)
+    return detect_blobs(flat, mask_1mm, params)
+
+
+def append_distinct(first: Stage1Candidates, centres, radius, response, n: int, source: int = 2) -> Stage1Candidates:
+    """``first`` followed by at most ``n`` of the ranked (centres, radius, response), skipping any
+    inside the extent of a candidate already kept (or one of those inside its extent)."""
+    keep_c, keep_r = list(first.centres_zyx.reshape(-1, 3)), list(first.radius_mm)
+    add: list[int] = []
+    for j in range(len(radius)):
+        if len(add) >= n:
+            break
+        if keep_r:
+            d = np.linalg.norm(np.asarray(keep_c) - centres[j], axis=1)
+            if (d < np.maximum(np.asarray(keep_r), radius[j])).any():
+                continue
+        add.append(j)
+        keep_c.append(centres[j])
+        keep_r.append(radius[j])
+    a = np.asarray(add, np.int64)
+    return Stage1Candidates(np.concatenate([first.centres_zyx.reshape(-1, 3), np.asarray(centres, np.float64).reshape(-1, 3)[a]]),
+                            np.concatenate([first.radius_mm, np.asarray(radius, np.float64)[a]]),
+                            np.concatenate([first.cnn_prob, np.full(len(a), np.nan)]),
+                            np.concatenate([first.blob_response, np.asarray(response, np.float64)[a]]),
+                            np.concatenate([first.source, np.full(len(a), source, np.int8)]))
+
+
 def stage1_candidates(det, pre, params: Stage1Params = Stage1Params(), timings: dict | None = None) -> Stage1Candidates:
     """Stage-1 candidates of a preprocessed scan (``engine.preprocess.Preprocessed``) with the dense
     CNN of ``det`` (a `Detector`) and/or the blob detector; each step timed into ``timings``."""
@@ -175,4 +217,11 @@ def stage1_candidates(det, pre, params: Stage1Params = Stage1Params(), timings: 
         b = detect_blobs(pre.volume.hu, pre.mask, params.blob)
         bc, br, bv = b.centres_zyx, b.radius_mm, b.response
         timings["blobs"] = time.perf_counter() - t
-    return combine(cc, cp, cr, bc, bv, br, params.generator, params.max_candidates)
+    cand = combine(cc, cp, cr, bc, bv, br, params.generator, params.max_candidates)
+    if params.subsolid > 0:
+        t = time.perf_counter()
+        g = subsolid_blobs(pre.volume.hu, pre.mask, params.subsolid_solid_hu, params.subsolid_fill_hu,
+                           params.subsolid_blob)
+        cand = append_distinct(cand, g.centres_zyx, g.radius_mm, g.response, params.subsolid)
+        timings["subsolid"] = time.perf_counter() - t
+    return cand

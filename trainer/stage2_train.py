@@ -55,8 +55,17 @@ def predict(model, patches_u8, batch: int = 64, tta: bool = False) -> np.ndarray
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _files(data_dir, seeds):
-    return [s for s in seeds if (Path(data_dir) / f"{s}.npz").exists()]
+def _files(data_dirs, seeds):
+    """Seeds whose file exists in the first folder (the main data; supplements are optional)."""
+    return [s for s in seeds if (Path(data_dirs[0]) / f"{s}.npz").exists()]
+
+
+def _load(data_dirs, seeds):
+    from .data.stage2 import load
+
+    present = [[s for s in seeds if (Path(d) / f"{s}.npz").exists()] for d in data_dirs]
+    parts = [load(d, ss) for d, ss in zip(data_dirs, present) if ss]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 def main(argv=None) -> int:
@@ -65,14 +74,14 @@ def main(argv=None) -> int:
 
     from .checkpoint import save_checkpoint
     from .data.cohort import cohort_seeds
-    from .data.stage2 import load
     from .models import build_model
     from .models.stage2 import from_stage1
     from .train import roc_auc
 
     ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.stage2_train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", required=True, nargs="+",
+                    help="stage-2 data folders (trainer.data.stage2); a scan's examples are taken from each that has it")
     ap.add_argument("--out", required=True)
     ap.add_argument("--init", default=str(Path(__file__).parent / "checkpoints" / "default" / "best.safetensors"),
                     help="stage-1 3D-1 weights to start from (default: the shipped v6)")
@@ -100,7 +109,7 @@ def main(argv=None) -> int:
         log.info("waiting for data: %d train scans, %d/%d validation scans", len(_files(a.data, train_seeds)),
                  len(_files(a.data, val_seeds)), len(val_seeds))
         time.sleep(60)
-    xv, yv, _ = load(a.data, val_seeds)
+    xv, yv, _ = _load(a.data, val_seeds)
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
@@ -137,7 +146,7 @@ def main(argv=None) -> int:
         for epoch in range(start, a.epochs):
             t0 = time.perf_counter()
             seeds = _files(a.data, train_seeds)
-            x, y, _ = load(a.data, seeds)
+            x, y, _ = _load(a.data, seeds)
             pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
             model.train()
             losses = []

@@ -65,3 +65,45 @@ def test_stage2_net_starts_as_stage1():
     s2.train()
     s2(x).sum().backward()
     assert s2.stem[0].weight.grad[:, 1].abs().sum() > 0  # the context channel learns
+
+
+def test_subsolid_supplement_keeps_only_that_pass_and_labels_it():
+    """`scan_examples` with the supplement's spec: only candidates of the subsolid pass, the pleural
+    ground-glass nodule (which only that pass finds) a positive, no jittered positives."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from noduleflow.engine.blobs import BlobParams
+    from noduleflow.engine.preprocess import Preprocessed
+    from noduleflow.engine.stage1 import Stage1Params
+    from noduleflow.engine.volume import Volume
+    from noduleflow.trainer.data.stage2 import Stage2DataSpec, scan_examples
+
+    shape = (48, 48, 64)
+    hu = np.full(shape, -850.0, np.float32)
+    zz, yy, xx = np.indices(shape)
+    pleural = np.array([24.0, 24.0, 20.5])
+    hu[(zz - 24) ** 2 + (yy - 24) ** 2 + (xx - 20.5) ** 2 <= 2.5 ** 2] = -600.0
+    hu[(zz - 24) ** 2 + (yy - 10) ** 2 + (xx - 48) ** 2 <= 3 ** 2] = 40.0   # a solid nodule: first pass
+    hu[:, :, :20] = 40.0
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 2:-2, 17:-2] = True
+    vol = Volume(hu.astype(np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    nodules = np.array([[20.5, 24.0, 24.0, 5.0], [48.0, 10.0, 24.0, 6.0]])  # x, y, z, diameter
+    scan = SimpleNamespace(pre=Preprocessed(vol, mask, (0, 48, 0, 48, 0, 64), {}),
+                           xyzd=lambda excluded=False: np.zeros((0, 4)) if excluded else nodules)
+    spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
+                                              blob=BlobParams(min_response=10.0), subsolid=50),
+                          jittered_per_nodule=0, source=2)
+    p, y, rank = scan_examples(None, scan, spec, np.random.default_rng(0))
+    assert p.shape[1:] == (2, 41, 41, 41) and p.dtype == np.uint8
+    assert y.sum() >= 1 and (rank >= 0).all()
+    # every kept candidate comes after the first pass's list (the subsolid pass is appended)
+    first = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
+                                               blob=BlobParams(min_response=10.0)), jittered_per_nodule=0)
+    from noduleflow.engine.stage1 import stage1_candidates
+
+    assert rank.min() >= len(stage1_candidates(None, scan.pre, first.stage1))
+    _, y1, _ = scan_examples(None, scan, first, np.random.default_rng(0))
+    assert y1.sum() == 1  # the first pass finds the solid nodule only

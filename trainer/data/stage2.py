@@ -10,6 +10,9 @@ Per scan (a `trainer.data.cohort.CohortScan`):
   moved by up to min(radius / 2, 3 mm), so that a nodule stage 1 missed still teaches stage 2;
 - patches from `engine.context.ContextVolume` (1 mm + 2 mm), stored as uint8 (1/255 steps).
 
+``--subsolid N`` builds a supplement instead: only the candidates of stage 1's subsolid pass
+(`engine.stage1.subsolid_blobs`), labelled the same way, no jittered positives.
+
 One ``.npz`` per scan under ``out_dir`` (``patches`` uint8 (n, 2, 41, 41, 41), ``labels`` int8,
 ``rank`` int32 (stage-1 rank, -1 for a jittered positive), ``seed``), written atomically, skipped
 when present: an interrupted build resumes.
@@ -36,6 +39,7 @@ class Stage2DataSpec:
     jittered_per_nodule: int = 6
     max_jitter_mm: float = 3.0
     margin_mm: float = 3.0
+    source: int | None = None       # keep only stage-1 candidates of this source (2: the subsolid pass)
 
 
 def label_candidates(centres_zyx: np.ndarray, nodules_zyxr: np.ndarray, excluded_zyxr: np.ndarray,
@@ -69,6 +73,8 @@ def scan_examples(det, scan, spec: Stage2DataSpec, rng: np.random.Generator):
     nod, exc = zyxr(scan.xyzd()), zyxr(scan.xyzd(excluded=True))
     cand = stage1_candidates(det, pre, spec.stage1)
     lab = label_candidates(cand.centres_zyx, nod, exc, spec.margin_mm)
+    if spec.source is not None:
+        lab[cand.source != spec.source] = -1
     pos = np.flatnonzero(lab == 1)
     neg = np.flatnonzero(lab == 0)[:spec.negatives_per_scan]
     centres = [cand.centres_zyx[pos], cand.centres_zyx[neg]]
@@ -129,11 +135,21 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="stage-1 model package (default: the shipped one)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--reverse", action="store_true", help="last seed first (to meet a cache builder going forward)")
+    ap.add_argument("--subsolid", type=int, default=0, metavar="N",
+                    help="instead: only the candidates of stage 1's subsolid pass (at most N per scan after 200 "
+                         "blobs), labelled, no jittered positives: data for a stage 2 that sees that pass")
     a = ap.parse_args(argv)
     seeds = [s for name in a.seeds for s in cohort_seeds(name)]
     if a.reverse:
         seeds = seeds[::-1]
-    build(Detector(a.model), CohortCache(), seeds, a.out)
+    spec = Stage2DataSpec()
+    if a.subsolid:
+        from noduleflow.engine.blobs import BlobParams
+
+        spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
+                                                  blob=BlobParams(min_response=10.0), subsolid=a.subsolid),
+                              jittered_per_nodule=0, source=2)
+    build(Detector(a.model), CohortCache(), seeds, a.out, spec)
     return 0
 
 

@@ -3,10 +3,11 @@
     python -m noduleflow.bench.accuracy_cohort --cohort heldout [--model PKG] --out DIR
 
 The cohort's scans come from `trainer.data.cohort.CohortCache` (synthesised and preprocessed once, then
-read back). The detector runs its own stages on them: `Detector.grid_centres`, `Detector.score`,
-`Detector.cluster` -- what `Detector.detect` runs after its (deterministic) preprocessing, which the
-cache has already done with the same `PreprocessSpec`. Writes ``accuracy.json`` (every figure,
-FROC points, per-scan candidates), ``accuracy.md`` (the table) and ``froc.png``.
+read back). The detector runs its own stages on them: `Detector.find`, what `Detector.detect` runs
+after its (deterministic) preprocessing, which the cache has already done with the same
+`PreprocessSpec` (stage 1 + stage 2 for a two-stage package, `--stages 1` for the CNN path alone).
+Writes ``accuracy.json`` (every figure, FROC points, per-scan candidates), ``accuracy.md`` (the
+table, the calibration error and reliability table), ``froc.png`` and ``calibration.png``.
 
 Cohorts (seeds) are defined once in `trainer.data.cohort.COHORTS`; held-out figures are for reporting,
 never for choosing a setting. Phantoms are a regression signal, not clinical evidence.

@@ -39,6 +39,10 @@ class Stage2Spec:
     ``sigmoid(calibration_scale * logit + calibration_bias)`` (Platt scaling, fitted on
     validation phantoms; 1 and 0: uncalibrated).
 
+    ``tta_top`` (0: every candidate): the flips after the first only for the ``tta_top``
+    candidates with the highest first-view logits; the others keep their first-view logit (they
+    rank far below the ones that matter, and the extra views cost one network run each).
+
     ``subsolid_candidates`` (0: off) more candidates come from a second blob pass for subsolid
     (ground-glass) lesions, appended after the first ``max_candidates``: voxels denser than
     ``subsolid_solid_hu`` (walls, vessels, solid tissue) are set to ``subsolid_fill_hu`` (aerated
@@ -54,6 +58,7 @@ class Stage2Spec:
     dedup_factor: float = 1.5
     calibration_scale: float = 1.0
     calibration_bias: float = 0.0
+    tta_top: int = 0
     subsolid_candidates: int = 0
     subsolid_solid_hu: float = -400.0
     subsolid_fill_hu: float = -850.0
@@ -72,6 +77,8 @@ class Stage2Spec:
             raise ConfigError(f"stage2.tta_flips must be 1, 2, 4 or 8, got {self.tta_flips!r}")
         if not _is_number(self.dedup_factor) or not 0 <= self.dedup_factor <= 5:
             raise ConfigError(f"stage2.dedup_factor must be in [0, 5], got {self.dedup_factor!r}")
+        if not _is_int(self.tta_top) or not 0 <= self.tta_top <= 2000:
+            raise ConfigError(f"stage2.tta_top must be an integer in [0, 2000], got {self.tta_top!r}")
         if not _is_int(self.subsolid_candidates) or not 0 <= self.subsolid_candidates <= 1000:
             raise ConfigError(f"stage2.subsolid_candidates must be an integer in [0, 1000], got "
                               f"{self.subsolid_candidates!r}")

@@ -303,7 +303,8 @@ class Detector:
     def score_stage2(self, pre, centres_zyx) -> np.ndarray:
         """Stage-2 logits (n,) of candidates at ``centres_zyx`` (n, 3) on ``pre``'s 1 mm grid: each
         candidate's multi-scale context patches, the mean logit over the contract's number of axis
-        flips (`engine.context.flips8`, identity first)."""
+        flips (`engine.context.flips8`, identity first; with ``tta_top``, the flips after the first
+        only for the best ``tta_top`` candidates by the first view)."""
         from .context import ContextVolume, flips8
 
         st2 = self.contract.stage2
@@ -313,10 +314,22 @@ class Detector:
             return out
         ctx = ContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
         bs = min(self.config.batch_size, self.stage2_backend.max_batch)
+        top = st2.tta_top if 0 < st2.tta_top < len(c) else len(c)
+        if top == len(c):
+            for i in range(0, len(c), bs):
+                x = ctx.patches(c[i:i + bs])
+                views = itertools.islice(flips8(x), st2.tta_flips)
+                out[i:i + len(x)] = np.mean([self.stage2_backend.infer(v) for v in views], axis=0)
+            return out
+        # the first view for all, the other flips for the best ``top`` by it
         for i in range(0, len(c), bs):
-            x = ctx.patches(c[i:i + bs])
-            views = itertools.islice(flips8(x), st2.tta_flips)
-            out[i:i + len(x)] = np.mean([self.stage2_backend.infer(v) for v in views], axis=0)
+            out[i:i + bs] = self.stage2_backend.infer(ctx.patches(c[i:i + bs]))
+        if st2.tta_flips > 1:
+            best = np.argsort(-out, kind="stable")[:top]
+            for i in range(0, len(best), bs):
+                sel = best[i:i + bs]
+                views = itertools.islice(flips8(ctx.patches(c[sel])), 1, st2.tta_flips)
+                out[sel] = (out[sel] + np.sum([self.stage2_backend.infer(v) for v in views], axis=0)) / st2.tta_flips
         return out
 
     def stage1(self, pre, timings: dict | None = None):

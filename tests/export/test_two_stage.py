@@ -155,6 +155,7 @@ def test_stage2_graph_in_the_patch_slot_is_refused(two_stage, tmp_path):
 @pytest.mark.parametrize("bad, match", [
     ({"channels": 0}, "channels"), ({"generator": "dots"}, "generator"), ({"max_candidates": 0}, "max_candidates"),
     ({"blob_min_response": -1}, "blob_min_response"), ({"tta_flips": 3}, "tta_flips"), ({"tta_flips": True}, "tta_flips"),
+    ({"tta_top": -1}, "tta_top"), ({"tta_top": 2.5}, "tta_top"),
     ({"calibration_scale": 0}, "calibration_scale"), ({"calibration_bias": float("nan")}, "calibration_bias"),
 ])
 def test_stage2_spec_rejects_bad_values(bad, match):
@@ -196,3 +197,36 @@ def test_lesion_order_keeps_one_candidate_per_lesion():
     assert lesion_order(c, r, score, 0.0).tolist() == [1, 2, 3, 0]
     # factor 1: 5 mm is beyond max(2, 4) = 4 and 2.5 mm beyond max(2, 1) = 2: all four are kept
     assert lesion_order(c, r, score, 1.0).tolist() == [1, 2, 3, 0]
+
+
+def test_tta_top_flips_only_the_best_by_the_first_view(two_stage, phantom, tmp_path):
+    """stage2.tta_top = 5: every candidate gets the first view's logit, the 5 best by it the mean
+    over the 4 flips; the same as running stage2.onnx by hand."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from noduleflow.engine.context import ContextVolume
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.preprocess import preprocess
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(two_stage / "pkg", pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["contract"]["stage2"]["tta_top"] = 5
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    det = Detector(pkg)
+    assert det.contract.stage2.tta_top == 5 and det.contract.stage2.tta_flips == 4
+    pre = preprocess(phantom.volume, det.spec)
+    cand = det.stage1(pre)
+    assert len(cand) > 5
+    got = det.score_stage2(pre, cand.centres_zyx)
+    x = ContextVolume(pre.volume.hu, det.norm, det.contract.patch_size, 2).patches(cand.centres_zyx)
+    sess = ort.InferenceSession(str(pkg / "stage2.onnx"), providers=["CPUExecutionProvider"])
+    views = [sess.run(None, {"patch": np.ascontiguousarray(np.flip(x, tuple(2 + a for a in range(3) if f >> a & 1)))})[0]
+             .reshape(-1) for f in range(4)]
+    want = views[0].astype(np.float64).copy()
+    best = np.argsort(-views[0], kind="stable")[:5]
+    want[best] = np.mean([v[best] for v in views], axis=0)
+    assert np.allclose(got, want, atol=1e-4)
+    assert not np.allclose(got[best], views[0][best], atol=1e-6)  # the extra views did change the best

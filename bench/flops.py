@@ -649,3 +649,39 @@ def accounting(done_flops: float, needed_flops: float, seconds: float, peak: dic
             "gflops_done": done_rate, "gflops_needed": need_rate,
             "done_over_matmul_peak": done_rate / mm, "done_over_conv3d_peak": done_rate / cv,
             "needed_over_matmul_peak": need_rate / mm, "needed_over_conv3d_peak": need_rate / cv}
+
+
+def patch_graph_flops(path, input_shape) -> int:
+    """Convolution FLOPs (2 per multiply-add) of one run of an ONNX graph on one input of
+    ``input_shape`` (e.g. a patch graph's (1, C, 41, 41, 41)), from ONNX shape inference: for each
+    Conv node, 2 x output elements x (Cin / group) x prod(kernel). Pooling, activations and the
+    final reshape count 0, as in `region_flops`."""
+    import onnx
+    from onnx import shape_inference
+
+    m = onnx.load(str(path))
+    g = m.graph
+    inits = {i.name for i in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
+    if not inputs:
+        raise ConfigError(f"{Path(path).name}: no graph input")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != len(input_shape):
+        raise ConfigError(f"{Path(path).name}: input has {len(dims)} dimensions, shape {tuple(input_shape)} given")
+    for d, v in zip(dims, input_shape):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+    m = shape_inference.infer_shapes(m)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
+    weights = {i.name: list(i.dims) for i in m.graph.initializer}
+    total = 0
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        w = weights.get(n.input[1])
+        out = shapes.get(n.output[0])
+        if w is None or not out or 0 in out:
+            raise ConfigError(f"{Path(path).name}: cannot size Conv {n.name!r} (weights or output shape unknown)")
+        total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+    return total

@@ -161,7 +161,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             "scan_s_median": statistics.median(r["two_stage_stages_s"]["total"] for r in per),
             "stage_s_median": {k: statistics.median(r["two_stage_stages_s"][k] for r in per) for k in st},
             "over_stage1_only_median": statistics.median(r["two_stage_over_stage1_only"] for r in per),
-            "stage1_candidates_median": statistics.median(r["two_stage_candidates"] for r in per)}
+            "stage1_candidates_median": statistics.median(r["two_stage_candidates"] for r in per),
+            "stage2_flops": stage2_accounting(two, per, flops.get("peak"))}
     b = per[0].get("baseline")
     if b:
         eng = per[0]
@@ -179,6 +180,32 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
 
     plot_stages(res, out_dir / "speed_cpu_stages.png")
     return res
+
+
+def stage2_runs(n: int, flips: int, top: int) -> int:
+    """Network runs stage 2 makes for ``n`` candidates: the first view for each, the other flips for
+    the best ``top`` (all when 0)."""
+    return n + (flips - 1) * (min(top, n) if top > 0 else n)
+
+
+def stage2_accounting(two, per, pk) -> dict:
+    """Stage 2's achieved GFLOP/s over all scans: per-patch convolution FLOPs of stage2.onnx
+    (`flops.patch_graph_flops`) x network runs / stage-2 seconds (context patches and flips
+    included), against the peak measured in this run. All of it is needed work (one run per
+    candidate and view)."""
+    from noduleflow.bench import flops as fl
+
+    st2 = two.contract.stage2
+    p = two.contract.patch_size
+    per_patch = fl.patch_graph_flops(two.package.file("stage2.onnx"), (1, st2.channels, p, p, p))
+    runs = sum(stage2_runs(r["two_stage_candidates"], st2.tta_flips, st2.tta_top) for r in per)
+    secs = sum(r["two_stage_stages_s"]["stage2"] for r in per)
+    gflops = per_patch * runs / secs / 1e9 if secs > 0 else float("nan")
+    out = {"per_patch_gflop": per_patch / 1e9, "network_runs": runs, "seconds": secs, "gflops": gflops}
+    if pk:
+        out["over_matmul_peak"] = gflops / pk["matmul_gflops"]
+        out["over_conv3d_peak"] = gflops / pk["conv3d_gflops"]
+    return out
 
 
 def flop_accounting(dense, grids, peak_budget_s: float) -> dict:
@@ -264,12 +291,22 @@ def markdown(r: dict) -> str:
     t = r.get("two_stage")
     if t:
         lines += ["", f"Default detection, stage 1 ({t['stage2']['generator']}, at most "
-                  f"{t['stage2']['max_candidates']} candidates) + stage 2 ({t['stage2']['tta_flips']} flip view(s)), "
+                  f"{t['stage2']['max_candidates']} candidates"
+                  + (f" + {t['stage2']['subsolid_candidates']} subsolid" if t['stage2'].get('subsolid_candidates') else "")
+                  + f") + stage 2 ({t['stage2']['tta_flips']} flip view(s)"
+                  + (f" for the best {t['stage2']['tta_top']}" if t['stage2'].get('tta_top') else "") + "), "
                   f"median {t['stage1_candidates_median']:.0f} candidates scored:", "", "| stage | median s |",
                   "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in t["stage_s_median"].items()]
         lines += ["", f"- whole scan, two stages (warm): median {t['scan_s_median']:.1f} s, "
                   f"{t['over_stage1_only_median']:.2f}x the stage-1-only scan below (same scans, same run)"]
+        f2 = t.get("stage2_flops")
+        if f2:
+            lines.append(f"- stage 2: {f2['network_runs']} network runs of {f2['per_patch_gflop']:.3f} GFLOP in "
+                         f"{f2['seconds']:.2f} s (all scans, context patches included) = {f2['gflops']:.1f} GFLOP/s"
+                         + (f", {100 * f2['over_matmul_peak']:.0f} % of the matmul peak, "
+                            f"{100 * f2['over_conv3d_peak']:.0f} % of the conv3d peak (all of it needed work)"
+                            if "over_matmul_peak" in f2 else ""))
     lines += ["", f"- whole scan (dense, stage 1 only, warm): median {r['scan_s_median']:.1f} s, p95 {r['scan_s_p95']:.1f} s, "
               f"{r['scans_per_s']:.3f} scans/s",
               f"- cold start: model load {r['cold_start']['model_load_s']:.2f} s, first scan "

@@ -228,3 +228,25 @@ def test_markdown_reports_flops_mask_share_and_rss():
     assert "one stage 25 %" in text and "two stages 20 %" in text
     assert "one stage median 400, max 500" in text and "two stages median 500, max 600" in text
     assert _flops_lines({}) == [] and _mask_and_rss_lines({}) == []
+
+
+def test_patch_graph_flops_agree_with_the_dense_count_and_count_input_channels():
+    from noduleflow.bench import flops as fl
+    from noduleflow.engine.package import default_package_path
+
+    pkg = default_package_path()
+    dense = fl.region_flops(fl.layers_from_onnx(pkg / "dense.onnx"), (1, 1, 1))
+    assert fl.patch_graph_flops(pkg / "patch.onnx", (1, 1, 41, 41, 41)) == dense
+    # stage 2: same network with a second input channel -> only the first convolution(s) grow
+    s2 = fl.patch_graph_flops(pkg / "stage2.onnx", (1, 2, 41, 41, 41))
+    assert dense < s2 < 2 * dense
+    assert fl.patch_graph_flops(pkg / "patch.onnx", (3, 1, 41, 41, 41)) == 3 * dense
+
+
+def test_stage2_runs():
+    from noduleflow.bench.speed import stage2_runs
+
+    assert stage2_runs(200, 2, 0) == 400
+    assert stage2_runs(200, 4, 50) == 350
+    assert stage2_runs(30, 4, 50) == 120
+    assert stage2_runs(200, 1, 50) == 200

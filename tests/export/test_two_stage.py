@@ -184,6 +184,10 @@ def test_bench_speed_reports_both_stages(two_stage, tmp_path):
                                                          row["stages_s"]["total"])
     assert "stage2" not in row["stages_s"]  # the stage-1-only detection beside it
     assert "two stages" in (tmp_path / "speed_cpu.md").read_text()
+    f2 = t["stage2_flops"]
+    assert f2["network_runs"] == row["two_stage_candidates"] * 4  # 4 flips, every candidate
+    assert f2["gflops"] > 0 and 0 < f2["over_matmul_peak"]
+    assert "stage 2:" in (tmp_path / "speed_cpu.md").read_text()
 
 
 def test_lesion_order_keeps_one_candidate_per_lesion():

@@ -77,15 +77,40 @@ def blob_list(scan, params, root=None):
     return out
 
 
-def raw_lists(det, scan, blob_params, cnn_candidates=300, root=None):
-    """Per scan: the ranked CNN peaks and blobs, each with its extent radius, and the seconds each took."""
+def subsolid_list(scan, root=None):
+    """`engine.stage1.subsolid_blobs` (engine defaults) on a `CohortScan`: (centres, response,
+    radius_mm, seconds), cached."""
+    from noduleflow.engine.stage1 import Stage1Params, subsolid_blobs
+
+    p = Stage1Params()
+    f = _cache_file(root, "subsolid", {"solid": p.subsolid_solid_hu, "fill": p.subsolid_fill_hu,
+                                       **vars(p.subsolid_blob)}, scan.seed)
+    if f is not None and f.exists():
+        with np.load(f) as z:
+            return z["centres"], z["response"], z["radius"], float(z["seconds"])
+    t = time.perf_counter()
+    b = subsolid_blobs(scan.pre.volume.hu, scan.pre.mask, p.subsolid_solid_hu, p.subsolid_fill_hu, p.subsolid_blob)
+    out = (b.centres_zyx, b.response, b.radius_mm, time.perf_counter() - t)
+    if f is not None:
+        np.savez(f, centres=out[0], response=out[1], radius=out[2], seconds=out[3])
+    return out
+
+
+def raw_lists(det, scan, blob_params, cnn_candidates=300, root=None, subsolid: bool = False):
+    """Per scan: the ranked CNN peaks and blobs (and with ``subsolid`` the subsolid pass's blobs),
+    each with its extent radius, and the seconds each took."""
     from noduleflow.engine.stage1 import component_radius_mm
 
     cc, cp, cn, t_cnn = cnn_list(det, scan, cnn_candidates, root, refine=False)  # as engine.stage1 does
     stride = det.contract.dense_stride or det.contract.candidate_rules.stride
     bc, bv, br, t_blob = blob_list(scan, blob_params, root)
-    return {"cnn": (cc, cp, component_radius_mm(cn, stride)), "blobs": (bc, bv, br),
-            "seconds": {"cnn": t_cnn, "blobs": t_blob}}
+    out = {"cnn": (cc, cp, component_radius_mm(cn, stride)), "blobs": (bc, bv, br),
+           "seconds": {"cnn": t_cnn, "blobs": t_blob}}
+    if subsolid:
+        sc, sv, sr, t_ss = subsolid_list(scan, root)
+        out["subsolid"] = (sc, sv, sr)
+        out["seconds"]["subsolid"] = t_ss
+    return out
 
 
 def hits(centres_zyx, nodules_zyxr):
@@ -96,20 +121,29 @@ def hits(centres_zyx, nodules_zyxr):
     return d2 < nodules_zyxr[None, :, 3] ** 2
 
 
-def evaluate_lists(per_scan, generators=("cnn", "blobs", "union"), caps=CAPS):
-    """per_scan: [(raw_lists(...), nodules (m, 4) zyx + radius, kinds, locations)] -> table rows and strata."""
+def evaluate_lists(per_scan, generators=("cnn", "blobs", "union"), caps=CAPS, subsolid: int = 0):
+    """per_scan: [(raw_lists(...), nodules (m, 4) zyx + radius, kinds, locations)] -> table rows and
+    strata. With ``subsolid`` N > 0 (and the lists' subsolid pass), one more generator,
+    ``blobs+subsolid<N>``: the blobs cut at each cap, then at most N of the subsolid pass's blobs not
+    already in the list (`engine.stage1.append_distinct`, as the engine does)."""
     from noduleflow.bench.strata import DIAMETER_BANDS_MM, band_name
-    from noduleflow.engine.stage1 import combine
+    from noduleflow.engine.stage1 import append_distinct, combine
+
+    gens = list(generators) + ([f"blobs+subsolid{subsolid}"] if subsolid else [])
 
     rows, strata = [], {}
     n_nod = sum(len(n) for _, n, _, _ in per_scan)
-    for g in generators:
+    for g in gens:
         for cap in caps:
             found = n_cands = dup = 0
             per_stratum: dict = {}
             for raw, nod, kinds, locs in per_scan:
                 (cc, cp, cr), (bc, bv, br) = raw["cnn"], raw["blobs"]
-                cand = combine(cc, cp, cr, bc, bv, br, g, cap)
+                if g.startswith("blobs+subsolid"):
+                    sc, sv, sr = raw["subsolid"]
+                    cand = append_distinct(combine(cc, cp, cr, bc, bv, br, "blobs", cap), sc, sr, sv, subsolid)
+                else:
+                    cand = combine(cc, cp, cr, bc, bv, br, g, cap)
                 h = hits(cand.centres_zyx, nod)
                 f = h.any(0)
                 found += int(f.sum())
@@ -149,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-blobs", type=int, default=300)
     ap.add_argument("--cache", help="cohort cache root (default: $NODULEFLOW_COHORT_CACHE)")
     ap.add_argument("--lists-cache", help="folder caching each scan's CNN and blob lists (default: none)")
+    ap.add_argument("--subsolid", type=int, default=0, metavar="N",
+                    help="also the generator blobs + at most N candidates of the subsolid pass")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
@@ -156,17 +192,17 @@ def main(argv=None) -> int:
     cache = CohortCache(a.cache)
     det = Detector(a.model)
     bp = replace(BlobParams(), min_response=a.min_response, merge_factor=a.merge_factor, max_blobs=a.max_blobs)
-    per_scan, secs = [], {"cnn": [], "blobs": []}
+    per_scan, secs = [], {"cnn": [], "blobs": [], **({"subsolid": []} if a.subsolid else {})}
     for s in tqdm(seeds, desc="scans", unit="scan"):
         scan = cache.get(s)
         vol = scan.pre.volume
         nod = scan.xyzd()
         zyxr = np.c_[vol.world_to_voxel(nod[:, :3]).reshape(-1, 3), nod[:, 3] / 2]
-        raw = raw_lists(det, scan, bp, root=a.lists_cache)
+        raw = raw_lists(det, scan, bp, root=a.lists_cache, subsolid=a.subsolid > 0)
         for k in secs:
             secs[k].append(raw["seconds"][k])
         per_scan.append((raw, zyxr, [n.kind for n in scan.nodules], [n.location for n in scan.nodules]))
-    rows, strata = evaluate_lists(per_scan)
+    rows, strata = evaluate_lists(per_scan, subsolid=a.subsolid)
     meta = {"model_id": det.package.manifest.model_id, "cohort": a.cohort, "seeds": [seeds[0], seeds[-1]],
             "scans": len(seeds), "blob_params": {k: v for k, v in vars(bp).items()},
             "seconds_median": {k: float(np.median(v)) for k, v in secs.items()},
@@ -179,7 +215,7 @@ def main(argv=None) -> int:
     lines = [f"# Stage-1 recall, {a.cohort} phantoms {seeds[0]}-{seeds[-1]} ({len(seeds)} scans, "
              f"{rows[0]['nodules']} nodules)", "", f"`{meta['command']}`; CNN: `{meta['model_id']}`; "
              f"median seconds per scan: CNN scoring + clustering {meta['seconds_median']['cnn']:.2f}, "
-             f"blobs {meta['seconds_median']['blobs']:.2f}.", "",
+             f"blobs {meta['seconds_median']['blobs']:.2f}" + (f", subsolid pass {meta['seconds_median']['subsolid']:.2f}" if a.subsolid else "") + ".", "",
              "| generator | cap/scan | candidates/scan | recall | found/nodules | candidates per found nodule |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:

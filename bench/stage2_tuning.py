@@ -98,8 +98,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     det = Detector(a.model, stages="2")
     caps = [int(c) for c in a.caps.split(",")]
-    if max(caps) > det.contract.stage2.max_candidates:
-        raise SystemExit(f"--caps above the package's stage-1 cap {det.contract.stage2.max_candidates}")
+    st2 = det.contract.stage2
+    if max(caps) > st2.max_candidates + st2.subsolid_candidates:
+        raise SystemExit(f"--caps above the package's stage-1 cap {st2.max_candidates} + "
+                         f"{st2.subsolid_candidates} subsolid")
     seeds = cohort_seeds(a.cohort)
     cache = CohortCache()
     per = []

@@ -13,7 +13,7 @@ def _ball(shape, centre, r):
     return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= r * r
 
 
-def _pleural_ggo(r=2.5, depth=0.5):
+def _pleural_ggo(r=2.0, depth=0.5):
     """Aerated lung (-850 HU) with a chest wall (+40 HU, x < 20) and a faint ground-glass nodule
     (-600 HU) sitting on it (centre ``depth`` mm from the wall's surface: the part in the wall is
     wall), plus an isolated one of the same size and density."""

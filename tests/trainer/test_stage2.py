@@ -84,13 +84,13 @@ def test_subsolid_supplement_keeps_only_that_pass_and_labels_it():
     hu = np.full(shape, -850.0, np.float32)
     zz, yy, xx = np.indices(shape)
     pleural = np.array([24.0, 24.0, 20.5])
-    hu[(zz - 24) ** 2 + (yy - 24) ** 2 + (xx - 20.5) ** 2 <= 2.5 ** 2] = -600.0
+    hu[(zz - 24) ** 2 + (yy - 24) ** 2 + (xx - 20.5) ** 2 <= 2.0 ** 2] = -600.0
     hu[(zz - 24) ** 2 + (yy - 10) ** 2 + (xx - 48) ** 2 <= 3 ** 2] = 40.0   # a solid nodule: first pass
     hu[:, :, :20] = 40.0
     mask = np.zeros(shape, bool)
     mask[2:-2, 2:-2, 17:-2] = True
     vol = Volume(hu.astype(np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-    nodules = np.array([[20.5, 24.0, 24.0, 5.0], [48.0, 10.0, 24.0, 6.0]])  # x, y, z, diameter
+    nodules = np.array([[20.5, 24.0, 24.0, 4.0], [48.0, 10.0, 24.0, 6.0]])  # x, y, z, diameter
     scan = SimpleNamespace(pre=Preprocessed(vol, mask, (0, 48, 0, 48, 0, 64), {}),
                            xyzd=lambda excluded=False: np.zeros((0, 4)) if excluded else nodules)
     spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,

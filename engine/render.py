@@ -200,7 +200,8 @@ def candidates_image(volume: Volume, det, truth=None, max_candidates: int | None
     header = 18
     canvas = Image.new("RGB", (width, header + ov.height + 4 + size * max(n_rows, 1)), (0, 0, 0))
     d = ImageDraw.Draw(canvas)
-    d.text((4, 3), f"{str(det.series_uid)[-28:]}  {det.model_id}  {det.mode}/{det.backend}  "
+    how = "two stages" if (getattr(det, "meta", None) or {}).get("stages") == 2 else det.mode
+    d.text((4, 3), f"{str(det.series_uid)[-28:]}  {det.model_id}  {how}/{det.backend}  "
                    f"{len(det.candidates)} candidates", fill=(0, 255, 0))
     canvas.paste(ov, ((width - ov.width) // 2, header))
     y0 = header + ov.height + 4

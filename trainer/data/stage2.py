@@ -138,14 +138,21 @@ def main(argv=None) -> int:
     ap.add_argument("--subsolid", type=int, default=0, metavar="N",
                     help="instead: only the candidates of stage 1's subsolid pass (at most N per scan after 200 "
                          "blobs), labelled, no jittered positives: data for a stage 2 that sees that pass")
+    ap.add_argument("--generator", choices=("cnn", "blobs", "union"), default="union",
+                    help="stage-1 generator whose candidates become the examples (default union, as v7/v8 were built)")
+    ap.add_argument("--max-candidates", type=int, default=150, help="stage-1 cap (default 150)")
+    ap.add_argument("--min-response", type=float, default=None,
+                    help="blob response threshold (default: engine.blobs.BlobParams' 20; the shipped model uses 10)")
     a = ap.parse_args(argv)
     seeds = [s for name in a.seeds for s in cohort_seeds(name)]
     if a.reverse:
         seeds = seeds[::-1]
-    spec = Stage2DataSpec()
-    if a.subsolid:
-        from noduleflow.engine.blobs import BlobParams
+    from noduleflow.engine.blobs import BlobParams
 
+    blob = BlobParams() if a.min_response is None else BlobParams(min_response=a.min_response)
+    spec = Stage2DataSpec(stage1=Stage1Params(generator=a.generator, max_candidates=a.max_candidates,
+                                              cnn_candidates=a.max_candidates, blob=blob))
+    if a.subsolid:
         spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
                                                   blob=BlobParams(min_response=10.0), subsolid=a.subsolid),
                               jittered_per_nodule=0, source=2)

@@ -9,8 +9,8 @@ over every position it computes, including positions a later crop or floor pooli
   crops, Concat/Add joins) in graph order, enough to map output regions back to input regions.
 - `region_flops`: FLOPs of one dense output block (the graph run on the smallest input giving it).
 - `work_done`: FLOPs of what `Detector._score_dense` runs for a set of candidate centres: one
-  graph run per tile on the bounding box of the tile's output points (`dense_tiles` repeats the
-  engine's tiling).
+  graph run per tile on the bounding box of the tile's output points (the engine's own tiling,
+  `engine.detector.dense_tiles`).
 - `needed_work`: FLOPs of only what the needed output points require, each layer's positions
   computed once however many needed points share them.
 - `peak`: float32 FLOP/s of a large numpy matmul and of the dense graph's heaviest convolution in
@@ -19,13 +19,13 @@ over every position it computes, including positions a later crop or floor pooli
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from noduleflow.engine.detector import dense_tiles  # noqa: F401  (the engine's tiling, counted here)
 from noduleflow.engine.errors import ConfigError
 
 # ops that keep every spatial position where it is (elementwise, per position across channels)
@@ -360,24 +360,6 @@ def region_flops(graph: DenseLayers, out_shape_zyx) -> int:
 
 
 # -- the engine's tiles ---------------------------------------------------------------------------------
-def dense_tiles(contract, centres_zyx, volume_shape, tile_out):
-    """The graph runs of `Detector._score_dense` for ``centres_zyx`` (n, 3) on a lung box of
-    ``volume_shape``: for each tile (``tile_out`` output points per axis) holding candidates, in
-    the engine's order, (indices of its centres, output box o0..o1, input box a0..a1)."""
-    s, off, p = contract.dense_stride, contract.dense_offset, contract.patch_size
-    n_out = np.asarray(contract.dense_output_shape(np.asarray(volume_shape)))
-    idx = (np.asarray(centres_zyx) - off) // s
-    if len(idx) and ((idx < 0).any() or (idx >= n_out).any()):
-        raise ConfigError(f"centres outside the dense output grid {n_out.tolist()} (see Detector.grid_centres)")
-    t = tile_out
-    tile_id = idx // t
-    for key in np.unique(tile_id, axis=0):
-        sel = np.flatnonzero((tile_id == key).all(1))
-        o0 = np.maximum(key * t, idx[sel].min(0))
-        o1 = np.minimum(np.minimum(key * t + t, n_out), idx[sel].max(0) + 1)
-        yield sel, o0, o1, o0 * s, (o1 - 1) * s + p
-
-
 def work_done(graph: DenseLayers, contract, centres_zyx, volume_shape, tile_out: int) -> int:
     """FLOPs `Detector._score_dense` runs for ``centres_zyx`` on a ``volume_shape`` lung box: the
     sum over its tiles (`dense_tiles`) of one graph run on the tile's input box, i.e. every
@@ -534,18 +516,6 @@ def needed_work(graph: DenseLayers, contract, centres_zyx, volume_shape, discard
 
 
 # -- the machine's peak ------------------------------------------------------------------------------------------
-def _session_options(threads: int | None):
-    """The engine's CPU session options (engine/backends/onnxruntime.py)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return so
-
-
 def heaviest_conv(graph: DenseLayers, block_out: int = 24) -> Layer:
     """The Conv with the most FLOPs in a dense ``block_out``^3 output block (the engine's default
     tile)."""
@@ -608,6 +578,8 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
     (default all cores, as the engine). -> GFLOP/s of both, the threads used, the conv described."""
     import onnxruntime as ort
 
+    from noduleflow.engine.backends.onnxruntime import session_options
+
     if graph is None:
         from noduleflow.engine.package import default_package_path
 
@@ -622,7 +594,7 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
     t_mm = _best_of(lambda: np.matmul(a, b, out=c), half)
     del a, b, c
     layer = heaviest_conv(graph)
-    so = _session_options(threads)
+    so = session_options(threads)
     sess = ort.InferenceSession(_conv_model(layer, conv_side, rng).SerializeToString(), sess_options=so,
                                 providers=["CPUExecutionProvider"])
     x = rng.uniform(size=(1, layer.cin, conv_side, conv_side, conv_side)).astype(np.float32)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -38,13 +37,9 @@ LOGIT_TOL = 1e-5
 
 def _engine_session_options(optimized_path: Path | None = None):
     """The engine's CPU session options (engine/backends/onnxruntime.py)."""
-    import onnxruntime as ort
+    from noduleflow.engine.backends.onnxruntime import session_options
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(os.cpu_count() or 1)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so = session_options()
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     return so

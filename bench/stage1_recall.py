@@ -61,20 +61,27 @@ def cnn_list(det, scan, n: int = 300, root=None, refine: bool | None = None):
     return out
 
 
-def blob_list(scan, params, root=None):
-    """`engine.blobs.detect_blobs` on a `CohortScan`: (centres, response, radius_mm, seconds), cached."""
-    from noduleflow.engine.blobs import detect_blobs
-
-    f = _cache_file(root, "blobs", {k: v for k, v in vars(params).items()}, scan.seed)
+def _cached_blobs(kind, key, scan, root, run):
+    """``run()`` -> `engine.blobs.Blobs` on a `CohortScan`, as (centres, response, radius_mm,
+    seconds), cached under ``root/kind`` by ``key`` and seed."""
+    f = _cache_file(root, kind, key, scan.seed)
     if f is not None and f.exists():
         with np.load(f) as z:
             return z["centres"], z["response"], z["radius"], float(z["seconds"])
     t = time.perf_counter()
-    b = detect_blobs(scan.pre.volume.hu, scan.pre.mask, params)
+    b = run()
     out = (b.centres_zyx, b.response, b.radius_mm, time.perf_counter() - t)
     if f is not None:
         np.savez(f, centres=out[0], response=out[1], radius=out[2], seconds=out[3])
     return out
+
+
+def blob_list(scan, params, root=None):
+    """`engine.blobs.detect_blobs` on a `CohortScan`: (centres, response, radius_mm, seconds), cached."""
+    from noduleflow.engine.blobs import detect_blobs
+
+    return _cached_blobs("blobs", {k: v for k, v in vars(params).items()}, scan, root,
+                         lambda: detect_blobs(scan.pre.volume.hu, scan.pre.mask, params))
 
 
 def subsolid_list(scan, root=None):
@@ -83,17 +90,10 @@ def subsolid_list(scan, root=None):
     from noduleflow.engine.stage1 import Stage1Params, subsolid_blobs
 
     p = Stage1Params()
-    f = _cache_file(root, "subsolid", {"solid": p.subsolid_solid_hu, "fill": p.subsolid_fill_hu,
-                                       **vars(p.subsolid_blob)}, scan.seed)
-    if f is not None and f.exists():
-        with np.load(f) as z:
-            return z["centres"], z["response"], z["radius"], float(z["seconds"])
-    t = time.perf_counter()
-    b = subsolid_blobs(scan.pre.volume.hu, scan.pre.mask, p.subsolid_solid_hu, p.subsolid_fill_hu, p.subsolid_blob)
-    out = (b.centres_zyx, b.response, b.radius_mm, time.perf_counter() - t)
-    if f is not None:
-        np.savez(f, centres=out[0], response=out[1], radius=out[2], seconds=out[3])
-    return out
+    return _cached_blobs("subsolid", {"solid": p.subsolid_solid_hu, "fill": p.subsolid_fill_hu,
+                                      **vars(p.subsolid_blob)}, scan, root,
+                         lambda: subsolid_blobs(scan.pre.volume.hu, scan.pre.mask, p.subsolid_solid_hu,
+                                                p.subsolid_fill_hu, p.subsolid_blob))
 
 
 def raw_lists(det, scan, blob_params, cnn_candidates=300, root=None, subsolid: bool = False):

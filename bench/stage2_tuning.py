@@ -108,36 +108,27 @@ def main(argv=None) -> int:
     for s in tqdm(seeds, desc="scans", unit="scan"):
         scan = cache.get(s)
         per.append((scan, scan_scores(det, scan, a.cache)))
+    def row(cap, flips, fuse, dedup, top=0):
+        results = []
+        for scan, sc in per:
+            z = rank(sc, cap, flips, fuse, top)
+            o = lesion_order(sc["centres"][:cap], sc["radius"][:cap], z, dedup)[:100]
+            xyz = scan.pre.volume.voxel_to_world(sc["centres"][:cap][o]).reshape(-1, 3)
+            results.append(scan_result(scan, xyz, 1 / (1 + np.exp(-z[o]))))
+        r = score_cohort(results, bootstrap=0)["all"]
+        return {"cap": cap, "flips": flips, "fuse_stage1": fuse, "dedup_factor": dedup, "tta_top": top,
+                "sens_at_15": r["sensitivity_at_k"]["15"]["sensitivity"],
+                "sens_at_100": r["sensitivity_at_k"]["100"]["sensitivity"], "cpm": r["cpm"]}
+
     rows = []
     for cap in caps:
         for flips in FLIPS:
             for fuse, dedup in ((False, 0.0), (False, 1.0), (False, 1.5), (False, 2.0), (True, 1.5)):
                 if fuse and not np.isfinite(per[0][1]["cnn_prob"]).any():
                     continue  # no CNN logit to fuse (a blobs-only stage 1)
-                results = []
-                for scan, sc in per:
-                    z = rank(sc, cap, flips, fuse)
-                    o = lesion_order(sc["centres"][:cap], sc["radius"][:cap], z, dedup)[:100]
-                    xyz = scan.pre.volume.voxel_to_world(sc["centres"][:cap][o]).reshape(-1, 3)
-                    results.append(scan_result(scan, xyz, 1 / (1 + np.exp(-z[o]))))
-                r = score_cohort(results, bootstrap=0)["all"]
-                rows.append({"cap": cap, "flips": flips, "fuse_stage1": fuse, "dedup_factor": dedup, "tta_top": 0,
-                             "sens_at_15": r["sensitivity_at_k"]["15"]["sensitivity"],
-                             "sens_at_100": r["sensitivity_at_k"]["100"]["sensitivity"], "cpm": r["cpm"]})
+                rows.append(row(cap, flips, fuse, dedup))
     tops = [int(t) for t in a.tta_tops.split(",") if t.strip()]
-    cap = max(caps)
-    for flips in FLIPS[1:]:
-        for top in tops:
-            results = []
-            for scan, sc in per:
-                z = rank(sc, cap, flips, False, top)
-                o = lesion_order(sc["centres"][:cap], sc["radius"][:cap], z, 1.5)[:100]
-                xyz = scan.pre.volume.voxel_to_world(sc["centres"][:cap][o]).reshape(-1, 3)
-                results.append(scan_result(scan, xyz, 1 / (1 + np.exp(-z[o]))))
-            r = score_cohort(results, bootstrap=0)["all"]
-            rows.append({"cap": cap, "flips": flips, "fuse_stage1": False, "dedup_factor": 1.5, "tta_top": top,
-                         "sens_at_15": r["sensitivity_at_k"]["15"]["sensitivity"],
-                         "sens_at_100": r["sensitivity_at_k"]["100"]["sensitivity"], "cpm": r["cpm"]})
+    rows += [row(max(caps), flips, False, 1.5, top) for flips in FLIPS[1:] for top in tops]
     secs = {"stage1": float(np.median([sc["seconds_stage1"] for _, sc in per])),
             "stage2_one_flip": float(np.median([sc["seconds_flip"] for _, sc in per])),
             "stage2_eight_flips": float(np.median([8 * sc["seconds_flip"] for _, sc in per]))}

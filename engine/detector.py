@@ -189,6 +189,26 @@ def lesion_order(centres_zyx: np.ndarray, radius_mm: np.ndarray, score: np.ndarr
     return np.asarray(kept, dtype=np.int64)
 
 
+
+def dense_tiles(contract, centres_zyx, volume_shape, tile_out: int):
+    """The dense graph's runs for grid centres ``centres_zyx`` (n, 3) on a lung box of
+    ``volume_shape``: for each tile of ``tile_out`` output points per axis that holds centres, in
+    order, (indices of its centres, output box o0..o1, input box a0..a1). A tile runs only over
+    the bounding box of the output points its centres need, not the whole tile (the lung's edge
+    leaves most tiles partly empty; the scores are the same)."""
+    s, off, p = contract.dense_stride, contract.dense_offset, contract.patch_size
+    n_out = np.asarray(contract.dense_output_shape(np.asarray(volume_shape)))
+    idx = (np.asarray(centres_zyx) - off) // s
+    if len(idx) and ((idx < 0).any() or (idx >= n_out).any()):
+        raise ConfigError(f"centres outside the dense output grid {n_out.tolist()} (see Detector.grid_centres)")
+    t = tile_out
+    tile_id = idx // t
+    for key in np.unique(tile_id, axis=0):
+        sel = np.flatnonzero((tile_id == key).all(1))
+        o0 = np.maximum(key * t, idx[sel].min(0))
+        o1 = np.minimum(np.minimum(key * t + t, n_out), idx[sel].max(0) + 1)
+        yield sel, o0, o1, o0 * s, (o1 - 1) * s + p
+
 class Detector:
     """Nodule candidates for CT series with one model package and one backend.
 
@@ -275,21 +295,12 @@ class Detector:
 
     def _score_dense(self, pre, centres) -> np.ndarray:
         k = self.contract
-        s, off, p = k.dense_stride, k.dense_offset, k.patch_size
+        s, off = k.dense_stride, k.dense_offset
         hu = pre.volume.hu
         shape = np.asarray(hu.shape)
-        n_out = np.asarray(k.dense_output_shape(shape))
         idx = (centres - off) // s
         scores = np.full(len(centres), np.nan)
-        t = self.config.tile_out
-        tile_id = idx // t
-        for key in np.unique(tile_id, axis=0):
-            sel = np.flatnonzero((tile_id == key).all(1))
-            # only the output points this tile's candidates need: their bounding box, not the whole
-            # tile (the lung's edge leaves most tiles partly empty; the scores are the same)
-            o0 = np.maximum(key * t, idx[sel].min(0))
-            o1 = np.minimum(np.minimum(key * t + t, n_out), idx[sel].max(0) + 1)
-            a0, a1 = o0 * s, (o1 - 1) * s + p
+        for sel, o0, o1, a0, a1 in dense_tiles(k, centres, shape, self.config.tile_out):
             tile = k.normalise(hu[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]])[None, None]
             extra = None
             if k.uses_location:
@@ -336,18 +347,9 @@ class Detector:
         """Stage 1 of a two-stage package on a preprocessed scan -> `engine.stage1.Stage1Candidates`
         (ranked; at most the contract's ``stage2.max_candidates`` + ``subsolid_candidates``), each step timed into
         ``timings``: the dense CNN's grid points, their scores, their clustered peaks, the blobs."""
-        from .blobs import BlobParams
-        from .stage1 import SUBSOLID_SIGMAS_MM, Stage1Params, stage1_candidates
+        from .stage1 import Stage1Params, stage1_candidates
 
-        st2 = self.contract.stage2
-        params = Stage1Params(generator=st2.generator, max_candidates=st2.max_candidates,
-                              cnn_candidates=st2.max_candidates,
-                              blob=BlobParams(min_response=st2.blob_min_response),
-                              subsolid=st2.subsolid_candidates, subsolid_solid_hu=st2.subsolid_solid_hu,
-                              subsolid_fill_hu=st2.subsolid_fill_hu,
-                              subsolid_blob=BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM,
-                                                       min_response=st2.subsolid_min_response))
-        return stage1_candidates(self, pre, params, timings)
+        return stage1_candidates(self, pre, Stage1Params.from_stage2(self.contract.stage2), timings)
 
     def score_grid(self, pre, timings: dict) -> tuple[np.ndarray, np.ndarray]:
         """The CNN's grid points of a preprocessed scan and their logits, timed into ``timings``

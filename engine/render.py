@@ -200,7 +200,7 @@ def candidates_image(volume: Volume, det, truth=None, max_candidates: int | None
     header = 18
     canvas = Image.new("RGB", (width, header + ov.height + 4 + size * max(n_rows, 1)), (0, 0, 0))
     d = ImageDraw.Draw(canvas)
-    how = "two stages" if (getattr(det, "meta", None) or {}).get("stages") == 2 else det.mode
+    how = "two stages" if det.meta.get("stages") == 2 else det.mode
     d.text((4, 3), f"{str(det.series_uid)[-28:]}  {det.model_id}  {how}/{det.backend}  "
                    f"{len(det.candidates)} candidates", fill=(0, 255, 0))
     canvas.paste(ov, ((width - ov.width) // 2, header))

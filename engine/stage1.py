@@ -14,7 +14,7 @@ are not already in the list (`append_distinct`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,6 +37,14 @@ class Stage1Params:
     subsolid_solid_hu: float = -400.0
     subsolid_fill_hu: float = -850.0
     subsolid_blob: BlobParams = BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM, min_response=3.0)
+
+    @classmethod
+    def from_stage2(cls, st2) -> "Stage1Params":
+        """Stage 1 as a package's contract declares it (`engine.contract.Stage2Spec`)."""
+        return cls(generator=st2.generator, max_candidates=st2.max_candidates, cnn_candidates=st2.max_candidates,
+                   blob=BlobParams(min_response=st2.blob_min_response), subsolid=st2.subsolid_candidates,
+                   subsolid_solid_hu=st2.subsolid_solid_hu, subsolid_fill_hu=st2.subsolid_fill_hu,
+                   subsolid_blob=replace(cls.subsolid_blob, min_response=st2.subsolid_min_response))
 
     def __post_init__(self) -> None:
         if self.generator not in GENERATORS:
@@ -180,21 +188,23 @@ def subsolid_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, solid_hu: float = -
 def append_distinct(first: Stage1Candidates, centres, radius, response, n: int, source: int = 2) -> Stage1Candidates:
     """``first`` followed by at most ``n`` of the ranked (centres, radius, response), skipping any
     inside the extent of a candidate already kept (or one of those inside its extent)."""
-    keep_c, keep_r = list(first.centres_zyx.reshape(-1, 3)), list(first.radius_mm)
+    centres = np.asarray(centres, np.float64).reshape(-1, 3)
+    radius = np.asarray(radius, np.float64)
+    k = len(first)
+    keep_c = np.empty((k + max(n, 0), 3))
+    keep_r = np.empty(k + max(n, 0))
+    keep_c[:k], keep_r[:k] = first.centres_zyx.reshape(-1, 3), first.radius_mm
     add: list[int] = []
     for j in range(len(radius)):
         if len(add) >= n:
             break
-        if keep_r:
-            d = np.linalg.norm(np.asarray(keep_c) - centres[j], axis=1)
-            if (d < np.maximum(np.asarray(keep_r), radius[j])).any():
-                continue
+        m = k + len(add)
+        if m and (np.linalg.norm(keep_c[:m] - centres[j], axis=1) < np.maximum(keep_r[:m], radius[j])).any():
+            continue
+        keep_c[m], keep_r[m] = centres[j], radius[j]
         add.append(j)
-        keep_c.append(centres[j])
-        keep_r.append(radius[j])
     a = np.asarray(add, np.int64)
-    return Stage1Candidates(np.concatenate([first.centres_zyx.reshape(-1, 3), np.asarray(centres, np.float64).reshape(-1, 3)[a]]),
-                            np.concatenate([first.radius_mm, np.asarray(radius, np.float64)[a]]),
+    return Stage1Candidates(keep_c[:k + len(a)], keep_r[:k + len(a)],
                             np.concatenate([first.cnn_prob, np.full(len(a), np.nan)]),
                             np.concatenate([first.blob_response, np.asarray(response, np.float64)[a]]),
                             np.concatenate([first.source, np.full(len(a), source, np.int8)]))

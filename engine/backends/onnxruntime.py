@@ -69,6 +69,21 @@ def check_graph(session, package: ModelPackage, graph: str, fname: str) -> None:
                                f"(stride {k.dense_stride}) says {tuple(want)}")
 
 
+
+def session_options(threads: int | None = None):
+    """The engine's ONNX Runtime session options: all optimisations (constant folding,
+    conv+BN+ReLU fusion); one intra-op pool over ``threads`` (default every core): 3-D convolutions
+    parallelise well inside an op, and the engine already overlaps gathering with inference in its
+    own thread."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return so
+
 class OnnxRuntimeBackend(Backend):
     """``device``: "cpu", "cuda" or "tensorrt" (the execution provider asked for; a missing one
     is an error, not a silent fallback). ``threads``: intra-op threads (default: all cores).
@@ -94,14 +109,7 @@ class OnnxRuntimeBackend(Backend):
         if path is None:
             hint = " (export it with --fp16)" if precision == "fp16" else ""
             raise PackageError(f"package {package.manifest.model_id} has no {fname}{hint}")
-        so = ort.SessionOptions()
-        # All optimisations (constant folding, conv+BN+ReLU fusion); one intra-op pool over
-        # every core: 3-D convolutions parallelise well inside an op, and the engine already
-        # overlaps gathering with inference in its own thread.
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=PROVIDERS[device])
         except Exception as exc:  # ORT raises its own types for a graph it cannot load

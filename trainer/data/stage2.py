@@ -149,13 +149,14 @@ def main(argv=None) -> int:
         seeds = seeds[::-1]
     from noduleflow.engine.blobs import BlobParams
 
-    blob = BlobParams() if a.min_response is None else BlobParams(min_response=a.min_response)
-    spec = Stage2DataSpec(stage1=Stage1Params(generator=a.generator, max_candidates=a.max_candidates,
-                                              cnn_candidates=a.max_candidates, blob=blob))
     if a.subsolid:
         spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
                                                   blob=BlobParams(min_response=10.0), subsolid=a.subsolid),
                               jittered_per_nodule=0, source=2)
+    else:
+        blob = BlobParams() if a.min_response is None else BlobParams(min_response=a.min_response)
+        spec = Stage2DataSpec(stage1=Stage1Params(generator=a.generator, max_candidates=a.max_candidates,
+                                                  cnn_candidates=a.max_candidates, blob=blob))
     build(Detector(a.model), CohortCache(), seeds, a.out, spec)
     return 0
 

@@ -28,9 +28,11 @@ CAPS = (50, 100, 150)
 FLIPS = (1, 2, 4, 8)
 
 
-def scan_scores(det, scan, cache_dir=None):
+def scan_scores(det, scan, cache_dir=None, stage1_from=None):
     """-> dict(centres (n, 3) zyx, radius (n,), cnn_prob (n,), logits (n, 8), seconds_stage1,
-    seconds_flip) for one `CohortScan`; cached as ``<cache_dir>/<seed>.npz``."""
+    seconds_flip) for one `CohortScan`; cached as ``<cache_dir>/<seed>.npz``. With
+    ``stage1_from`` (another model's cache folder, made with the same stage-1 settings) the
+    stage-1 candidates and their time are read from there and only stage 2 runs."""
     from noduleflow.engine.context import ContextVolume, flips8
 
     f = Path(cache_dir) / f"{scan.seed}.npz" if cache_dir else None
@@ -38,19 +40,25 @@ def scan_scores(det, scan, cache_dir=None):
         with np.load(f) as z:
             return {k: z[k] for k in z.files}
     pre = scan.pre
-    t = time.perf_counter()
-    cand = det.stage1(pre)
-    t1 = time.perf_counter() - t
+    src = Path(stage1_from) / f"{scan.seed}.npz" if stage1_from else None
+    if src is not None and src.exists():
+        with np.load(src) as z:
+            centres, radius, cnn_prob, t1 = z["centres"], z["radius"], z["cnn_prob"], z["seconds_stage1"]
+    else:
+        t = time.perf_counter()
+        cand = det.stage1(pre)
+        t1 = time.perf_counter() - t
+        centres, radius, cnn_prob = cand.centres_zyx, cand.radius_mm, cand.cnn_prob
     k = det.contract
     ctx = ContextVolume(pre.volume.hu, det.norm, k.patch_size, k.stage2.channels)
-    logits = np.zeros((len(cand), 8))
+    logits = np.zeros((len(centres), 8))
     t = time.perf_counter()
     bs = min(det.config.batch_size, det.stage2_backend.max_batch)
-    for i in range(0, len(cand), bs):
-        x = ctx.patches(cand.centres_zyx[i:i + bs])
+    for i in range(0, len(centres), bs):
+        x = ctx.patches(centres[i:i + bs])
         for j, v in enumerate(flips8(x)):
             logits[i:i + len(x), j] = det.stage2_backend.infer(v)
-    out = {"centres": cand.centres_zyx, "radius": cand.radius_mm, "cnn_prob": cand.cnn_prob, "logits": logits,
+    out = {"centres": centres, "radius": radius, "cnn_prob": cnn_prob, "logits": logits,
            "seconds_stage1": np.float64(t1), "seconds_flip": np.float64((time.perf_counter() - t) / 8)}
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cohort", default="tuning")
     ap.add_argument("--caps", default=",".join(map(str, CAPS)))
     ap.add_argument("--cache", help="folder caching each scan's stage-1 candidates and stage-2 logits")
+    ap.add_argument("--stage1-from", help="another package's --cache folder made with the same stage-1 "
+                    "settings: its stage-1 candidates are reused and only stage 2 runs (comparing stage-2 weights)")
     ap.add_argument("--tta-tops", default="25,50,100",
                     help="extra rows at the largest cap, one per lesion 1.5: flips after the first only for "
                          "the best N by the first view (the contract's tta_top)")
@@ -107,7 +117,7 @@ def main(argv=None) -> int:
     per = []
     for s in tqdm(seeds, desc="scans", unit="scan"):
         scan = cache.get(s)
-        per.append((scan, scan_scores(det, scan, a.cache)))
+        per.append((scan, scan_scores(det, scan, a.cache, a.stage1_from)))
     def row(cap, flips, fuse, dedup, top=0):
         results = []
         for scan, sc in per:

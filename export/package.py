@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,22 +61,42 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     ``stage2``: a stage-2 checkpoint (`trainer.stage2_train`, model ``ms-3d1``): written as
     ``stage2.onnx``, checked against PyTorch on phantom context patches like the patch graph, and
     declared in the contract by ``stage2_spec`` (default: `Stage2Spec()`).
-    The manifest is written once, at the end, over every file.
+    The manifest is written once, at the end, over every file. The package is built in a staging
+    folder beside ``out_dir`` and moved there only when complete: a failed export writes nothing.
     """
-    import onnx
-
     from noduleflow.trainer.checkpoint import load_checkpoint
-    from noduleflow.trainer.models import DENSE_MODELS
 
     model, config = load_checkpoint(checkpoint)
     name = config["model"]
     contract = contract_of(model, config)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} is not empty (use --overwrite)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    if final.exists() and any(final.iterdir()) and not overwrite:
+        raise ConfigError(f"{final} is not empty (use --overwrite)")
+    if stage2:
+        _stage2_checkpoint(stage2)  # a bad --stage2 fails here, before anything is written
+    # written into a staging folder beside the target and moved into place only when complete, so
+    # a failed export leaves the previous package (or nothing) where the package goes
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        report = _write_package(model, config, name, contract, checkpoint, out, model_id, fp16, slim,
+                                torch_compiled, stage2, stage2_spec)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    return report
+
+
+def _write_package(model, config, name, contract, checkpoint, out: Path, model_id, fp16, slim, torch_compiled,
+                   stage2, stage2_spec) -> dict:
+    """`export_package`'s work, into the (staging) folder ``out``."""
+    import onnx
+
+    from noduleflow.trainer.models import DENSE_MODELS
+
     loc = contract.uses_location
     export_patch(model, out / "patch.onnx", loc, contract.patch_size)
     slimmed = slim_graph(out / "patch.onnx") if slim else None
@@ -132,6 +153,18 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     return report
 
 
+def _stage2_checkpoint(checkpoint):
+    """(model, config) of a stage-2 checkpoint; ConfigError when it is missing or not stage 2."""
+    from noduleflow.trainer.checkpoint import load_checkpoint
+    from noduleflow.trainer.models import STAGE2_MODELS
+
+    model, config = load_checkpoint(checkpoint)
+    if config["model"] not in STAGE2_MODELS:
+        raise ConfigError(f"--stage2 needs a stage-2 checkpoint (model one of {STAGE2_MODELS}), got "
+                          f"{config['model']!r} from {checkpoint}")
+    return model, config
+
+
 def _export_stage2(checkpoint, spec: Stage2Spec | None, out: Path, contract: InputContract, pre, slim: bool,
                    report: dict) -> tuple[Stage2Spec, dict]:
     """Write ``stage2.onnx`` from a stage-2 checkpoint, check it against PyTorch on context patches
@@ -140,13 +173,8 @@ def _export_stage2(checkpoint, spec: Stage2Spec | None, out: Path, contract: Inp
 
     from noduleflow.engine.context import ContextVolume
     from noduleflow.engine.patches import Normalisation
-    from noduleflow.trainer.checkpoint import load_checkpoint
-    from noduleflow.trainer.models import STAGE2_MODELS
 
-    model, config = load_checkpoint(checkpoint)
-    if config["model"] not in STAGE2_MODELS:
-        raise ConfigError(f"--stage2 needs a stage-2 checkpoint (model one of {STAGE2_MODELS}), got "
-                          f"{config['model']!r} from {checkpoint}")
+    model, config = _stage2_checkpoint(checkpoint)
     spec = spec or Stage2Spec()
     channels = int(model.state_dict()["stem.0.weight"].shape[1])
     if channels != spec.channels:

@@ -85,3 +85,22 @@ def test_export_refuses_non_empty_out(tiny_package, tmp_path):
     with pytest.raises(ConfigError, match="not empty"):
         export_package(tiny_package.parent / "ckpt" / "best.safetensors", tmp_path / "x")
     assert (tmp_path / "x" / "f").read_text() == "keep me"
+
+
+def test_failed_export_keeps_the_previous_package(tiny_package, tmp_path):
+    from noduleflow.engine import ConfigError
+    from noduleflow.export.package import export_package
+
+    ckpt = tiny_package.parent / "ckpt" / "best.safetensors"
+    out = tmp_path / "pkg"
+    export_package(ckpt, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # a stage-1 checkpoint is not a stage-2 one: refused before anything is written
+    with pytest.raises(ConfigError, match="needs a stage-2 checkpoint"):
+        export_package(ckpt, out, overwrite=True, stage2=str(ckpt))
+    with pytest.raises(ConfigError, match="needs"):
+        export_package(ckpt, out, overwrite=True, stage2=str(tmp_path / "missing.safetensors"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no staging folder left behind
+    export_package(ckpt, out, overwrite=True, model_id="again")  # --overwrite replaces it whole
+    assert ModelPackage.load(out).manifest.model_id == "again"

@@ -107,3 +107,18 @@ def test_subsolid_supplement_keeps_only_that_pass_and_labels_it():
     assert rank.min() >= len(stage1_candidates(None, scan.pre, first.stage1))
     _, y1, _ = scan_examples(None, scan, first, np.random.default_rng(0))
     assert y1.sum() == 1  # the first pass finds the solid nodule only
+
+
+def test_hard_pool_picks_the_highest_scoring_negatives():
+    torch = pytest.importorskip("torch")
+    from noduleflow.trainer.stage2_train import hard_pool
+
+    class Mean(torch.nn.Module):  # logit = mean intensity: the brightest patches score highest
+        def forward(self, x):
+            return x.mean(dim=(1, 2, 3, 4))
+
+    levels = np.array([5, 200, 30, 250, 90, 10, 180], np.uint8)
+    x = np.broadcast_to(levels[:, None, None, None, None], (7, 2, 41, 41, 41)).copy()
+    neg = np.array([0, 2, 3, 4, 6])  # 1 and 5 are positives
+    assert hard_pool(Mean(), x, neg, 2).tolist() == [3, 6]
+    assert sorted(hard_pool(Mean(), x, neg, 10).tolist()) == sorted(neg.tolist())

@@ -234,3 +234,28 @@ def test_tta_top_flips_only_the_best_by_the_first_view(two_stage, phantom, tmp_p
     want[best] = np.mean([v[best] for v in views], axis=0)
     assert np.allclose(got, want, atol=1e-4)
     assert not np.allclose(got[best], views[0][best], atol=1e-6)  # the extra views did change the best
+
+
+def test_stage2_select_ranks_as_the_engine_detects(two_stage, tmp_path):
+    """bench.stage2_select scores a package as `Detector.find` detects (same candidates, same
+    order), with stage 1 cached by its settings."""
+    from noduleflow.bench.accuracy_cohort import detect_package, scan_result
+    from noduleflow.bench.stage2_select import cached_stage1, evaluate, stage1_key
+    from noduleflow.bench.strata import score_cohort
+    from noduleflow.engine.detector import Detector
+    from noduleflow.trainer.data.cohort import CohortCache
+
+    cache = CohortCache(tmp_path / "cohorts", phantom_kwargs={"shape_zyx": (70, 140, 140),
+                                                              "spacing_zyx_mm": (2.0, 1.6, 1.6)})
+    scans = [cache.get(s) for s in (11, 12)]
+    det = Detector(two_stage / "pkg", stages="2")
+    got = evaluate(det, scans, tmp_path / "s1", progress=False)
+    ref = score_cohort([scan_result(s, *detect_package(det, s)) for s in scans], bootstrap=0)["all"]
+    assert sum(len(s.nodules) for s in scans) > 0 and got["sensitivity_at_k"]["100"] > 0  # something to rank
+    assert got["cpm"] == pytest.approx(ref["cpm"])
+    assert got["sensitivity_at_k"] == {k: ref["sensitivity_at_k"][k]["sensitivity"] for k in got["sensitivity_at_k"]}
+    cached = sorted((tmp_path / "s1" / f"stage1-{stage1_key(det.contract)}").glob("*.npz"))
+    assert [p.stem for p in cached] == ["11", "12"]
+    c, r = cached_stage1(det, scans[0], tmp_path / "s1")  # read back, equal to a fresh run
+    fresh = det.stage1(scans[0].pre)
+    assert np.array_equal(c, fresh.centres_zyx) and np.array_equal(r, fresh.radius_mm)

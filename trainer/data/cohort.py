@@ -6,8 +6,9 @@ Every phantom seed range the project uses is written down here, once:
 - ``validation`` 2000-2005: model selection (best epoch) of every round;
 - ``tuning_v6`` 2100-2109 and ``heldout_v6`` 3000-3009: the v6 round's tuning and held-out sets
   (too small to steer by: 20 and 34 nodules);
-- ``tuning`` 4000-4029: every detection threshold and setting (stage-1 generators, clustering,
-  calibration checks) is chosen here;
+- ``tuning`` 4000-4059: every detection threshold and setting (stage-1 generators, clustering,
+  calibration checks) and the stage-2 weights are chosen here (4000-4029 until the v9 round:
+  70 nodules were too few to tell stage-2 checkpoints apart);
 - ``heldout`` 5000-5059: the held-out evaluation (>= 120 nodules). Never used for training,
   tuning or model selection; figures on it are reported, never optimised.
 
@@ -41,7 +42,7 @@ COHORTS = {
     "validation": range(2000, 2006),
     "tuning_v6": range(2100, 2110),
     "heldout_v6": range(3000, 3010),
-    "tuning": range(4000, 4030),
+    "tuning": range(4000, 4060),
     "heldout": range(5000, 5060),
 }
 CACHE_FORMAT = 1

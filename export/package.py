@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -78,6 +79,9 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     # a failed export leaves the previous package (or nothing) where the package goes
     final.parent.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    out.chmod(0o777 & ~umask)  # mkdtemp makes it private; a package folder is as readable as mkdir makes it
     try:
         report = _write_package(model, config, name, contract, checkpoint, out, model_id, fp16, slim,
                                 torch_compiled, stage2, stage2_spec)

@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hard-negatives", type=float, default=0.0,
                     help="fraction of each batch's negatives drawn from the highest-scoring ones (0: uniform)")
     ap.add_argument("--hard-pool", type=int, default=2000, help="how many of the highest-scoring negatives form the pool")
+    ap.add_argument("--keep-epochs", action="store_true",
+                    help="also keep every epoch's weights as epochN.safetensors (to compare them on the tuning cohort)")
     ap.add_argument("--rescore-every", type=int, default=2, help="epochs between scorings of all negatives")
     a = ap.parse_args(argv)
     if not 0.0 <= a.hard_negatives <= 1.0:
@@ -204,6 +206,8 @@ def main(argv=None) -> int:
                 best = {"auc": auc, "epoch": epoch + 1}
                 save_checkpoint(out, model, meta, "best")
             save_checkpoint(out, model, meta, "last")
+            if a.keep_epochs:
+                save_checkpoint(out, model, meta, f"epoch{epoch + 1}")
             state_path.write_text(json.dumps({"epoch": epoch, "best": best}))
     return 0
 

@@ -104,3 +104,6 @@ def test_failed_export_keeps_the_previous_package(tiny_package, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no staging folder left behind
     export_package(ckpt, out, overwrite=True, model_id="again")  # --overwrite replaces it whole
     assert ModelPackage.load(out).manifest.model_id == "again"
+    made = tmp_path / "plain"
+    made.mkdir()
+    assert out.stat().st_mode & 0o777 == made.stat().st_mode & 0o777  # not the staging folder's 0700

@@ -13,6 +13,7 @@ chosen; the held-out cohort only reports. Phantoms are a regression signal, not 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -21,15 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .stage2_tuning import ranked_result, save_npz
+
 KS = ("5", "10", "15", "25", "50", "100")
 
 
 def stage1_key(contract) -> str:
-    """A short digest of everything in the contract that decides stage 1's candidates."""
-    st2 = contract.stage2
-    fields = {k: getattr(st2, k) for k in ("generator", "max_candidates", "blob_min_response", "subsolid_candidates",
-                                           "subsolid_solid_hu", "subsolid_fill_hu", "subsolid_min_response")}
-    if st2.generator != "blobs":  # the CNN's peaks depend on the stage-1 graph too
+    """A short digest of stage 1 as the contract declares it (`engine.stage1.Stage1Params.from_stage2`;
+    with a CNN generator, the whole contract, whose graph proposes the peaks)."""
+    from noduleflow.engine.stage1 import Stage1Params
+
+    p = Stage1Params.from_stage2(contract.stage2)
+    fields = {"stage1": dataclasses.asdict(p)}
+    if p.generator != "blobs":
         fields["contract"] = contract.to_dict()
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -42,10 +47,7 @@ def cached_stage1(det, scan, cache_dir=None):
             return z["centres"], z["radius"]
     c = det.stage1(scan.pre)
     if f is not None:
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f".{f.name}.tmp.npz")
-        np.savez(tmp, centres=c.centres_zyx, radius=c.radius_mm)
-        tmp.replace(f)
+        save_npz(f, centres=c.centres_zyx, radius=c.radius_mm)
     return c.centres_zyx, c.radius_mm
 
 
@@ -53,9 +55,6 @@ def evaluate(det, scans, cache_dir=None, progress: bool = True) -> dict:
     """One package on a list of `CohortScan`: its score_cohort "all" block plus stage-2 seconds."""
     from tqdm import tqdm
 
-    from noduleflow.engine.detector import lesion_order
-
-    from .accuracy_cohort import scan_result
     from .strata import score_cohort
 
     results, secs = [], []
@@ -64,9 +63,7 @@ def evaluate(det, scans, cache_dir=None, progress: bool = True) -> dict:
         t = time.perf_counter()
         z = det.score_stage2(scan.pre, centres)
         secs.append(time.perf_counter() - t)
-        o = lesion_order(centres, radius, z, det.contract.stage2.dedup_factor)[:100]
-        xyz = scan.pre.volume.voxel_to_world(centres[o]).reshape(-1, 3)
-        results.append(scan_result(scan, xyz, 1 / (1 + np.exp(-z[o]))))
+        results.append(ranked_result(scan, centres, radius, z, det.contract.stage2.dedup_factor))
     r = score_cohort(results, bootstrap=0)["all"]
     return {"sensitivity_at_k": {k: r["sensitivity_at_k"][k]["sensitivity"] for k in KS}, "cpm": r["cpm"],
             "stage2_seconds_median": float(np.median(secs)) if secs else float("nan")}

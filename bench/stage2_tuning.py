@@ -61,11 +61,28 @@ def scan_scores(det, scan, cache_dir=None, stage1_from=None):
     out = {"centres": centres, "radius": radius, "cnn_prob": cnn_prob, "logits": logits,
            "seconds_stage1": np.float64(t1), "seconds_flip": np.float64((time.perf_counter() - t) / 8)}
     if f is not None:
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f".{f.name}.tmp.npz")
-        np.savez(tmp, **out)
-        tmp.replace(f)
+        save_npz(f, **out)
     return out
+
+
+def save_npz(f: Path, **arrays) -> None:
+    """``np.savez`` to ``f`` through a temporary name beside it (an interrupted run leaves no half file)."""
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f".{f.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(f)
+
+
+def ranked_result(scan, centres, radius, z, dedup: float, keep: int = 100):
+    """A `CohortScan`'s candidates (zyx on its 1 mm grid, extent radius) scored by logits ``z``,
+    one per lesion (`engine.detector.lesion_order`), the best ``keep`` -> `bench.strata.ScanResult`."""
+    from noduleflow.engine.detector import lesion_order
+
+    from .accuracy_cohort import scan_result
+
+    o = lesion_order(centres, radius, z, dedup)[:keep]
+    xyz = scan.pre.volume.voxel_to_world(centres[o]).reshape(-1, 3)
+    return scan_result(scan, xyz, 1 / (1 + np.exp(-z[o])))
 
 
 def rank(s: dict, cap: int, flips: int, fuse: bool, top: int = 0):
@@ -87,10 +104,9 @@ def rank(s: dict, cap: int, flips: int, fuse: bool, top: int = 0):
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    from noduleflow.engine.detector import Detector, lesion_order
+    from noduleflow.engine.detector import Detector
     from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
 
-    from .accuracy_cohort import scan_result
     from .strata import score_cohort
 
     ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.stage2_tuning", description=__doc__,
@@ -122,9 +138,7 @@ def main(argv=None) -> int:
         results = []
         for scan, sc in per:
             z = rank(sc, cap, flips, fuse, top)
-            o = lesion_order(sc["centres"][:cap], sc["radius"][:cap], z, dedup)[:100]
-            xyz = scan.pre.volume.voxel_to_world(sc["centres"][:cap][o]).reshape(-1, 3)
-            results.append(scan_result(scan, xyz, 1 / (1 + np.exp(-z[o]))))
+            results.append(ranked_result(scan, sc["centres"][:cap], sc["radius"][:cap], z, dedup))
         r = score_cohort(results, bootstrap=0)["all"]
         return {"cap": cap, "flips": flips, "fuse_stage1": fuse, "dedup_factor": dedup, "tta_top": top,
                 "sens_at_15": r["sensitivity_at_k"]["15"]["sensitivity"],

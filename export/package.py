@@ -73,8 +73,8 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     final = Path(out_dir)
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise ConfigError(f"{final} is not empty (use --overwrite)")
-    if stage2:
-        _stage2_checkpoint(stage2)  # a bad --stage2 fails here, before anything is written
+    # a bad --stage2 fails here, before anything is written
+    stage2_loaded = _stage2_checkpoint(stage2) if stage2 else None
     # written into a staging folder beside the target and moved into place only when complete, so
     # a failed export leaves the previous package (or nothing) where the package goes
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,7 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     out.chmod(0o777 & ~umask)  # mkdtemp makes it private; a package folder is as readable as mkdir makes it
     try:
         report = _write_package(model, config, name, contract, checkpoint, out, model_id, fp16, slim,
-                                torch_compiled, stage2, stage2_spec)
+                                torch_compiled, stage2_loaded, stage2_spec)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -96,7 +96,8 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
 
 def _write_package(model, config, name, contract, checkpoint, out: Path, model_id, fp16, slim, torch_compiled,
                    stage2, stage2_spec) -> dict:
-    """`export_package`'s work, into the (staging) folder ``out``."""
+    """`export_package`'s work, into the (staging) folder ``out``; ``stage2``: the loaded stage-2
+    (model, config) or None."""
     import onnx
 
     from noduleflow.trainer.models import DENSE_MODELS
@@ -169,16 +170,16 @@ def _stage2_checkpoint(checkpoint):
     return model, config
 
 
-def _export_stage2(checkpoint, spec: Stage2Spec | None, out: Path, contract: InputContract, pre, slim: bool,
+def _export_stage2(stage2, spec: Stage2Spec | None, out: Path, contract: InputContract, pre, slim: bool,
                    report: dict) -> tuple[Stage2Spec, dict]:
-    """Write ``stage2.onnx`` from a stage-2 checkpoint, check it against PyTorch on context patches
-    of the parity phantom (its nodules and random lung points) -> the contract's stage-2 block."""
+    """Write ``stage2.onnx`` from a loaded stage-2 checkpoint (`_stage2_checkpoint`: model, config),
+    check it against PyTorch on context patches of the parity phantom (its nodules and random lung points) -> the contract's stage-2 block."""
     import onnx
 
     from noduleflow.engine.context import ContextVolume
     from noduleflow.engine.patches import Normalisation
 
-    model, config = _stage2_checkpoint(checkpoint)
+    model, config = stage2
     spec = spec or Stage2Spec()
     channels = int(model.state_dict()["stem.0.weight"].shape[1])
     if channels != spec.channels:

@@ -427,9 +427,10 @@ class Spool:
         until `prune`, unless ``keep_instances`` is False."""
         src, dest = self.dir(SeriesState.PROCESSING, uid), self.dir(SeriesState.DONE, uid)
         with self._lock:
+            # the event is written before the rename: whoever sees the series in done/ sees its "done"
+            self.event(src, "done", **detail)
             os.rename(src, dest)
             fsync_dir(dest.parent)
-        self.event(dest, "done", **detail)
         if not keep_instances:
             shutil.rmtree(dest / "instances", ignore_errors=True)
         self.fold_late(uid)
@@ -439,11 +440,13 @@ class Spool:
         """<state> -> failed, with error.txt; instances are kept for diagnosis."""
         src, dest = self.dir(state, uid), self.dir(SeriesState.FAILED, uid)
         with self._lock:
+            # error.txt and the event are written before the rename: whoever sees the series in
+            # failed/ sees why
+            self.write_file(src / "error.txt", (error.rstrip() + "\n").encode())
+            self.event(src, "failed", error=error.strip().splitlines()[-1][:500] if error.strip() else "unknown")
             os.rename(src, dest)
             fsync_dir(dest.parent)
-            self.write_file(dest / "error.txt", (error.rstrip() + "\n").encode())
         shutil.rmtree(dest / "result.partial", ignore_errors=True)
-        self.event(dest, "failed", error=error.strip().splitlines()[-1][:500] if error.strip() else "unknown")
         self.fold_late(uid)
         return dest
 
@@ -502,8 +505,8 @@ class Spool:
             return "failed"
         dest = self.dir(SeriesState.COMPLETE, uid)
         with self._lock:
+            self.event(d, "requeued", reason="the service stopped while processing it")
             os.rename(d, dest)
-        self.event(dest, "requeued", reason="the service stopped while processing it")
         return "requeued"
 
     # -- reading --------------------------------------------------------------------------------

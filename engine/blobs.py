@@ -101,17 +101,25 @@ def _blur_axis(src, dst, k, axis):
                     dst[z, y, x] = acc[x]
     else:
         for z in prange(nz):
+            acc = np.empty(nx, np.float64)
             for y in range(ny):
+                acc[:] = 0.0
+                # the interior, tap by tap over the row (vectorised), then the clamped edges
+                row = src[z, y]
+                inner = acc[h:nx - h]
+                for j in range(k.shape[0]):      # tap t = j - h
+                    kt = k[j]
+                    seg = row[j:j + inner.shape[0]]
+                    for x in range(inner.shape[0]):
+                        inner[x] += kt * seg[x]
+                for x in range(0, min(h, nx)):
+                    for t in range(-h, h + 1):
+                        acc[x] += k[t + h] * src[z, y, min(max(x + t, 0), nx - 1)]
+                for x in range(max(nx - h, h), nx):
+                    for t in range(-h, h + 1):
+                        acc[x] += k[t + h] * src[z, y, min(max(x + t, 0), nx - 1)]
                 for x in range(nx):
-                    acc0 = 0.0
-                    if h <= x < nx - h:
-                        for t in range(-h, h + 1):
-                            acc0 += k[t + h] * src[z, y, x + t]
-                    else:
-                        for t in range(-h, h + 1):
-                            xx = min(max(x + t, 0), nx - 1)
-                            acc0 += k[t + h] * src[z, y, xx]
-                    dst[z, y, x] = acc0
+                    dst[z, y, x] = acc[x]
 
 
 def gaussian(vol: np.ndarray, sigma: float) -> np.ndarray:
@@ -206,10 +214,36 @@ def _peaks(r, min_value):
     return out[:n].copy(), val[:n].copy()
 
 
-def _downsample2(a: np.ndarray) -> np.ndarray:
-    nz, ny, nx = (s // 2 * 2 for s in a.shape)
-    b = a[:nz, :ny, :nx]
-    return b.reshape(nz // 2, 2, ny // 2, 2, nx // 2, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+@njit(cache=True, parallel=True, nogil=True)
+def block_mean2(a):
+    """The mean of each 2x2x2 block (float32; a trailing odd plane dropped)."""
+    nz, ny, nx = a.shape[0] // 2, a.shape[1] // 2, a.shape[2] // 2
+    out = np.empty((nz, ny, nx), np.float32)
+    for z in prange(nz):
+        for y in range(ny):
+            for x in range(nx):
+                s = 0.0
+                for dz in range(2):
+                    for dy in range(2):
+                        for dx in range(2):
+                            s += a[2 * z + dz, 2 * y + dy, 2 * x + dx]
+                out[z, y, x] = s * 0.125
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def block_any2(m):
+    """Each 2x2x2 block of a bool mask -> True where any of it is (a trailing odd plane dropped)."""
+    nz, ny, nx = m.shape[0] // 2, m.shape[1] // 2, m.shape[2] // 2
+    out = np.zeros((nz, ny, nx), np.bool_)
+    for z in prange(nz):
+        for y in range(ny):
+            for x in range(nx):
+                out[z, y, x] = (m[2 * z, 2 * y, 2 * x] or m[2 * z, 2 * y, 2 * x + 1] or m[2 * z, 2 * y + 1, 2 * x]
+                                or m[2 * z, 2 * y + 1, 2 * x + 1] or m[2 * z + 1, 2 * y, 2 * x]
+                                or m[2 * z + 1, 2 * y, 2 * x + 1] or m[2 * z + 1, 2 * y + 1, 2 * x]
+                                or m[2 * z + 1, 2 * y + 1, 2 * x + 1])
+    return out
 
 
 def _directions() -> np.ndarray:
@@ -295,17 +329,19 @@ def detect_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, params: BlobParams = 
     lo, hi = params.hu_window
     vol = np.clip(np.asarray(hu_1mm, dtype=np.float32), lo, hi)
     mask = np.ascontiguousarray(mask_1mm, dtype=np.bool_)
-    coarse = None
+    coarse = sm1 = None
     cs, rs, vs = [], [], []
     for sigma in sorted(params.sigmas_mm):
         if sigma > 2.0:  # a 2 mm grid is fine for a Gaussian this wide
             if coarse is None:
-                coarse = (_downsample2(vol), _downsample2(mask.astype(np.float32)) > 0)
+                coarse = (block_mean2(vol), block_any2(mask))
             v, m, step = coarse[0], coarse[1], 2.0
         else:
             v, m, step = vol, mask, 1.0
         s_vox = sigma / step
         sm = gaussian(v, s_vox)
+        if step == 1.0 and sigma == 1.0:
+            sm1 = sm     # the extents' volume (below): the same blur
         resp = np.empty_like(sm)
         _dot_response(sm, m, resp, s_vox * s_vox)
         pk, val = _peaks(resp, params.min_response)
@@ -317,7 +353,8 @@ def detect_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, params: BlobParams = 
     if not cs:
         return Blobs(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
     c, r, v = np.concatenate(cs), np.concatenate(rs), np.concatenate(vs)
-    sm1 = gaussian(vol, 1.0)
+    if sm1 is None:
+        sm1 = gaussian(vol, 1.0)
     keep, extent = merge_by_extent(c, r, v, params.merge_factor, params.max_blobs,
                                    extent=lambda i: lesion_radius_mm(sm1, c[i]))
     return Blobs(c[keep].astype(np.float64), extent, v[keep].astype(np.float64))

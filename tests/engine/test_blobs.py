@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from noduleflow.engine import ConfigError
-from noduleflow.engine.blobs import BlobParams, detect_blobs, gaussian, merge_by_extent
+from noduleflow.engine.blobs import BlobParams, block_any2, block_mean2, detect_blobs, gaussian, merge_by_extent
 from noduleflow.engine.stage1 import combine, component_radius_mm
 
 
@@ -46,6 +46,34 @@ def test_gaussian_equals_scipy_and_leaves_its_input_alone():
         assert np.array_equal(a, before), f"gaussian(sigma={sigma}) changed its input"
     # a second blur of the same array gives the same result (it was blurring its own output before)
     np.testing.assert_array_equal(gaussian(a, 1.4), gaussian(a, 1.4))
+
+
+def test_gaussian_on_rows_shorter_than_its_kernel_equals_scipy():
+    """The x pass blurs the interior of each row tap by tap and the clamped edges apart: rows of
+    1-7 voxels (shorter than the 7-tap kernel, or with no interior at all) as scipy gives them."""
+    ndi = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(2)
+    for shape in ((3, 4, 1), (3, 4, 2), (2, 5, 5), (4, 3, 6), (3, 3, 7), (2, 2, 8)):
+        a = (rng.normal(size=shape) * 100).astype(np.float32)
+        want = ndi.gaussian_filter(a.astype(np.float64), 1.0, mode="nearest", truncate=3.0)
+        np.testing.assert_allclose(gaussian(a, 1.0), want, atol=1e-3, err_msg=str(shape))
+
+
+def test_block_mean_and_any_equal_numpy_reshape():
+    """The 2x2x2 block kernels against numpy's reshape-and-reduce, odd edges dropped."""
+    rng = np.random.default_rng(3)
+    for shape in ((8, 6, 4), (9, 7, 5), (3, 2, 11)):
+        a = (rng.normal(size=shape) * 300).astype(np.float32)
+        nz, ny, nx = (s // 2 * 2 for s in shape)
+        blocks = a[:nz, :ny, :nx].reshape(nz // 2, 2, ny // 2, 2, nx // 2, 2)
+        np.testing.assert_allclose(block_mean2(a), blocks.mean(axis=(1, 3, 5), dtype=np.float64), rtol=1e-6, atol=1e-4)
+        m = a > 250
+        want = m[:nz, :ny, :nx].reshape(nz // 2, 2, ny // 2, 2, nx // 2, 2).any(axis=(1, 3, 5))
+        assert np.array_equal(block_any2(m), want) and want.any() and not want.all()
+        # integer HU: exact
+        h = np.rint(a).astype(np.float32)
+        hb = h[:nz, :ny, :nx].reshape(nz // 2, 2, ny // 2, 2, nx // 2, 2)
+        assert np.array_equal(block_mean2(h), hb.mean(axis=(1, 3, 5), dtype=np.float32))
 
 
 def test_balls_found_at_their_scale_and_tube_ignored():

@@ -180,38 +180,49 @@ def _dot_response(sm, mask, out, norm):
                 out[z, y, x] = norm * e1 * e1 / (-e3)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
+def _is_peak(r, z, y, x, v):
+    for dz in range(-1, 2):
+        for dy in range(-1, 2):
+            for dx in range(-1, 2):
+                if r[z + dz, y + dy, x + dx] > v:
+                    return False
+    return True
+
+
+@njit(cache=True, parallel=True, nogil=True)
 def _peaks(r, min_value):
-    """Voxels strictly above ``min_value`` that are >= each of their 26 neighbours -> (n, 3) int64, (n,)."""
+    """Voxels strictly above ``min_value`` that are >= each of their 26 neighbours (the border
+    excluded) -> (n, 3) int64, (n,) float64, in (z, y, x) order. Planes are searched in parallel:
+    counted first, then written at their offsets."""
     nz, ny, nx = r.shape
-    out = np.empty((1024, 3), np.int64)
-    val = np.empty(1024, np.float64)
-    n = 0
-    for z in range(1, nz - 1):
+    count = np.zeros(max(nz, 1), np.int64)
+    for z in prange(1, nz - 1):
+        c = 0
         for y in range(1, ny - 1):
             for x in range(1, nx - 1):
                 v = r[z, y, x]
-                if v <= min_value:
-                    continue
-                ok = True
-                for dz in range(-1, 2):
-                    for dy in range(-1, 2):
-                        for dx in range(-1, 2):
-                            if r[z + dz, y + dy, x + dx] > v:
-                                ok = False
-                if not ok:
-                    continue
-                if n == out.shape[0]:
-                    o2 = np.empty((2 * n, 3), np.int64)
-                    o2[:n] = out
-                    out = o2
-                    v2 = np.empty(2 * n, np.float64)
-                    v2[:n] = val
-                    val = v2
-                out[n, 0], out[n, 1], out[n, 2] = z, y, x
-                val[n] = v
-                n += 1
-    return out[:n].copy(), val[:n].copy()
+                if v > min_value and _is_peak(r, z, y, x, v):
+                    c += 1
+        count[z] = c
+    start = np.zeros(max(nz, 1) + 1, np.int64)
+    for z in range(nz):
+        start[z + 1] = start[z] + count[z]
+    n = start[nz] if nz > 0 else 0
+    out = np.empty((n, 3), np.int64)
+    val = np.empty(n, np.float64)
+    for z in prange(1, nz - 1):
+        i = start[z]
+        if count[z] == 0:
+            continue
+        for y in range(1, ny - 1):
+            for x in range(1, nx - 1):
+                v = r[z, y, x]
+                if v > min_value and _is_peak(r, z, y, x, v):
+                    out[i, 0], out[i, 1], out[i, 2] = z, y, x
+                    val[i] = v
+                    i += 1
+    return out, val
 
 
 @njit(cache=True, parallel=True, nogil=True)

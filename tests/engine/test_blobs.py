@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from noduleflow.engine import ConfigError
-from noduleflow.engine.blobs import BlobParams, block_any2, block_mean2, detect_blobs, gaussian, merge_by_extent
+from noduleflow.engine.blobs import BlobParams, _peaks, block_any2, block_mean2, detect_blobs, gaussian, merge_by_extent
 from noduleflow.engine.stage1 import combine, component_radius_mm
 
 
@@ -74,6 +74,23 @@ def test_block_mean_and_any_equal_numpy_reshape():
         h = np.rint(a).astype(np.float32)
         hb = h[:nz, :ny, :nx].reshape(nz // 2, 2, ny // 2, 2, nx // 2, 2)
         assert np.array_equal(block_mean2(h), hb.mean(axis=(1, 3, 5), dtype=np.float32))
+
+
+def test_peaks_equal_a_maximum_filter():
+    """26-neighbour maxima above the threshold, border excluded, in (z, y, x) order, against
+    scipy's maximum_filter (ties: a plateau's voxels are all peaks, as >= each neighbour)."""
+    ndi = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(4)
+    for shape in ((9, 11, 13), (3, 3, 3), (2, 5, 5), (20, 4, 30)):
+        r = np.round(rng.random(shape) * 20).astype(np.float32)   # rounded: plateaus happen
+        pk, val = _peaks(r, 5.0)
+        want = (r == ndi.maximum_filter(r, size=3, mode="nearest")) & (r > 5.0)
+        inner = np.zeros(shape, bool)
+        inner[1:-1, 1:-1, 1:-1] = True
+        idx = np.argwhere(want & inner)
+        assert np.array_equal(pk, idx) and np.array_equal(val, r[tuple(idx.T)].astype(np.float64))
+        if shape == (9, 11, 13):
+            assert len(idx) > 10
 
 
 def test_balls_found_at_their_scale_and_tube_ignored():

@@ -259,3 +259,28 @@ def test_stage2_select_ranks_as_the_engine_detects(two_stage, tmp_path):
     c, r = cached_stage1(det, scans[0], tmp_path / "s1")  # read back, equal to a fresh run
     fresh = det.stage1(scans[0].pre)
     assert np.array_equal(c, fresh.centres_zyx) and np.array_equal(r, fresh.radius_mm)
+
+
+def test_stage2_tuning_rows_score_as_the_engine(two_stage, phantom, tmp_path):
+    """bench.stage2_tuning's variant (F flips for the best N by the first view), ranked from its
+    cache of all 8 flips, equals `Detector.score_stage2` of a package declaring F and N."""
+    import shutil
+
+    from noduleflow.bench.stage2_tuning import rank, scan_scores
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.trainer.data.cohort import CohortScan
+
+    det = Detector(two_stage / "pkg", stages="2")
+    pre = preprocess(phantom.volume, det.spec)
+    scan = CohortScan(seed=7, pre=pre, nodules=(), excluded=(), meta={})
+    sc = scan_scores(det, scan, tmp_path / "cache")
+    assert (tmp_path / "cache" / "7.npz").exists() and sc["logits"].shape == (len(sc["centres"]), 8)
+    for flips, top in ((2, 3), (4, 0), (4, 6)):
+        pkg = tmp_path / f"pkg_{flips}_{top}"
+        shutil.copytree(two_stage / "pkg", pkg)
+        m = json.loads((pkg / "manifest.json").read_text())
+        m["contract"]["stage2"].update(tta_flips=flips, tta_top=top)
+        (pkg / "manifest.json").write_text(json.dumps(m))
+        want = Detector(pkg, stages="2").score_stage2(pre, sc["centres"])
+        assert np.allclose(rank(sc, len(sc["centres"]), flips, False, top), want, atol=1e-4), (flips, top)

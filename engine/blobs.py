@@ -154,9 +154,13 @@ def _eig_sym3(a, b, c, d, e, f):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _dot_response(sm, mask, out, norm):
+def _dot_response(sm, mask, out, norm, floor):
     """out = norm * l3^2 / |l1| where all Hessian eigenvalues of ``sm`` are negative (|l1| largest),
-    inside ``mask``; 0 elsewhere and on the border."""
+    inside ``mask``; 0 elsewhere and on the border. Responses that cannot exceed ``floor`` are 0
+    too (the peak search keeps only voxels above it, and a neighbour at or below it never outranks
+    one): the response is at most norm * |trace| / 3, so where that is below ``floor`` (with a
+    margin) the eigenvalues are not computed, nor where -H is not positive definite (Sylvester's
+    criterion on the leading minors, no trigonometry)."""
     nz, ny, nx = sm.shape
     for z in prange(nz):
         for y in range(ny):
@@ -170,9 +174,19 @@ def _dot_response(sm, mask, out, norm):
                 hxx = sm[z, y, x + 1] - 2.0 * c0 + sm[z, y, x - 1]
                 if hzz >= 0.0 or hyy >= 0.0 or hxx >= 0.0:  # the trace test first: most voxels fail here
                     continue
+                # |l3| <= |trace| / 3 and l3^2 / |l1| <= |l3|: no response above the floor possible
+                if norm * -(hzz + hyy + hxx) < 2.997 * floor:
+                    continue
                 hzy = 0.25 * (sm[z + 1, y + 1, x] - sm[z + 1, y - 1, x] - sm[z - 1, y + 1, x] + sm[z - 1, y - 1, x])
                 hzx = 0.25 * (sm[z + 1, y, x + 1] - sm[z + 1, y, x - 1] - sm[z - 1, y, x + 1] + sm[z - 1, y, x - 1])
                 hyx = 0.25 * (sm[z, y + 1, x + 1] - sm[z, y + 1, x - 1] - sm[z, y - 1, x + 1] + sm[z, y - 1, x - 1])
+                # -H positive definite (all eigenvalues negative): its 2x2 and 3x3 leading minors
+                if hzz * hyy - hzy * hzy <= 0.0:
+                    continue
+                det = (hzz * (hyy * hxx - hyx * hyx) - hzy * (hzy * hxx - hyx * hzx)
+                       + hzx * (hzy * hyx - hyy * hzx))
+                if det >= 0.0:
+                    continue
                 e1, e2, e3 = _eig_sym3(hzz, hyy, hxx, hzy, hzx, hyx)
                 if e1 >= 0.0:  # the largest eigenvalue: all negative iff it is
                     continue
@@ -354,7 +368,7 @@ def detect_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, params: BlobParams = 
         if step == 1.0 and sigma == 1.0:
             sm1 = sm     # the extents' volume (below): the same blur
         resp = np.empty_like(sm)
-        _dot_response(sm, m, resp, s_vox * s_vox)
+        _dot_response(sm, m, resp, s_vox * s_vox, params.min_response)
         pk, val = _peaks(resp, params.min_response)
         if len(pk):
             # a 2x2x2 block's centre is 0.5 voxel into it on the 1 mm grid

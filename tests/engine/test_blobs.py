@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from noduleflow.engine import ConfigError
-from noduleflow.engine.blobs import BlobParams, _peaks, block_any2, block_mean2, detect_blobs, gaussian, merge_by_extent
+from noduleflow.engine.blobs import BlobParams, _dot_response, _peaks, block_any2, block_mean2, detect_blobs, gaussian, merge_by_extent
 from noduleflow.engine.stage1 import combine, component_radius_mm
 
 
@@ -91,6 +91,38 @@ def test_peaks_equal_a_maximum_filter():
         assert np.array_equal(pk, idx) and np.array_equal(val, r[tuple(idx.T)].astype(np.float64))
         if shape == (9, 11, 13):
             assert len(idx) > 10
+
+
+def test_dot_response_equals_numpy_eigenvalues_and_its_floor_changes_no_peak():
+    """The response against numpy's eigvalsh of the same finite-difference Hessian; with a floor,
+    responses above it are unchanged, the rest are <= it, and the peaks above it are the same."""
+    rng = np.random.default_rng(5)
+    sm = gaussian((rng.normal(size=(14, 15, 16)) * 300).astype(np.float32), 1.2)
+    mask = rng.random(sm.shape) < 0.8
+    s = sm.astype(np.float64)
+    c = s[1:-1, 1:-1, 1:-1]
+    d2 = [s[2:, 1:-1, 1:-1] - 2 * c + s[:-2, 1:-1, 1:-1], s[1:-1, 2:, 1:-1] - 2 * c + s[1:-1, :-2, 1:-1],
+          s[1:-1, 1:-1, 2:] - 2 * c + s[1:-1, 1:-1, :-2]]
+    zy = 0.25 * (s[2:, 2:, 1:-1] - s[2:, :-2, 1:-1] - s[:-2, 2:, 1:-1] + s[:-2, :-2, 1:-1])
+    zx = 0.25 * (s[2:, 1:-1, 2:] - s[2:, 1:-1, :-2] - s[:-2, 1:-1, 2:] + s[:-2, 1:-1, :-2])
+    yx = 0.25 * (s[1:-1, 2:, 2:] - s[1:-1, 2:, :-2] - s[1:-1, :-2, 2:] + s[1:-1, :-2, :-2])
+    h = np.stack([np.stack([d2[0], zy, zx], -1), np.stack([zy, d2[1], yx], -1), np.stack([zx, yx, d2[2]], -1)], -2)
+    ev = np.linalg.eigvalsh(h)                      # ascending: ev[..., 2] is the largest
+    neg = (ev[..., 2] < 0) & mask[1:-1, 1:-1, 1:-1]
+    want = np.zeros(sm.shape)
+    want[1:-1, 1:-1, 1:-1] = np.where(neg, 1.44 * ev[..., 2] ** 2 / np.maximum(-ev[..., 0], 1e-30), 0.0)
+    got = np.empty_like(sm)
+    _dot_response(sm, mask, got, 1.44, 0.0)
+    assert (want > 0).sum() > 20
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    floor = float(np.percentile(want[want > 0], 50))
+    cut = np.empty_like(sm)
+    _dot_response(sm, mask, cut, 1.44, floor)
+    assert np.array_equal(cut[got > floor], got[got > floor]) and (cut[got <= floor] <= floor).all()
+    below = (got > 0) & (got <= floor)
+    assert (cut[below] == 0).mean() > 0.3  # the floor did skip work
+    for a, b in zip(_peaks(got, floor), _peaks(cut, floor)):
+        assert np.array_equal(a, b)
 
 
 def test_balls_found_at_their_scale_and_tube_ignored():

@@ -21,6 +21,10 @@ def register(sub) -> None:
     p.add_argument("--spacing", type=float, nargs=3, metavar=("DZ", "DY", "DX"),
                    help="voxel size in mm; default drawn per scan (0.6-0.9 in plane, 1-2.5 slices)")
     p.add_argument("--nodules", type=int, help="nodules per scan (default drawn: 0-5)")
+    p.add_argument("--kernel", choices=("smooth", "standard", "sharp"), default="standard",
+                   help="reconstruction kernel: smooth (soft tissue), standard (default) or sharp (lung/bone: "
+                        "enhanced edges, grainy noise at 1.5x); one seed gives the same anatomy under each")
+    p.add_argument("--noise", type=float, metavar="HU", help="noise std in HU (default drawn per scan: 15-40)")
     p.add_argument("--preview", action="store_true", help="write a PNG montage per scan under OUT/preview/")
     p.set_defaults(func=run)
 
@@ -29,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from noduleflow.synthetic.phantom import PhantomParams
     from noduleflow.synthetic.synth import write_cohort
 
-    params = PhantomParams(n_nodules=args.nodules)
+    params = PhantomParams(n_nodules=args.nodules, kernel=args.kernel, noise_hu=args.noise)
     paths = write_cohort(args.out, args.scans, args.seed, fmt=args.format, masks=args.masks, params=params,
                          shape_zyx=args.shape, spacing_zyx_mm=args.spacing, preview=args.preview)
     print(f"wrote {len(paths)} scan(s) and annotations.csv to {args.out}")

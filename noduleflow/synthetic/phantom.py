@@ -49,6 +49,15 @@ class Nodule:
     location: str = "isolated"
 
 
+# Reconstruction kernels: what the scanner's filter does to edges and to the noise's texture.
+# "standard" is the generator's original look (every cohort is made with it); "smooth" (a soft-tissue
+# kernel) blurs the image and the noise twice more in plane; "sharp" (a lung/bone kernel) enhances
+# edges (unsharp mask, gain 0.8 over the [1,2,1]/4 blur) and leaves the noise grainy (uncorrelated in
+# plane) at 1.5x the standard noise level; "smooth" keeps the standard noise level. The noise is drawn the same way for all three, so one seed
+# gives the same anatomy, nodules and noise field under each kernel (paired comparisons).
+RECON_KERNELS = ("smooth", "standard", "sharp")
+
+
 @dataclass(frozen=True)
 class PhantomParams:
     """Generator knobs. ``None`` means: drawn from the seed."""
@@ -57,18 +66,21 @@ class PhantomParams:
     touching_lungs: bool = False           # lungs meet at the anterior junction (one component)
     one_lung: bool = False                 # left lung absent (pneumonectomy-like)
     n_excluded: int | None = None          # findings < 3 mm (LUNA16's excluded list)
-    noise_hu: float | None = None          # std of the correlated noise (low-dose: 15-40 HU)
+    noise_hu: float | None = None          # noise level (15-40 HU drawn); the noise std is 0.61 x this (see below)
     vessel_depth: int = 8                  # branching generations per vessel tree
     z_extent_mm: float | None = None       # scanned length; default 250-330 mm
     min_nodule_mm: float = 3.0
     max_nodule_mm: float = 30.0
     confounders: int = 0                   # nodule look-alikes of each kind (phantom_confounders); 0: none
+    kernel: str = "standard"               # reconstruction kernel: "smooth", "standard" or "sharp" (RECON_KERNELS)
 
     def __post_init__(self) -> None:
         if self.n_nodules is not None and not 0 <= self.n_nodules <= 20:
             raise ConfigError(f"n_nodules must be in [0, 20], got {self.n_nodules}")
         if not 0 <= self.confounders <= 50:
             raise ConfigError(f"confounders must be in [0, 50], got {self.confounders}")
+        if self.kernel not in RECON_KERNELS:
+            raise ConfigError(f"kernel must be one of {sorted(RECON_KERNELS)}, got {self.kernel!r}")
         if not 3.0 <= self.min_nodule_mm <= self.max_nodule_mm <= 40.0:
             raise ConfigError(f"need 3 <= min_nodule_mm <= max_nodule_mm <= 40, got "
                               f"{self.min_nodule_mm}, {self.max_nodule_mm}")
@@ -188,12 +200,26 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
 
         confounders = add_confounders(seed, grid, hu, lung, anat, params.confounders)
 
-    # Partial-volume blur and correlated low-dose noise, then the field of view.
+    # Partial-volume blur and correlated low-dose noise (shaped by the reconstruction kernel), then
+    # the field of view.
     _blur3(hu, axes=(1, 2))
     sigma = params.noise_hu if params.noise_hu is not None else float(rng.uniform(15, 40))
     noise = rng.standard_normal(hu.shape, dtype=np.float32)
-    _blur3(noise, axes=(1, 2))
-    hu += noise * np.float32(sigma / 0.6124)  # [1,2,1]/4 twice in 2-D keeps 0.6124 of the std
+    # The standard noise is the draw blurred by [1,2,1]/4 along y and x and scaled by sigma / 0.6124:
+    # 0.6124 is the blur's factor on the std along one axis, both axes keep 0.375, so its std is
+    # 0.375 / 0.6124 = 0.61 x sigma (left as it is: every cohort was made with it).
+    std_noise = sigma * 0.375 / 0.6124
+    if params.kernel == "sharp":
+        hu += np.float32(0.8) * (hu - _blur3(hu.copy(), axes=(1, 2)))
+        hu += noise * np.float32(1.5 * std_noise)                 # grainy: uncorrelated in plane
+    else:
+        _blur3(noise, axes=(1, 2))
+        if params.kernel == "smooth":
+            for _ in range(2):
+                _blur3(hu, axes=(1, 2))
+                _blur3(noise, axes=(1, 2))
+            noise *= np.float32(0.375 / 0.2256)  # [1,2,1]/4 three times per axis keeps 0.2256, not 0.375
+        hu += noise * np.float32(sigma / 0.6124)
     yy = grid.y[:, None] - (origin[1] + (ny - 1) / 2 * spacing[1])
     xx = grid.x[None, :] - (origin[0] + (nx - 1) / 2 * spacing[2])
     outside = yy ** 2 + xx ** 2 > (0.5 * min(fov_x, fov_y) - spacing[1]) ** 2
@@ -208,4 +234,4 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
     return Phantom(vol, lung, tuple(nodules), tuple(excluded),
                    meta={"seed": seed, "noise_hu": sigma, "scale": scale, "len_z_mm": len_z,
                          "touching_lungs": params.touching_lungs, "one_lung": params.one_lung,
-                         "confounders": confounders})
+                         "confounders": confounders, "kernel": params.kernel})

@@ -72,3 +72,28 @@ def confounder_montage(phantom, out_path, per_kind: int = 2, half_mm: float = 25
     out_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_path)
     return out_path
+
+
+def kernel_montage(phantoms: dict, out_path, max_nodules: int = 4, half_mm: float = 25.0) -> Path:
+    """The same seed under each reconstruction kernel (``{kernel: Phantom}``): an axial crop
+    around each of its first ``max_nodules`` nodules, one row per nodule, one column per kernel."""
+    from PIL import Image, ImageDraw
+
+    kernels = list(phantoms)
+    first = phantoms[kernels[0]]
+    rows = []
+    for n in first.nodules[:max_nodules]:
+        row = []
+        for k in kernels:
+            crop = three_plane_crops(phantoms[k].volume, n.center_xyz_mm, half_mm)[0].convert("RGB").resize((192, 192))
+            ImageDraw.Draw(crop).text((3, 3), f"{k}: {n.diameter_mm:.1f}mm {n.kind} {n.location}", fill=(255, 255, 0))
+            row.append(crop)
+        rows.append(row)
+    canvas = Image.new("RGB", (192 * len(kernels), max(1, len(rows)) * 192), (0, 0, 0))
+    for j, row in enumerate(rows):
+        for i, c in enumerate(row):
+            canvas.paste(c, (192 * i, 192 * j))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out_path)
+    return out_path

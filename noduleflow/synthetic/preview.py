@@ -53,7 +53,7 @@ def phantom_montage(phantom, out_path, max_nodules: int = 8) -> Path:
 def confounder_montage(phantom, out_path, per_kind: int = 2, half_mm: float = 25.0) -> Path:
     """Three-plane crops around the phantom's nodule look-alikes (``meta["confounders"]``), up to
     ``per_kind`` of each kind, one row each, labelled, as one PNG."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     vol = phantom.volume
     rows, seen = [], {}
@@ -64,10 +64,17 @@ def confounder_montage(phantom, out_path, per_kind: int = 2, half_mm: float = 25
         crops = [c.convert("RGB").resize((160, 160)) for c in three_plane_crops(vol, centre, half_mm)]
         ImageDraw.Draw(crops[0]).text((3, 3), f"{kind} {size:.0f}mm", fill=(255, 255, 0))
         rows.append(crops)
-    canvas = Image.new("RGB", (3 * 160, max(1, len(rows)) * 160), (0, 0, 0))
-    for j, crops in enumerate(rows):
-        for i, c in enumerate(crops):
-            canvas.paste(c, (160 * i, 160 * j))
+    return _save_grid(rows, 3, 160, out_path)
+
+
+def _save_grid(rows, columns: int, tile: int, out_path) -> Path:
+    """Rows of ``tile`` x ``tile`` PIL images pasted on one black canvas, saved as a PNG."""
+    from PIL import Image
+
+    canvas = Image.new("RGB", (columns * tile, max(1, len(rows)) * tile), (0, 0, 0))
+    for j, row in enumerate(rows):
+        for i, c in enumerate(row):
+            canvas.paste(c, (tile * i, tile * j))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_path)
@@ -77,7 +84,7 @@ def confounder_montage(phantom, out_path, per_kind: int = 2, half_mm: float = 25
 def kernel_montage(phantoms: dict, out_path, max_nodules: int = 4, half_mm: float = 25.0) -> Path:
     """The same seed under each reconstruction kernel (``{kernel: Phantom}``): an axial crop
     around each of its first ``max_nodules`` nodules, one row per nodule, one column per kernel."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     kernels = list(phantoms)
     first = phantoms[kernels[0]]
@@ -89,11 +96,4 @@ def kernel_montage(phantoms: dict, out_path, max_nodules: int = 4, half_mm: floa
             ImageDraw.Draw(crop).text((3, 3), f"{k}: {n.diameter_mm:.1f}mm {n.kind} {n.location}", fill=(255, 255, 0))
             row.append(crop)
         rows.append(row)
-    canvas = Image.new("RGB", (192 * len(kernels), max(1, len(rows)) * 192), (0, 0, 0))
-    for j, row in enumerate(rows):
-        for i, c in enumerate(row):
-            canvas.paste(c, (192 * i, 192 * j))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path)
-    return out_path
+    return _save_grid(rows, len(kernels), 192, out_path)

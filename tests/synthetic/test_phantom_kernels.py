@@ -68,3 +68,14 @@ def test_found_at_counts_hits_among_the_top_k():
     r = ScanResult("s", xyz, np.array([0.9, 0.8, 0.1]), nod, ("solid",) * 2, ("isolated",) * 2, np.zeros((0, 4)))
     assert found_at(r, 2).tolist() == [True, False]
     assert found_at(r, 3).tolist() == [True, True]
+
+
+def test_confounder_montage_has_a_row_per_look_alike(tmp_path):
+    from PIL import Image
+
+    from noduleflow.synthetic.preview import confounder_montage
+
+    ph = generate_phantom(8, params=PhantomParams(n_nodules=1, confounders=1), **SMALL)
+    kinds = {k for k, _, _ in ph.meta["confounders"]}
+    png = confounder_montage(ph, tmp_path / "c.png", per_kind=1)
+    assert len(kinds) >= 3 and Image.open(png).size == (3 * 160, len(kinds) * 160)

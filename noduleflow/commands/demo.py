@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.engine.jitclock import compile_note
     from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     out = Path(args.out)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
               f"{n.kind}, {n.shape}, {n.location}")
     print(f"sensitivity at top-{det.config.top_k}: {len(hit)}/{len(ph.nodules)}")
     print("\nstage timings (s): " + "  ".join(f"{k} {v:.2f}" for k, v in d.timings_s.items())
-          + f"  (model load {det.cold_start_s:.2f})")
+          + f"  (model load {det.cold_start_s:.2f})" + compile_note(d.meta))
     written = d.save(out, png=False)
     d.plot(out / f"{d.name}.png", truth=truth)  # what `detect` draws, with the true nodules named
     print("wrote " + ", ".join(str(p) for p in written.values()) + f", {out / d.name}.png")

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from noduleflow.engine import NoduleflowError
     from noduleflow.engine.detector import Detector
+    from noduleflow.engine.jitclock import compile_note
     from noduleflow.engine.package import printable
     from noduleflow.engine.results import write_candidates_csv
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         for w in d.meta.get("warnings", []):
             print(f"warning: {path}: {printable(w)}", file=sys.stderr)
         print(f"{printable(d.series_uid)}: {len(d)} candidates, top p={d[0].prob if len(d) else 0:.3f}; "
-              + " ".join(f"{k} {v:.2f}s" for k, v in d.timings_s.items()))
+              + " ".join(f"{k} {v:.2f}s" for k, v in d.timings_s.items()) + compile_note(d.meta))
     write_candidates_csv(out / "candidates.csv", rows)
     print(f"wrote {out / 'candidates.csv'} ({len(rows)} candidates from {len(jobs) - failed} scans)"
           + (f"; {failed} failed" if failed else ""))

@@ -25,13 +25,11 @@ KS = ("5", "10", "15", "25", "50", "100")
 
 def found_at(result, k: int = 15) -> np.ndarray:
     """(m,) bool: each nodule of a `bench.strata.ScanResult` hit by one of its ``k`` most probable candidates."""
-    order = np.argsort(-np.asarray(result.prob), kind="stable")[:k]
-    xyz = np.asarray(result.xyz, float).reshape(-1, 3)[order]
-    nod = np.asarray(result.nodules, float).reshape(-1, 4)
-    if not len(nod) or not len(xyz):
-        return np.zeros(len(nod), bool)
-    d = np.linalg.norm(xyz[:, None, :] - nod[None, :, :3], axis=-1)
-    return (d < nod[None, :, 3] / 2).any(0)
+    from .strata import first_hit_rank
+
+    rank = first_hit_rank(np.asarray(result.xyz, float).reshape(-1, 3), np.asarray(result.prob),
+                          np.asarray(result.nodules, float).reshape(-1, 4))
+    return (rank > 0) & (rank <= k)
 
 
 def main(argv=None) -> int:

@@ -210,7 +210,7 @@ def _peaks(r, min_value):
     excluded) -> (n, 3) int64, (n,) float64, in (z, y, x) order. Planes are searched in parallel:
     counted first, then written at their offsets."""
     nz, ny, nx = r.shape
-    count = np.zeros(max(nz, 1), np.int64)
+    count = np.zeros(nz, np.int64)
     for z in prange(1, nz - 1):
         c = 0
         for y in range(1, ny - 1):
@@ -219,10 +219,10 @@ def _peaks(r, min_value):
                 if v > min_value and _is_peak(r, z, y, x, v):
                     c += 1
         count[z] = c
-    start = np.zeros(max(nz, 1) + 1, np.int64)
+    start = np.zeros(nz + 1, np.int64)
     for z in range(nz):
         start[z + 1] = start[z] + count[z]
-    n = start[nz] if nz > 0 else 0
+    n = start[nz]
     out = np.empty((n, 3), np.int64)
     val = np.empty(n, np.float64)
     for z in prange(1, nz - 1):

@@ -53,8 +53,9 @@ class Nodule:
 # "standard" is the generator's original look (every cohort is made with it); "smooth" (a soft-tissue
 # kernel) blurs the image and the noise twice more in plane; "sharp" (a lung/bone kernel) enhances
 # edges (unsharp mask, gain 0.8 over the [1,2,1]/4 blur) and leaves the noise grainy (uncorrelated in
-# plane) at 1.5x the standard noise level; "smooth" keeps the standard noise level. The noise is drawn the same way for all three, so one seed
-# gives the same anatomy, nodules and noise field under each kernel (paired comparisons).
+# plane) at 1.5x the standard noise level; "smooth" keeps the standard noise level. The noise is
+# drawn the same way for all three, so one seed gives the same anatomy, nodules and noise field
+# under each kernel (paired comparisons).
 RECON_KERNELS = ("smooth", "standard", "sharp")
 
 

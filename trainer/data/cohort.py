@@ -39,6 +39,7 @@ from noduleflow.engine.volume import Volume
 COHORTS = {
     "train": range(1000, 1072),
     "train_extra": range(1072, 1172),
+    "train_more": range(1172, 1372),
     "validation": range(2000, 2006),
     "tuning_v6": range(2100, 2110),
     "heldout_v6": range(3000, 3010),

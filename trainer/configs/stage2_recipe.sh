@@ -57,9 +57,8 @@ noduleflow export "$S1" "$R/pkg_v10_1" --stage2 "$R/stage2_v10/last.safetensors"
     --stage2-spec trainer/checkpoints/stage2/spec_uncalibrated.json --model-id v10_1 --overwrite
 python -m noduleflow.bench.stage2_select --models "$R"/pkg_v10_last "$R"/pkg_v10_1 --cohort tuning \
     --cache "$R/stage2_select" --out "$R/stage2_select_settings"
-python -m noduleflow.trainer.stage2_calibrate --model "$R/pkg_v10_1" --out "$R/spec_v10_1.json"
-# (v10.1 was the default until v11: calibrated as above into spec.json, exported to
-# engine/models/default as noduleflow-2stage-phantom-v10.1, bench/results/accuracy_heldout/v10.1)
+# (v10.1 was the default until v11: pkg_v10_1 calibrated on validation with trainer.stage2_calibrate,
+# exported to engine/models/default as noduleflow-2stage-phantom-v10.1, bench/results/accuracy_heldout/v10.1)
 # v11: v10 continued on 200 new training phantoms (train_more, seeds 1172-1371), data built as v9's
 # (blobs >= 10 capped at 200, + the subsolid pass's 50), hard negatives as v10, every epoch kept;
 # the epoch chosen on the tuning cohort at v10.1's settings by sensitivity at 15/scan, then CPM

@@ -34,8 +34,8 @@ def found_at(result, k: int = 15) -> np.ndarray:
 
 def main(argv=None) -> int:
     from noduleflow.engine.detector import Detector
-    from noduleflow.synthetic.phantom import RECON_KERNELS, PhantomParams
-    from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
+    from noduleflow.synthetic.phantom import RECON_KERNELS
+    from noduleflow.trainer.data.cohort import cohort_seeds, kernel_cache
 
     from .accuracy_cohort import detect_package, run_cohort
     from .strata import score_cohort
@@ -51,8 +51,7 @@ def main(argv=None) -> int:
     rows, hits = [], {}
     for kernel in RECON_KERNELS:
         # "standard" is the generator's default: the cohorts' own cache entries serve it
-        kw = {} if kernel == "standard" else {"params": PhantomParams(kernel=kernel)}
-        results, secs = run_cohort(lambda scan: detect_package(det, scan), seeds, CohortCache(phantom_kwargs=kw))
+        results, secs = run_cohort(lambda scan: detect_package(det, scan), seeds, kernel_cache(kernel))
         r = score_cohort(results, bootstrap=0)["all"]
         hits[kernel] = np.concatenate([found_at(x) for x in results])
         rows.append({"kernel": kernel, "nodules": int(len(hits[kernel])),

@@ -14,7 +14,8 @@ that matter are the few that look most like nodules, and a uniform draw of 1,600
 epoch from ~25,000 rarely shows them. With F > 0 every ``--rescore-every`` epochs the current
 model scores all training negatives (one view each) and a fraction F of each batch's negatives is
 drawn from the ``--hard-pool`` highest-scoring ones (the rest uniformly, so easy negatives are not
-forgotten).
+forgotten). ``--hard-score N`` scores only the current pool and N other negatives drawn afresh
+each time, instead of all of them.
 
 Every epoch writes ``last.safetensors`` (+ ``last.json``, ``state.json``) and, when the
 validation ROC AUC improves, ``best.safetensors``; ``train_log.csv`` has one row per epoch. A
@@ -62,9 +63,16 @@ def predict(model, patches_u8, batch: int = 64, tta: bool = False) -> np.ndarray
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def hard_pool(model, x, neg, k: int) -> np.ndarray:
-    """Indices (into ``x``) of the ``k`` negatives the model scores highest (one view each)."""
+def hard_pool(model, x, neg, k: int, score: int = 0, previous=None, rng=None) -> np.ndarray:
+    """Indices (into ``x``) of the ``k`` negatives the model scores highest (one view each).
+    ``score`` > 0: score only the ``previous`` pool and ``score`` other negatives drawn at random
+    (each scoring of all of them costs ~10-30 min on 2 cores; the hard ones found before stay
+    candidates, and a fresh random draw each time finds new ones)."""
     t = time.perf_counter()
+    if score and score < len(neg):
+        prev = np.zeros(0, np.int64) if previous is None else np.intersect1d(previous, neg)
+        rest = np.setdiff1d(neg, prev)
+        neg = np.union1d(prev, (rng or np.random.default_rng(0)).choice(rest, min(score, len(rest)), replace=False))
     z = np.concatenate([predict(model, x[neg[i:i + 2048]]) for i in range(0, len(neg), 2048)])
     top = neg[np.argsort(-z, kind="stable")[:k]]
     log.info("scored %d negatives in %.0f s: the hard pool's %d lowest logit %.2f (median of all %.2f)",
@@ -79,11 +87,9 @@ def _files(data_dirs, seeds):
 
 
 def _load(data_dirs, seeds):
-    from .data.stage2 import load
+    from .data.stage2 import load_many
 
-    present = [[s for s in seeds if (Path(d) / f"{s}.npz").exists()] for d in data_dirs]
-    parts = [load(d, ss) for d, ss in zip(data_dirs, present) if ss]
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+    return load_many([(d, [s for s in seeds if (Path(d) / f"{s}.npz").exists()]) for d in data_dirs])
 
 
 def main(argv=None) -> int:
@@ -118,12 +124,15 @@ def main(argv=None) -> int:
     ap.add_argument("--hard-pool", type=int, default=2000, help="how many of the highest-scoring negatives form the pool")
     ap.add_argument("--keep-epochs", action="store_true",
                     help="also keep every epoch's weights as epochN.safetensors (to compare them on the tuning cohort)")
-    ap.add_argument("--rescore-every", type=int, default=2, help="epochs between scorings of all negatives")
+    ap.add_argument("--rescore-every", type=int, default=2, help="epochs between scorings of the negatives")
+    ap.add_argument("--hard-score", type=int, default=0, metavar="N",
+                    help="score only the current hard pool and N other negatives drawn at random (default 0: all)")
     a = ap.parse_args(argv)
     if not 0.0 <= a.hard_negatives <= 1.0:
         raise SystemExit(f"--hard-negatives must be in [0, 1], got {a.hard_negatives}")
-    if a.hard_pool < 1 or a.rescore_every < 1:
-        raise SystemExit(f"--hard-pool and --rescore-every must be >= 1, got {a.hard_pool}, {a.rescore_every}")
+    if a.hard_pool < 1 or a.rescore_every < 1 or a.hard_score < 0:
+        raise SystemExit(f"--hard-pool and --rescore-every must be >= 1 and --hard-score >= 0, got {a.hard_pool}, "
+                         f"{a.rescore_every}, {a.hard_score}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -180,7 +189,7 @@ def main(argv=None) -> int:
             half = a.batch_size // 2
             n_hard = int(round(a.hard_negatives * (a.batch_size - half)))
             if n_hard and (hard is None or hard_n != len(neg) or (epoch - start) % a.rescore_every == 0):
-                hard, hard_n = hard_pool(model, x, neg, a.hard_pool), len(neg)
+                hard, hard_n = hard_pool(model, x, neg, a.hard_pool, a.hard_score, hard, rng), len(neg)
             model.train()
             losses = []
             for _ in range(a.steps):

@@ -122,3 +122,42 @@ def test_hard_pool_picks_the_highest_scoring_negatives():
     neg = np.array([0, 2, 3, 4, 6])  # 1 and 5 are positives
     assert hard_pool(Mean(), x, neg, 2).tolist() == [3, 6]
     assert sorted(hard_pool(Mean(), x, neg, 10).tolist()) == sorted(neg.tolist())
+
+
+def test_hard_pool_subset_keeps_the_previous_pool_and_draws_others():
+    """``score`` > 0: only the previous pool and ``score`` random others are scored; the previous
+    pool always competes, and negatives outside the draw cannot enter."""
+    torch = pytest.importorskip("torch")
+    from noduleflow.trainer.stage2_train import hard_pool
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(1, 2, 3, 4))
+
+    levels = np.arange(20, dtype=np.uint8) * 10
+    x = np.broadcast_to(levels[:, None, None, None, None], (20, 2, 41, 41, 41)).copy()
+    neg = np.arange(20)
+    prev = np.array([0, 1])  # the weakest two, kept from an earlier scoring
+    top = hard_pool(Mean(), x, neg, 3, score=2, previous=prev, rng=np.random.default_rng(1))
+    drawn = hard_pool(Mean(), x, neg, 20, score=2, previous=prev, rng=np.random.default_rng(1))
+    assert len(drawn) == 4 and set(prev) <= set(drawn.tolist())  # pool + 2 drawn, nothing else scored
+    assert top.tolist() == sorted(drawn.tolist(), reverse=True)[:3]
+    # score >= the number of negatives: every negative is scored, as without it
+    assert hard_pool(Mean(), x, neg, 2, score=50, previous=prev).tolist() == [19, 18]
+
+
+def test_load_many_concatenates_in_order(tmp_path):
+    from noduleflow.trainer.data.stage2 import load, load_many
+
+    for d, seed, n in (("a", 1, 2), ("a", 2, 3), ("b", 1, 1)):
+        (tmp_path / d).mkdir(exist_ok=True)
+        p = np.full((n, 2, 41, 41, 41), seed * 10 + n, np.uint8)
+        np.savez(tmp_path / d / f"{seed}.npz", patches=p, labels=np.arange(n, dtype=np.int8),
+                 rank=np.zeros(n, np.int32), seed=np.int64(seed))
+    x, y, s = load_many([(tmp_path / "a", [2, 1]), (tmp_path / "b", [1])])
+    assert x.shape == (6, 2, 41, 41, 41)
+    assert x[:, 0, 0, 0, 0].tolist() == [23, 23, 23, 12, 12, 11]
+    assert y.tolist() == [0, 1, 2, 0, 1, 0] and s.tolist() == [2, 2, 2, 1, 1, 1]
+    x1, y1, s1 = load(tmp_path / "a", [1])
+    assert x1.shape[0] == 2 and s1.tolist() == [1, 1]
+    assert load_many([])[0].shape == (0, 2, 41, 41, 41)

@@ -3,6 +3,9 @@
 Every phantom seed range the project uses is written down here, once:
 
 - ``train`` 1000-1071: training of the 3D-1 rounds and of stage 2 (their false positives);
+- ``train_more`` 1172-1371 (v11) and ``train_kernels`` 1372-1571 (v12): further stage-2 training
+  scans; the v12 data makes 1372-1505 with the generator's standard kernel, 1506-1538 smooth and
+  1539-1571 sharp (``--kernel`` of the builders below; `kernel_cache`);
 - ``validation`` 2000-2005: model selection (best epoch) of every round;
 - ``tuning_v6`` 2100-2109 and ``heldout_v6`` 3000-3009: the v6 round's tuning and held-out sets
   (too small to steer by: 20 and 34 nodules);
@@ -40,6 +43,7 @@ COHORTS = {
     "train": range(1000, 1072),
     "train_extra": range(1072, 1172),
     "train_more": range(1172, 1372),
+    "train_kernels": range(1372, 1572),
     "validation": range(2000, 2006),
     "tuning_v6": range(2100, 2110),
     "heldout_v6": range(3000, 3010),
@@ -179,8 +183,18 @@ class CohortCache:
         return CohortScan(seed, pre, fs("nodules"), fs("excluded"), meta)
 
 
+def kernel_cache(kernel: str = "standard", root=None) -> CohortCache:
+    """The cache of phantoms made with reconstruction ``kernel`` ("standard", the generator's default,
+    shares the cohorts' own entries)."""
+    from noduleflow.synthetic.phantom import RECON_KERNELS, PhantomParams
+
+    if kernel not in RECON_KERNELS:
+        raise ConfigError(f"kernel must be one of {list(RECON_KERNELS)}, got {kernel!r}")
+    return CohortCache(root, phantom_kwargs={} if kernel == "standard" else {"params": PhantomParams(kernel=kernel)})
+
+
 def main(argv=None) -> int:
-    """``python -m noduleflow.trainer.data.cohort heldout tuning [--root DIR]``: fill the cache."""
+    """``python -m noduleflow.trainer.data.cohort heldout tuning [--root DIR] [--kernel K]``: fill the cache."""
     import argparse
 
     from tqdm import tqdm
@@ -188,8 +202,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.data.cohort", description=main.__doc__)
     ap.add_argument("cohorts", nargs="+", help=f"names ({', '.join(COHORTS)}) or FIRST-LAST seed ranges")
     ap.add_argument("--root", help="cache root (default: $NODULEFLOW_COHORT_CACHE or ~/.cache/noduleflow/cohorts)")
+    ap.add_argument("--kernel", default="standard", choices=("smooth", "standard", "sharp"),
+                    help="the phantoms' reconstruction kernel (default standard: the cohorts' own)")
     a = ap.parse_args(argv)
-    cache = CohortCache(a.root)
+    cache = kernel_cache(a.kernel, a.root)
     for name in a.cohorts:
         seeds = cohort_seeds(name)
         n = 0

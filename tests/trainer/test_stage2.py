@@ -161,3 +161,37 @@ def test_load_many_concatenates_in_order(tmp_path):
     x1, y1, s1 = load(tmp_path / "a", [1])
     assert x1.shape[0] == 2 and s1.tolist() == [1, 1]
     assert load_many([])[0].shape == (0, 2, 41, 41, 41)
+
+
+def test_average_state_means_floats_and_keeps_counters():
+    torch = pytest.importorskip("torch")
+    from noduleflow.trainer.stage2_average import average_state
+
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    m = average_state([a, b])
+    assert torch.equal(m["w"], torch.tensor([2.0, 4.0])) and int(m["n"]) == 9
+    with pytest.raises(ValueError):
+        average_state([a, {"w": a["w"]}])
+
+
+def test_recompute_bn_estimates_the_data_statistics():
+    """After `recompute_bn` the stem's batch norm holds the mean of its input's activations (not
+    the stale statistics it had), so eval-mode outputs match a train-mode pass over the same data."""
+    torch = pytest.importorskip("torch")
+    from noduleflow.trainer.models import build_model
+    from noduleflow.trainer.stage2_average import recompute_bn
+
+    torch.manual_seed(0)
+    model = build_model("ms-3d1")
+    bn = model.stem[1]
+    bn.running_mean.fill_(100.0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(16, 2, 41, 41, 41), dtype=np.uint8)
+    y = np.r_[np.ones(8), np.zeros(8)].astype(np.int8)
+    recompute_bn(model, x, y, batches=4, batch_size=8)
+    with torch.no_grad():
+        act = model.stem[0](torch.from_numpy(x.astype(np.float32) / 255.0))
+    expect = act.mean(dim=(0, 2, 3, 4))
+    assert not model.training
+    assert torch.allclose(bn.running_mean, expect, rtol=0.05, atol=1e-3)

@@ -7,9 +7,10 @@ Each seed is made three times, identical but for the reconstruction kernel
 draw), preprocessed and cached like any cohort (`trainer.data.cohort.CohortCache`, the kernel in
 its key), and detected with the package's own pipeline (`Detector.find`). Reports sensitivity at
 5-100 candidates per scan and the CPM per kernel, and the nodules found in the top 15 under one
-kernel and not under another (paired). The default models were trained on "standard" phantoms
-only, so this measures robustness to what they never saw. Phantoms: a regression signal, not
-clinical evidence; the held-out seeds are reported on, never tuned on.
+kernel and not under another (paired). The default models up to v11 were trained on "standard"
+phantoms only, so for them this measures robustness to what they never saw; v12's training
+phantoms include smooth and sharp ones (66 of 400), never these seeds. Phantoms: a regression
+signal, not clinical evidence; the held-out seeds are reported on, never tuned on.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
          "found_at_15_paired": paired}, indent=1))
     lines = [f"# Reconstruction kernels, phantom seeds {seeds[0]}-{seeds[-1]} ({len(seeds)} scans, "
              f"{rows[0]['nodules']} nodules)", "",
-             f"`{cmd}`; model `{det.package.manifest.model_id}` (trained on standard-kernel phantoms only). The same "
+             f"`{cmd}`; model `{det.package.manifest.model_id}` (for what it was trained on, see its recipe). The same "
              "scans under each kernel. Phantoms: a regression signal, not clinical evidence.", "",
              "| kernel | " + " | ".join(f"sens@{k}" for k in KS) + " | CPM | s/scan (find) |",
              "|---|" + "---:|" * (len(KS) + 2)]

@@ -83,3 +83,26 @@ noduleflow export "$S1" engine/models/default --stage2 "$R/stage2_v11/epoch6.saf
 python -m noduleflow.bench.accuracy_cohort --cohort heldout --out bench/results/accuracy_heldout/v11
 python -m noduleflow.bench.stage1_recall --cohort heldout --lists-cache "$R/stage1_lists" --min-response 10 \
     --subsolid 50 --out bench/results/stage1_recall/heldout
+# v12: v11 continued on 400 training phantoms (train_more + 200 new, train_kernels: seeds 1372-1505
+# made with the standard reconstruction kernel, 1506-1538 smooth, 1539-1571 sharp), data as v11's;
+# hard pool 3,000, each rescoring scores that pool and 10,000 other negatives drawn afresh; run
+# to 6 epochs, then resumed to 9; the mean of epochs 4-6 with re-estimated batch-norm statistics
+# (trainer.stage2_average) compared with single epochs and other means on the tuning cohort
+# (bench/results/stage2_select/v12)
+DATA4="$R/stage2_data_v4"
+SUB4="$R/stage2_data_subsolid_v4"
+for k in "1372-1505 standard" "1506-1538 smooth" "1539-1571 sharp"; do
+  set -- $k
+  python -m noduleflow.trainer.data.stage2 --seeds "$1" --kernel "$2" --generator blobs --max-candidates 200 \
+      --min-response 10 --out "$DATA4"
+  python -m noduleflow.trainer.data.stage2 --seeds "$1" --kernel "$2" --subsolid 50 --out "$SUB4"
+done
+mkdir -p "$R/stage2_data_v34" "$R/stage2_data_subsolid_v34"
+ln -sf "$(realpath "$DATA3")"/*.npz "$(realpath "$DATA4")"/*.npz "$R/stage2_data_v34/"
+ln -sf "$(realpath "$SUB3")"/*.npz "$(realpath "$SUB4")"/*.npz "$R/stage2_data_subsolid_v34/"
+python -m noduleflow.trainer.stage2_train --data "$R/stage2_data_v34" "$R/stage2_data_subsolid_v34" --out "$R/stage2_v12" \
+    --init-stage2 "$R/stage2_v11/epoch6.safetensors" --train-seeds train_more train_kernels --lr 1e-4 --epochs 6 \
+    --steps 150 --threads 2 --hard-negatives 0.5 --hard-pool 3000 --hard-score 10000 --rescore-every 2 --keep-epochs
+python -m noduleflow.trainer.stage2_train --data "$R/stage2_data_v34" "$R/stage2_data_subsolid_v34" --out "$R/stage2_v12" \
+    --init-stage2 "$R/stage2_v11/epoch6.safetensors" --train-seeds train_more train_kernels --lr 1e-4 --epochs 9 \
+    --steps 150 --threads 2 --hard-negatives 0.5 --hard-pool 3000 --hard-score 10000 --rescore-every 2 --keep-epochs

@@ -20,7 +20,8 @@ each time, instead of all of them.
 Every epoch writes ``last.safetensors`` (+ ``last.json``, ``state.json``) and, when the
 validation ROC AUC improves, ``best.safetensors``; ``train_log.csv`` has one row per epoch. A
 rerun with the same ``--out`` resumes after the last finished epoch (the optimizer's moments
-restart; the weights, the epoch count and the best AUC carry over).
+restart; the weights, the epoch count, the best AUC and the hard-negative pool, ``hard_pool.npz``,
+carry over).
 """
 from __future__ import annotations
 
@@ -181,6 +182,10 @@ def main(argv=None) -> int:
         if new:
             w.writerow(["epoch", "train_scans", "train_pos", "train_neg", "loss", "val_auc", "seconds"])
         hard, hard_n = None, -1
+        pool_path = out / "hard_pool.npz"
+        if start and pool_path.exists():  # a resumed run keeps the pool it had (valid while the data is the same)
+            with np.load(pool_path) as z:
+                hard, hard_n = z["pool"], int(z["negatives"])
         for epoch in range(start, a.epochs):
             t0 = time.perf_counter()
             seeds = _files(a.data, train_seeds)
@@ -188,8 +193,10 @@ def main(argv=None) -> int:
             pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
             half = a.batch_size // 2
             n_hard = int(round(a.hard_negatives * (a.batch_size - half)))
-            if n_hard and (hard is None or hard_n != len(neg) or (epoch - start) % a.rescore_every == 0):
-                hard, hard_n = hard_pool(model, x, neg, a.hard_pool, a.hard_score, hard, rng), len(neg)
+            if n_hard and (hard is None or hard_n != len(neg) or epoch % a.rescore_every == 0):
+                hard, hard_n = hard_pool(model, x, neg, a.hard_pool, a.hard_score,
+                                         hard if hard_n == len(neg) else None, rng), len(neg)
+                np.savez(pool_path, pool=hard, negatives=np.int64(hard_n))
             model.train()
             losses = []
             for _ in range(a.steps):

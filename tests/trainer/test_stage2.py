@@ -195,3 +195,42 @@ def test_recompute_bn_estimates_the_data_statistics():
     expect = act.mean(dim=(0, 2, 3, 4))
     assert not model.training
     assert torch.allclose(bn.running_mean, expect, rtol=0.05, atol=1e-3)
+
+
+def test_stage2_train_resume_keeps_the_hard_pool(tmp_path, monkeypatch):
+    """A run resumed with the same --out reuses its saved hard-negative pool instead of starting
+    without one: with --rescore-every 2, epoch 2 of the resumed run scores nothing."""
+    pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
+    import noduleflow.trainer.stage2_train as st
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for seed in [1000, 1001, *range(2000, 2006)]:
+        y = np.array([1, 1, 0, 0, 0, 0], np.int8)
+        p = rng.integers(0, 255, size=(len(y), 2, 41, 41, 41), dtype=np.uint8)
+        np.savez(data / f"{seed}.npz", patches=p, labels=y, rank=np.arange(len(y), dtype=np.int32),
+                 seed=np.int64(seed))
+    calls = []
+    real = st.hard_pool
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(st, "hard_pool", counting)
+    out = tmp_path / "run"
+    common = ["--data", str(data), "--out", str(out), "--train-seeds", "1000-1001", "--steps", "1",
+              "--batch-size", "4", "--threads", "1", "--min-train-scans", "1", "--hard-negatives", "1.0",
+              "--hard-pool", "3", "--rescore-every", "2"]
+    assert st.main(common + ["--epochs", "1"]) == 0
+    assert len(calls) == 1
+    with np.load(out / "hard_pool.npz") as z:
+        pool, n = z["pool"], int(z["negatives"])
+    assert n == 8 and len(pool) == 3
+    assert st.main(common + ["--epochs", "2"]) == 0
+    assert len(calls) == 1  # epoch 2 (odd, 0-based 1) used the saved pool
+    assert len((out / "train_log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    assert st.main(common + ["--epochs", "3"]) == 0
+    assert len(calls) == 2  # epoch 3 (0-based 2) rescored on schedule

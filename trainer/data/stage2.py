@@ -120,6 +120,8 @@ def load(out_dir, seeds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def load_many(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`load` over several ``(out_dir, seeds)`` pairs, concatenated in their order."""
     files = [Path(d) / f"{int(s)}.npz" for d, seeds in parts for s in seeds]
+    if not files:
+        return np.zeros((0, 2, 41, 41, 41), np.uint8), np.zeros(0, np.int8), np.zeros(0, np.int64)
     ys, ss = [], []
     for f in files:
         with np.load(f) as z:
@@ -132,8 +134,6 @@ def load_many(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with np.load(f) as z:
             patches[i:i + len(y)] = z["patches"]
         i += len(y)
-    if not files:
-        return patches, np.zeros(0, np.int8), np.zeros(0, np.int64)
     return patches, np.concatenate(ys), np.concatenate(ss)
 
 

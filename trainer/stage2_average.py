@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from .checkpoint import save_checkpoint
     from .data.cohort import cohort_seeds
     from .models import build_model
-    from .stage2_train import _load, predict
+    from .stage2_train import STAGE2_CONFIG, _files, _load, predict
     from .train import roc_auc
 
     ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.stage2_average", description=__doc__,
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     model.load_state_dict(average_state([load_file(c) for c in a.checkpoints]))
     seeds = [s for name in a.train_seeds for s in cohort_seeds(name)]
     rng = np.random.default_rng(0)
-    present = [s for s in seeds if (Path(a.data[0]) / f"{s}.npz").exists()]
+    present = _files(a.data, seeds)
     if not present:
         raise SystemExit(f"no training data for {a.train_seeds} in {a.data[0]}")
     pick = sorted(rng.choice(present, min(a.bn_scans, len(present)), replace=False).tolist())
@@ -93,9 +93,8 @@ def main(argv=None) -> int:
     log.info("averaged %d checkpoints: validation AUC %.4f (BN statistics averaged %.4f)", len(a.checkpoints),
              auc, auc_mean_bn)
     out = Path(a.out)
-    meta = {"model": "ms-3d1", "model_kwargs": {}, "stage": 2, "input": "(N, 2, 41, 41, 41): 1 mm + 2 mm context",
-            "averaged": [str(c) for c in a.checkpoints], "bn_scans": pick, "bn_batches": a.bn_batches,
-            "metrics": {"val_auc": auc, "val_auc_averaged_bn": auc_mean_bn}}
+    meta = {**STAGE2_CONFIG, "averaged": [str(c) for c in a.checkpoints], "bn_scans": pick,
+            "bn_batches": a.bn_batches, "metrics": {"val_auc": auc, "val_auc_averaged_bn": auc_mean_bn}}
     save_checkpoint(out.parent, model, meta, out.name)
     print(json.dumps(meta["metrics"]))
     return 0

@@ -37,6 +37,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# what every stage-2 checkpoint's JSON says of its network (training runs and averaged ones)
+STAGE2_CONFIG = {"model": "ms-3d1", "model_kwargs": {}, "stage": 2, "input": "(N, 2, 41, 41, 41): 1 mm + 2 mm context"}
+
 
 def augment(x, gen):
     """Random flips of z, y, x and a random y/x transpose, per sample, both channels alike."""
@@ -152,8 +155,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     state_path = out / "state.json"
-    config = {"model": "ms-3d1", "model_kwargs": {}, "stage": 2, "input": "(N, 2, 41, 41, 41): 1 mm + 2 mm context",
-              "init": a.init, "data": str(a.data), "args": vars(a)}
+    config = {**STAGE2_CONFIG, "init": a.init, "data": str(a.data), "args": vars(a)}
     if state_path.exists():
         st = json.loads(state_path.read_text())
         model = build_model("ms-3d1")

@@ -199,10 +199,12 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
+    from noduleflow.synthetic.phantom import RECON_KERNELS
+
     ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.data.cohort", description=main.__doc__)
     ap.add_argument("cohorts", nargs="+", help=f"names ({', '.join(COHORTS)}) or FIRST-LAST seed ranges")
     ap.add_argument("--root", help="cache root (default: $NODULEFLOW_COHORT_CACHE or ~/.cache/noduleflow/cohorts)")
-    ap.add_argument("--kernel", default="standard", choices=("smooth", "standard", "sharp"),
+    ap.add_argument("--kernel", default="standard", choices=RECON_KERNELS,
                     help="the phantoms' reconstruction kernel (default standard: the cohorts' own)")
     a = ap.parse_args(argv)
     cache = kernel_cache(a.kernel, a.root)

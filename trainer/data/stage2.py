@@ -142,6 +142,7 @@ def main(argv=None) -> int:
     import argparse
 
     from noduleflow.engine.detector import Detector
+    from noduleflow.synthetic.phantom import RECON_KERNELS
 
     from .cohort import cohort_seeds, kernel_cache
 
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="stage-1 model package (default: the shipped one)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--reverse", action="store_true", help="last seed first (to meet a cache builder going forward)")
-    ap.add_argument("--kernel", default="standard", choices=("smooth", "standard", "sharp"),
+    ap.add_argument("--kernel", default="standard", choices=RECON_KERNELS,
                     help="the phantoms' reconstruction kernel (default standard)")
     ap.add_argument("--subsolid", type=int, default=0, metavar="N",
                     help="instead: only the candidates of stage 1's subsolid pass (at most N per scan after 200 "

@@ -293,6 +293,7 @@ def markdown(r: dict) -> str:
         lines += ["", f"Default detection, stage 1 ({t['stage2']['generator']}, at most "
                   f"{t['stage2']['max_candidates']} candidates"
                   + (f" + {t['stage2']['subsolid_candidates']} subsolid" if t['stage2'].get('subsolid_candidates') else "")
+                  + (f" + {t['stage2']['wall_candidates']} pleural" if t['stage2'].get('wall_candidates') else "")
                   + f") + stage 2 ({t['stage2']['tta_flips']} flip view(s)"
                   + (f" for the best {t['stage2']['tta_top']}" if t['stage2'].get('tta_top') else "") + "), "
                   f"median {t['stage1_candidates_median']:.0f} candidates scored:", "", "| stage | median s |",

@@ -48,7 +48,15 @@ class Stage2Spec:
     ``subsolid_solid_hu`` (walls, vessels, solid tissue) are set to ``subsolid_fill_hu`` (aerated
     lung) and blobs with responses of at least ``subsolid_min_response`` are sought at scales up
     to 4 mm (`engine.stage1.subsolid_blobs`): a faint nodule that touches the pleura or a vessel
-    is then a ball on dark lung, which the first pass misses."""
+    is then a ball on dark lung, which the first pass misses.
+
+    ``wall_candidates`` (0: off) more candidates come from a third blob pass for lesions on the
+    pleura, appended after the subsolid ones: everything outside the lung (the lung mask closed by
+    ``wall_close_mm``, so that a nodule in an indentation of the lung's surface stays inside, then
+    shrunk by ``wall_shrink_mm``, the mask's own margin) is set to ``wall_fill_hu`` and blobs with
+    responses of at least ``blob_min_response`` are sought within ``wall_band_mm`` of it
+    (`engine.stage1.wall_blobs`): the chest wall is gone and a small solid nodule on it is a
+    ball on dark lung, where the first pass saw the Hessian of a bump on a plate."""
 
     channels: int = 2
     generator: str = "union"
@@ -63,6 +71,11 @@ class Stage2Spec:
     subsolid_solid_hu: float = -400.0
     subsolid_fill_hu: float = -850.0
     subsolid_min_response: float = 3.0
+    wall_candidates: int = 0
+    wall_close_mm: float = 4.0
+    wall_shrink_mm: float = 3.0
+    wall_fill_hu: float = -850.0
+    wall_band_mm: float = 12.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.channels) or not 1 <= self.channels <= 4:
@@ -91,6 +104,14 @@ class Stage2Spec:
                               f"subsolid_solid_hu ({self.subsolid_solid_hu})")
         if not _is_number(self.subsolid_min_response) or self.subsolid_min_response < 0:
             raise ConfigError(f"stage2.subsolid_min_response must be a number >= 0, got {self.subsolid_min_response!r}")
+        if not _is_int(self.wall_candidates) or not 0 <= self.wall_candidates <= 1000:
+            raise ConfigError(f"stage2.wall_candidates must be an integer in [0, 1000], got {self.wall_candidates!r}")
+        for name in ("wall_close_mm", "wall_shrink_mm", "wall_band_mm"):
+            v = getattr(self, name)
+            if not _is_number(v) or not 0 <= v <= 30:
+                raise ConfigError(f"stage2.{name} must be a number in [0, 30] mm, got {v!r}")
+        if not _is_number(self.wall_fill_hu) or not -1024 <= self.wall_fill_hu <= 400:
+            raise ConfigError(f"stage2.wall_fill_hu must be a number in [-1024, 400] HU, got {self.wall_fill_hu!r}")
         if not _is_number(self.calibration_scale) or not 0 < self.calibration_scale <= 100:
             raise ConfigError(f"stage2.calibration_scale must be in (0, 100], got {self.calibration_scale!r}")
         if not _is_number(self.calibration_bias) or not -100 <= self.calibration_bias <= 100:

@@ -9,8 +9,9 @@ maximum of the dot filter; the CNN's is a weighted mean of 4 mm grid points), th
 the two ranked lists (CNN first, then the remaining blobs, one of each in turn) and drops a
 candidate that falls inside one already kept: its rank is its position in that list.
 
-An optional second blob pass for subsolid lesions (`subsolid_blobs`) appends its candidates that
-are not already in the list (`append_distinct`).
+An optional second blob pass for subsolid lesions (`subsolid_blobs`) and a third for lesions on
+the pleura (`wall_blobs`) append their candidates that are not already in the list
+(`append_distinct`).
 """
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ import numpy as np
 
 from .blobs import BlobParams, detect_blobs
 from .errors import ConfigError
+from .morphology import dilate, erode
 
 GENERATORS = ("cnn", "blobs", "union")
 MIN_RADIUS_MM = 2.5
 MAX_RADIUS_MM = 15.0
 SUBSOLID_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8, 4.0)
+WALL_SIGMAS_MM = (1.0, 1.4, 2.0)   # lesions up to ~7 mm: larger ones on the pleura are the first pass's
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,12 @@ class Stage1Params:
     subsolid_solid_hu: float = -400.0
     subsolid_fill_hu: float = -850.0
     subsolid_blob: BlobParams = BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM, min_response=3.0)
+    wall: int = 0                   # more candidates from the pleural pass (`wall_blobs`), appended last
+    wall_close_mm: float = 4.0
+    wall_shrink_mm: float = 3.0
+    wall_fill_hu: float = -850.0
+    wall_band_mm: float = 12.0
+    wall_blob: BlobParams = BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=20.0)
 
     @classmethod
     def from_stage2(cls, st2) -> "Stage1Params":
@@ -44,7 +53,10 @@ class Stage1Params:
         return cls(generator=st2.generator, max_candidates=st2.max_candidates, cnn_candidates=st2.max_candidates,
                    blob=BlobParams(min_response=st2.blob_min_response), subsolid=st2.subsolid_candidates,
                    subsolid_solid_hu=st2.subsolid_solid_hu, subsolid_fill_hu=st2.subsolid_fill_hu,
-                   subsolid_blob=replace(cls.subsolid_blob, min_response=st2.subsolid_min_response))
+                   subsolid_blob=replace(cls.subsolid_blob, min_response=st2.subsolid_min_response),
+                   wall=st2.wall_candidates, wall_close_mm=st2.wall_close_mm, wall_shrink_mm=st2.wall_shrink_mm,
+                   wall_fill_hu=st2.wall_fill_hu, wall_band_mm=st2.wall_band_mm,
+                   wall_blob=replace(cls.wall_blob, min_response=st2.blob_min_response))
 
     def __post_init__(self) -> None:
         if self.generator not in GENERATORS:
@@ -59,7 +71,7 @@ class Stage1Candidates:
     """Ranked candidates on the 1 mm grid: ``centres_zyx`` (n, 3) float64 voxels, ``radius_mm`` (n,),
     ``cnn_prob`` (n,) (the clustered CNN peak's probability; NaN for a blob no CNN peak overlaps),
     ``blob_response`` (n,) (NaN for a CNN peak no blob overlaps), ``source`` (n,) int8 (0: CNN
-    peak, possibly centred on its blob; 1: blob alone; 2: subsolid-pass blob)."""
+    peak, possibly centred on its blob; 1: blob alone; 2: subsolid-pass blob; 3: pleural-pass blob)."""
 
     centres_zyx: np.ndarray
     radius_mm: np.ndarray
@@ -185,6 +197,30 @@ def subsolid_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, solid_hu: float = -
     return detect_blobs(flat, mask_1mm, params)
 
 
+def _box(mm: float) -> tuple[int, int, int]:
+    r = int(round(mm))  # the 1 mm grid: voxels are mm
+    return (r, r, r)
+
+
+def wall_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, close_mm: float = 4.0, shrink_mm: float = 3.0,
+               fill_hu: float = -850.0, band_mm: float = 12.0,
+               params: BlobParams = BlobParams(sigmas_mm=WALL_SIGMAS_MM)):
+    """Blobs of lesions on the pleura: everything outside the lung is set to ``fill_hu`` (aerated
+    lung), then `detect_blobs` with peaks sought within ``band_mm`` of what was filled. "The lung"
+    is the mask closed by ``close_mm`` (a nodule sitting in an indentation of the lung's surface
+    stays inside) and shrunk by ``shrink_mm`` (the margin the preprocessing's mask was grown by:
+    `engine.preprocess.PreprocessSpec`). In the first pass the chest wall beside a small nodule
+    makes its Hessian plate-like (a bump on a plate); with the wall gone it is a ball on dark
+    lung. Away from the wall this pass equals the first, hence the band; and only small lesions
+    need it, hence the fine scales (`WALL_SIGMAS_MM`). Box structuring elements on the 1 mm grid."""
+    mask = np.ascontiguousarray(mask_1mm, dtype=np.bool_)
+    closed = dilate(mask, _box(close_mm)) if close_mm > 0 else mask
+    inner = erode(closed, _box(close_mm + shrink_mm))
+    flat = np.where(inner, hu_1mm, np.float32(fill_hu)).astype(np.float32, copy=False)
+    band = mask & ~erode(inner, _box(band_mm)) if band_mm > 0 else mask
+    return detect_blobs(flat, band, params)
+
+
 def append_distinct(first: Stage1Candidates, centres, radius, response, n: int, source: int = 2) -> Stage1Candidates:
     """``first`` followed by at most ``n`` of the ranked (centres, radius, response), skipping any
     inside the extent of a candidate already kept (or one of those inside its extent)."""
@@ -234,4 +270,10 @@ def stage1_candidates(det, pre, params: Stage1Params = Stage1Params(), timings: 
                            params.subsolid_blob)
         cand = append_distinct(cand, g.centres_zyx, g.radius_mm, g.response, params.subsolid)
         timings["subsolid"] = time.perf_counter() - t
+    if params.wall > 0:
+        t = time.perf_counter()
+        w = wall_blobs(pre.volume.hu, pre.mask, params.wall_close_mm, params.wall_shrink_mm, params.wall_fill_hu,
+                       params.wall_band_mm, params.wall_blob)
+        cand = append_distinct(cand, w.centres_zyx, w.radius_mm, w.response, params.wall, source=3)
+        timings["wall"] = time.perf_counter() - t
     return cand

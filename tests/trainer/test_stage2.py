@@ -109,6 +109,45 @@ def test_subsolid_supplement_keeps_only_that_pass_and_labels_it():
     assert y1.sum() == 1  # the first pass finds the solid nodule only
 
 
+def test_wall_supplement_keeps_only_the_pleural_pass_and_labels_it():
+    """`scan_examples` with the pleural supplement's spec (as ``--wall N`` builds it, here with a
+    first-pass cap of 1): only the pleural pass's candidates, no jittered positives. The small
+    solid nodule on the wall answers the first pass weakly (its peak on the wall's edge, below the
+    isolated nodule's: capped out, as in a scan with a hundred stronger blobs); the pleural pass
+    finds it at its centre, a positive."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from noduleflow.engine.blobs import BlobParams
+    from noduleflow.engine.preprocess import Preprocessed
+    from noduleflow.engine.stage1 import WALL_SIGMAS_MM, Stage1Params
+    from noduleflow.engine.volume import Volume
+    from noduleflow.trainer.data.stage2 import Stage2DataSpec, scan_examples
+
+    shape = (48, 48, 64)
+    hu = np.full(shape, -850.0, np.float32)
+    zz, yy, xx = np.indices(shape)
+    hu[(zz - 24) ** 2 + (yy - 24) ** 2 + (xx - 21) ** 2 <= 2.0 ** 2] = 40.0   # on the wall
+    hu[(zz - 24) ** 2 + (yy - 10) ** 2 + (xx - 48) ** 2 <= 3 ** 2] = 40.0     # isolated: first pass
+    hu[:, :, :20] = 40.0
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 2:-2, 17:-2] = True
+    vol = Volume(hu.astype(np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    nodules = np.array([[21.0, 24.0, 24.0, 4.0], [48.0, 10.0, 24.0, 6.0]])  # x, y, z, diameter
+    scan = SimpleNamespace(pre=Preprocessed(vol, mask, (0, 48, 0, 48, 0, 64), {}),
+                           xyzd=lambda excluded=False: np.zeros((0, 4)) if excluded else nodules)
+    s1 = Stage1Params(generator="blobs", max_candidates=1, blob=BlobParams(min_response=10.0), subsolid=50,
+                      wall=30, wall_blob=BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=10.0))
+    p, y, rank = scan_examples(None, scan, Stage2DataSpec(stage1=s1, jittered_per_nodule=0, source=3),
+                               np.random.default_rng(0))
+    assert p.shape[1:] == (2, 41, 41, 41) and y.sum() == 1 and (rank >= 0).all()
+    first = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=1,
+                                               blob=BlobParams(min_response=10.0)), jittered_per_nodule=0)
+    _, y1, r1 = scan_examples(None, scan, first, np.random.default_rng(0))
+    assert y1.sum() == 1 and rank.min() >= len(r1)  # the first pass: the isolated nodule; the pleural after
+
+
 def test_hard_pool_picks_the_highest_scoring_negatives():
     torch = pytest.importorskip("torch")
     from noduleflow.trainer.stage2_train import hard_pool

@@ -11,7 +11,8 @@ Per scan (a `trainer.data.cohort.CohortScan`):
 - patches from `engine.context.ContextVolume` (1 mm + 2 mm), stored as uint8 (1/255 steps).
 
 ``--subsolid N`` builds a supplement instead: only the candidates of stage 1's subsolid pass
-(`engine.stage1.subsolid_blobs`), labelled the same way, no jittered positives.
+(`engine.stage1.subsolid_blobs`), labelled the same way, no jittered positives; ``--wall N`` the
+same for its pleural pass (`engine.stage1.wall_blobs`, after 200 blobs and 50 subsolid ones).
 
 One ``.npz`` per scan under ``out_dir`` (``patches`` uint8 (n, 2, 41, 41, 41), ``labels`` int8,
 ``rank`` int32 (stage-1 rank, -1 for a jittered positive), ``seed``), written atomically, skipped
@@ -39,7 +40,7 @@ class Stage2DataSpec:
     jittered_per_nodule: int = 6
     max_jitter_mm: float = 3.0
     margin_mm: float = 3.0
-    source: int | None = None       # keep only stage-1 candidates of this source (2: the subsolid pass)
+    source: int | None = None       # keep only stage-1 candidates of this source (2: subsolid pass, 3: pleural pass)
 
 
 def label_candidates(centres_zyx: np.ndarray, nodules_zyxr: np.ndarray, excluded_zyxr: np.ndarray,
@@ -157,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--subsolid", type=int, default=0, metavar="N",
                     help="instead: only the candidates of stage 1's subsolid pass (at most N per scan after 200 "
                          "blobs), labelled, no jittered positives: data for a stage 2 that sees that pass")
+    ap.add_argument("--wall", type=int, default=0, metavar="N",
+                    help="instead: only the candidates of stage 1's pleural pass (at most N per scan after 200 blobs "
+                         "and 50 subsolid ones), labelled, no jittered positives: data for a stage 2 that sees that pass")
     ap.add_argument("--generator", choices=("cnn", "blobs", "union"), default="union",
                     help="stage-1 generator whose candidates become the examples (default union, as v7/v8 were built)")
     ap.add_argument("--max-candidates", type=int, default=150, help="stage-1 cap (default 150)")
@@ -167,11 +171,19 @@ def main(argv=None) -> int:
     if a.reverse:
         seeds = seeds[::-1]
     from noduleflow.engine.blobs import BlobParams
+    from noduleflow.engine.stage1 import WALL_SIGMAS_MM
 
+    if a.subsolid and a.wall:
+        ap.error("--subsolid and --wall build different supplements: one at a time")
     if a.subsolid:
         spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
                                                   blob=BlobParams(min_response=10.0), subsolid=a.subsolid),
                               jittered_per_nodule=0, source=2)
+    elif a.wall:
+        spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
+                                                  blob=BlobParams(min_response=10.0), subsolid=50, wall=a.wall,
+                                                  wall_blob=BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=10.0)),
+                              jittered_per_nodule=0, source=3)
     else:
         blob = BlobParams() if a.min_response is None else BlobParams(min_response=a.min_response)
         spec = Stage2DataSpec(stage1=Stage1Params(generator=a.generator, max_candidates=a.max_candidates,

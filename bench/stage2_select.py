@@ -88,8 +88,9 @@ def main(argv=None) -> int:
         det = Detector(m, stages="2")
         st2 = det.contract.stage2
         rows.append({"model": str(m), "model_id": det.package.manifest.model_id,
-                     "settings": f"blobs {st2.max_candidates} + subsolid {st2.subsolid_candidates}, "
-                                 f"{st2.tta_flips} flips for the best {st2.tta_top or 'all'}, dedup {st2.dedup_factor}",
+                     "settings": f"blobs {st2.max_candidates} + subsolid {st2.subsolid_candidates}"
+                                 + (f" + pleural {st2.wall_candidates}" if st2.wall_candidates else "")
+                                 + f", {st2.tta_flips} flips for the best {st2.tta_top or 'all'}, dedup {st2.dedup_factor}",
                      **evaluate(det, scans, a.cache)})
     n_nod = sum(len(s.nodules) for s in scans)
     cmd = "python -m noduleflow.bench.stage2_select " + " ".join(argv if argv is not None else sys.argv[1:])

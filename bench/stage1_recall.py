@@ -96,9 +96,22 @@ def subsolid_list(scan, root=None):
                                                 p.subsolid_fill_hu, p.subsolid_blob))
 
 
-def raw_lists(det, scan, blob_params, cnn_candidates=300, root=None, subsolid: bool = False):
-    """Per scan: the ranked CNN peaks and blobs (and with ``subsolid`` the subsolid pass's blobs),
-    each with its extent radius, and the seconds each took."""
+def wall_list(scan, blob_min_response: float, root=None):
+    """`engine.stage1.wall_blobs` (engine defaults, the first pass's response threshold) on a
+    `CohortScan`: (centres, response, radius_mm, seconds), cached."""
+    from noduleflow.engine.stage1 import Stage1Params, wall_blobs
+
+    p = Stage1Params()
+    wb = replace(p.wall_blob, min_response=blob_min_response)
+    return _cached_blobs("wall", {"close": p.wall_close_mm, "shrink": p.wall_shrink_mm, "fill": p.wall_fill_hu,
+                                  "band": p.wall_band_mm, **vars(wb)}, scan, root,
+                         lambda: wall_blobs(scan.pre.volume.hu, scan.pre.mask, p.wall_close_mm, p.wall_shrink_mm,
+                                            p.wall_fill_hu, p.wall_band_mm, wb))
+
+
+def raw_lists(det, scan, blob_params, cnn_candidates=300, root=None, subsolid: bool = False, wall: bool = False):
+    """Per scan: the ranked CNN peaks and blobs (and with ``subsolid`` the subsolid pass's blobs,
+    with ``wall`` the pleural pass's), each with its extent radius, and the seconds each took."""
     from noduleflow.engine.stage1 import component_radius_mm
 
     cc, cp, cn, t_cnn = cnn_list(det, scan, cnn_candidates, root, refine=False)  # as engine.stage1 does
@@ -110,6 +123,10 @@ def raw_lists(det, scan, blob_params, cnn_candidates=300, root=None, subsolid: b
         sc, sv, sr, t_ss = subsolid_list(scan, root)
         out["subsolid"] = (sc, sv, sr)
         out["seconds"]["subsolid"] = t_ss
+    if wall:
+        wc, wv, wr, t_w = wall_list(scan, blob_params.min_response, root)
+        out["wall"] = (wc, wv, wr)
+        out["seconds"]["wall"] = t_w
     return out
 
 
@@ -121,15 +138,18 @@ def hits(centres_zyx, nodules_zyxr):
     return d2 < nodules_zyxr[None, :, 3] ** 2
 
 
-def evaluate_lists(per_scan, generators=("cnn", "blobs", "union"), caps=CAPS, subsolid: int = 0):
+def evaluate_lists(per_scan, generators=("cnn", "blobs", "union"), caps=CAPS, subsolid: int = 0, wall: int = 0):
     """per_scan: [(raw_lists(...), nodules (m, 4) zyx + radius, kinds, locations)] -> table rows and
     strata. With ``subsolid`` N > 0 (and the lists' subsolid pass), one more generator,
     ``blobs+subsolid<N>``: the blobs cut at each cap, then at most N of the subsolid pass's blobs not
-    already in the list (`engine.stage1.append_distinct`, as the engine does)."""
+    already in the list (`engine.stage1.append_distinct`, as the engine does); with ``wall`` M > 0
+    as well (and the lists' pleural pass), ``blobs+subsolid<N>+pleural<M>``: that list, then at
+    most M of the pleural pass's blobs not already in it."""
     from noduleflow.bench.strata import DIAMETER_BANDS_MM, band_name
     from noduleflow.engine.stage1 import append_distinct, combine
 
     gens = list(generators) + ([f"blobs+subsolid{subsolid}"] if subsolid else [])
+    gens += [f"blobs+subsolid{subsolid}+pleural{wall}"] if subsolid and wall else []
 
     rows, strata = [], {}
     n_nod = sum(len(n) for _, n, _, _ in per_scan)
@@ -142,6 +162,9 @@ def evaluate_lists(per_scan, generators=("cnn", "blobs", "union"), caps=CAPS, su
                 if g.startswith("blobs+subsolid"):
                     sc, sv, sr = raw["subsolid"]
                     cand = append_distinct(combine(cc, cp, cr, bc, bv, br, "blobs", cap), sc, sr, sv, subsolid)
+                    if "+pleural" in g:
+                        wc, wv, wr = raw["wall"]
+                        cand = append_distinct(cand, wc, wr, wv, wall, source=3)
                 else:
                     cand = combine(cc, cp, cr, bc, bv, br, g, cap)
                 h = hits(cand.centres_zyx, nod)
@@ -185,6 +208,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lists-cache", help="folder caching each scan's CNN and blob lists (default: none)")
     ap.add_argument("--subsolid", type=int, default=0, metavar="N",
                     help="also the generator blobs + at most N candidates of the subsolid pass")
+    ap.add_argument("--wall", type=int, default=0, metavar="M",
+                    help="with --subsolid: also that generator + at most M candidates of the pleural pass")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
@@ -192,17 +217,20 @@ def main(argv=None) -> int:
     cache = CohortCache(a.cache)
     det = Detector(a.model)
     bp = replace(BlobParams(), min_response=a.min_response, merge_factor=a.merge_factor, max_blobs=a.max_blobs)
-    per_scan, secs = [], {"cnn": [], "blobs": [], **({"subsolid": []} if a.subsolid else {})}
+    if a.wall and not a.subsolid:
+        ap.error("--wall extends the --subsolid generator: give both")
+    per_scan, secs = [], {"cnn": [], "blobs": [], **({"subsolid": []} if a.subsolid else {}),
+                          **({"wall": []} if a.wall else {})}
     for s in tqdm(seeds, desc="scans", unit="scan"):
         scan = cache.get(s)
         vol = scan.pre.volume
         nod = scan.xyzd()
         zyxr = np.c_[vol.world_to_voxel(nod[:, :3]).reshape(-1, 3), nod[:, 3] / 2]
-        raw = raw_lists(det, scan, bp, root=a.lists_cache, subsolid=a.subsolid > 0)
+        raw = raw_lists(det, scan, bp, root=a.lists_cache, subsolid=a.subsolid > 0, wall=a.wall > 0)
         for k in secs:
             secs[k].append(raw["seconds"][k])
         per_scan.append((raw, zyxr, [n.kind for n in scan.nodules], [n.location for n in scan.nodules]))
-    rows, strata = evaluate_lists(per_scan, subsolid=a.subsolid)
+    rows, strata = evaluate_lists(per_scan, subsolid=a.subsolid, wall=a.wall)
     meta = {"model_id": det.package.manifest.model_id, "cohort": a.cohort, "seeds": [seeds[0], seeds[-1]],
             "scans": len(seeds), "blob_params": {k: v for k, v in vars(bp).items()},
             "seconds_median": {k: float(np.median(v)) for k, v in secs.items()},
@@ -215,7 +243,8 @@ def main(argv=None) -> int:
     lines = [f"# Stage-1 recall, {a.cohort} phantoms {seeds[0]}-{seeds[-1]} ({len(seeds)} scans, "
              f"{rows[0]['nodules']} nodules)", "", f"`{meta['command']}`; CNN: `{meta['model_id']}`; "
              f"median seconds per scan: CNN scoring + clustering {meta['seconds_median']['cnn']:.2f}, "
-             f"blobs {meta['seconds_median']['blobs']:.2f}" + (f", subsolid pass {meta['seconds_median']['subsolid']:.2f}" if a.subsolid else "") + ".", "",
+             f"blobs {meta['seconds_median']['blobs']:.2f}" + (f", subsolid pass {meta['seconds_median']['subsolid']:.2f}" if a.subsolid else "")
+             + (f", pleural pass {meta['seconds_median']['wall']:.2f}" if a.wall else "") + ".", "",
              "| generator | cap/scan | candidates/scan | recall | found/nodules | candidates per found nodule |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:

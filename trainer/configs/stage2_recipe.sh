@@ -123,3 +123,35 @@ noduleflow export "$S1" engine/models/default --stage2 "$R/stage2_v12/avg456.saf
     --stage2-spec trainer/checkpoints/stage2/spec.json --model-id noduleflow-2stage-phantom-v12 --overwrite
 python -m noduleflow.bench.accuracy_cohort --cohort heldout --out bench/results/accuracy_heldout/v12
 python -m noduleflow.bench.kernel_robustness --seeds 5000-5019 --out bench/results/kernel_robustness/v12
+# v13: stage 1 gains the pleural pass (engine.stage1.wall_blobs, at most 10 candidates per scan:
+# spec_uncalibrated_v13.json: spec_uncalibrated.json + wall_candidates 10); its candidates on the same 400 training phantoms become a
+# third data folder (at most 30 per scan after 200 blobs and 50 subsolid ones), and v12 is continued
+# 4 epochs on all three; every epoch and the mean of epochs 2-4 compared on the tuning cohort with
+# the pleural pass (bench/results/stage2_select/v13)
+WALL34="$R/stage2_data_wall_v34"
+for k in "validation standard" "train_more standard" "1372-1505 standard" "1506-1538 smooth" "1539-1571 sharp"; do
+  set -- $k
+  python -m noduleflow.trainer.data.stage2 --seeds "$1" --kernel "$2" --wall 30 --out "$WALL34"
+done
+python -m noduleflow.trainer.stage2_train --data "$R/stage2_data_v34" "$R/stage2_data_subsolid_v34" "$WALL34" \
+    --out "$R/stage2_v13" --init-stage2 "$R/stage2_v12/avg456.safetensors" --train-seeds train_more train_kernels \
+    --lr 1e-4 --epochs 4 --steps 150 --threads 2 --hard-negatives 0.5 --hard-pool 3000 --hard-score 10000 \
+    --rescore-every 2 --keep-epochs
+python -m noduleflow.trainer.stage2_average --checkpoints "$R"/stage2_v13/epoch{2,3,4}.safetensors \
+    --data "$R/stage2_data_v34" "$R/stage2_data_subsolid_v34" "$WALL34" --train-seeds train_more train_kernels \
+    --out "$R/stage2_v13/avg234"
+noduleflow export "$S1" "$R/pkg_v12_wall10" --stage2 "$R/stage2_v12/avg456.safetensors" \
+    --stage2-spec trainer/checkpoints/stage2/spec_uncalibrated_v13.json --model-id v12_wall10 --overwrite
+for e in epoch2 epoch3 epoch4 avg234; do
+  noduleflow export "$S1" "$R/pkg_v13_$e" --stage2 "$R/stage2_v13/$e.safetensors" \
+      --stage2-spec trainer/checkpoints/stage2/spec_uncalibrated_v13.json --model-id "v13_$e" --overwrite
+done
+python -m noduleflow.bench.stage2_select --models "$R/pkg_v12_avg456" "$R/pkg_v12_wall10" --cohort tuning \
+    --cache "$R/stage2_select_f32" --out "$R/s2sel_wall10"
+python -m noduleflow.bench.stage2_select --models "$R"/pkg_v13_epoch{2,3,4} "$R/pkg_v13_avg234" --cohort tuning \
+    --cache "$R/stage2_select_f32" --out "$R/s2sel_v13"
+python -m noduleflow.trainer.stage2_calibrate --model "$R/pkg_v13_epoch4" --out trainer/checkpoints/stage2/spec.json
+noduleflow export "$S1" engine/models/default --stage2 "$R/stage2_v13/epoch4.safetensors" \
+    --stage2-spec trainer/checkpoints/stage2/spec.json --model-id noduleflow-2stage-phantom-v13 --overwrite
+python -m noduleflow.bench.accuracy_cohort --cohort heldout --out bench/results/accuracy_heldout/v13
+python -m noduleflow.bench.kernel_robustness --seeds 5000-5019 --out bench/results/kernel_robustness/v13

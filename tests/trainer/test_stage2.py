@@ -67,32 +67,41 @@ def test_stage2_net_starts_as_stage1():
     assert s2.stem[0].weight.grad[:, 1].abs().sum() > 0  # the context channel learns
 
 
-def test_subsolid_supplement_keeps_only_that_pass_and_labels_it():
-    """`scan_examples` with the supplement's spec: only candidates of the subsolid pass, the pleural
-    ground-glass nodule (which only that pass finds) a positive, no jittered positives."""
+def _wall_scan(pleural_x: float, pleural_hu: float):
+    """A scan for the supplement tests: aerated lung beside a chest wall (+40 HU, x < 20), a
+    2 mm-radius nodule of ``pleural_hu`` on it (centre x = ``pleural_x``), an isolated solid
+    3 mm-radius one, and the lung mask grown 3 mm into the wall as the preprocessing grows it."""
     from types import SimpleNamespace
 
     import numpy as np
 
-    from noduleflow.engine.blobs import BlobParams
     from noduleflow.engine.preprocess import Preprocessed
-    from noduleflow.engine.stage1 import Stage1Params
     from noduleflow.engine.volume import Volume
-    from noduleflow.trainer.data.stage2 import Stage2DataSpec, scan_examples
 
     shape = (48, 48, 64)
     hu = np.full(shape, -850.0, np.float32)
     zz, yy, xx = np.indices(shape)
-    pleural = np.array([24.0, 24.0, 20.5])
-    hu[(zz - 24) ** 2 + (yy - 24) ** 2 + (xx - 20.5) ** 2 <= 2.0 ** 2] = -600.0
-    hu[(zz - 24) ** 2 + (yy - 10) ** 2 + (xx - 48) ** 2 <= 3 ** 2] = 40.0   # a solid nodule: first pass
+    hu[(zz - 24) ** 2 + (yy - 24) ** 2 + (xx - pleural_x) ** 2 <= 2.0 ** 2] = pleural_hu
+    hu[(zz - 24) ** 2 + (yy - 10) ** 2 + (xx - 48) ** 2 <= 3 ** 2] = 40.0   # isolated: the first pass's
     hu[:, :, :20] = 40.0
     mask = np.zeros(shape, bool)
     mask[2:-2, 2:-2, 17:-2] = True
     vol = Volume(hu.astype(np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-    nodules = np.array([[20.5, 24.0, 24.0, 4.0], [48.0, 10.0, 24.0, 6.0]])  # x, y, z, diameter
-    scan = SimpleNamespace(pre=Preprocessed(vol, mask, (0, 48, 0, 48, 0, 64), {}),
+    nodules = np.array([[pleural_x, 24.0, 24.0, 4.0], [48.0, 10.0, 24.0, 6.0]])  # x, y, z, diameter
+    return SimpleNamespace(pre=Preprocessed(vol, mask, (0, 48, 0, 48, 0, 64), {}),
                            xyzd=lambda excluded=False: np.zeros((0, 4)) if excluded else nodules)
+
+
+def test_subsolid_supplement_keeps_only_that_pass_and_labels_it():
+    """`scan_examples` with the supplement's spec: only candidates of the subsolid pass, the pleural
+    ground-glass nodule (which only that pass finds) a positive, no jittered positives."""
+    import numpy as np
+
+    from noduleflow.engine.blobs import BlobParams
+    from noduleflow.engine.stage1 import Stage1Params
+    from noduleflow.trainer.data.stage2 import Stage2DataSpec, scan_examples
+
+    scan = _wall_scan(20.5, -600.0)
     spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
                                               blob=BlobParams(min_response=10.0), subsolid=50),
                           jittered_per_nodule=0, source=2)
@@ -115,28 +124,13 @@ def test_wall_supplement_keeps_only_the_pleural_pass_and_labels_it():
     solid nodule on the wall answers the first pass weakly (its peak on the wall's edge, below the
     isolated nodule's: capped out, as in a scan with a hundred stronger blobs); the pleural pass
     finds it at its centre, a positive."""
-    from types import SimpleNamespace
-
     import numpy as np
 
     from noduleflow.engine.blobs import BlobParams
-    from noduleflow.engine.preprocess import Preprocessed
     from noduleflow.engine.stage1 import WALL_SIGMAS_MM, Stage1Params
-    from noduleflow.engine.volume import Volume
     from noduleflow.trainer.data.stage2 import Stage2DataSpec, scan_examples
 
-    shape = (48, 48, 64)
-    hu = np.full(shape, -850.0, np.float32)
-    zz, yy, xx = np.indices(shape)
-    hu[(zz - 24) ** 2 + (yy - 24) ** 2 + (xx - 21) ** 2 <= 2.0 ** 2] = 40.0   # on the wall
-    hu[(zz - 24) ** 2 + (yy - 10) ** 2 + (xx - 48) ** 2 <= 3 ** 2] = 40.0     # isolated: first pass
-    hu[:, :, :20] = 40.0
-    mask = np.zeros(shape, bool)
-    mask[2:-2, 2:-2, 17:-2] = True
-    vol = Volume(hu.astype(np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-    nodules = np.array([[21.0, 24.0, 24.0, 4.0], [48.0, 10.0, 24.0, 6.0]])  # x, y, z, diameter
-    scan = SimpleNamespace(pre=Preprocessed(vol, mask, (0, 48, 0, 48, 0, 64), {}),
-                           xyzd=lambda excluded=False: np.zeros((0, 4)) if excluded else nodules)
+    scan = _wall_scan(21.0, 40.0)
     s1 = Stage1Params(generator="blobs", max_candidates=1, blob=BlobParams(min_response=10.0), subsolid=50,
                       wall=30, wall_blob=BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=10.0))
     p, y, rank = scan_examples(None, scan, Stage2DataSpec(stage1=s1, jittered_per_nodule=0, source=3),

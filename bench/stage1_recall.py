@@ -101,8 +101,8 @@ def wall_list(scan, blob_min_response: float, root=None):
     `CohortScan`: (centres, response, radius_mm, seconds), cached."""
     from noduleflow.engine.stage1 import Stage1Params, wall_blobs
 
-    p = Stage1Params()
-    wb = replace(p.wall_blob, min_response=blob_min_response)
+    p = Stage1Params(blob=replace(Stage1Params().blob, min_response=blob_min_response))
+    wb = p.wall_blob
     return _cached_blobs("wall", {"close": p.wall_close_mm, "shrink": p.wall_shrink_mm, "fill": p.wall_fill_hu,
                                   "band": p.wall_band_mm, **vars(wb)}, scan, root,
                          lambda: wall_blobs(scan.pre.volume.hu, scan.pre.mask, p.wall_close_mm, p.wall_shrink_mm,

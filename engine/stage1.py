@@ -45,7 +45,11 @@ class Stage1Params:
     wall_shrink_mm: float = 3.0
     wall_fill_hu: float = -850.0
     wall_band_mm: float = 12.0
-    wall_blob: BlobParams = BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=20.0)
+
+    @property
+    def wall_blob(self) -> BlobParams:
+        """The pleural pass's blob settings: the first pass's, at the fine scales only."""
+        return replace(self.blob, sigmas_mm=WALL_SIGMAS_MM)
 
     @classmethod
     def from_stage2(cls, st2) -> "Stage1Params":
@@ -55,8 +59,7 @@ class Stage1Params:
                    subsolid_solid_hu=st2.subsolid_solid_hu, subsolid_fill_hu=st2.subsolid_fill_hu,
                    subsolid_blob=replace(cls.subsolid_blob, min_response=st2.subsolid_min_response),
                    wall=st2.wall_candidates, wall_close_mm=st2.wall_close_mm, wall_shrink_mm=st2.wall_shrink_mm,
-                   wall_fill_hu=st2.wall_fill_hu, wall_band_mm=st2.wall_band_mm,
-                   wall_blob=replace(cls.wall_blob, min_response=st2.blob_min_response))
+                   wall_fill_hu=st2.wall_fill_hu, wall_band_mm=st2.wall_band_mm)
 
     def __post_init__(self) -> None:
         if self.generator not in GENERATORS:

@@ -127,12 +127,11 @@ def test_wall_supplement_keeps_only_the_pleural_pass_and_labels_it():
     import numpy as np
 
     from noduleflow.engine.blobs import BlobParams
-    from noduleflow.engine.stage1 import WALL_SIGMAS_MM, Stage1Params
+    from noduleflow.engine.stage1 import Stage1Params
     from noduleflow.trainer.data.stage2 import Stage2DataSpec, scan_examples
 
     scan = _wall_scan(21.0, 40.0)
-    s1 = Stage1Params(generator="blobs", max_candidates=1, blob=BlobParams(min_response=10.0), subsolid=50,
-                      wall=30, wall_blob=BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=10.0))
+    s1 = Stage1Params(generator="blobs", max_candidates=1, blob=BlobParams(min_response=10.0), subsolid=50, wall=30)
     p, y, rank = scan_examples(None, scan, Stage2DataSpec(stage1=s1, jittered_per_nodule=0, source=3),
                                np.random.default_rng(0))
     assert p.shape[1:] == (2, 41, 41, 41) and y.sum() == 1 and (rank >= 0).all()

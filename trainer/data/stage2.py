@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -171,19 +171,14 @@ def main(argv=None) -> int:
     if a.reverse:
         seeds = seeds[::-1]
     from noduleflow.engine.blobs import BlobParams
-    from noduleflow.engine.stage1 import WALL_SIGMAS_MM
 
     if a.subsolid and a.wall:
         ap.error("--subsolid and --wall build different supplements: one at a time")
+    supplement = Stage1Params(generator="blobs", max_candidates=200, blob=BlobParams(min_response=10.0))
     if a.subsolid:
-        spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
-                                                  blob=BlobParams(min_response=10.0), subsolid=a.subsolid),
-                              jittered_per_nodule=0, source=2)
+        spec = Stage2DataSpec(stage1=replace(supplement, subsolid=a.subsolid), jittered_per_nodule=0, source=2)
     elif a.wall:
-        spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
-                                                  blob=BlobParams(min_response=10.0), subsolid=50, wall=a.wall,
-                                                  wall_blob=BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=10.0)),
-                              jittered_per_nodule=0, source=3)
+        spec = Stage2DataSpec(stage1=replace(supplement, subsolid=50, wall=a.wall), jittered_per_nodule=0, source=3)
     else:
         blob = BlobParams() if a.min_response is None else BlobParams(min_response=a.min_response)
         spec = Stage2DataSpec(stage1=Stage1Params(generator=a.generator, max_candidates=a.max_candidates,

@@ -54,10 +54,11 @@ def scan_scores(det, scan, cache_dir=None, stage1_from=None):
     logits = np.zeros((len(centres), 8))
     t = time.perf_counter()
     bs = min(det.config.batch_size, det.stage2_backend.max_batch)
-    for i in range(0, len(centres), bs):
-        x = ctx.patches(centres[i:i + bs])
-        for j, v in enumerate(flips8(x)):
-            logits[i:i + len(x), j] = det.stage2_backend.infer(v)
+    starts = range(0, len(centres), bs)
+    views = det.stage2_backend.infer_many(v for i in starts for v in flips8(ctx.patches(centres[i:i + bs])))
+    for i in starts:
+        for j in range(8):
+            logits[i:i + bs, j] = next(views)
     out = {"centres": centres, "radius": radius, "cnn_prob": cnn_prob, "logits": logits,
            "seconds_stage1": np.float64(t1), "seconds_flip": np.float64((time.perf_counter() - t) / 8)}
     if f is not None:

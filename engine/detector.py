@@ -315,33 +315,48 @@ class Detector:
         """Stage-2 logits (n,) of candidates at ``centres_zyx`` (n, 3) on ``pre``'s 1 mm grid: each
         candidate's multi-scale context patches, the mean logit over the contract's number of axis
         flips (`engine.context.flips8`, identity first; with ``tta_top``, the flips after the first
-        only for the best ``tta_top`` candidates by the first view)."""
-        from .context import ContextVolume, flips8
+        only for the best ``tta_top`` candidates by the first view). The batches stream through the
+        backend's `infer_many` (several at once on the CPU)."""
+        from .context import ContextVolume
 
         st2 = self.contract.stage2
         c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
-        out = np.empty(len(c), np.float64)
+        out = np.zeros(len(c), np.float64)
         if not len(c):
             return out
         ctx = ContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
-        bs = min(self.config.batch_size, self.stage2_backend.max_batch)
+        flips = max(1, st2.tta_flips)
         top = st2.tta_top if 0 < st2.tta_top < len(c) else len(c)
-        if top == len(c):
-            for i in range(0, len(c), bs):
-                x = ctx.patches(c[i:i + bs])
-                views = itertools.islice(flips8(x), st2.tta_flips)
-                out[i:i + len(x)] = np.mean([self.stage2_backend.infer(v) for v in views], axis=0)
-            return out
+        if top == len(c):  # every flip for every candidate
+            return self._stage2_sums(ctx, c, np.arange(len(c)), 0, flips) / flips
         # the first view for all, the other flips for the best ``top`` by it
-        for i in range(0, len(c), bs):
-            out[i:i + bs] = self.stage2_backend.infer(ctx.patches(c[i:i + bs]))
-        if st2.tta_flips > 1:
+        out = self._stage2_sums(ctx, c, np.arange(len(c)), 0, 1)
+        if flips > 1:
             best = np.argsort(-out, kind="stable")[:top]
-            for i in range(0, len(best), bs):
-                sel = best[i:i + bs]
-                views = itertools.islice(flips8(ctx.patches(c[sel])), 1, st2.tta_flips)
-                out[sel] = (out[sel] + np.sum([self.stage2_backend.infer(v) for v in views], axis=0)) / st2.tta_flips
+            out[best] = (out[best] + self._stage2_sums(ctx, c, best, 1, flips)[best]) / flips
         return out
+
+    def _stage2_sums(self, ctx, c, which, first: int, last: int) -> np.ndarray:
+        """Per candidate in ``which``, the sum of stage 2's logits over flips ``first``..``last`` - 1
+        (zero elsewhere). Chunks small enough that every stream of the backend gets at least two
+        batches, at most the configured batch size."""
+        from .context import flips8
+
+        streams = getattr(self.stage2_backend, "streams", 1)
+        bs = min(self.config.batch_size, self.stage2_backend.max_batch,
+                 max(8, -(-len(which) // (2 * streams))))
+        chunks = [which[i:i + bs] for i in range(0, len(which), bs)]
+
+        def batches():
+            for ch in chunks:
+                yield from itertools.islice(flips8(ctx.patches(c[ch])), first, last)
+
+        sums = np.zeros(len(c), np.float64)
+        logits = self.stage2_backend.infer_many(batches())
+        for ch in chunks:
+            for _ in range(first, last):
+                sums[ch] += next(logits)
+        return sums
 
     def stage1(self, pre, timings: dict | None = None):
         """Stage 1 of a two-stage package on a preprocessed scan -> `engine.stage1.Stage1Candidates`

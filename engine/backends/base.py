@@ -6,6 +6,7 @@ input (dtype, rank, fixed dimensions, batch limit) and the private ``_infer`` ru
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -65,6 +66,13 @@ class Backend(ABC):
         if not 1 <= batch.shape[0] <= self.max_batch:
             raise ConfigError(f"{self.name}: batch of {batch.shape[0]} outside [1, {self.max_batch}]")
         return self._infer(batch, extra)
+
+    def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """``infer`` over a stream of batches, results in the same order. A backend that can run
+        several batches at once (`OnnxRuntimeBackend` with ``streams`` > 1) overlaps them; here
+        they run one after another, each as soon as the stream yields it."""
+        for b in batches:
+            yield self.infer(b)
 
     @abstractmethod
     def _infer(self, batch: np.ndarray, extra: np.ndarray | None) -> np.ndarray: ...

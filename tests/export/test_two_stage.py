@@ -284,3 +284,55 @@ def test_stage2_tuning_rows_score_as_the_engine(two_stage, phantom, tmp_path):
         (pkg / "manifest.json").write_text(json.dumps(m))
         want = Detector(pkg, stages="2").score_stage2(pre, sc["centres"])
         assert np.allclose(rank(sc, len(sc["centres"]), flips, False, top), want, atol=1e-4), (flips, top)
+
+
+def test_stage2_streams_run_batches_at_once_in_order(two_stage, phantom):
+    """The CPU stage-2 backend runs one single-threaded batch per core by default; `infer_many`
+    overlaps `streams` batches (seen running at once), returns them in order, and gives what one
+    batch at a time gives; the detector's stage-2 logits do not depend on the streams."""
+    import threading
+    import time
+
+    from noduleflow.engine.backends import open_backend
+    from noduleflow.engine.backends.onnxruntime import default_streams
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.preprocess import preprocess
+
+    assert default_streams("stage2", "cpu", 4) == 4 and default_streams("dense", "cpu", 4) == 1
+    assert default_streams("patch", "cpu", 4) == 1 and default_streams("stage2", "cuda", 4) == 1
+    pkg = ModelPackage.load(two_stage / "pkg")
+    with pytest.raises(ConfigError, match="streams must be >= 1, got 0"):
+        open_backend(pkg, "onnxruntime-cpu", graph="stage2", streams=0)
+    rng = np.random.default_rng(0)
+    batches = [rng.random((n, 2, 41, 41, 41), dtype=np.float32) for n in (3, 1, 5, 2, 4)]
+    with open_backend(pkg, "onnxruntime-cpu", graph="stage2", streams=1, threads=1) as one:
+        want = [one.infer(b) for b in batches]
+    with open_backend(pkg, "onnxruntime-cpu", graph="stage2", streams=3, threads=3) as many:
+        assert many.describe()["streams"] == 3
+        running, peak, lock = [0], [0], threading.Lock()
+        run = many._infer
+
+        def slow(batch, extra):  # each run lasts long enough for the next to start beside it
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.2)
+            try:
+                return run(batch, extra)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        many._infer = slow
+        got = list(many.infer_many(iter(batches)))
+    assert peak[0] >= 2
+    assert [len(g) for g in got] == [len(b) for b in batches]
+    for g, w in zip(got, want):
+        assert np.allclose(g, w, atol=1e-5)
+
+    dets = [Detector(two_stage / "pkg", backend_options={"streams": s}) for s in (1, 2)]
+    assert [d.stage2_backend.streams for d in dets] == [1, 2]
+    pre = preprocess(phantom.volume, dets[0].spec)
+    cand = dets[0].stage1(pre)
+    a, b = (d.score_stage2(pre, cand.centres_zyx) for d in dets)
+    assert len(a) == len(cand) > 8 and np.allclose(a, b, atol=1e-5)

@@ -1,11 +1,17 @@
-"""INT8 on the CPU, measured: ``python -m noduleflow.bench.int8 [--model PKG] [--out DIR]``.
+"""INT8 on the CPU, measured:
+``python -m noduleflow.bench.int8 [--model PKG] [--graph stage2|patch] [--accuracy COHORT --cache DIR] [--out DIR]``.
 
-ONNX Runtime static quantization (per-channel int8 weights, uint8 activations, calibrated on
-256 lung patches of a phantom that is not a held-out scan) of the shipped patch graph, in both
-of ONNX Runtime's formats (QDQ and QOperator), timed against the fp32 graph in the same
-process on 64 other phantom patches (best of 5, ONNX Runtime CPU, all cores), with the logit
-and probability differences. The engine ships an INT8 path only if it is faster and costs at
-most 0.01 CPM on the held-out phantoms; this measures the first condition.
+ONNX Runtime static quantization (per-channel int8 weights, uint8 activations) of one graph of a
+package: the stage-2 graph (the network the default two-stage engine runs), calibrated on 256
+context patches at stage 1's candidates (topped up with random lung points) of a phantom that is
+in no evaluation cohort, or the patch graph, calibrated on 256 random lung patches of that
+phantom. Both of ONNX Runtime's formats (QDQ and QOperator) are timed against the fp32 graph in
+the same process on 64 other patches (best of 5, ONNX Runtime CPU, all cores), with the logit
+and probability differences. With ``--accuracy``, the faster INT8 stage-2 graph goes into a copy
+of the package and both packages are scored on that cohort as `bench.stage2_select` scores them
+(the same stage-1 candidates, cached under ``--cache``): sensitivity at 5-100 candidates per scan
+and CPM, fp32 and INT8, and the change. The engine ships an INT8 path only if it is faster and
+costs at most 0.01 CPM on the held-out phantoms.
 """
 from __future__ import annotations
 
@@ -20,19 +26,33 @@ from pathlib import Path
 import numpy as np
 
 
-def _patches(contract, n_cal: int = 256, n_test: int = 64, seed: int = 21):
+def _patches(pkg, graph: str = "patch", n_cal: int = 256, n_test: int = 64, seed: int = 21):
+    """(calibration, test) input patches of ``graph``: at stage 1's candidates (stage 2) topped up
+    with random lung points, or random lung points (patch graph), of phantom ``seed`` (not in any
+    evaluation cohort), in a random order."""
+    from noduleflow.engine.context import ContextVolume
+    from noduleflow.engine.detector import Detector
     from noduleflow.engine.patches import Normalisation, gather
     from noduleflow.engine.preprocess import preprocess
     from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
+    contract = pkg.contract
     ph = generate_phantom(seed, params=PhantomParams(n_nodules=3), shape_zyx=(100, 256, 256),
                           spacing_zyx_mm=(2.5, 1.4, 1.4))
     pre = preprocess(ph.volume, contract.preprocess)
-    pts = np.argwhere(pre.mask)
     rng = np.random.default_rng(0)
-    pick = pts[rng.choice(len(pts), n_cal + n_test, replace=False)]
+    pts = np.argwhere(pre.mask)
+    n = n_cal + n_test
     norm = Normalisation(*contract.hu_window, pad_hu=contract.pad_hu)
-    cut = gather(pre.volume.hu, pick, norm=norm, size=contract.patch_size)
+    if graph == "stage2":
+        with Detector(pkg.path, stages="2") as det:
+            cand = np.rint(det.stage1(pre).centres_zyx).astype(np.int64)[:n]
+        pick = np.concatenate([cand, pts[rng.choice(len(pts), n - len(cand), replace=False)]])
+        cut = ContextVolume(pre.volume.hu, norm, contract.patch_size, contract.stage2.channels).patches(pick)
+    else:
+        pick = pts[rng.choice(len(pts), n, replace=False)]
+        cut = gather(pre.volume.hu, pick, norm=norm, size=contract.patch_size)
+    cut = cut[rng.permutation(len(cut))]
     return cut[:n_cal], cut[n_cal:]
 
 
@@ -46,19 +66,29 @@ def _best(session, feed, repeats: int = 5) -> tuple[float, np.ndarray]:
     return best, y
 
 
-def measure(model=None) -> dict:
+def measure(model=None, graph: str = "patch", keep: Path | None = None) -> dict:
+    """fp32 vs INT8 (QDQ, QOperator) of ``graph``: seconds, speed-up, logit/probability changes.
+    ``keep``: a folder where the faster INT8 graph is written (``int8.onnx``)."""
+    import shutil
+
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from noduleflow.engine.package import ModelPackage, default_package_path
 
+    if graph not in ("patch", "stage2"):
+        raise SystemExit(f"--graph must be patch or stage2, got {graph!r}")
     pkg = ModelPackage.load(model or default_package_path())
-    cal, test = _patches(pkg.contract)
+    src = pkg.file(f"{graph}.onnx")
+    if src is None:
+        raise SystemExit(f"package {pkg.manifest.model_id} has no {graph}.onnx")
+    cal, test = _patches(pkg, graph)
+    name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"patch": cal[i:i + 32]} for i in range(0, len(cal), 32)])
+            self.it = iter([{name: cal[i:i + 32]} for i in range(0, len(cal), 32)])
 
         def get_next(self):
             return next(self.it, None)
@@ -66,36 +96,94 @@ def measure(model=None) -> dict:
     so = ort.SessionOptions()
     so.intra_op_num_threads = os.cpu_count() or 1
     open_ = lambda p: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])  # noqa: E731
-    fp32_s, ref = _best(open_(pkg.file("patch.onnx")), {"patch": test})
+    fp32_s, ref = _best(open_(src), {name: test})
     rows = {"fp32": {"seconds": fp32_s}}
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(pkg.file("patch.onnx")), str(pre))
+        quant_pre_process(str(src), str(pre))
         for fmt in ("QDQ", "QOperator"):
             out = Path(tmp) / f"int8_{fmt}.onnx"
             quantize_static(str(pre), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            s, y = _best(open_(out), {"patch": test})
+            s, y = _best(open_(out), {name: test})
             p = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))  # noqa: E731
             rows[f"int8_{fmt}"] = {"seconds": s, "speedup_vs_fp32": fp32_s / s,
                                    "max_abs_logit_diff": float(np.abs(y - ref).max()),
                                    "max_abs_prob_diff": float(np.abs(p(y) - p(ref)).max())}
-    return {"model_id": pkg.manifest.model_id, "batch": len(test), "onnxruntime": ort.__version__, "rows": rows}
+        fastest = min((k for k in rows if k != "fp32"), key=lambda k: rows[k]["seconds"])
+        if keep is not None:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(tmp) / f"{fastest}.onnx", Path(keep) / "int8.onnx")
+    return {"model_id": pkg.manifest.model_id, "model": str(pkg.path), "graph": graph, "batch": len(test),
+            "onnxruntime": ort.__version__, "rows": rows, "int8_kept": fastest}
+
+
+def int8_package(model, int8_graph: Path, out: Path):
+    """A copy of package ``model`` whose stage-2 graph is ``int8_graph`` (model id + "-int8s2")."""
+    import dataclasses
+    import shutil
+
+    from noduleflow.engine.package import ModelPackage, write_manifest
+
+    src = ModelPackage.load(model)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src.path, out)
+    shutil.copyfile(int8_graph, out / "stage2.onnx")
+    m = src.manifest
+    write_manifest(out, dataclasses.replace(m, model_id=m.model_id + "-int8s2"))
+    return ModelPackage.load(out)
+
+
+def accuracy(model, int8_graph: Path, cohort: str, cache=None, work: Path = Path("."), progress: bool = True) -> dict:
+    """fp32 and INT8 stage 2 of ``model`` on ``cohort``, scored as `bench.stage2_select` scores a
+    package (same stage-1 candidates): sensitivity at K, CPM, stage-2 seconds per scan, and the
+    change (INT8 - fp32)."""
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.package import default_package_path
+    from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
+
+    from .stage2_select import evaluate
+
+    model = model or default_package_path()
+    q = int8_package(model, int8_graph, Path(work) / "pkg_int8")
+    seeds = cohort_seeds(cohort)
+    cc = CohortCache()
+    scans = [cc.get(s) for s in seeds]
+    rows = {}
+    for key, pkg in (("fp32", model), ("int8", q.path)):
+        with Detector(pkg, stages="2", backend="onnxruntime-cpu") as det:
+            rows[key] = evaluate(det, scans, cache, progress=progress)
+    delta = {"cpm": rows["int8"]["cpm"] - rows["fp32"]["cpm"],
+             "sensitivity_at_k": {k: rows["int8"]["sensitivity_at_k"][k] - rows["fp32"]["sensitivity_at_k"][k]
+                                  for k in rows["fp32"]["sensitivity_at_k"]}}
+    return {"cohort": cohort, "seeds": [seeds[0], seeds[-1]], "scans": len(scans),
+            "nodules": int(sum(len(s.nodules) for s in scans)), "rows": rows, "int8_minus_fp32": delta}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.int8", description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model package (default: the shipped one)")
+    ap.add_argument("--graph", default="stage2", choices=("stage2", "patch"),
+                    help="graph to quantize (default stage2, the network of the default two-stage engine)")
+    ap.add_argument("--accuracy", metavar="COHORT",
+                    help="also score fp32 and INT8 stage 2 on this cohort (e.g. heldout; stage2 graph only)")
+    ap.add_argument("--cache", help="folder caching each scan's stage-1 candidates (as bench.stage2_select)")
     ap.add_argument("--out", default="bench-int8", help="output folder (default ./bench-int8)")
     a = ap.parse_args(argv)
+    if a.accuracy and a.graph != "stage2":
+        ap.error("--accuracy scores the stage-2 graph: use --graph stage2")
     from noduleflow.bench.speed import machine
 
-    res = {"machine": machine(), **measure(a.model), "load_average": os.getloadavg(),
-           "command": "python -m noduleflow.bench.int8"}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    cmd = "python -m noduleflow.bench.int8 " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = {"machine": machine(), **measure(a.model, a.graph, keep=out if a.accuracy else None),
+           "load_average": os.getloadavg(), "command": cmd.strip()}
+    if a.accuracy:
+        res["accuracy"] = accuracy(a.model, out / "int8.onnx", a.accuracy, a.cache, work=out)
     (out / "int8.json").write_text(json.dumps(res, indent=2))
-    lines = ["# INT8 on the CPU (ONNX Runtime static quantization, patch graph)", "",
+    lines = [f"# INT8 on the CPU (ONNX Runtime static quantization, {res['graph']} graph)", "",
              f"{res['model_id']}, batch {res['batch']}, ONNX Runtime {res['onnxruntime']}; machine {res['machine']}; "
              f"load average {', '.join(f'{x:.1f}' for x in res['load_average'])}. Command: `{res['command']}`.", "",
              "| graph | best of 5, s | speed-up vs fp32 | max abs logit diff | max abs prob diff |",
@@ -103,6 +191,20 @@ def main(argv=None) -> int:
     for k, r in res["rows"].items():
         lines.append(f"| {k} | {r['seconds']:.3f} | {r.get('speedup_vs_fp32', 1.0):.2f} | "
                      f"{r.get('max_abs_logit_diff', 0.0):.3f} | {r.get('max_abs_prob_diff', 0.0):.3f} |")
+    if a.accuracy:
+        acc = res["accuracy"]
+        ks = list(acc["rows"]["fp32"]["sensitivity_at_k"])
+        lines += ["", f"Accuracy on the {acc['cohort']} phantoms {acc['seeds'][0]}-{acc['seeds'][1]} ({acc['scans']} scans, "
+                  f"{acc['nodules']} nodules), the same stage-1 candidates, stage 2 fp32 vs {res['int8_kept']} "
+                  "(phantoms: a regression signal, not clinical evidence):", "",
+                  "| stage 2 | " + " | ".join(f"sens@{k}" for k in ks) + " | CPM | stage 2 s/scan |",
+                  "|---|" + "---:|" * (len(ks) + 2)]
+        for k, r in acc["rows"].items():
+            lines.append(f"| {k} | " + " | ".join(f"{r['sensitivity_at_k'][x]:.3f}" for x in ks)
+                         + f" | {r['cpm']:.3f} | {r['stage2_seconds_median']:.2f} |")
+        d = acc["int8_minus_fp32"]
+        lines.append("| INT8 - fp32 | " + " | ".join(f"{d['sensitivity_at_k'][x]:+.3f}" for x in ks)
+                     + f" | {d['cpm']:+.3f} | |")
     (out / "int8.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -336,3 +336,29 @@ def test_stage2_streams_run_batches_at_once_in_order(two_stage, phantom):
     cand = dets[0].stage1(pre)
     a, b = (d.score_stage2(pre, cand.centres_zyx) for d in dets)
     assert len(a) == len(cand) > 8 and np.allclose(a, b, atol=1e-5)
+
+
+def test_int8_stage2_package_scores_close_to_fp32(two_stage, phantom, tmp_path):
+    """bench.int8 quantizes the stage-2 graph (calibrated on context patches at stage 1's
+    candidates), times both ONNX Runtime formats against fp32, keeps the faster one, and a copy of
+    the package carrying it loads in the engine (its own id and hashes) and scores within the
+    quantization error it reported."""
+    pytest.importorskip("onnxruntime.quantization")
+    from noduleflow.bench.int8 import int8_package, measure
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.preprocess import preprocess
+
+    res = measure(two_stage / "pkg", "stage2", keep=tmp_path)
+    assert res["graph"] == "stage2" and set(res["rows"]) == {"fp32", "int8_QDQ", "int8_QOperator"}
+    kept = res["rows"][res["int8_kept"]]
+    assert all(r["seconds"] > 0 for r in res["rows"].values())
+    assert 0 < kept["max_abs_logit_diff"] < 1.0
+    q = int8_package(two_stage / "pkg", tmp_path / "int8.onnx", tmp_path / "pkg_int8")
+    assert q.manifest.model_id == "test-2stage-int8s2"
+    assert (q.path / "stage2.onnx").read_bytes() == (tmp_path / "int8.onnx").read_bytes()
+    fp32, int8 = Detector(two_stage / "pkg"), Detector(q.path)
+    pre = preprocess(phantom.volume, fp32.spec)
+    c = fp32.stage1(pre).centres_zyx
+    a, b = fp32.score_stage2(pre, c), int8.score_stage2(pre, c)
+    assert not np.array_equal(a, b)  # a different graph ran
+    assert np.abs(a - b).max() < 1.0 and np.corrcoef(a, b)[0, 1] > 0.9

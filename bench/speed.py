@@ -135,6 +135,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             per.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stages_s"}), flush=True)
         flops = flop_accounting(dense, grids, peak_budget_s)
+        streams = stage2_streams(package, two, scans[-1]) if two is not None else None
         tiles = tile_sweep(package, pre, centres)
         sweep = backend_sweep(package, pre, sub[:256], batches, compiled, checkpoint, Path(tmp))
     totals = [r["stages_s"]["total"] for r in per]
@@ -162,7 +163,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             "stage_s_median": {k: statistics.median(r["two_stage_stages_s"][k] for r in per) for k in st},
             "over_stage1_only_median": statistics.median(r["two_stage_over_stage1_only"] for r in per),
             "stage1_candidates_median": statistics.median(r["two_stage_candidates"] for r in per),
-            "stage2_flops": stage2_accounting(two, per, flops.get("peak"))}
+            "stage2_flops": stage2_accounting(two, per, flops.get("peak")),
+            "stage2_streams": streams}
     b = per[0].get("baseline")
     if b:
         eng = per[0]
@@ -180,6 +182,30 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
 
     plot_stages(res, out_dir / "speed_cpu_stages.png")
     return res
+
+
+def stage2_streams(package, two, scan, repeats: int = 3) -> dict:
+    """Stage 2 of one scan's stage-1 candidates with the default streams (`engine.backends.
+    onnxruntime.default_streams`: one single-threaded batch per core) against one batch at a time
+    over every core (``streams=1``), alternating, median of ``repeats`` each."""
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.io import load_volume
+    from noduleflow.engine.preprocess import preprocess
+
+    pre = preprocess(load_volume(scan), two.spec)
+    c = two.stage1(pre).centres_zyx
+    times = {"default": [], "one": []}
+    with Detector(package, backend="onnxruntime-cpu", backend_options={"streams": 1}) as one:
+        for det in (two, one):  # warm-up at these shapes
+            det.score_stage2(pre, c[:8])
+        for _ in range(repeats):
+            for key, det in (("default", two), ("one", one)):
+                t = time.perf_counter()
+                det.score_stage2(pre, c)
+                times[key].append(time.perf_counter() - t)
+    a, b = statistics.median(times["default"]), statistics.median(times["one"])
+    return {"candidates": int(len(c)), "streams": int(two.stage2_backend.streams), "seconds_default": a,
+            "seconds_one_stream": b, "one_stream_over_default": b / a, "runs_s": times}
 
 
 def stage2_runs(n: int, flips: int, top: int) -> int:
@@ -201,7 +227,8 @@ def stage2_accounting(two, per, pk) -> dict:
     runs = sum(stage2_runs(r["two_stage_candidates"], st2.tta_flips, st2.tta_top) for r in per)
     secs = sum(r["two_stage_stages_s"]["stage2"] for r in per)
     gflops = per_patch * runs / secs / 1e9 if secs > 0 else float("nan")
-    out = {"per_patch_gflop": per_patch / 1e9, "network_runs": runs, "seconds": secs, "gflops": gflops}
+    out = {"per_patch_gflop": per_patch / 1e9, "network_runs": runs, "seconds": secs, "gflops": gflops,
+           "streams": int(getattr(two.stage2_backend, "streams", 1))}
     if pk:
         out["over_matmul_peak"] = gflops / pk["matmul_gflops"]
         out["over_conv3d_peak"] = gflops / pk["conv3d_gflops"]
@@ -304,10 +331,17 @@ def markdown(r: dict) -> str:
         f2 = t.get("stage2_flops")
         if f2:
             lines.append(f"- stage 2: {f2['network_runs']} network runs of {f2['per_patch_gflop']:.3f} GFLOP in "
-                         f"{f2['seconds']:.2f} s (all scans, context patches included) = {f2['gflops']:.1f} GFLOP/s"
+                         f"{f2['seconds']:.2f} s (all scans, context patches included; {f2.get('streams', 1)} "
+                         f"batch(es) at once) = {f2['gflops']:.1f} GFLOP/s"
                          + (f", {100 * f2['over_matmul_peak']:.0f} % of the matmul peak, "
                             f"{100 * f2['over_conv3d_peak']:.0f} % of the conv3d peak (all of it needed work)"
                             if "over_matmul_peak" in f2 else ""))
+        sm = t.get("stage2_streams")
+        if sm:
+            lines.append(f"- stage 2 of the last scan's {sm['candidates']} candidates: {sm['streams']} batches at once, "
+                         f"one thread each, {sm['seconds_default']:.2f} s; one batch at a time over every core "
+                         f"{sm['seconds_one_stream']:.2f} s: {sm['one_stream_over_default']:.2f}x "
+                         f"(median of {len(sm['runs_s']['default'])}, alternating)")
     lines += ["", f"- whole scan (dense, stage 1 only, warm): median {r['scan_s_median']:.1f} s, p95 {r['scan_s_p95']:.1f} s, "
               f"{r['scans_per_s']:.3f} scans/s",
               f"- cold start: model load {r['cold_start']['model_load_s']:.2f} s, first scan "

@@ -131,6 +131,10 @@ class OnnxRuntimeBackend(Backend):
             raise ConfigError(f"streams must be >= 1, got {streams}")
         self.streams = streams
         self._pool = None
+        if streams > 1:  # its threads start on first use
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(streams, thread_name_prefix=f"ort-{graph}")
         so = session_options(max(1, threads // streams))
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=PROVIDERS[device])
@@ -156,13 +160,9 @@ class OnnxRuntimeBackend(Backend):
     def infer_many(self, batches):
         """``infer`` over a stream of batches, in order; with ``streams`` > 1, that many run at once
         (ONNX Runtime releases the GIL inside a run), one more is gathered while they run."""
-        if self.streams <= 1:
+        if self._pool is None:  # one stream (or closed: infer says so)
             yield from super().infer_many(batches)
             return
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix=f"ort-{self.graph}")
         pending = deque()
         for b in batches:
             pending.append(self._pool.submit(self.infer, b))

@@ -188,6 +188,11 @@ def test_bench_speed_reports_both_stages(two_stage, tmp_path):
     assert f2["network_runs"] == row["two_stage_candidates"] * 4  # 4 flips, every candidate
     assert f2["gflops"] > 0 and 0 < f2["over_matmul_peak"]
     assert "stage 2:" in (tmp_path / "speed_cpu.md").read_text()
+    sm = t["stage2_streams"]  # the default streams against one batch at a time, same candidates
+    assert sm["streams"] == f2["streams"] >= 1 and sm["candidates"] > 0
+    assert len(sm["runs_s"]["default"]) == len(sm["runs_s"]["one"]) == 3
+    assert sm["one_stream_over_default"] == pytest.approx(sm["seconds_one_stream"] / sm["seconds_default"])
+    assert "batches at once" in (tmp_path / "speed_cpu.md").read_text()
 
 
 def test_lesion_order_keeps_one_candidate_per_lesion():

@@ -125,13 +125,16 @@ def _blur_axis(src, dst, k, axis):
 
 
 def gaussian(vol: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur, sigma in voxels, edges replicated. float32 in and out."""
+    """Separable Gaussian blur, sigma in voxels, edges replicated. float32 in and out; the input is
+    read (by the first axis's pass), never written: the other passes alternate between two new
+    buffers."""
     k = _kernel(sigma)
-    a = np.array(vol, dtype=np.float32, order="C", copy=True)  # never the caller's array: the passes swap buffers
+    src = np.ascontiguousarray(vol, dtype=np.float32)
+    a = np.empty(src.shape, np.float32)
     b = np.empty_like(a)
-    for ax in range(3):
-        _blur_axis(a, b, k, ax)
-        a, b = b, a
+    _blur_axis(src, a, k, 0)
+    _blur_axis(a, b, k, 1)
+    _blur_axis(b, a, k, 2)
     return a
 
 
@@ -319,26 +322,52 @@ def lesion_radius_mm(vol_1mm: np.ndarray, centre_zyx, max_r_mm: float = 20.0) ->
     return float(np.median(r))
 
 
-def merge_by_extent(centres: np.ndarray, radius: np.ndarray, response: np.ndarray, factor: float = 1.0,
-                    max_out: int | None = None, extent=None):
-    """Greedy: strongest first; a blob whose centre lies within ``factor`` x max(its radius, a kept
-    blob's extent) of a kept blob is that blob (dropped). ``extent(i)`` -> a kept blob's extent
-    (mm; default its radius). -> (indices kept, strongest first; their extents)."""
-    order = np.argsort(-response, kind="stable")
-    kept: list[int] = []
-    kc = np.zeros((0, 3))
-    kr = np.zeros(0)
-    for i in order:
-        if len(kept):
-            d = np.linalg.norm(kc - centres[i], axis=1)
-            if (d < factor * np.maximum(kr, radius[i])).any():
-                continue
-        kept.append(int(i))
-        kc = np.vstack([kc, centres[i]])
-        kr = np.append(kr, max(radius[i], extent(i)) if extent is not None else radius[i])
-        if max_out is not None and len(kept) >= max_out:
+@njit(cache=True, nogil=True)
+def _merge_greedy(centres, radius, order, factor, max_out, sm1, dirs, max_r, step):
+    """`merge_by_extent`'s loop: blobs in ``order``; one within ``factor`` x max(its radius, a kept
+    blob's extent) of a kept blob is dropped; a kept blob's extent is max(its radius, the median of
+    `_ray_radii` on ``sm1``) when ``sm1`` has voxels, else its radius."""
+    n = order.shape[0]
+    kept = np.empty(n, np.int64)
+    kc = np.empty((n, 3))
+    kr = np.empty(n)
+    m = 0
+    for ii in range(n):
+        i = order[ii]
+        drop = False
+        for j in range(m):
+            dz = kc[j, 0] - centres[i, 0]
+            dy = kc[j, 1] - centres[i, 1]
+            dx = kc[j, 2] - centres[i, 2]
+            if np.sqrt(dz * dz + dy * dy + dx * dx) < factor * max(kr[j], radius[i]):
+                drop = True
+                break
+        if drop:
+            continue
+        kept[m] = i
+        kc[m, 0], kc[m, 1], kc[m, 2] = centres[i, 0], centres[i, 1], centres[i, 2]
+        kr[m] = radius[i]
+        if sm1.size:
+            kr[m] = max(radius[i], np.median(_ray_radii(sm1, centres[i], dirs, max_r, step)))
+        m += 1
+        if m >= max_out:
             break
-    return np.asarray(kept, dtype=np.int64), kr
+    return kept[:m], kr[:m]
+
+
+def merge_by_extent(centres: np.ndarray, radius: np.ndarray, response: np.ndarray, factor: float = 1.0,
+                    max_out: int | None = None, extent_volume: np.ndarray | None = None):
+    """Greedy: strongest first; a blob whose centre lies within ``factor`` x max(its radius, a kept
+    blob's extent) of a kept blob is that blob (dropped). A kept blob's extent: max(its radius,
+    `lesion_radius_mm` on ``extent_volume``), or its radius without one. One compiled loop (the
+    extents measured only for the blobs kept). -> (indices kept, strongest first; their extents)."""
+    order = np.argsort(-np.asarray(response), kind="stable").astype(np.int64)
+    c = np.ascontiguousarray(centres, dtype=np.float64).reshape(-1, 3)
+    r = np.ascontiguousarray(radius, dtype=np.float64)
+    sm1 = np.zeros((0, 0, 0), np.float32) if extent_volume is None else \
+        np.ascontiguousarray(extent_volume, dtype=np.float32)
+    n = len(order) if max_out is None else int(max_out)
+    return _merge_greedy(c, r, order, float(factor), n, sm1, DIRECTIONS, 20.0, 0.5)
 
 
 def detect_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, params: BlobParams = BlobParams()) -> Blobs:
@@ -383,6 +412,5 @@ def detect_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, params: BlobParams = 
     c, r, v = np.concatenate(cs), np.concatenate(rs), np.concatenate(vs)
     if sm1 is None:
         sm1 = gaussian(vol, 1.0)
-    keep, extent = merge_by_extent(c, r, v, params.merge_factor, params.max_blobs,
-                                   extent=lambda i: lesion_radius_mm(sm1, c[i]))
+    keep, extent = merge_by_extent(c, r, v, params.merge_factor, params.max_blobs, extent_volume=sm1)
     return Blobs(c[keep].astype(np.float64), extent, v[keep].astype(np.float64))

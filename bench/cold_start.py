@@ -71,6 +71,10 @@ def main(argv=None) -> int:
     for k, r in runs.items():
         lines.append(f"| {k} | {r['import_s']:.2f} | {r['first_s']:.2f} | {r['warm_s']:.2f} | "
                      f"{r['first_over_warm']:.2f} |")
+    lines += ["", "empty_cache: a fresh process on an empty numba cache (an install without `noduleflow warmup`: "
+              "every kernel compiles inside the first detection); warm_cache and warm_cache_again: fresh processes "
+              "on the cache it filled (an install that ran `noduleflow warmup`, as the README's install line does). "
+              "Each ratio is a process's first detection over its own best later one."]
     (out / "cold_start.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -85,15 +85,17 @@ def session_options(threads: int | None = None):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return so
 
+
 def default_streams(graph: str, device: str, threads: int) -> int:
     """How many batches `OnnxRuntimeBackend.infer_many` runs at once unless told: on the CPU, the
     stage-2 graph (a 0.19 GFLOP network on small multi-channel patches, whose later layers are too
     small to split well over cores) runs one single-threaded batch per core: on 2 cores the network
     alone 1.3-1.4x the throughput of one batch split over both, stage 2 as a whole (gather and flips
-    included) 1.16x (`noduleflow bench speed` measures it); the dense and
+    included) 1.16x (`noduleflow bench speed` measures it). At most 4 streams, the threads shared
+    between them (measured on 2 cores only; each stream holds its own activations). The dense and
     patch graphs (large tiles, or a patch stream fed by its own gather thread) one batch over every
     core."""
-    return max(1, threads) if device == "cpu" and graph == "stage2" else 1
+    return max(1, min(threads, 4)) if device == "cpu" and graph == "stage2" else 1
 
 
 class OnnxRuntimeBackend(Backend):

@@ -304,6 +304,7 @@ def test_stage2_streams_run_batches_at_once_in_order(two_stage, phantom):
     from noduleflow.engine.preprocess import preprocess
 
     assert default_streams("stage2", "cpu", 4) == 4 and default_streams("dense", "cpu", 4) == 1
+    assert default_streams("stage2", "cpu", 16) == 4 and default_streams("stage2", "cpu", 1) == 1
     assert default_streams("patch", "cpu", 4) == 1 and default_streams("stage2", "cuda", 4) == 1
     pkg = ModelPackage.load(two_stage / "pkg")
     with pytest.raises(ConfigError, match="streams must be >= 1, got 0"):

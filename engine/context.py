@@ -27,6 +27,17 @@ def downsample2(hu: np.ndarray) -> np.ndarray:
     return block_mean2(np.ascontiguousarray(hu, dtype=np.float32))
 
 
+def scale_centres(centres_zyx: np.ndarray, channels: int = N_SCALES) -> list[np.ndarray]:
+    """Candidate centres (n, 3) on the 1 mm grid -> per context scale, int64 (n, 3) voxel centres:
+    the nearest 1 mm voxel, then (2 scales) the nearest 2 mm block (block k covers 1 mm voxels 2k
+    and 2k + 1: its centre is at 2k + 0.5)."""
+    c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
+    out = [np.rint(c).astype(np.int64)]
+    if channels == 2:
+        out.append(np.rint((c - 0.5) / 2.0).astype(np.int64))
+    return out
+
+
 class ContextVolume:
     """The 1 mm lung box and its 2 mm version, prepared once per scan. ``size``: the patch edge
     (the model's contract); ``channels``: 1 (1 mm only) or 2 (1 mm + 2 mm)."""
@@ -53,12 +64,9 @@ class ContextVolume:
             raise ConfigError(f"context buffer must be float32 (>= {n}, {ch}, {p}, {p}, {p}), got {out.dtype} "
                               f"{out.shape}")
         buf = np.empty((n, 1, p, p, p), np.float32)
-        gather(self.hu1, np.rint(c).astype(np.int64), buf, self.norm, size=p)
-        out[:n, 0] = buf[:, 0]
-        if ch == 2:
-            # block k of the 2 mm grid covers 1 mm voxels 2k, 2k+1: its centre is at 2k + 0.5
-            gather(self.hu2, np.rint((c - 0.5) / 2.0).astype(np.int64), buf, self.norm, size=p)
-            out[:n, 1] = buf[:, 0]
+        for k, (vol, idx) in enumerate(zip((self.hu1, self.hu2), scale_centres(c, ch))):
+            gather(vol, idx, buf, self.norm, size=p)
+            out[:n, k] = buf[:, 0]
         return out[:n]
 
 

@@ -1,5 +1,7 @@
 """The fused patch gather as a numba-cuda kernel: volume resident on the GPU, patches written
-straight into the inference input buffer on the device (no host round trip per batch).
+straight into the inference input buffer on the device (no host round trip per batch); stage 2's
+multi-scale context patches (`DeviceContextVolume`) from the 1 mm lung box and its 2 mm version,
+each uploaded once per scan.
 
 Imported only on request. Its logic is tested on the CPU with numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``); on a GPU it has not been benchmarked yet.
@@ -10,6 +12,7 @@ import numpy as np
 from numba import cuda
 
 from .contract import PATCH_SIZE
+from .errors import ConfigError
 from .patches import Normalisation
 
 
@@ -59,3 +62,34 @@ def gather_to_host(volume_hu: np.ndarray, centres: np.ndarray, norm: Normalisati
     gather_device(d_vol, d_c, d_out, norm)
     return d_out.copy_to_host()
 
+
+
+class DeviceContextVolume:
+    """`engine.context.ContextVolume` on the device: the 1 mm lung box and (2 scales) its 2 mm
+    block means uploaded once; `patches` gathers every scale of a batch of candidates on the device
+    into one (n, channels, size, size, size) float32 device array, the stage-2 network's input
+    layout (only the candidates' int64 centres cross the bus)."""
+
+    def __init__(self, hu_1mm: np.ndarray, norm: Normalisation = Normalisation(), size: int = PATCH_SIZE,
+                 channels: int = 2):
+        from .context import ContextVolume
+
+        host = ContextVolume(hu_1mm, norm, size, channels)  # the same checks and the same 2 mm volume
+        self.norm, self.size, self.channels = norm, host.size, host.channels
+        self.d_volumes = [cuda.to_device(v) for v in (host.hu1, host.hu2)[:host.channels]]
+
+    def patches(self, centres_zyx: np.ndarray, d_out=None):
+        """Centres (n, 3) on the 1 mm grid -> device float32 (n, channels, size, size, size), equal
+        to `ContextVolume.patches` (``d_out``: a device buffer of at least n rows to fill)."""
+        from .context import scale_centres
+
+        c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
+        n, p, ch = len(c), self.size, self.channels
+        if d_out is None:
+            d_out = cuda.device_array((n, ch, p, p, p), dtype=np.float32)
+        if d_out.shape[0] < n or tuple(d_out.shape[1:]) != (ch, p, p, p) or d_out.dtype != np.float32:
+            raise ConfigError(f"device context buffer must be float32 (>= {n}, {ch}, {p}, {p}, {p}), got "
+                              f"{d_out.dtype} {tuple(d_out.shape)}")
+        for k, (d_vol, idx) in enumerate(zip(self.d_volumes, scale_centres(c, ch))):
+            gather_device(d_vol, cuda.to_device(idx), d_out[:, k:k + 1], self.norm, p)
+        return d_out[:n]

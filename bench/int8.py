@@ -84,7 +84,11 @@ def measure(model=None, graph: str = "patch", keep: Path | None = None) -> dict:
     if src is None:
         raise SystemExit(f"package {pkg.manifest.model_id} has no {graph}.onnx")
     cal, test = _patches(pkg, graph)
-    name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = os.cpu_count() or 1
+    open_ = lambda p: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])  # noqa: E731
+    fp32 = open_(src)
+    name = fp32.get_inputs()[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -93,10 +97,7 @@ def measure(model=None, graph: str = "patch", keep: Path | None = None) -> dict:
         def get_next(self):
             return next(self.it, None)
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = os.cpu_count() or 1
-    open_ = lambda p: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])  # noqa: E731
-    fp32_s, ref = _best(open_(src), {name: test})
+    fp32_s, ref = _best(fp32, {name: test})
     rows = {"fp32": {"seconds": fp32_s}}
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"

@@ -135,7 +135,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             per.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stages_s"}), flush=True)
         flops = flop_accounting(dense, grids, peak_budget_s)
-        streams = stage2_streams(package, two, scans[-1]) if two is not None else None
+        streams = stage2_streams(package, two, pre) if two is not None else None  # the last scan
         tiles = tile_sweep(package, pre, centres)
         sweep = backend_sweep(package, pre, sub[:256], batches, compiled, checkpoint, Path(tmp))
     totals = [r["stages_s"]["total"] for r in per]
@@ -184,15 +184,12 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     return res
 
 
-def stage2_streams(package, two, scan, repeats: int = 3) -> dict:
-    """Stage 2 of one scan's stage-1 candidates with the default streams (`engine.backends.
-    onnxruntime.default_streams`: one single-threaded batch per core) against one batch at a time
-    over every core (``streams=1``), alternating, median of ``repeats`` each."""
+def stage2_streams(package, two, pre, repeats: int = 3) -> dict:
+    """Stage 2 of a preprocessed scan's stage-1 candidates with the default streams (`engine.
+    backends.onnxruntime.default_streams`: one single-threaded batch per core) against one batch at
+    a time over every core (``streams=1``), alternating, median of ``repeats`` each."""
     from noduleflow.engine.detector import Detector
-    from noduleflow.engine.io import load_volume
-    from noduleflow.engine.preprocess import preprocess
 
-    pre = preprocess(load_volume(scan), two.spec)
     c = two.stage1(pre).centres_zyx
     times = {"default": [], "one": []}
     with Detector(package, backend="onnxruntime-cpu", backend_options={"streams": 1}) as one:
@@ -228,7 +225,7 @@ def stage2_accounting(two, per, pk) -> dict:
     secs = sum(r["two_stage_stages_s"]["stage2"] for r in per)
     gflops = per_patch * runs / secs / 1e9 if secs > 0 else float("nan")
     out = {"per_patch_gflop": per_patch / 1e9, "network_runs": runs, "seconds": secs, "gflops": gflops,
-           "streams": int(getattr(two.stage2_backend, "streams", 1))}
+           "streams": int(two.stage2_backend.streams)}
     if pk:
         out["over_matmul_peak"] = gflops / pk["matmul_gflops"]
         out["over_conv3d_peak"] = gflops / pk["conv3d_gflops"]

@@ -321,9 +321,8 @@ class Detector:
 
         st2 = self.contract.stage2
         c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
-        out = np.zeros(len(c), np.float64)
         if not len(c):
-            return out
+            return np.zeros(0, np.float64)
         ctx = ContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
         flips = max(1, st2.tta_flips)
         top = st2.tta_top if 0 < st2.tta_top < len(c) else len(c)
@@ -342,9 +341,8 @@ class Detector:
         batches, at most the configured batch size."""
         from .context import flips8
 
-        streams = getattr(self.stage2_backend, "streams", 1)
         bs = min(self.config.batch_size, self.stage2_backend.max_batch,
-                 max(8, -(-len(which) // (2 * streams))))
+                 max(8, -(-len(which) // (2 * self.stage2_backend.streams))))
         chunks = [which[i:i + bs] for i in range(0, len(which), bs)]
 
         def batches():

@@ -63,7 +63,6 @@ def gather_to_host(volume_hu: np.ndarray, centres: np.ndarray, norm: Normalisati
     return d_out.copy_to_host()
 
 
-
 class DeviceContextVolume:
     """`engine.context.ContextVolume` on the device: the 1 mm lung box and (2 scales) its 2 mm
     block means uploaded once; `patches` gathers every scale of a batch of candidates on the device

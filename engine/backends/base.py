@@ -26,6 +26,7 @@ class Backend(ABC):
     name: str = "abstract"
     device: str = "cpu"
     precision: str = "fp32"
+    streams: int = 1  # batches `infer_many` runs at once
 
     def __init__(self, graph: str, max_batch: int, patch_size: int = PATCH_SIZE, channels: int = 1):
         if graph not in GRAPHS:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import platform
@@ -51,7 +52,11 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__}
+            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__, "openvino": None}
+    if importlib.util.find_spec("openvino") is not None:
+        import openvino
+
+        info["openvino"] = openvino.__version__.split("-")[0]
     try:
         import torch
 
@@ -64,14 +69,16 @@ def machine() -> dict:
 
 def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, baseline: bool = True,
         z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None, checkpoint=None,
-        compiled: bool = False, batches=BATCHES, peak_budget_s: float = 6.0) -> dict:
+        compiled: bool = False, batches=BATCHES, peak_budget_s: float = 6.0, backend: str = "auto") -> dict:
     """Measure ``n_scans`` phantom series; write speed_cpu.json/.md into ``out_dir``.
 
     Default phantom: 300 mm of chest at 1.5 x 0.7 x 0.7 mm (about 200 x 512 x 512 voxels).
     ``checkpoint``: the PyTorch checkpoint the baseline runs (default: the shipped
     default model's, which is what the default package was exported from). ``compiled``: also
     build an AOTInductor patch graph (needs torch) and compare it in the backend sweep.
-    ``peak_budget_s``: seconds for measuring the machine's float32 peak (`bench.flops.peak`)."""
+    ``peak_budget_s``: seconds for measuring the machine's float32 peak (`bench.flops.peak`).
+    ``backend``: what every detection runs on (default "auto", as `noduleflow detect`); the CPU
+    backends installed are also compared side by side on the last scan (`cpu_backends`)."""
     from noduleflow.bench.baseline import seed_style
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io import load_volume
@@ -82,11 +89,11 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
 
     package = Path(package or default_package_path())
     t0 = time.perf_counter()
-    dense = Detector(package, mode="dense", backend="onnxruntime-cpu", stages="1")
+    dense = Detector(package, mode="dense", backend=backend, stages="1")
     cold_model = time.perf_counter() - t0
-    patch = Detector(package, mode="patch", backend="onnxruntime-cpu", stages="1")
+    patch = Detector(package, mode="patch", backend=backend, stages="1")
     # the default detection of a two-stage package: stage 1 (the contract's generator) + stage 2
-    two = Detector(package, backend="onnxruntime-cpu") if dense.package.has_stage2 else None
+    two = Detector(package, backend=backend) if dense.package.has_stage2 else None
     scans, per, grids = [], [], []
     from noduleflow.engine.patches import PatchProducer
 
@@ -136,12 +143,15 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             print(json.dumps({k: v for k, v in row.items() if k != "stages_s"}), flush=True)
         flops = flop_accounting(dense, grids, peak_budget_s)
         streams = stage2_streams(package, two, pre) if two is not None else None  # the last scan
-        tiles = tile_sweep(package, pre, centres)
+        backends = cpu_backends(package, scans[-1], pre, centres)
+        tiles = tile_sweep(package, pre, centres, backend=backend)
         sweep = backend_sweep(package, pre, sub[:256], batches, compiled, checkpoint, Path(tmp))
     totals = [r["stages_s"]["total"] for r in per]
     med = lambda k: statistics.median(r[k] for r in per)  # noqa: E731
     res = {
         "machine": machine(), "model_id": dense.package.manifest.model_id, "n_scans": n_scans,
+        "backend": dense.backend.name, "stage2_backend": two.stage2_backend.name if two is not None else None,
+        "cpu_backends": backends,
         "cold_start": {"model_load_s": cold_model, "first_scan_s": cold_first_scan,
                        "first_scan_stages_s": first.timings_s},
         "scan_s_median": statistics.median(totals), "scan_s_p95": float(np.percentile(totals, 95)),
@@ -185,24 +195,73 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
 
 
 def stage2_streams(package, two, pre, repeats: int = 3) -> dict:
-    """Stage 2 of a preprocessed scan's stage-1 candidates with the default streams (`engine.
-    backends.onnxruntime.default_streams`: one single-threaded batch per core) against one batch at
-    a time over every core (``streams=1``), alternating, median of ``repeats`` each."""
+    """ONNX Runtime's stage 2 of a preprocessed scan's stage-1 candidates with its default streams
+    (`engine.backends.onnxruntime.default_streams`: one single-threaded batch per core) against one
+    batch at a time over every core (``streams=1``), alternating, median of ``repeats`` each."""
     from noduleflow.engine.detector import Detector
 
     c = two.stage1(pre).centres_zyx
     times = {"default": [], "one": []}
-    with Detector(package, backend="onnxruntime-cpu", backend_options={"streams": 1}) as one:
-        for det in (two, one):  # warm-up at these shapes
+    with Detector(package, backend="onnxruntime-cpu") as many, \
+            Detector(package, backend="onnxruntime-cpu", backend_options={"streams": 1}) as one:
+        for det in (many, one):  # warm-up at these shapes
             det.score_stage2(pre, c[:8])
         for _ in range(repeats):
-            for key, det in (("default", two), ("one", one)):
+            for key, det in (("default", many), ("one", one)):
                 t = time.perf_counter()
                 det.score_stage2(pre, c)
                 times[key].append(time.perf_counter() - t)
+        n_streams = int(many.stage2_backend.streams)
     a, b = statistics.median(times["default"]), statistics.median(times["one"])
-    return {"candidates": int(len(c)), "streams": int(two.stage2_backend.streams), "seconds_default": a,
+    return {"candidates": int(len(c)), "streams": n_streams, "seconds_default": a,
             "seconds_one_stream": b, "one_stream_over_default": b / a, "runs_s": times}
+
+
+CPU_BACKENDS = ("onnxruntime-cpu", "openvino-cpu")
+
+
+def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
+    """The CPU backends installed (`CPU_BACKENDS`), side by side on one scan, alternating, median
+    of ``repeats``: the default detection of the DICOM series ``scan`` (load to candidates; two
+    stages for a two-stage package), its stage 2 alone on the same stage-1 candidates, and the
+    dense pass over its grid points ``grid_centres`` of the preprocessed ``pre`` (the default tile).
+    Each backend's times and its ratio to ONNX Runtime's."""
+    from noduleflow.engine.backends import open_backend
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.errors import BackendUnavailableError
+    from noduleflow.engine.package import ModelPackage
+
+    pkg = ModelPackage.load(package)
+    names = []
+    for name in CPU_BACKENDS:
+        try:
+            open_backend(pkg, name, graph="patch").close()
+            names.append(name)
+        except BackendUnavailableError:
+            pass
+    dets = {n: (Detector(pkg, backend=n), Detector(pkg, mode="dense", stages="1", backend=n)) for n in names}
+    cands = dets[names[0]][0].stage1(pre).centres_zyx if pkg.has_stage2 else None
+    jobs = {"scan": lambda d: d[0].detect(scan), "dense_pass": lambda d: d[1].score(pre, grid_centres)}
+    if cands is not None:
+        jobs["stage2"] = lambda d: d[0].score_stage2(pre, cands)
+    times = {n: {j: [] for j in jobs} for n in names}
+    for n in names:  # warm-up: first runs, shapes
+        for fn in jobs.values():
+            fn(dets[n])
+    for _ in range(repeats):
+        for j, fn in jobs.items():
+            for n in names:
+                t = time.perf_counter()
+                fn(dets[n])
+                times[n][j].append(time.perf_counter() - t)
+    for a, b in dets.values():
+        a.close()
+        b.close()
+    med = {n: {j: statistics.median(v) for j, v in t.items()} for n, t in times.items()}
+    ref = med.get("onnxruntime-cpu")
+    return {"backends": names, "stage2_candidates": int(len(cands)) if cands is not None else None,
+            "grid_points": int(len(grid_centres)), "median_s": med, "runs_s": times,
+            "speedup_over_onnxruntime": {n: {j: ref[j] / m[j] for j in m} for n, m in med.items()} if ref else {}}
 
 
 def stage2_runs(n: int, flips: int, top: int) -> int:
@@ -266,6 +325,8 @@ def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Pat
 
     pkg = ModelPackage.load(package)
     names = {"onnxruntime-cpu": pkg}
+    if importlib.util.find_spec("openvino") is not None:
+        names["openvino-cpu"] = pkg
     if compiled:
         from noduleflow.export.aoti import export_aoti
 
@@ -289,14 +350,14 @@ def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Pat
     return rows
 
 
-def tile_sweep(package, pre, centres, tiles=TILES) -> list[dict]:
+def tile_sweep(package, pre, centres, tiles=TILES, backend: str = "onnxruntime-cpu") -> list[dict]:
     """Dense scoring time of one scan's grid points for each tile size (output points per axis;
     each tile reads (4 (t - 1) + 41)^3 voxels, so smaller tiles recompute more halo)."""
     from noduleflow.engine.detector import Detector, DetectorConfig
 
     rows = []
     for t in tiles:
-        d = Detector(package, backend="onnxruntime-cpu", config=DetectorConfig(mode="dense", tile_out=t))
+        d = Detector(package, backend=backend, config=DetectorConfig(mode="dense", tile_out=t))
         d.score(pre, centres[:1])  # warm-up: session, first allocation
         t0 = time.perf_counter()
         d.score(pre, centres)
@@ -309,7 +370,9 @@ def tile_sweep(package, pre, centres, tiles=TILES) -> list[dict]:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m.get('gpu')}; onnxruntime {m['onnxruntime']}, "
-             f"numba {m['numba']}, torch {m.get('torch')}. Model {r['model_id']}. {r['n_scans']} phantom scans.",
+             f"openvino {m.get('openvino')}, numba {m['numba']}, torch {m.get('torch')}. Model {r['model_id']}. "
+             f"{r['n_scans']} phantom scans. Backend: {r.get('backend', 'onnxruntime-cpu')}"
+             + (f" (stage 2: {r['stage2_backend']})" if r.get("stage2_backend") else "") + ".",
              "", "| stage | median s |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in r["stage_s_median"].items()]
     t = r.get("two_stage")
@@ -335,10 +398,11 @@ def markdown(r: dict) -> str:
                             if "over_matmul_peak" in f2 else ""))
         sm = t.get("stage2_streams")
         if sm:
-            lines.append(f"- stage 2 of the last scan's {sm['candidates']} candidates: {sm['streams']} batches at once, "
+            lines.append(f"- ONNX Runtime's stage 2 of the last scan's {sm['candidates']} candidates: {sm['streams']} batches at once, "
                          f"one thread each, {sm['seconds_default']:.2f} s; one batch at a time over every core "
                          f"{sm['seconds_one_stream']:.2f} s: {sm['one_stream_over_default']:.2f}x "
                          f"(median of {len(sm['runs_s']['default'])}, alternating)")
+    lines += _backend_lines(r)
     lines += ["", f"- whole scan (dense, stage 1 only, warm): median {r['scan_s_median']:.1f} s, p95 {r['scan_s_p95']:.1f} s, "
               f"{r['scans_per_s']:.3f} scans/s",
               f"- cold start: model load {r['cold_start']['model_load_s']:.2f} s, first scan "
@@ -370,6 +434,24 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _backend_lines(r: dict) -> list[str]:
+    b = r.get("cpu_backends")
+    if not b or len(b["backends"]) < 2:
+        return []
+    what = {"scan": "whole scan (load to candidates)",
+            "stage2": f"stage 2 ({b['stage2_candidates']} candidates)",
+            "dense_pass": f"dense pass ({b['grid_points']} grid points)"}
+    lines = [f"- CPU backends on the last scan (median of {len(next(iter(b['runs_s'].values()))['scan'])}, alternating):"]
+    for job, label in what.items():
+        if job not in b["median_s"][b["backends"][0]]:
+            continue
+        times = ", ".join(f"{n} {b['median_s'][n][job]:.2f} s" for n in b["backends"])
+        ups = "; ".join(f"{n} {v[job]:.2f}x" for n, v in b["speedup_over_onnxruntime"].items()
+                        if n != "onnxruntime-cpu")
+        lines.append(f"  - {label}: {times}; over onnxruntime-cpu: {ups}")
+    return lines
+
+
 def _flops_lines(r: dict) -> list[str]:
     f = r.get("flops")
     if not f:
@@ -382,8 +464,11 @@ def _flops_lines(r: dict) -> list[str]:
         f"(receptive fields alone {a['gflop_needed_receptive']:.1f} GFLOP; per patch {f['per_patch_gflop']:.3f}, "
         f"{f['per_patch_receptive_gflop']:.3f} by receptive field)",
         f"- float32 peak measured in this run: matmul {pk['matmul_gflops']:.0f} GFLOP/s (numpy {pk['matmul_n']}^2), "
-        f"conv3d {pk['conv3d_gflops']:.0f} GFLOP/s (ONNX Runtime, {pk['conv3d']}, {pk['threads']} threads)",
-        f"- achieved/peak on work done: {a['gflops_done']:.1f} GFLOP/s in {a['seconds']:.2f} s of inference = "
+        f"conv3d {pk['conv3d_gflops']:.0f} GFLOP/s ({pk.get('conv3d_runtime', 'onnxruntime')}, {pk['conv3d']}, "
+        f"{pk['threads']} threads" + "".join(f"; {k} {v:.0f}" for k, v in pk.get("conv3d_gflops_by_runtime", {}).items())
+        + ")",
+        f"- achieved/peak on work done ({r.get('backend', 'onnxruntime-cpu')}): {a['gflops_done']:.1f} GFLOP/s in "
+        f"{a['seconds']:.2f} s of inference = "
         f"{pct(a['done_over_matmul_peak'])} of matmul, {pct(a['done_over_conv3d_peak'])} of conv3d",
         f"- achieved/peak on needed work: {a['gflops_needed']:.1f} GFLOP/s = {pct(a['needed_over_matmul_peak'])} of "
         f"matmul, {pct(a['needed_over_conv3d_peak'])} of conv3d"]
@@ -417,9 +502,12 @@ def main(argv=None) -> int:
     ap.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
+    ap.add_argument("--backend", default="auto", help="backend of every detection (default auto, as `detect`); "
+                    "the CPU backends installed are compared side by side on the last scan either way")
     ap.add_argument("--out", default="bench-speed", help="output folder (default ./bench-speed)")
     a = ap.parse_args(argv)
-    print(markdown(run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline, compiled=a.compiled)))
+    print(markdown(run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline, compiled=a.compiled,
+                       backend=a.backend)))
     return 0
 
 

@@ -1,8 +1,8 @@
 """Inference backends behind one interface (`engine.backends.base.Backend`).
 
 ``open_backend(package, "auto")`` picks the fastest one present, in this order:
-native TensorRT, ONNX Runtime CUDA, compiled PyTorch (AOTInductor) on CUDA, ONNX
-Runtime CPU, and says which it picked. A backend asked for by name that cannot run
+native TensorRT, ONNX Runtime CUDA, OpenVINO CPU (when the optional openvino package is
+installed), ONNX Runtime CPU, and says which it picked. A backend asked for by name that cannot run
 here is an error naming what to install: never a silent fallback.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the registry is imported by `import noduleflow`: keep it li
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "onnxruntime-cpu")
+BUILTIN = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "openvino-cpu", "onnxruntime-cpu")
 
 # Backends that live outside the runtime (they need torch, which the engine never imports) are
 # registered by the layer that owns them: name -> (module, class, module it needs, install hint).
@@ -54,7 +54,7 @@ def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch"
     if name not in backend_names():
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
     if name == "auto":
-        for cand in ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"):
+        for cand in ("tensorrt", "onnxruntime-cuda", "openvino-cpu", "onnxruntime-cpu"):
             try:
                 b = open_backend(package, cand, graph, **opts)
             except BackendUnavailableError as exc:
@@ -70,6 +70,12 @@ def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch"
         from .tensorrt import TensorRTBackend
 
         return TensorRTBackend(package, graph=graph, **opts)
+    if name == "openvino-cpu":
+        if not _has("openvino"):
+            raise BackendUnavailableError("the openvino-cpu backend needs openvino: pip install 'noduleflow[openvino]'")
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend(package, graph=graph, **opts)
     if name in _REGISTERED:
         module, cls, requires, install = _REGISTERED[name]
         if not _has(requires):

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..contract import PATCH_SIZE
-from ..errors import ConfigError
+from ..errors import ConfigError, PackageError
 
 GRAPHS = ("patch", "dense", "stage2")
 
@@ -20,6 +20,50 @@ def graph_channels(package, graph: str) -> int:
     """Input channels of ``graph`` in ``package``: 1, or the stage-2 context scales."""
     st2 = package.contract.stage2
     return st2.channels if graph == "stage2" and st2 is not None else 1
+
+
+def check_signature(in_shapes, out_ranks, run, package, graph: str, fname: str) -> None:
+    """A graph's inputs and outputs must be what the package's contract says, whatever runtime
+    opened it: a patch graph takes (N, 1, P, P, P) and gives (N,) or (N, 1); a dense graph takes
+    (N, 1, D, H, W) with dynamic D, H, W and gives (N, D', H', W'); 3D-LOC graphs take the location
+    as a second input; a stage-2 graph takes (N, C, P, P, P), C its context scales, and gives (N,)
+    or (N, 1). A graph in the wrong slot or for another contract is refused before use.
+
+    ``in_shapes``: each input's dimensions (an int where fixed, anything else where dynamic);
+    ``out_ranks``: each output's rank; ``run(arrays)``: the first output for the inputs in order
+    (it raises on failure)."""
+    k = package.contract
+    want_inputs = 2 if k.uses_location and graph != "stage2" else 1
+    channels = graph_channels(package, graph)
+    where = f"package {package.manifest.model_id}: {fname}"
+    if len(in_shapes) != want_inputs or len(out_ranks) < 1:
+        raise PackageError(f"{where} has {len(in_shapes)} inputs and {len(out_ranks)} outputs; the contract "
+                           f"needs {want_inputs} input(s) and one output")
+    shape = list(in_shapes[0])
+    fixed = lambda d: d if isinstance(d, int) else None  # noqa: E731 (symbolic dims are names)
+    if len(shape) != 5 or fixed(shape[1]) not in (channels, None):
+        raise PackageError(f"{where}: input shape {shape} is not (N, {channels}, D, H, W)")
+    out_rank = out_ranks[0]
+    if graph in ("patch", "stage2"):
+        p = k.patch_size
+        if [fixed(d) for d in shape[2:]] != [p, p, p] or out_rank not in (1, 2):
+            raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a {graph} graph for "
+                               f"{p}^3 patches (N, {channels}, {p}, {p}, {p}) -> (N,)")
+        return
+    if any(fixed(d) is not None for d in shape[2:]) or out_rank != 4:
+        raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a dense graph "
+                           "(N, 1, D, H, W) with dynamic D, H, W -> (N, D', H', W')")
+    # the stride is not in the graph's signature: run one small tile and compare (a few ms)
+    tile = np.zeros((1, 1, *(k.patch_size + 12,) * 3), np.float32)
+    want = k.dense_output_shape(tile.shape[2:])
+    arrays = [tile] + ([np.zeros((1, 3, *want), np.float32)] if k.uses_location else [])
+    try:
+        got = tuple(run(arrays).shape[1:])
+    except Exception as exc:
+        raise PackageError(f"{where} does not run on a {tile.shape[2:]} tile ({exc})") from None
+    if got != tuple(want):
+        raise PackageError(f"{where} gives {got} output points for a {tile.shape[2:]} tile; the contract "
+                           f"(stride {k.dense_stride}) says {tuple(want)}")
 
 
 class Backend(ABC):
@@ -51,6 +95,13 @@ class Backend(ABC):
         stage2 graph: (N, C, P, P, P) float32 -> (N,), C the context scales of stage 2.
         ``extra``: the location input of 3D-LOC packages ((N, 3) or (N, 3, D', H', W')).
         """
+        self.check_batch(batch)
+        return self._infer(batch, extra)
+
+    def check_batch(self, batch) -> None:
+        """Refuse what `infer` cannot run, naming the bad value: a closed backend, another dtype,
+        rank or channel count, a patch of another size, a tile under the patch size, a batch
+        outside [1, max_batch]."""
         if self._closed:
             raise ConfigError(f"{self.name} backend is closed")
         if not hasattr(batch, "dtype") or batch.dtype != np.float32:
@@ -66,7 +117,6 @@ class Backend(ABC):
             raise ConfigError(f"{self.name}: dense tiles must be at least {p} per axis, got {tuple(batch.shape)}")
         if not 1 <= batch.shape[0] <= self.max_batch:
             raise ConfigError(f"{self.name}: batch of {batch.shape[0]} outside [1, {self.max_batch}]")
-        return self._infer(batch, extra)
 
     def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """``infer`` over a stream of batches, results in the same order. A backend that can run

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, PackageError
 from ..package import ModelPackage
-from .base import Backend, graph_channels
+from .base import Backend, check_signature, graph_channels
 
 log = logging.getLogger(__name__)
 
@@ -28,47 +28,18 @@ def available_providers() -> list[str]:
 
 
 def check_graph(session, package: ModelPackage, graph: str, fname: str) -> None:
-    """The graph's inputs and outputs must be what the package's contract says: a patch graph
-    takes (N, 1, P, P, P) and gives (N,) or (N, 1); a dense graph takes (N, 1, D, H, W) with
-    dynamic D, H, W and gives (N, D', H', W'); 3D-LOC graphs take the location as a second
-    input; a stage-2 graph takes (N, C, P, P, P), C its context scales, and gives (N,) or (N, 1).
-    A graph in the wrong slot or for another contract is refused before use."""
-    k = package.contract
-    ins, outs = session.get_inputs(), session.get_outputs()
-    want_inputs = 2 if k.uses_location and graph != "stage2" else 1
-    channels = graph_channels(package, graph)
-    where = f"package {package.manifest.model_id}: {fname}"
-    if len(ins) != want_inputs or len(outs) < 1:
-        raise PackageError(f"{where} has {len(ins)} inputs and {len(outs)} outputs; the contract needs "
-                           f"{want_inputs} input(s) and one output")
-    shape = list(ins[0].shape)
-    fixed = lambda d: d if isinstance(d, int) else None  # noqa: E731 (symbolic dims are names)
-    if len(shape) != 5 or fixed(shape[1]) not in (channels, None):
-        raise PackageError(f"{where}: input shape {shape} is not (N, {channels}, D, H, W)")
-    out_rank = len(outs[0].shape)
-    if graph in ("patch", "stage2"):
-        p = k.patch_size
-        if [fixed(d) for d in shape[2:]] != [p, p, p] or out_rank not in (1, 2):
-            raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a {graph} graph for "
-                               f"{p}^3 patches (N, {channels}, {p}, {p}, {p}) -> (N,)")
-    else:
-        if any(fixed(d) is not None for d in shape[2:]) or out_rank != 4:
-            raise PackageError(f"{where}: input {shape} / output rank {out_rank} is not a dense graph "
-                               "(N, 1, D, H, W) with dynamic D, H, W -> (N, D', H', W')")
-        # the stride is not in the graph's signature: run one small tile and compare (a few ms)
-        tile = np.zeros((1, 1, *(k.patch_size + 12,) * 3), np.float32)
-        feeds = {ins[0].name: tile}
-        want = k.dense_output_shape(tile.shape[2:])
-        if k.uses_location:
-            feeds[ins[1].name] = np.zeros((1, 3, *want), np.float32)
-        try:
-            got = tuple(session.run(None, feeds)[0].shape[1:])
-        except Exception as exc:  # ORT's own error types
-            raise PackageError(f"{where} does not run on a {tile.shape[2:]} tile ({type(exc).__name__})") from None
-        if got != tuple(want):
-            raise PackageError(f"{where} gives {got} output points for a {tile.shape[2:]} tile; the contract "
-                               f"(stride {k.dense_stride}) says {tuple(want)}")
+    """`check_signature` for an ONNX Runtime session."""
+    ins = session.get_inputs()
+    names = [i.name for i in ins]
 
+    def run(arrays):
+        try:
+            return session.run(None, dict(zip(names, arrays)))[0]
+        except Exception as exc:  # ORT's own error types
+            raise RuntimeError(type(exc).__name__) from None
+
+    check_signature([list(i.shape) for i in ins], [len(o.shape) for o in session.get_outputs()],
+                    run, package, graph, fname)
 
 
 def session_options(threads: int | None = None):

@@ -106,7 +106,21 @@ def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
     assert [x["tile_out"] for x in r["dense_tile_sweep"]] == list(speed.TILES)
     assert all(x["seconds"] > 0 for x in r["dense_tile_sweep"])
     sweep = r["patch_backend_batch_sweep"]
-    assert [x["batch"] for x in sweep] == list(speed.BATCHES) and all(x["points_per_s"] > 0 for x in sweep)
+    names = list(dict.fromkeys(x["backend"] for x in sweep))
+    assert names[0] == "onnxruntime-cpu" and all(x["points_per_s"] > 0 for x in sweep)
+    for n in names:
+        assert [x["batch"] for x in sweep if x["backend"] == n] == list(speed.BATCHES)
+    # the CPU backends installed, side by side on the last scan (no stage 2 in this package)
+    cb = r["cpu_backends"]
+    assert cb["backends"][0] == "onnxruntime-cpu" and set(cb["backends"]) == set(names)
+    assert cb["stage2_candidates"] is None and cb["grid_points"] == r["per_scan"][-1]["grid_points"]
+    for n in cb["backends"]:
+        assert set(cb["median_s"][n]) == {"scan", "dense_pass"} and len(cb["runs_s"][n]["scan"]) == 3
+        assert cb["speedup_over_onnxruntime"][n]["dense_pass"] == pytest.approx(
+            cb["median_s"]["onnxruntime-cpu"]["dense_pass"] / cb["median_s"][n]["dense_pass"])
+    assert r["backend"] == names[-1]  # auto: OpenVINO when installed
+    if len(names) > 1:
+        assert "over onnxruntime-cpu: openvino-cpu" in speed.markdown(r)
     assert r["peak_rss_mb"] > 100 and row["dense_voxels_per_s"] > 0
     assert (tmp_path / "speed_cpu_stages.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "speed_cpu.json").read_text())

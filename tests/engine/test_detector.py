@@ -1,6 +1,7 @@
 """Backends and the Detector: dense == patch, world coordinates, outputs, bad input."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,12 +16,14 @@ from noduleflow.engine.package import ModelPackage
 from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
 SMALL = dict(shape_zyx=(70, 160, 160), spacing_zyx_mm=(3.5, 2.0, 2.0))
+# what "auto" takes on a CPU machine: OpenVINO when the optional package is installed
+AUTO_CPU = "openvino-cpu" if importlib.util.find_spec("openvino") else "onnxruntime-cpu"
 
 
-def test_backend_auto_picks_ort_cpu_and_validates(tiny_package):
+def test_backend_auto_picks_a_cpu_backend_and_validates(tiny_package):
     pkg = ModelPackage.load(tiny_package)
     with open_backend(pkg, "auto", graph="patch") as b:
-        assert b.name == "onnxruntime-cpu"
+        assert b.name == AUTO_CPU
         x = np.random.default_rng(0).uniform(size=(3, 1, 41, 41, 41)).astype(np.float32)
         assert b.infer(x).shape == (3,)
         with pytest.raises(ConfigError, match=r"\(3, 1, 40, 41, 41\)"):
@@ -33,8 +36,6 @@ def test_backend_auto_picks_ort_cpu_and_validates(tiny_package):
 
 def test_missing_backends_are_errors_not_fallbacks(tiny_package):
     pkg = ModelPackage.load(tiny_package)
-    import importlib.util
-
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(BackendUnavailableError, match="tensorrt"):
             open_backend(pkg, "tensorrt")
@@ -71,7 +72,7 @@ def test_detections_contract(tiny_package, phantom):
     assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
     for k in ("load", "mask", "resample", "candidates", "inference", "clustering", "total"):
         assert d.timings_s[k] >= 0
-    assert d.series_uid == phantom.volume.series_uid and d.backend == "onnxruntime-cpu"
+    assert d.series_uid == phantom.volume.series_uid and d.backend == AUTO_CPU
     assert json.loads(d.to_json())["candidates"][0]["prob"] == d[0].prob
 
 

@@ -1,0 +1,132 @@
+"""OpenVINO backend (CPU): the package's own ONNX graphs, compiled by OpenVINO's CPU plugin.
+
+The same ``{graph}.onnx`` files as `OnnxRuntimeBackend` (nothing to export or convert), read
+and compiled when the backend opens (~0.15 s per graph). OpenVINO's CPU plugin runs 3-D
+convolutions as JIT-compiled direct kernels on blocked channel layouts (oneDNN's brgconv), where
+ONNX Runtime's CPU provider expands each 3-D convolution into a column matrix and a GEMM; on the
+small-channel 3-D networks of this engine that is the faster CPU path (`noduleflow bench speed`
+measures both in one run). Optional: ``pip install 'noduleflow[openvino]'``; ``auto`` takes it
+before ONNX Runtime's CPU provider when it is installed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, ConfigError, PackageError
+from ..package import ModelPackage
+from .base import Backend, check_signature, graph_channels
+
+log = logging.getLogger(__name__)
+
+
+def _dims(partial_shape) -> list:
+    """An OpenVINO partial shape as a list: an int where the dimension is static, None where not."""
+    return [d.get_length() if d.is_static else None for d in partial_shape]
+
+
+class OpenVinoBackend(Backend):
+    """``threads``: OpenVINO's inference threads (default: all cores). ``streams``: batches
+    `infer_many` runs at once (OpenVINO CPU streams, the threads shared between them; default 1:
+    on 2 cores two streams measured no faster for any graph, unlike ONNX Runtime's stage 2).
+    ``precision``: "fp32" only (the CPUs this runs on have no faster float format to offer it
+    without a retrained or calibrated model)."""
+
+    def __init__(self, package: ModelPackage, graph: str = "patch", device: str = "cpu",
+                 threads: int | None = None, max_batch: int = 256, precision: str = "fp32",
+                 streams: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendUnavailableError("the openvino-cpu backend needs openvino: "
+                                          "pip install 'noduleflow[openvino]'") from None
+        super().__init__(graph, max_batch, package.contract.patch_size, graph_channels(package, graph))
+        if device != "cpu":
+            raise BackendUnavailableError(f"the openvino backend runs on the CPU only, not {device!r}")
+        if precision != "fp32":
+            raise BackendUnavailableError(f"the openvino-cpu backend runs fp32 only, not {precision!r}")
+        fname = f"{graph}.onnx"
+        path = package.file(fname)
+        if path is None:
+            raise PackageError(f"package {package.manifest.model_id} has no {fname}")
+        threads = int(threads or os.cpu_count() or 1)
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        streams = 1 if streams is None else int(streams)
+        if not 1 <= streams <= threads:
+            raise ConfigError(f"streams must be in [1, threads={threads}], got {streams}")
+        self.streams = streams
+        config = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+                  "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads,
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for graphs it cannot read
+            raise PackageError(f"package {package.manifest.model_id}: {fname} is not a graph OpenVINO can "
+                               f"compile ({type(exc).__name__}: {str(exc)[:200]})") from None
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one request: callers on several threads take turns
+        self.name = "openvino-cpu"
+        self.device = "cpu"
+        self.precision = "fp32"
+        check_signature([_dims(i.get_partial_shape()) for i in self.compiled.inputs],
+                        [i.get_partial_shape().rank.get_length() for i in self.compiled.outputs],
+                        self._run, package, graph, fname)
+        log.info("opened %s (%s) with OpenVINO %s, %d thread(s), %d stream(s)", path.name,
+                 package.manifest.model_id, ov.get_version(), threads, streams)
+
+    def _run(self, arrays) -> np.ndarray:
+        with self._lock:
+            out = self._request.infer({i: np.ascontiguousarray(a) for i, a in enumerate(arrays)})
+        return out[0]
+
+    def _infer(self, batch, extra):
+        arrays = [batch]
+        if len(self.compiled.inputs) > 1:
+            if extra is None:
+                raise PackageError(f"{self.graph}.onnx needs a second input: the location")
+            arrays.append(np.asarray(extra, dtype=np.float32))
+        return self._shape(self._run(arrays))
+
+    def _shape(self, y: np.ndarray) -> np.ndarray:
+        return y if self.graph == "dense" else y.reshape(len(y))
+
+    def infer_many(self, batches):
+        """``infer`` over a stream of batches, in order; with ``streams`` > 1 that many run at
+        once on OpenVINO's own streams (the next batch is gathered while they run)."""
+        if self.streams == 1 or len(self.compiled.inputs) > 1:
+            yield from super().infer_many(batches)
+            return
+        import openvino as ov
+
+        queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        done: dict[int, np.ndarray] = {}
+        queue.set_callback(lambda req, i: done.__setitem__(i, req.get_output_tensor(0).data.copy()))
+        sent = taken = 0
+        held = {}  # inputs stay alive until their run ends
+        for b in batches:
+            self.check_batch(b)
+            held[sent] = b = np.ascontiguousarray(b)
+            queue.start_async({0: b}, userdata=sent)  # waits for an idle request
+            sent += 1
+            while taken in done:
+                held.pop(taken)
+                yield self._shape(done.pop(taken))
+                taken += 1
+        queue.wait_all()
+        while taken < sent:
+            held.pop(taken)
+            yield self._shape(done.pop(taken))
+            taken += 1
+
+    def close(self):
+        self._request = None
+        self.compiled = None
+        super().close()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "streams": self.streams}

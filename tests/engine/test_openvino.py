@@ -1,0 +1,133 @@
+"""The OpenVINO CPU backend: the package's own ONNX graphs give ONNX Runtime's logits (patch,
+dense, stage 2, 3D-LOC's location input), whole detections agree, `infer_many` keeps order with
+several streams, and what it cannot run is refused with the bad value named."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from noduleflow.engine import BackendUnavailableError, ConfigError, PackageError
+from noduleflow.engine.backends import open_backend
+from noduleflow.engine.package import ModelPackage, default_package_path
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def default_pkg():
+    return ModelPackage.load(default_package_path())
+
+
+@pytest.mark.parametrize("graph, shape", [("patch", (5, 1, 41, 41, 41)), ("stage2", (5, 2, 41, 41, 41)),
+                                          ("dense", (1, 1, 61, 57, 49))])
+def test_logits_equal_onnxruntime(default_pkg, graph, shape):
+    x = np.random.default_rng(0).normal(0.0, 1.0, shape).astype(np.float32)
+    with open_backend(default_pkg, "openvino-cpu", graph=graph) as ov, \
+            open_backend(default_pkg, "onnxruntime-cpu", graph=graph, streams=1) as ort:
+        got, want = ov.infer(x), ort.infer(x)
+        assert ov.describe()["backend"] == "openvino-cpu" and ov.describe()["streams"] == 1
+    assert got.shape == want.shape and got.shape[0] == shape[0]
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_location_input_reaches_the_graph(tmp_path):
+    """A 3D-LOC package: the location is the graph's second input (patch and dense)."""
+    torch = pytest.importorskip("torch")
+    from noduleflow.export.package import export_package
+    from noduleflow.trainer.checkpoint import save_checkpoint
+    from noduleflow.trainer.models import build_model
+
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "c", build_model("3d-loc").eval(), {"model": "3d-loc", "model_kwargs": {}}, "best")
+    export_package(tmp_path / "c" / "best.safetensors", tmp_path / "p")
+    pkg = ModelPackage.load(tmp_path / "p")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 1, 41, 41, 41)).astype(np.float32)
+    loc = rng.uniform(size=(3, 3)).astype(np.float32)
+    with open_backend(pkg, "openvino-cpu") as ov, open_backend(pkg, "onnxruntime-cpu") as ort:
+        a, b = ov.infer(x, loc), ort.infer(x, loc)
+        assert np.abs(a - b).max() <= 1e-4
+        assert np.abs(ov.infer(x, loc[::-1].copy()) - a).max() > 0  # the location changes the logits
+        with pytest.raises(PackageError, match="location"):
+            ov.infer(x)
+
+
+def test_streams_run_in_order_and_equal_one_at_a_time(default_pkg):
+    rng = np.random.default_rng(0)
+    batches = [rng.random((n, 2, 41, 41, 41), dtype=np.float32) for n in (3, 1, 4, 2)]
+    with open_backend(default_pkg, "openvino-cpu", graph="stage2", threads=2, streams=1) as one:
+        want = [one.infer(b) for b in batches]
+    with open_backend(default_pkg, "openvino-cpu", graph="stage2", threads=2, streams=2) as two:
+        assert two.streams == 2
+        got = list(two.infer_many(iter(batches)))
+        with pytest.raises(ConfigError, match=r"\(2, 2, 40, 41, 41\)"):
+            list(two.infer_many([np.zeros((2, 2, 40, 41, 41), np.float32)]))
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        assert np.abs(g - w).max() <= 1e-5
+
+
+def test_refusals_name_the_bad_value(default_pkg, tiny_package):
+    with pytest.raises(BackendUnavailableError, match="fp32 only, not 'fp16'"):
+        open_backend(default_pkg, "openvino-cpu", precision="fp16")
+    with pytest.raises(ConfigError, match="streams must be in \\[1, threads=2\\], got 3"):
+        open_backend(default_pkg, "openvino-cpu", threads=2, streams=3)
+    with open_backend(default_pkg, "openvino-cpu", graph="patch") as b:
+        with pytest.raises(ConfigError, match="float32"):
+            b.infer(np.zeros((1, 1, 41, 41, 41), np.float64))
+        with pytest.raises(ConfigError, match=r"batch of 0"):
+            b.infer(np.zeros((0, 1, 41, 41, 41), np.float32))
+    with pytest.raises(ConfigError, match="closed"):
+        b.infer(np.zeros((1, 1, 41, 41, 41), np.float32))
+    # a package without a stage-2 graph
+    with pytest.raises(PackageError, match="stage2.onnx"):
+        open_backend(ModelPackage.load(tiny_package), "openvino-cpu", graph="stage2")
+
+
+def test_graph_in_the_wrong_slot_is_refused(default_pkg, tmp_path):
+    """The signature check is the runtime-independent one: a patch graph where the dense graph
+    belongs is refused by OpenVINO as by ONNX Runtime."""
+    import json
+    import shutil
+
+    from noduleflow.engine.package import sha256_file
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(default_pkg.path, pkg)
+    shutil.copy(pkg / "patch.onnx", pkg / "dense.onnx")
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["files"]["dense.onnx"] = sha256_file(pkg / "dense.onnx")
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    p = ModelPackage.load(pkg)
+    for name in ("openvino-cpu", "onnxruntime-cpu"):
+        with pytest.raises(PackageError, match="is not a dense graph"):
+            open_backend(p, name, graph="dense")
+
+
+def test_auto_takes_openvino_and_a_missing_openvino_is_named(default_pkg, monkeypatch):
+    from noduleflow.engine import backends
+
+    with open_backend(default_pkg, "auto", graph="patch") as b:
+        assert b.name == "openvino-cpu"
+    real = backends._has
+    monkeypatch.setattr(backends, "_has", lambda mod: False if mod == "openvino" else real(mod))
+    with pytest.raises(BackendUnavailableError, match=r"noduleflow\[openvino\]"):
+        open_backend(default_pkg, "openvino-cpu")
+    with open_backend(default_pkg, "auto", graph="patch") as b:
+        assert b.name == "onnxruntime-cpu"
+
+
+def test_two_stage_detection_equals_onnxruntime():
+    """The default detection of a phantom: same candidates, probabilities within 1e-5."""
+    from noduleflow.engine.detector import Detector
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+    vol = generate_phantom(7, params=PhantomParams(n_nodules=3), shape_zyx=(90, 256, 256),
+                           spacing_zyx_mm=(3.0, 1.4, 1.4)).volume
+    with Detector(backend="openvino-cpu") as a, Detector(backend="onnxruntime-cpu") as b:
+        da, db = a.detect(vol), b.detect(vol)
+    assert da.backend == "openvino-cpu" and db.backend == "onnxruntime-cpu"
+    assert len(da.candidates) == len(db.candidates) > 0
+    pa, pb = np.array([c.prob for c in da.candidates]), np.array([c.prob for c in db.candidates])
+    assert np.abs(pa - pb).max() <= 1e-5
+    assert [c.center_xyz_mm for c in da.candidates] == [c.center_xyz_mm for c in db.candidates]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def warm_twice(model=None, shape_zyx=(80, 192, 192), spacing_zyx_mm=(3.0, 1.8, 1.8),
-               warm_repeats: int = 1, stages: str = "auto") -> tuple[float, float]:
+               warm_repeats: int = 1, stages: str = "auto", backend: str = "auto") -> tuple[float, float]:
     """Seconds of a first detection and of the best of ``warm_repeats`` later ones (import and
     model load excluded) on a small phantom with two nodules."""
     from noduleflow import Detector
@@ -28,7 +28,7 @@ def warm_twice(model=None, shape_zyx=(80, 192, 192), spacing_zyx_mm=(3.0, 1.8, 1
 
     vol = generate_phantom(1, params=PhantomParams(n_nodules=2), shape_zyx=shape_zyx,
                            spacing_zyx_mm=spacing_zyx_mm).volume
-    with Detector(model, backend="onnxruntime-cpu", stages=stages) as det:
+    with Detector(model, backend=backend, stages=stages) as det:
         times = []
         for _ in range(1 + warm_repeats):
             t = time.perf_counter()
@@ -37,11 +37,14 @@ def warm_twice(model=None, shape_zyx=(80, 192, 192), spacing_zyx_mm=(3.0, 1.8, 1
     return times[0], min(times[1:])
 
 
-def _child(cache: Path) -> dict:
+def _child(cache: Path | None, backend: str = "auto") -> dict:
     code = ("import json, time; t0 = time.perf_counter(); import noduleflow; "
             "from noduleflow.bench.cold_start import warm_twice; t1 = time.perf_counter(); "
-            "a, b = warm_twice(warm_repeats=3); print(json.dumps({'import_s': t1 - t0, 'first_s': a, 'warm_s': b}))")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+            f"a, b = warm_twice(warm_repeats=3, backend={backend!r}); "
+            "print(json.dumps({'import_s': t1 - t0, 'first_s': a, 'warm_s': b}))")
+    env = dict(os.environ)
+    if cache is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache)
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -52,16 +55,27 @@ def _child(cache: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.cold_start", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench-cold-start", help="output folder (default ./bench-cold-start)")
+    ap.add_argument("--backend", nargs="+", default=["auto"],
+                    help="backend(s) the detections run on; the warm-cache processes are repeated for each")
+    ap.add_argument("--warm-only", action="store_true",
+                    help="no empty-cache process: the warm-cache ones use numba's own cache (as filled by "
+                         "`noduleflow warmup`) instead of a new temporary one")
     a = ap.parse_args(argv)
     from noduleflow.bench.speed import machine
 
-    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
-        runs = {"empty_cache": _child(Path(cache)), "warm_cache": _child(Path(cache)),
-                "warm_cache_again": _child(Path(cache))}
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="numba-cache-") as tmp:
+        cache = None if a.warm_only else Path(tmp)
+        if not a.warm_only:
+            runs["empty_cache"] = dict(_child(cache, a.backend[0]), backend=a.backend[0])
+        for b in a.backend:
+            suffix = "" if len(a.backend) == 1 else f" [{b}]"
+            runs["warm_cache" + suffix] = dict(_child(cache, b), backend=b)
+            runs["warm_cache_again" + suffix] = dict(_child(cache, b), backend=b)
     for r in runs.values():
         r["first_over_warm"] = r["first_s"] / r["warm_s"]
     res = {"machine": machine(), "load_average": os.getloadavg(), "runs": runs,
-           "command": "python -m noduleflow.bench.cold_start"}
+           "command": "python -m noduleflow.bench.cold_start " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cold_start.json").write_text(json.dumps(res, indent=2))

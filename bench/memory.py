@@ -34,7 +34,8 @@ def _run(cmd: list[str]) -> tuple[int, float]:
     return p.returncode, ru.ru_maxrss / scale
 
 
-def run(shape, spacing, out: Path, model: str | None = None, seed: int = 77) -> dict:
+def run(shape, spacing, out: Path, model: str | None = None, seed: int = 77, backends=("auto",)) -> dict:
+    """``backends``: each run once per stages setting (``detect --backend``)."""
     exe = [sys.executable, "-m", "noduleflow"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,14 +43,14 @@ def run(shape, spacing, out: Path, model: str | None = None, seed: int = 77) -> 
         _run(exe + ["synth", str(data), "--shape", *map(str, shape), "--spacing", *map(str, spacing),
                     "--seed", str(seed)])
         series = next(p for p in sorted(data.iterdir()) if p.is_dir() and p.name.startswith("scan_"))
-        for stages in ("auto", "1"):
-            o = Path(tmp) / f"out_{stages}"
-            cmd = exe + ["detect", str(series), "--out", str(o), "--stages", stages]
+        for backend, stages in ((b, s) for b in backends for s in ("auto", "1")):
+            o = Path(tmp) / f"out_{backend}_{stages}"
+            cmd = exe + ["detect", str(series), "--out", str(o), "--stages", stages, "--backend", backend]
             if model:
                 cmd += ["--model", model]
             _, peak = _run(cmd)
             res = json.loads(next(o.glob("*.json")).read_text())
-            rows.append({"stages": stages, "stages_run": res["meta"].get("stages", 1), "model_id": res["model_id"],
+            rows.append({"stages": stages, "backend": res.get("backend"), "stages_run": res["meta"].get("stages", 1), "model_id": res["model_id"],
                          "shape_zyx": res["meta"]["shape_zyx"], "lung_box_1mm_zyx": res["meta"]["lung_box_1mm_zyx"],
                          "process_peak_rss_mb": peak, "engine_peak_rss_mb_after": res["meta"]["peak_rss_mb_after"],
                          "timings_s": res["timings_s"]})
@@ -59,11 +60,11 @@ def run(shape, spacing, out: Path, model: str | None = None, seed: int = 77) -> 
     (out / "memory.json").write_text(json.dumps(r, indent=1))
     lines = [f"# Peak memory of one detection, fresh process per run", "", f"`{r['command']}`; "
              f"{r['machine']['cores']} cores, Python {r['machine']['python']}.", "",
-             "| stages | model | scan voxels (z, y, x) | lung box 1 mm | process peak RSS MB | engine high-water MB by step | total s |",
-             "|---|---|---|---|---:|---|---:|"]
+             "| stages | backend | model | scan voxels (z, y, x) | lung box 1 mm | process peak RSS MB | engine high-water MB by step | total s |",
+             "|---|---|---|---|---|---:|---|---:|"]
     for x in rows:
         steps = ", ".join(f"{k} {v:.0f}" for k, v in x["engine_peak_rss_mb_after"].items())
-        lines.append(f"| {x['stages']} ({x['stages_run']}) | {x['model_id']} | {x['shape_zyx']} | {x['lung_box_1mm_zyx']} | "
+        lines.append(f"| {x['stages']} ({x['stages_run']}) | {x.get('backend')} | {x['model_id']} | {x['shape_zyx']} | {x['lung_box_1mm_zyx']} | "
                      f"{x['process_peak_rss_mb']:.0f} | {steps} | {x['timings_s']['total']:.1f} |")
     lines += ["", "Process peak: the operating system's maximum resident set size of the `noduleflow detect` "
               "process (imports, sessions, the picture included). Phantom data."]
@@ -78,9 +79,11 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=(600, 512, 512), metavar=("Z", "Y", "X"))
     ap.add_argument("--spacing", type=float, nargs=3, default=(0.5, 0.7, 0.7), metavar=("DZ", "DY", "DX"))
     ap.add_argument("--model", help="model package (default: the shipped one)")
+    ap.add_argument("--backend", nargs="+", default=["auto"], help="backend(s) to run, each in its own processes "
+                    "(default auto)")
     ap.add_argument("--out", default="bench-memory")
     a = ap.parse_args(argv)
-    run(a.shape, a.spacing, Path(a.out), a.model)
+    run(a.shape, a.spacing, Path(a.out), a.model, backends=tuple(a.backend))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BackendUnavailableError, ConfigError
@@ -43,10 +44,14 @@ def _has(mod: str) -> bool:
     return importlib.util.find_spec(mod) is not None
 
 
-def _cuda_ort() -> bool:
-    from .onnxruntime import available_providers
-
-    return "CUDAExecutionProvider" in available_providers()
+def _ort_gpu_build() -> bool:
+    """Whether the installed ONNX Runtime is a GPU build (its CUDA provider library ships beside
+    it), found without importing it: "auto" on a CPU machine then never pays ONNX Runtime's import
+    for a provider it cannot have."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(any(Path(d, "capi").glob("*onnxruntime_providers_cuda*")) for d in spec.submodule_search_locations)
 
 
 def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch", **opts):
@@ -55,6 +60,9 @@ def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch"
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
     if name == "auto":
         for cand in ("tensorrt", "onnxruntime-cuda", "openvino-cpu", "onnxruntime-cpu"):
+            if cand == "onnxruntime-cuda" and not _ort_gpu_build():
+                log.debug("auto: onnxruntime-cuda unavailable: ONNX Runtime is not a GPU build")
+                continue
             try:
                 b = open_backend(package, cand, graph, **opts)
             except BackendUnavailableError as exc:

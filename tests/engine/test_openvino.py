@@ -131,3 +131,29 @@ def test_two_stage_detection_equals_onnxruntime():
     pa, pb = np.array([c.prob for c in da.candidates]), np.array([c.prob for c in db.candidates])
     assert np.abs(pa - pb).max() <= 1e-5
     assert [c.center_xyz_mm for c in da.candidates] == [c.center_xyz_mm for c in db.candidates]
+
+
+def test_auto_on_a_cpu_build_does_not_import_onnxruntime(default_pkg, tmp_path, monkeypatch):
+    """ONNX Runtime's CUDA provider is looked for as a file beside the package (a GPU build ships
+    it); without one, "auto" takes OpenVINO without importing ONNX Runtime at all."""
+    import importlib.machinery
+    import subprocess
+    import sys
+
+    from noduleflow.engine import backends
+
+    fake = tmp_path / "onnxruntime"
+    (fake / "capi").mkdir(parents=True)
+    spec = importlib.machinery.ModuleSpec("onnxruntime", None, is_package=True)
+    spec.submodule_search_locations = [str(fake)]
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: spec)
+    assert not backends._ort_gpu_build()
+    (fake / "capi" / "libonnxruntime_providers_cuda.so").write_bytes(b"")
+    assert backends._ort_gpu_build()
+    monkeypatch.undo()
+    code = ("import sys; from noduleflow.engine.backends import open_backend; "
+            "from noduleflow.engine.package import ModelPackage, default_package_path; "
+            "b = open_backend(ModelPackage.load(default_package_path()), 'auto', graph='stage2'); "
+            "print(b.name, 'onnxruntime' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["openvino-cpu", "False"], out.stderr[-2000:]

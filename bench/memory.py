@@ -58,7 +58,7 @@ def run(shape, spacing, out: Path, model: str | None = None, seed: int = 77, bac
          "command": "python -m noduleflow.bench.memory " + " ".join(sys.argv[1:]), "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory.json").write_text(json.dumps(r, indent=1))
-    lines = [f"# Peak memory of one detection, fresh process per run", "", f"`{r['command']}`; "
+    lines = ["# Peak memory of one detection, fresh process per run", "", f"`{r['command']}`; "
              f"{r['machine']['cores']} cores, Python {r['machine']['python']}.", "",
              "| stages | backend | model | scan voxels (z, y, x) | lung box 1 mm | process peak RSS MB | engine high-water MB by step | total s |",
              "|---|---|---|---|---|---:|---|---:|"]

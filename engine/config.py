@@ -6,6 +6,11 @@ from dataclasses import dataclass, field, fields, replace
 
 from .errors import ConfigError
 
+# The dense pass's default tile edge (output grid points): `bench speed`'s tile sweep and the
+# 600-slice peak RSS (bench/results/README.md) chose it; TensorRT's dense profile follows it.
+DENSE_TILE_OUT = 32
+
+
 @dataclass(frozen=True)
 class CandidateRules:
     """Rules on the 1 mm volume. ``stride``: grid step in voxels; ``offset``: grid phase
@@ -62,7 +67,9 @@ class DetectorConfig:
     nms_radius_mm: float = _opt(10.0, "one candidate per this radius (NMS)")
     merge_radius_mm: float = _opt(5.0, "grid points within this radius are merged into a candidate's centre "
                                        "(NMS)", cli=False)
-    tile_out: int = _opt(24, "dense mode: tile edge in output grid points")
+    tile_out: int = _opt(DENSE_TILE_OUT, "dense mode: tile edge in output grid points (32: 1.3-1.5x tile 24 "
+                                         "on OpenVINO and ONNX Runtime, +115-200 MB on a 600-slice scan; 48 "
+                                         "reaches 2 GB there)")
     batch_size: int = _opt(64, "patch mode: patches per batch")
     refine: bool = _opt(True, "move each centre onto the strongest image blob within 3 mm")
     in_mask: bool = _opt(True, "drop candidates whose final centre lies outside the lung mask")

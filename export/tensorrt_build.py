@@ -14,6 +14,7 @@ import numpy as np
 
 from noduleflow.engine import ConfigError
 from noduleflow.engine.backends.tensorrt import PRECISIONS, current_key, write_plan
+from noduleflow.engine.config import DENSE_TILE_OUT
 from noduleflow.engine.contract import PATCH_SIZE
 from noduleflow.engine.package import ModelPackage
 
@@ -30,11 +31,13 @@ class Profile:
     max: tuple
 
 
-def profiles(graph: str, max_batch: int = 256, opt_batch: int = 64, tile_out=(24, 24, 24), stride: int = 4,
+def profiles(graph: str, max_batch: int = 256, opt_batch: int = 64, tile_out=None, stride: int = 4,
              patch: int = PATCH_SIZE, channels: int = 1):
     """Patch and stage-2 graphs: batch 1..max_batch (stage 2: ``channels`` context scales). Dense
-    graph: tiles from one output point (patch^3) to ``tile_out`` points per axis (the engine's
-    tile: stride * (t - 1) + patch voxels)."""
+    graph: tiles from one output point (patch^3) to ``tile_out`` points per axis (default the
+    engine's tile, `DENSE_TILE_OUT`: stride * (t - 1) + patch voxels)."""
+    if tile_out is None:
+        tile_out = (DENSE_TILE_OUT,) * 3
     one = (1, 1, patch, patch, patch)
     if graph in ("patch", "stage2"):
         if not 1 <= opt_batch <= max_batch:

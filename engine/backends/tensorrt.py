@@ -97,7 +97,7 @@ class TensorRTBackend(Backend):
     """
 
     def __init__(self, package: ModelPackage, graph: str = "patch", precision: str = "fp16",
-                 max_batch: int = 256, max_tile=(137, 137, 137)):
+                 max_batch: int = 256, max_tile=None):
         super().__init__(graph, max_batch, package.contract.patch_size, graph_channels(package, graph))
         try:
             import tensorrt as trt
@@ -120,6 +120,11 @@ class TensorRTBackend(Backend):
         self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         err, self._stream = cudart.cudaStreamCreate()
         _check(err)
+        if max_tile is None:  # the engine's dense tile (`config.DENSE_TILE_OUT` output points), 4 voxels spare
+            from ..config import DENSE_TILE_OUT
+
+            side = (package.contract.dense_stride or 4) * (DENSE_TILE_OUT - 1) + self.patch_size + 4
+            max_tile = (side,) * 3
         n_in = max_batch * self.channels * self.patch_size ** 3 if graph != "dense" else int(np.prod(max_tile))
         self._dev_in = self._malloc(n_in * 4)
         self._dev_out = self._malloc(n_in * 4)  # outputs are never larger than inputs

@@ -36,6 +36,11 @@ def test_profiles():
     assert p.min[0] == 1 and p.opt[0] == 32 and p.max == (128, 1, 41, 41, 41)
     (d,) = profiles("dense", tile_out=(24, 24, 24), stride=4)
     assert d.max == (1, 1, 133, 133, 133) and d.min == (1, 1, 41, 41, 41)
+    from noduleflow.engine.config import DENSE_TILE_OUT, DetectorConfig
+
+    (d,) = profiles("dense", stride=4)  # the engine's own tile unless told
+    side = 4 * (DetectorConfig().tile_out - 1) + 41
+    assert DetectorConfig().tile_out == DENSE_TILE_OUT and d.max == d.opt == (1, 1, side, side, side)
     with pytest.raises(ConfigError):
         profiles("patch", max_batch=8, opt_batch=16)
 

@@ -8,6 +8,8 @@ as in the 1 mm gather.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .contract import PATCH_SIZE
@@ -68,6 +70,11 @@ class ContextVolume:
             gather(vol, idx, buf, self.norm, size=p)
             out[:n, k] = buf[:, 0]
         return out[:n]
+
+    def views(self, centres_zyx: np.ndarray, first: int, last: int):
+        """Flips ``first``..``last`` - 1 (`flips8`'s order) of the candidates' patches, one batch
+        each, gathered once."""
+        return itertools.islice(flips8(self.patches(centres_zyx)), first, last)
 
 
 def flips8(batch: np.ndarray):

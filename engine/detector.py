@@ -12,7 +12,6 @@ At the same centres the two give the same scores (a test holds them to 1e-4).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 
@@ -317,13 +316,11 @@ class Detector:
         flips (`engine.context.flips8`, identity first; with ``tta_top``, the flips after the first
         only for the best ``tta_top`` candidates by the first view). The batches stream through the
         backend's `infer_many` (several at once on the CPU)."""
-        from .context import ContextVolume
-
         st2 = self.contract.stage2
         c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
         if not len(c):
             return np.zeros(0, np.float64)
-        ctx = ContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
+        ctx = self._context_volume(pre)
         flips = max(1, st2.tta_flips)
         top = st2.tta_top if 0 < st2.tta_top < len(c) else len(c)
         if top == len(c):  # every flip for every candidate
@@ -335,19 +332,32 @@ class Detector:
             out[best] = (out[best] + self._stage2_sums(ctx, c, best, 1, flips)[best]) / flips
         return out
 
+    def _context_volume(self, pre):
+        """Stage 2's context patches of a preprocessed scan: on the GPU (`engine.patches_cuda.
+        DeviceContextVolume`: the volumes uploaded once, each batch gathered into device memory the
+        backend reads without a copy) when the stage-2 backend takes device arrays, else on the host
+        (`engine.context.ContextVolume`). Both give the same patches (tested under numba's CUDA
+        simulator)."""
+        st2 = self.contract.stage2
+        if self.stage2_backend.accepts_device_arrays:
+            from .patches_cuda import DeviceContextVolume
+
+            return DeviceContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
+        from .context import ContextVolume
+
+        return ContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
+
     def _stage2_sums(self, ctx, c, which, first: int, last: int) -> np.ndarray:
         """Per candidate in ``which``, the sum of stage 2's logits over flips ``first``..``last`` - 1
-        (zero elsewhere). Chunks small enough that every stream of the backend gets at least two
-        batches, at most the configured batch size."""
-        from .context import flips8
-
+        (zero elsewhere; ``ctx``: `_context_volume`). Chunks small enough that every stream of the
+        backend gets at least two batches, at most the configured batch size."""
         bs = min(self.config.batch_size, self.stage2_backend.max_batch,
                  max(8, -(-len(which) // (2 * self.stage2_backend.streams))))
         chunks = [which[i:i + bs] for i in range(0, len(which), bs)]
 
         def batches():
             for ch in chunks:
-                yield from itertools.islice(flips8(ctx.patches(c[ch])), first, last)
+                yield from ctx.views(c[ch], first, last)
 
         sums = np.zeros(len(c), np.float64)
         logits = self.stage2_backend.infer_many(batches())

@@ -17,8 +17,10 @@ from .patches import Normalisation
 
 
 @cuda.jit
-def _gather_kernel(vol, centres, out, lo, inv_range, pad_value):
-    # one thread per output voxel of one patch: grid (patch, z) x (y, x) blocks
+def _gather_kernel(vol, centres, out, lo, inv_range, pad_value, flip):
+    # one thread per output voxel of one patch: grid (patch, z) x (y, x) blocks; ``flip``: bit 0/1/2
+    # mirrors the patch along z/y/x (the odd-sized patch is centred, so a mirrored patch reads the
+    # voxel at the opposite offset)
     n = cuda.blockIdx.x
     k = cuda.blockIdx.y
     j, i = cuda.threadIdx.y, cuda.threadIdx.x
@@ -27,11 +29,14 @@ def _gather_kernel(vol, centres, out, lo, inv_range, pad_value):
         return
     half = size // 2
     nz, ny, nx = vol.shape
+    kz = size - 1 - k if flip & 1 else k
     for jj in range(j, size, cuda.blockDim.y):
+        jy = size - 1 - jj if flip & 2 else jj
         for ii in range(i, size, cuda.blockDim.x):
-            z = centres[n, 0] - half + k
-            y = centres[n, 1] - half + jj
-            x = centres[n, 2] - half + ii
+            ix = size - 1 - ii if flip & 4 else ii
+            z = centres[n, 0] - half + kz
+            y = centres[n, 1] - half + jy
+            x = centres[n, 2] - half + ix
             if 0 <= z < nz and 0 <= y < ny and 0 <= x < nx:
                 v = (vol[z, y, x] - lo) * inv_range
                 out[n, 0, k, jj, ii] = min(max(v, 0.0), 1.0)
@@ -39,9 +44,14 @@ def _gather_kernel(vol, centres, out, lo, inv_range, pad_value):
                 out[n, 0, k, jj, ii] = pad_value
 
 
-def gather_device(d_volume, d_centres, d_out, norm: Normalisation = Normalisation(), size: int = PATCH_SIZE):
+def gather_device(d_volume, d_centres, d_out, norm: Normalisation = Normalisation(), size: int = PATCH_SIZE,
+                  flip: int = 0):
     """Launch the gather: ``d_volume`` (z, y, x) and ``d_centres`` (N, 3) int64 and ``d_out``
-    (>= N, 1, size, size, size) float32 are device arrays. Returns ``d_out``."""
+    (>= N, 1, size, size, size) float32 are device arrays. ``flip`` (0-7): the patches mirrored
+    along z (bit 0), y (bit 1), x (bit 2), as `engine.context.flips8` mirrors a host batch (odd
+    sizes). Returns ``d_out``."""
+    if not 0 <= flip <= 7 or (flip and size % 2 == 0):
+        raise ConfigError(f"flip must be in 0..7 (and the size odd to mirror), got {flip} for size {size}")
     n = d_centres.shape[0]
     if n == 0:
         return d_out
@@ -49,7 +59,7 @@ def gather_device(d_volume, d_centres, d_out, norm: Normalisation = Normalisatio
     pad = min(max((norm.pad_hu - lo) / (hi - lo), 0.0), 1.0)
     threads = (min(32, size), min(8, size))
     _gather_kernel[(n, size), threads](d_volume, d_centres, d_out, np.float32(lo), np.float32(1.0 / (hi - lo)),
-                                       np.float32(pad))
+                                       np.float32(pad), np.int64(flip))
     return d_out
 
 
@@ -77,9 +87,10 @@ class DeviceContextVolume:
         self.norm, self.size, self.channels = norm, host.size, host.channels
         self.d_volumes = [cuda.to_device(v) for v in (host.hu1, host.hu2)[:host.channels]]
 
-    def patches(self, centres_zyx: np.ndarray, d_out=None):
+    def patches(self, centres_zyx: np.ndarray, d_out=None, flip: int = 0):
         """Centres (n, 3) on the 1 mm grid -> device float32 (n, channels, size, size, size), equal
-        to `ContextVolume.patches` (``d_out``: a device buffer of at least n rows to fill)."""
+        to `ContextVolume.patches` (``d_out``: a device buffer of at least n rows to fill; ``flip``:
+        the patches mirrored as `engine.context.flips8`'s view ``flip``)."""
         from .context import scale_centres
 
         c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
@@ -90,5 +101,11 @@ class DeviceContextVolume:
             raise ConfigError(f"device context buffer must be float32 (>= {n}, {ch}, {p}, {p}, {p}), got "
                               f"{d_out.dtype} {tuple(d_out.shape)}")
         for k, (d_vol, idx) in enumerate(zip(self.d_volumes, scale_centres(c, ch))):
-            gather_device(d_vol, cuda.to_device(idx), d_out[:, k:k + 1], self.norm, p)
+            gather_device(d_vol, cuda.to_device(idx), d_out[:, k:k + 1], self.norm, p, flip)
         return d_out[:n]
+
+    def views(self, centres_zyx: np.ndarray, first: int, last: int):
+        """`ContextVolume.views` on the device: flips ``first``..``last`` - 1 of the candidates'
+        patches, each gathered mirrored into its own device batch."""
+        for f in range(first, last):
+            yield self.patches(centres_zyx, flip=f)

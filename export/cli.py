@@ -35,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("--tensorrt", choices=("fp32", "fp16", "int8"),
                    help="also build TensorRT plans for this GPU into OUT/trt/ (needs tensorrt; unverified)")
     p.add_argument("--torch-compiled", action="store_true",
-                   help="also write AOTInductor packages (patch.pt2, dense.pt2) for the torch-compiled backend")
+                   help="also write AOTInductor packages (patch.pt2; stage2.pt2 with --stage2) for the "
+                        "torch-compiled backend, compiled for the GPU when PyTorch sees one, else the CPU")
     p.set_defaults(func=run)
 
 

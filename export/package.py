@@ -58,7 +58,8 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     reported, not gated.
     ``slim``: run onnxslim on each graph right after export, so the parity checks below judge
     the graph that ships (bench/results/onnx_graph.md has the measurement behind the default).
-    ``torch_compiled``: also write ``patch.pt2`` (AOTInductor) for the torch-compiled backend.
+    ``torch_compiled``: also write ``patch.pt2`` (and with ``stage2``, ``stage2.pt2``; AOTInductor,
+    for the GPU when PyTorch sees one, else the CPU) for the torch-compiled backend.
     ``stage2``: a stage-2 checkpoint (`trainer.stage2_train`, model ``ms-3d1``): written as
     ``stage2.onnx``, checked against PyTorch on phantom context patches like the patch graph, and
     declared in the contract by ``stage2_spec`` (default: `Stage2Spec()`).
@@ -148,9 +149,11 @@ def _write_package(model, config, name, contract, checkpoint, out: Path, model_i
         manifest.export["fp16"] = err
         report.update(err)
     if torch_compiled:
-        from .aoti import compile_patch
+        from .aoti import compile_patch, compile_stage2
 
         written, info = compile_patch(checkpoint, out)
+        if stage2:
+            written.append(compile_stage2(stage2[0], out, contract.stage2.channels, info["aoti_device"]))
         manifest.export.update(info)
         report["torch_compiled"] = [p.name for p in written]
     write_manifest(out, manifest)

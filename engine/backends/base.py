@@ -71,6 +71,7 @@ class Backend(ABC):
     device: str = "cpu"
     precision: str = "fp32"
     streams: int = 1  # batches `infer_many` runs at once
+    accepts_device_arrays: bool = False  # GPU batches (``__cuda_array_interface__``) taken without a copy
 
     def __init__(self, graph: str, max_batch: int, patch_size: int = PATCH_SIZE, channels: int = 1):
         if graph not in GRAPHS:

@@ -69,3 +69,96 @@ def test_cuda_context_patches_equal_cpu_context_patches_in_simulator():
     r = subprocess.run([sys.executable, "-c", CONTEXT_CODE], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert float(r.stdout.strip().splitlines()[-1]) < 1e-6
+
+
+VIEWS_CODE = r"""
+import numpy as np
+from noduleflow.engine.context import ContextVolume
+from noduleflow.engine.patches import Normalisation
+from noduleflow.engine.patches_cuda import DeviceContextVolume, gather_device
+from numba import cuda
+rng = np.random.default_rng(2)
+hu = rng.integers(-1200, 700, (20, 22, 24)).astype(np.int16)
+c = np.array([[10.4, 3.0, 20.6], [1, 21, 12]])  # near the borders: mirrored padding too
+norm = Normalisation(-1000.0, 400.0, pad_hu=-1000.0)
+ref = list(ContextVolume(hu, norm, 9, 2).views(c, 0, 8))
+got = [v.copy_to_host() for v in DeviceContextVolume(hu, norm, 9, 2).views(c, 0, 8)]
+assert len(ref) == len(got) == 8 and all(r.shape == (2, 2, 9, 9, 9) for r in ref)
+assert all(np.abs(ref[0] - r).max() > 0 for r in ref[1:])  # every flip is another batch
+part = [v.copy_to_host() for v in DeviceContextVolume(hu, norm, 9, 2).views(c, 3, 6)]
+assert all(np.array_equal(a, b) for a, b in zip(part, got[3:6]))
+for bad in (8, -1):
+    try:
+        gather_device(cuda.to_device(hu), cuda.to_device(np.zeros((1, 3), np.int64)),
+                      cuda.device_array((1, 1, 9, 9, 9), np.float32), norm, 9, flip=bad)
+        raise SystemExit(f"flip {bad} was accepted")
+    except Exception as exc:
+        assert "flip must be in 0..7" in str(exc), exc
+print(max(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
+"""
+
+
+def test_cuda_context_flips_equal_cpu_flips_in_simulator():
+    """The 8 mirrored views of stage 2's test-time augmentation gathered mirrored on the device
+    equal `flips8` of the host patches (small patches: the simulator runs every thread in Python)."""
+    try:
+        import numba.cuda  # noqa: F401
+    except ImportError:
+        pytest.skip("numba.cuda not importable")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    r = subprocess.run([sys.executable, "-c", VIEWS_CODE], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.strip().splitlines()[-1]) < 1e-6
+
+
+DETECTOR_CODE = r"""
+import numpy as np
+from noduleflow.engine.backends.base import Backend
+from noduleflow.engine.detector import Detector
+from noduleflow.engine.patches_cuda import DeviceContextVolume
+from noduleflow.engine.preprocess import preprocess
+from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+
+class HostCopy(Backend):
+    # takes device arrays by copying them to the host (as a CPU-compiled torch backend does) and
+    # runs the stage-2 graph in ONNX Runtime: the detector's device path without a GPU
+    accepts_device_arrays = True
+
+    def __init__(self, inner):
+        super().__init__("stage2", inner.max_batch, inner.patch_size, inner.channels)
+        self.inner, self.name, self.seen = inner, "host-copy", []
+
+    def _infer(self, batch, extra):
+        self.seen.append(type(batch).__name__)
+        return self.inner.infer(np.ascontiguousarray(batch.copy_to_host()))
+
+
+vol = generate_phantom(3, params=PhantomParams(n_nodules=1), shape_zyx=(60, 128, 128),
+                       spacing_zyx_mm=(3.0, 2.2, 2.2)).volume
+host = Detector(backend="onnxruntime-cpu", backend_options={"streams": 1})
+dev = Detector(backend="onnxruntime-cpu", backend_options={"streams": 1})
+dev.stage2_backend = HostCopy(dev.stage2_backend)
+pre = preprocess(vol, host.spec)
+c = host.stage1(pre).centres_zyx[:2]
+ctx = dev._context_volume(pre)
+assert isinstance(ctx, DeviceContextVolume), type(ctx)
+which = np.arange(len(c))
+want = host._stage2_sums(host._context_volume(pre), c, which, 0, 2)  # the first two flips
+got = dev._stage2_sums(ctx, c, which, 0, 2)
+assert dev.stage2_backend.seen and all("Array" in t for t in dev.stage2_backend.seen), dev.stage2_backend.seen
+print(float(np.abs(want - got).max()))
+"""
+
+
+def test_detector_gathers_stage2_on_the_device_for_a_backend_that_takes_device_arrays():
+    """A stage-2 backend that takes device arrays gets device batches (`DeviceContextVolume`,
+    mirrored on the device) and the same stage-2 logits as the host path, under the simulator."""
+    try:
+        import numba.cuda  # noqa: F401
+    except ImportError:
+        pytest.skip("numba.cuda not importable")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    r = subprocess.run([sys.executable, "-c", DETECTOR_CODE], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.strip().splitlines()[-1]) < 1e-4

@@ -1,7 +1,18 @@
 """Shared fixtures: a small exported model package (random weights) built once per session."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# OpenVINO's model cache: one throw-away folder per test run (subprocesses inherit it), so the
+# random-weight packages the tests export never fill the user's cache folder
+if "NODULEFLOW_OPENVINO_CACHE" not in os.environ:
+    os.environ["NODULEFLOW_OPENVINO_CACHE"] = _OV_CACHE = tempfile.mkdtemp(prefix="noduleflow-ov-cache-")
+    atexit.register(shutil.rmtree, _OV_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -157,3 +157,27 @@ def test_auto_on_a_cpu_build_does_not_import_onnxruntime(default_pkg, tmp_path, 
             "print(b.name, 'onnxruntime' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["openvino-cpu", "False"], out.stderr[-2000:]
+
+
+def test_compiled_graphs_are_cached_between_opens(default_pkg, tmp_path, monkeypatch):
+    """OpenVINO's model cache: the first open writes the compiled graph into the cache folder, a
+    second open of the same graph adds nothing (it imports it); "off" opens without a cache."""
+    from noduleflow.engine.backends import openvino as ovb
+
+    monkeypatch.setenv(ovb.CACHE_ENV, str(tmp_path / "cache"))
+    with open_backend(default_pkg, "openvino-cpu", graph="stage2") as b:
+        assert b.cache_dir == tmp_path / "cache"
+    first = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert first  # the compiled graph
+    with open_backend(default_pkg, "openvino-cpu", graph="stage2") as b:
+        x = np.zeros((2, 2, 41, 41, 41), np.float32)
+        assert b.infer(x).shape == (2,)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == first
+    monkeypatch.setenv(ovb.CACHE_ENV, "off")
+    assert ovb.cache_dir() is None
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(ovb.CACHE_ENV, str(blocker / "sub"))  # cannot be created: no cache, no error
+    assert ovb.cache_dir() is None
+    with open_backend(default_pkg, "openvino-cpu", graph="patch") as b:
+        assert b.cache_dir is None

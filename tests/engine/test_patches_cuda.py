@@ -7,6 +7,20 @@ import sys
 
 import pytest
 
+
+def _simulated(code: str) -> float:
+    """Run ``code`` in a fresh process under numba's CUDA simulator (the variable must be set
+    before numba.cuda is imported) -> the float its last line of output prints."""
+    try:
+        import numba.cuda  # noqa: F401
+    except ImportError:
+        pytest.skip("numba.cuda not importable")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return float(r.stdout.strip().splitlines()[-1])
+
+
 CODE = r"""
 import numpy as np
 from noduleflow.engine.patches import gather
@@ -21,14 +35,7 @@ print(float(np.abs(ref - got).max()))
 
 
 def test_cuda_gather_equals_cpu_gather_in_simulator():
-    try:
-        import numba.cuda  # noqa: F401
-    except ImportError:
-        pytest.skip("numba.cuda not importable")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}  # must be set before numba.cuda is imported
-    r = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout.strip().splitlines()[-1]) < 1e-6
+    assert _simulated(CODE) < 1e-6
 
 
 CONTEXT_CODE = r"""
@@ -61,14 +68,7 @@ def test_cuda_context_patches_equal_cpu_context_patches_in_simulator():
     """Stage 2's context patches gathered on the device (1 mm and 2 mm volumes uploaded once,
     both scales written into one device batch) equal the CPU `ContextVolume`'s, under numba's
     CUDA simulator."""
-    try:
-        import numba.cuda  # noqa: F401
-    except ImportError:
-        pytest.skip("numba.cuda not importable")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    r = subprocess.run([sys.executable, "-c", CONTEXT_CODE], capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout.strip().splitlines()[-1]) < 1e-6
+    assert _simulated(CONTEXT_CODE) < 1e-6
 
 
 VIEWS_CODE = r"""
@@ -101,14 +101,7 @@ print(max(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
 def test_cuda_context_flips_equal_cpu_flips_in_simulator():
     """The 8 mirrored views of stage 2's test-time augmentation gathered mirrored on the device
     equal `flips8` of the host patches (small patches: the simulator runs every thread in Python)."""
-    try:
-        import numba.cuda  # noqa: F401
-    except ImportError:
-        pytest.skip("numba.cuda not importable")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    r = subprocess.run([sys.executable, "-c", VIEWS_CODE], capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout.strip().splitlines()[-1]) < 1e-6
+    assert _simulated(VIEWS_CODE) < 1e-6
 
 
 DETECTOR_CODE = r"""
@@ -154,11 +147,4 @@ print(float(np.abs(want - got).max()))
 def test_detector_gathers_stage2_on_the_device_for_a_backend_that_takes_device_arrays():
     """A stage-2 backend that takes device arrays gets device batches (`DeviceContextVolume`,
     mirrored on the device) and the same stage-2 logits as the host path, under the simulator."""
-    try:
-        import numba.cuda  # noqa: F401
-    except ImportError:
-        pytest.skip("numba.cuda not importable")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    r = subprocess.run([sys.executable, "-c", DETECTOR_CODE], capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout.strip().splitlines()[-1]) < 1e-4
+    assert _simulated(DETECTOR_CODE) < 1e-4

@@ -98,6 +98,7 @@ class OpenVinoBackend(Backend):
             raise PackageError(f"package {package.manifest.model_id}: {fname} is not a graph OpenVINO can "
                                f"compile ({type(exc).__name__}: {str(exc)[:200]})") from None
         self._request = self.compiled.create_infer_request()
+        self._stream_requests = [self.compiled.create_infer_request() for _ in range(streams)] if streams > 1 else []
         self._lock = threading.Lock()  # one request: callers on several threads take turns
         self.name = "openvino-cpu"
         self.device = "cpu"
@@ -126,33 +127,37 @@ class OpenVinoBackend(Backend):
 
     def infer_many(self, batches):
         """``infer`` over a stream of batches, in order; with ``streams`` > 1 that many run at
-        once on OpenVINO's own streams (the next batch is gathered while they run)."""
+        once on OpenVINO's own streams, one infer request each, taken in turn (the next batch is
+        gathered while they run). No Python callback runs on OpenVINO's threads: each result is
+        waited for on the calling thread, and nothing is left running when the stream ends or is
+        dropped."""
         if self.streams == 1 or len(self.compiled.inputs) > 1:
             yield from super().infer_many(batches)
             return
-        import openvino as ov
+        reqs = self._stream_requests
+        running: list[int] = []  # requests started and not yet waited for, oldest first
+        try:
+            k = 0
+            for b in batches:
+                self.check_batch(b)
+                i = k % len(reqs)
+                if i in running:  # the oldest batch in flight: its result first, in order
+                    yield self._result(reqs[running.pop(0)])
+                reqs[i].start_async({0: np.ascontiguousarray(b)})  # the input is copied into the request
+                running.append(i)
+                k += 1
+            while running:
+                yield self._result(reqs[running.pop(0)])
+        finally:
+            for i in running:
+                reqs[i].wait()
 
-        queue = ov.AsyncInferQueue(self.compiled, self.streams)
-        done: dict[int, np.ndarray] = {}
-        queue.set_callback(lambda req, i: done.__setitem__(i, req.get_output_tensor(0).data.copy()))
-        sent = taken = 0
-        held = {}  # inputs stay alive until their run ends
-        for b in batches:
-            self.check_batch(b)
-            held[sent] = b = np.ascontiguousarray(b)
-            queue.start_async({0: b}, userdata=sent)  # waits for an idle request
-            sent += 1
-            while taken in done:
-                held.pop(taken)
-                yield self._shape(done.pop(taken))
-                taken += 1
-        queue.wait_all()
-        while taken < sent:
-            held.pop(taken)
-            yield self._shape(done.pop(taken))
-            taken += 1
+    def _result(self, request) -> np.ndarray:
+        request.wait()
+        return self._shape(request.get_output_tensor(0).data.copy())
 
     def close(self):
+        self._stream_requests = []
         self._request = None
         self.compiled = None
         super().close()

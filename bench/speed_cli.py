@@ -6,17 +6,22 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("speed", help="whole-scan throughput, dense vs patch, streaming, seed-style baseline",
+    p = sub.add_parser("speed", help="whole-scan throughput, CPU backends side by side, dense vs patch, "
+                                     "seed-style baseline",
                        description="Write phantom chest CTs (about 200x512x512) as DICOM series and time the "
-                                   "pipeline stage by stage in dense mode; compare, on the same grid points, "
-                                   "dense scoring, patch scoring with and without the overlapped gather, and the "
-                                   "seed-style baseline (scipy zoom + scipy/skimage mask + one patch at a time "
-                                   "in PyTorch eager; needs the train extra). Writes speed_cpu.json/.md.")
+                                   "pipeline stage by stage (the default two-stage detection and the dense "
+                                   "stage 1 alone); compare the installed CPU backends (ONNX Runtime, OpenVINO) "
+                                   "on the same scan; compare, on the same grid points, dense scoring, patch "
+                                   "scoring with and without the overlapped gather, and the seed-style baseline "
+                                   "(scipy zoom + scipy/skimage mask + one patch at a time in PyTorch eager; "
+                                   "needs the train extra). Writes speed_cpu.json/.md.")
     p.add_argument("--scans", type=int, default=5, help="phantom scans (median over them)")
     p.add_argument("--model", help="model package (default: the shipped one)")
     p.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
     p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline (no torch needed)")
     p.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
+    p.add_argument("--backend", default="auto", help="backend of every detection (default auto, as `detect`); the "
+                   "installed CPU backends are compared side by side on the last scan either way")
     p.add_argument("--out", default="bench-speed", help="output folder (default ./bench-speed)")
     p.set_defaults(func=_speed)
     q = sub.add_parser("ort-settings", help="ONNX Runtime CPU threads / graph optimisation / arena, measured",
@@ -39,7 +44,7 @@ def _speed(args: argparse.Namespace) -> int:
         require_extra("export", "noduleflow bench speed --compiled")
     from noduleflow.bench.speed import main
 
-    argv = ["--scans", str(args.scans), "--subset", str(args.subset), "--out", args.out]
+    argv = ["--scans", str(args.scans), "--subset", str(args.subset), "--out", args.out, "--backend", args.backend]
     argv += ["--model", args.model] if args.model else []
     argv += ["--no-baseline"] if args.no_baseline else []
     argv += ["--compiled"] if args.compiled else []

@@ -57,7 +57,9 @@ def _dims(partial_shape) -> list:
 class OpenVinoBackend(Backend):
     """``threads``: OpenVINO's inference threads (default: all cores). ``streams``: batches
     `infer_many` runs at once (OpenVINO CPU streams, the threads shared between them; default 1:
-    on 2 cores two streams measured no faster for any graph, unlike ONNX Runtime's stage 2).
+    on 2 cores two streams gave stage 2's network 3.3-3.5 against 3.7-3.8 ms/patch for one, and the
+    detector's stage 2 1.42-1.68 against 1.46-1.79 s, within the runs' spread, for twice the
+    activations; unlike ONNX Runtime's stage 2, where streams measured 1.1-1.2x).
     ``precision``: "fp32" only (the CPUs this runs on have no faster float format to offer it
     without a retrained or calibrated model)."""
 

@@ -97,8 +97,11 @@ class OpenVinoBackend(Backend):
         try:
             self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for graphs it cannot read
-            raise PackageError(f"package {package.manifest.model_id}: {fname} is not a graph OpenVINO can "
-                               f"compile ({type(exc).__name__}: {str(exc)[:200]})") from None
+            # unavailable, not a bad package: ONNX Runtime may run what OpenVINO's ONNX reader cannot
+            # (e.g. ONNX Runtime's QOperator INT8 graphs), and "auto" then goes on to it
+            raise BackendUnavailableError(f"OpenVINO cannot compile {fname} of package {package.manifest.model_id} "
+                                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                                          f"--backend onnxruntime-cpu may run it") from None
         self._request = self.compiled.create_infer_request()
         self._stream_requests = [self.compiled.create_infer_request() for _ in range(streams)] if streams > 1 else []
         self._lock = threading.Lock()  # one request: callers on several threads take turns

@@ -184,3 +184,36 @@ def test_compiled_graphs_are_cached_between_opens(default_pkg, tmp_path, monkeyp
     assert ovb.cache_dir() is None
     with open_backend(default_pkg, "openvino-cpu", graph="patch") as b:
         assert b.cache_dir is None
+
+
+def test_a_graph_openvino_cannot_compile_leaves_it_to_onnxruntime(default_pkg, tmp_path, monkeypatch):
+    """A graph OpenVINO's ONNX reader cannot convert (ONNX Runtime's QOperator INT8 graphs are
+    one) makes the backend unavailable, named with the reason; "auto" then opens ONNX Runtime.
+    Here OpenVINO's compile is made to fail as it does on such a graph; a file that no runtime
+    reads is still refused as a bad package by ONNX Runtime."""
+    import json
+    import shutil
+
+    import openvino as ov
+
+    from noduleflow.engine.package import sha256_file
+
+    real = ov.Core.compile_model
+
+    def refuse(self, model, *a, **k):
+        raise RuntimeError("FrontEnd API failed with OpConversionFailure: QLinearConv")
+
+    monkeypatch.setattr(ov.Core, "compile_model", refuse)
+    with pytest.raises(BackendUnavailableError, match="OpenVINO cannot compile stage2.onnx .*QLinearConv"):
+        open_backend(default_pkg, "openvino-cpu", graph="stage2")
+    with open_backend(default_pkg, "auto", graph="stage2") as b:
+        assert b.name == "onnxruntime-cpu"
+    monkeypatch.setattr(ov.Core, "compile_model", real)
+    pkg = tmp_path / "pkg"
+    shutil.copytree(default_pkg.path, pkg)
+    (pkg / "stage2.onnx").write_bytes(b"not an onnx graph")
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["files"]["stage2.onnx"] = sha256_file(pkg / "stage2.onnx")
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackageError, match="not a loadable ONNX graph"):
+        open_backend(ModelPackage.load(pkg), "auto", graph="stage2")

@@ -599,7 +599,8 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
     del a, b, c
     layer = heaviest_conv(graph)
     so = session_options(threads)
-    sess = ort.InferenceSession(_conv_model(layer, conv_side, rng).SerializeToString(), sess_options=so,
+    conv_onnx = _conv_model(layer, conv_side, rng).SerializeToString()  # one graph, both runtimes
+    sess = ort.InferenceSession(conv_onnx, sess_options=so,
                                 providers=["CPUExecutionProvider"])
     x = rng.uniform(size=(1, layer.cin, conv_side, conv_side, conv_side)).astype(np.float32)
     y = sess.run(None, {"x": x})[0]  # warm-up: allocations, kernel choice
@@ -610,7 +611,7 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(_conv_model(layer, conv_side, rng).SerializeToString(), b"")
+        model = core.read_model(conv_onnx, b"")
         req = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                 "INFERENCE_NUM_THREADS": so.intra_op_num_threads}).create_infer_request()
         req.infer({0: x})  # warm-up

@@ -220,18 +220,11 @@ def stage2_streams(package, two, pre, repeats: int = 3) -> dict:
 CPU_BACKENDS = ("onnxruntime-cpu", "openvino-cpu")
 
 
-def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
-    """The CPU backends installed (`CPU_BACKENDS`), side by side on one scan, alternating, median
-    of ``repeats``: the default detection of the DICOM series ``scan`` (load to candidates; two
-    stages for a two-stage package), its stage 2 alone on the same stage-1 candidates, and the
-    dense pass over its grid points ``grid_centres`` of the preprocessed ``pre`` (the default tile).
-    Each backend's times and its ratio to ONNX Runtime's."""
+def installed_cpu_backends(pkg) -> list[str]:
+    """The `CPU_BACKENDS` that can run the package (``pkg``: a loaded `ModelPackage`) here."""
     from noduleflow.engine.backends import open_backend
-    from noduleflow.engine.detector import Detector
     from noduleflow.engine.errors import BackendUnavailableError
-    from noduleflow.engine.package import ModelPackage
 
-    pkg = ModelPackage.load(package)
     names = []
     for name in CPU_BACKENDS:
         try:
@@ -239,6 +232,20 @@ def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
             names.append(name)
         except BackendUnavailableError:
             pass
+    return names
+
+
+def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
+    """The CPU backends installed (`CPU_BACKENDS`), side by side on one scan, alternating, median
+    of ``repeats``: the default detection of the DICOM series ``scan`` (load to candidates; two
+    stages for a two-stage package), its stage 2 alone on the same stage-1 candidates, and the
+    dense pass over its grid points ``grid_centres`` of the preprocessed ``pre`` (the default tile).
+    Each backend's times and its ratio to ONNX Runtime's."""
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.package import ModelPackage
+
+    pkg = ModelPackage.load(package)
+    names = installed_cpu_backends(pkg)
     dets = {n: (Detector(pkg, backend=n), Detector(pkg, mode="dense", stages="1", backend=n)) for n in names}
     cands = dets[names[0]][0].stage1(pre).centres_zyx if pkg.has_stage2 else None
     jobs = {"scan": lambda d: d[0].detect(scan), "dense_pass": lambda d: d[1].score(pre, grid_centres)}
@@ -324,9 +331,7 @@ def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Pat
     from noduleflow.engine.patches import Normalisation, gather
 
     pkg = ModelPackage.load(package)
-    names = {"onnxruntime-cpu": pkg}
-    if importlib.util.find_spec("openvino") is not None:
-        names["openvino-cpu"] = pkg
+    names = {n: pkg for n in installed_cpu_backends(pkg)}
     if compiled:
         from noduleflow.export.aoti import export_aoti
 

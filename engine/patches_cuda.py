@@ -91,21 +91,29 @@ class DeviceContextVolume:
         """Centres (n, 3) on the 1 mm grid -> device float32 (n, channels, size, size, size), equal
         to `ContextVolume.patches` (``d_out``: a device buffer of at least n rows to fill; ``flip``:
         the patches mirrored as `engine.context.flips8`'s view ``flip``)."""
+        return self._gather(self._centres(centres_zyx), d_out, flip)
+
+    def _centres(self, centres_zyx: np.ndarray) -> list:
+        """The candidates' per-scale int64 centres, uploaded (once for all the views of a batch)."""
         from .context import scale_centres
 
         c = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
-        n, p, ch = len(c), self.size, self.channels
+        return [cuda.to_device(idx) for idx in scale_centres(c, self.channels)]
+
+    def _gather(self, d_centres: list, d_out, flip: int):
+        n, p, ch = d_centres[0].shape[0], self.size, self.channels
         if d_out is None:
             d_out = cuda.device_array((n, ch, p, p, p), dtype=np.float32)
         if d_out.shape[0] < n or tuple(d_out.shape[1:]) != (ch, p, p, p) or d_out.dtype != np.float32:
             raise ConfigError(f"device context buffer must be float32 (>= {n}, {ch}, {p}, {p}, {p}), got "
                               f"{d_out.dtype} {tuple(d_out.shape)}")
-        for k, (d_vol, idx) in enumerate(zip(self.d_volumes, scale_centres(c, ch))):
-            gather_device(d_vol, cuda.to_device(idx), d_out[:, k:k + 1], self.norm, p, flip)
+        for k, (d_vol, d_idx) in enumerate(zip(self.d_volumes, d_centres)):
+            gather_device(d_vol, d_idx, d_out[:, k:k + 1], self.norm, p, flip)
         return d_out[:n]
 
     def views(self, centres_zyx: np.ndarray, first: int, last: int):
         """`ContextVolume.views` on the device: flips ``first``..``last`` - 1 of the candidates'
-        patches, each gathered mirrored into its own device batch."""
+        patches, each gathered mirrored into its own device batch (the centres uploaded once)."""
+        d_centres = self._centres(centres_zyx)
         for f in range(first, last):
-            yield self.patches(centres_zyx, flip=f)
+            yield self._gather(d_centres, None, f)

@@ -240,6 +240,8 @@ class Detector:
         self.stage2_backend = open_backend(self.package, backend, graph="stage2", **(backend_options or {})) \
             if self.two_stage else None
         self.version = __version__
+        # a stage-2 backend on the GPU: the scan is preprocessed there too (`engine.preprocess_cuda`)
+        self.preprocess_on_device = bool(self.stage2_backend is not None and self.stage2_backend.accepts_device_arrays)
         self.cold_start_s = time.perf_counter() - t0
 
     def close(self) -> None:
@@ -342,7 +344,8 @@ class Detector:
         if self.stage2_backend.accepts_device_arrays:
             from .patches_cuda import DeviceContextVolume
 
-            return DeviceContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
+            return DeviceContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels,
+                                       d_hu_1mm=pre.device_hu)
         from .context import ContextVolume
 
         return ContextVolume(pre.volume.hu, self.norm, self.contract.patch_size, st2.channels)
@@ -435,7 +438,12 @@ class Detector:
             vol = source if isinstance(source, Volume) else load_volume(source, series_uid=series_uid)
             timings["load"] = time.perf_counter() - t
             rss["load"] = _peak_rss_mb()
-            pre = preprocess(vol, self.spec)
+            if self.preprocess_on_device and vol.hu.dtype == np.int16:
+                from .preprocess_cuda import preprocess_device
+
+                pre, _ = preprocess_device(vol, self.spec)  # its 1 mm volume stays there for stage 2
+            else:
+                pre = preprocess(vol, self.spec)
             timings.update(pre.timings_s)
             rss["preprocess"] = _peak_rss_mb()
             found, n_scored = self.find(pre, timings, rss)

@@ -175,16 +175,45 @@ def _dilate_in_box(mask: np.ndarray, box, radius_zyx) -> np.ndarray:
     return mask
 
 
-def lung_mask(volume: Volume, params: LungMaskParams | None = None, **overrides) -> np.ndarray:
+class HostPasses:
+    """The lung mask's full-resolution passes on the host (numba): the scan's block means, the
+    boundary drawn voxel by voxel, the dilation, the airway cut. `engine.preprocess_cuda.
+    DevicePasses` runs the same passes on the GPU; `lung_mask` drives either."""
+
+    def __init__(self, hu: np.ndarray):
+        self.hu = hu
+
+    def block_mean(self, factors):
+        return block_mean(self.hu, factors)
+
+    def refine(self, code, factors, threshold_hu, origin):
+        return refine_blocks(self.hu, code, factors, threshold_hu, origin_zyx=origin)
+
+    def from_host(self, mask):
+        return mask
+
+    def dilate_in_box(self, mask, box, radius_zyx):
+        return _dilate_in_box(mask, box, radius_zyx)
+
+    def clear_blocks(self, mask, cut, factors, origin):
+        clear_blocks(mask, cut, factors, origin_zyx=origin)
+        return mask
+
+
+def lung_mask(volume: Volume, params: LungMaskParams | None = None, passes=None, **overrides):
     """Boolean (z, y, x) lung mask of a CT volume, same shape as ``volume.hu``.
 
     ``overrides`` are `LungMaskParams` fields, e.g. ``lung_mask(vol, dilate_mm=3)``.
+    ``passes``: where the full-resolution passes run (default `HostPasses`: a numpy array is
+    returned; `engine.preprocess_cuda.DevicePasses`: a device array). The topology always runs
+    on the host, on the coarse grid.
     Raises VolumeError when no lung-sized air component exists inside the body.
     """
     p = params or LungMaskParams()
     if overrides:
         p = replace(p, **overrides)
     hu = volume.hu
+    ops = passes if passes is not None else HostPasses(hu)
     sp = tuple(float(s) for s in volume.spacing_zyx_mm)
     superior_last = bool(volume.direction_matrix[2, 2] >= 0)
     f = grid_factors(sp, p.grid_mm)
@@ -192,9 +221,10 @@ def lung_mask(volume: Volume, params: LungMaskParams | None = None, **overrides)
         box, closed, _, _, cut = lung_topology(hu, sp, superior_last, p, volume.series_uid)
         mask = np.zeros(hu.shape, dtype=np.bool_)
         mask[box[0]:box[1], box[2]:box[3], box[4]:box[5]] = closed
+        mask = ops.from_host(mask)
     else:
         coarse_sp = tuple(s * k for s, k in zip(sp, f))
-        box, closed, air, rim, cut = lung_topology(block_mean(hu, f), coarse_sp, superior_last, p,
+        box, closed, air, rim, cut = lung_topology(ops.block_mean(f), coarse_sp, superior_last, p,
                                                    volume.series_uid, smooth=min(f[1:]) < 2)
         # blocks next to the coarse boundary take the exact threshold voxel by voxel; blocks the
         # closing or the hole filling added (vessels, nodules, walls) stay wholly in; blocks of the
@@ -203,15 +233,15 @@ def lung_mask(volume: Volume, params: LungMaskParams | None = None, **overrides)
         code = np.where(closed & ~(band & air), 1, 0).astype(np.uint8)
         code[band & ((closed & air) | (~closed & ~rim))] = 2
         del band, air, rim
-        mask = refine_blocks(hu, code, f, p.threshold_hu, origin_zyx=box[0::2])
+        mask = ops.refine(code, f, p.threshold_hu, box[0::2])
     if p.dilate_mm > 0:
         zs, ys, xs = (np.flatnonzero(closed.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
         # the fine mask lies within the coarse mask's box grown by one block
         fine_box = [v for idx, k, o, n in zip((zs, ys, xs), f, box[0::2], hu.shape)
                     for v in (max((o + int(idx[0]) - 1) * k, 0), min((o + int(idx[-1]) + 2) * k, n))]
-        mask = _dilate_in_box(mask, fine_box, _radius_vox(p.dilate_mm, sp))
+        mask = ops.dilate_in_box(mask, fine_box, _radius_vox(p.dilate_mm, sp))
     if cut.any():
-        clear_blocks(mask, cut, f, origin_zyx=box[0::2])
+        mask = ops.clear_blocks(mask, cut, f, box[0::2])
     return mask
 
 

@@ -77,15 +77,20 @@ class DeviceContextVolume:
     """`engine.context.ContextVolume` on the device: the 1 mm lung box and (2 scales) its 2 mm
     block means uploaded once; `patches` gathers every scale of a batch of candidates on the device
     into one (n, channels, size, size, size) float32 device array, the stage-2 network's input
-    layout (only the candidates' int64 centres cross the bus)."""
+    layout (only the candidates' int64 centres cross the bus). ``d_hu_1mm``: the 1 mm volume when it
+    is on the device already (`engine.preprocess_cuda.preprocess_device` leaves it there)."""
 
     def __init__(self, hu_1mm: np.ndarray, norm: Normalisation = Normalisation(), size: int = PATCH_SIZE,
-                 channels: int = 2):
+                 channels: int = 2, d_hu_1mm=None):
         from .context import ContextVolume
 
         host = ContextVolume(hu_1mm, norm, size, channels)  # the same checks and the same 2 mm volume
         self.norm, self.size, self.channels = norm, host.size, host.channels
-        self.d_volumes = [cuda.to_device(v) for v in (host.hu1, host.hu2)[:host.channels]]
+        if d_hu_1mm is not None and tuple(d_hu_1mm.shape) != host.hu1.shape:
+            raise ConfigError(f"the device volume {tuple(d_hu_1mm.shape)} is not the 1 mm volume {host.hu1.shape}")
+        # ``d_hu_1mm``: the 1 mm volume already on the device (`engine.preprocess_cuda`): not uploaded again
+        self.d_volumes = [d_hu_1mm if k == 0 and d_hu_1mm is not None else cuda.to_device(v)
+                          for k, v in enumerate((host.hu1, host.hu2)[:host.channels])]
 
     def patches(self, centres_zyx: np.ndarray, d_out=None, flip: int = 0):
         """Centres (n, 3) on the 1 mm grid -> device float32 (n, channels, size, size, size), equal

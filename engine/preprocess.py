@@ -38,6 +38,7 @@ class Preprocessed:
     mask: np.ndarray          # bool lung mask on the same grid
     bbox_native: tuple        # (z0, z1, y0, y1, x0, x1) of the crop in the original volume
     timings_s: dict
+    device_hu: object = None  # the 1 mm volume on the GPU when preprocessed there (`engine.preprocess_cuda`)
 
 
 def preprocess(volume: Volume, spec: PreprocessSpec = PreprocessSpec()) -> Preprocessed:

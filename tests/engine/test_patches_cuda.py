@@ -1,24 +1,7 @@
 """The CUDA gather kernel's logic, run on the CPU by numba's CUDA simulator."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-import pytest
-
-
-def _simulated(code: str) -> float:
-    """Run ``code`` in a fresh process under numba's CUDA simulator (the variable must be set
-    before numba.cuda is imported) -> the float its last line of output prints."""
-    try:
-        import numba.cuda  # noqa: F401
-    except ImportError:
-        pytest.skip("numba.cuda not importable")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return float(r.stdout.strip().splitlines()[-1])
+from cudasim import simulated
 
 
 CODE = r"""
@@ -35,7 +18,7 @@ print(float(np.abs(ref - got).max()))
 
 
 def test_cuda_gather_equals_cpu_gather_in_simulator():
-    assert _simulated(CODE) < 1e-6
+    assert simulated(CODE) < 1e-6
 
 
 CONTEXT_CODE = r"""
@@ -68,7 +51,7 @@ def test_cuda_context_patches_equal_cpu_context_patches_in_simulator():
     """Stage 2's context patches gathered on the device (1 mm and 2 mm volumes uploaded once,
     both scales written into one device batch) equal the CPU `ContextVolume`'s, under numba's
     CUDA simulator."""
-    assert _simulated(CONTEXT_CODE) < 1e-6
+    assert simulated(CONTEXT_CODE) < 1e-6
 
 
 VIEWS_CODE = r"""
@@ -101,7 +84,7 @@ print(max(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
 def test_cuda_context_flips_equal_cpu_flips_in_simulator():
     """The 8 mirrored views of stage 2's test-time augmentation gathered mirrored on the device
     equal `flips8` of the host patches (small patches: the simulator runs every thread in Python)."""
-    assert _simulated(VIEWS_CODE) < 1e-6
+    assert simulated(VIEWS_CODE) < 1e-6
 
 
 DETECTOR_CODE = r"""
@@ -147,4 +130,4 @@ print(float(np.abs(want - got).max()))
 def test_detector_gathers_stage2_on_the_device_for_a_backend_that_takes_device_arrays():
     """A stage-2 backend that takes device arrays gets device batches (`DeviceContextVolume`,
     mirrored on the device) and the same stage-2 logits as the host path, under the simulator."""
-    assert _simulated(DETECTOR_CODE) < 1e-4
+    assert simulated(DETECTOR_CODE) < 1e-4

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate(Findings({k: v for k, v in ann.items() if len(v)}), Candidates(cands),
                    Findings({k: v for k, v in exc.items() if len(v)}), seriesuids=sorted(ann), top_k=args.top_k)
     save_json(res, out / "accuracy.json")
-    meta = {"model_id": det.package.manifest.model_id, "backend": det.backend.name, "mode": args.mode,
+    meta = {"model_id": det.package.manifest.model_id, "backend": det.backend_name, "mode": args.mode,
             "clustering": args.clustering, "refine": not args.no_refine,
             "data": args.data or f"phantoms seeds {args.seed}..{args.seed + args.phantoms - 1}",
             "scan_seconds_median": float(np.median(times))}

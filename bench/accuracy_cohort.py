@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     st2 = det.contract.stage2 if det.two_stage else None
     meta = {"model_id": det.package.manifest.model_id, "stages": 2 if det.two_stage else 1,
             "stage2": dataclasses.asdict(st2) if st2 else None, "calibration": calib,
-            "backend": det.backend.name, "mode": det.config.mode,
+            "backend": det.backend_name, "mode": det.config.mode,
             "config": {k: v for k, v in vars(det.config).items() if k != "rules"},
             "data": f"phantom seeds {seeds[0]}-{seeds[-1]} ({a.cohort})", "scans": len(seeds), "keep": a.keep,
             "bootstrap": a.bootstrap, "detect_seconds_median": float(np.median(times)),

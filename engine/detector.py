@@ -233,19 +233,41 @@ class Detector:
         self.contract = m.contract
         self.spec = m.contract.preprocess
         self.norm = Normalisation(*m.contract.hu_window, pad_hu=m.contract.pad_hu)
-        self.backend = open_backend(self.package, backend, graph=self.config.mode, **(backend_options or {}))
         if self.config.stages == "2" and not self.package.has_stage2:
             raise ConfigError(f"model {m.model_id} has no stage-2 graph: use stages='1' or 'auto'")
         self.two_stage = self.package.has_stage2 and self.config.stages != "1"
-        self.stage2_backend = open_backend(self.package, backend, graph="stage2", **(backend_options or {})) \
-            if self.two_stage else None
+        self._open = lambda graph: open_backend(self.package, backend, graph=graph, **(backend_options or {}))
+        # the mode's graph (dense or patch) scores stage 1's CNN grid; a two-stage package whose stage 1
+        # is the blob filter alone never runs it: opened then on first use only (`backend`)
+        self._backend = None
+        if not self.two_stage or m.contract.stage2.generator != "blobs":
+            self._backend = self._open(self.config.mode)
+        self.stage2_backend = self._open("stage2") if self.two_stage else None
         self.version = __version__
         # a stage-2 backend on the GPU: the scan is preprocessed there too (`engine.preprocess_cuda`)
         self.preprocess_on_device = bool(self.stage2_backend is not None and self.stage2_backend.accepts_device_arrays)
         self.cold_start_s = time.perf_counter() - t0
 
+    @property
+    def backend(self):
+        """The backend of the mode's graph (dense or patch), opened on first use when the
+        package's stage 1 does not need it."""
+        if self._backend is None:
+            self._backend = self._open(self.config.mode)
+        return self._backend
+
+    @backend.setter
+    def backend(self, value) -> None:
+        self._backend = value
+
+    @property
+    def backend_name(self) -> str:
+        """The backend that scores the detections: stage 2's for a two-stage detection."""
+        return (self.stage2_backend if self.two_stage else self.backend).name
+
     def close(self) -> None:
-        self.backend.close()
+        if self._backend is not None:
+            self._backend.close()
         if self.stage2_backend is not None:
             self.stage2_backend.close()
 
@@ -451,7 +473,7 @@ class Detector:
                       for c, p, n, d in found)
         timings["total"] = sum(timings.values())
         return Detections(
-            series_uid=vol.series_uid, candidates=cands, timings_s=timings, backend=self.backend.name,
+            series_uid=vol.series_uid, candidates=cands, timings_s=timings, backend=self.backend_name,
             mode=self.config.mode, model_id=self.package.manifest.model_id, engine_version=self.version,
             n_scored=int(n_scored),
             meta={"stages": 2 if self.two_stage else 1,

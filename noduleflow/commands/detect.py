@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     det = Detector(args.model, backend=args.backend, config=detector_config(args))
-    print(f"model {det.package.manifest.model_id} ({det.package.manifest.architecture}), backend {det.backend.name}, "
+    print(f"model {det.package.manifest.model_id} ({det.package.manifest.architecture}), backend {det.backend_name}, "
           f"mode {det.config.mode}, ready in {det.cold_start_s:.2f} s")
     rows, failed, seen = [], 0, {}
     jobs = expand(args.paths, args.series)

@@ -173,7 +173,7 @@ class Service:
 
             self.detector = Detector(self.cfg.model, backend=self.cfg.backend, config=self.cfg.detection)
         m = self.detector.package.manifest
-        log.info("model %s, backend %s, mode %s, ready in %.2f s", m.model_id, self.detector.backend.name,
+        log.info("model %s, backend %s, mode %s, ready in %.2f s", m.model_id, self.detector.backend_name,
                  self.detector.config.mode, getattr(self.detector, "cold_start_s", 0.0))
         # Import what the threads use here, once: two threads importing pydicom for the first time
         # at the same moment can each see it half-initialised (ImportError: circular import).
@@ -196,7 +196,7 @@ class Service:
             self._spawn("watch", self._watch_step)
         self._info = {"pid": os.getpid(), "host": self.cfg.host, "port": self.port, "ae_title": self.cfg.ae_title,
                       "network": self.cfg.network, "watch": str(self.cfg.watch) if self.cfg.watch else None,
-                      "model_id": m.model_id, "backend": self.detector.backend.name, "started": time.time(),
+                      "model_id": m.model_id, "backend": self.detector.backend_name, "started": time.time(),
                       "limits": {"max_associations": self.cfg.max_associations,
                                  "acse_timeout_s": self.cfg.acse_timeout_s,
                                  "dimse_timeout_s": self.cfg.dimse_timeout_s,

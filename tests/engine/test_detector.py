@@ -76,6 +76,21 @@ def test_detections_contract(tiny_package, phantom):
     assert json.loads(d.to_json())["candidates"][0]["prob"] == d[0].prob
 
 
+def test_two_stage_detector_opens_the_mode_graph_only_when_used(phantom):
+    """The shipped two-stage model's stage 1 is the blob filter: a detection runs only stage 2's
+    graph, and the mode's (dense) graph is opened on first use, not with the detector."""
+    with Detector(backend="onnxruntime-cpu") as det:
+        assert det.two_stage and det.contract.stage2.generator == "blobs"
+        assert det._backend is None and det.stage2_backend.graph == "stage2"
+        d = det.detect(phantom.volume)
+        assert det._backend is None and d.backend == "onnxruntime-cpu" == det.backend_name
+        assert det.backend.graph == "dense" and det._backend is not None  # opened on first use
+    with pytest.raises(ConfigError, match="closed"):
+        det.backend.infer(np.zeros((1, 1, 41, 41, 41), np.float32))
+    with Detector(backend="onnxruntime-cpu", stages="1") as one:  # stage 1 alone needs it from the start
+        assert one._backend is not None and one.backend_name == "onnxruntime-cpu"
+
+
 def test_nms_merges_and_suppresses():
     pts = np.array([[0, 0, 0], [0, 0, 4], [0, 0, 30], [0, 0, 8]])
     out = nms(pts, np.array([0.9, 0.9, 0.5, 0.2]), top_k=5, nms_radius=10, merge_radius=5)

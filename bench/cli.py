@@ -10,6 +10,7 @@ BENCH_MODULES: list[str] = [
     "noduleflow.bench.load_cli",
     "noduleflow.bench.speed_cli",
     "noduleflow.bench.serve_load",
+    "noduleflow.bench.gpu",
 ]
 
 

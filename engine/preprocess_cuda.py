@@ -62,42 +62,34 @@ def _block_mean_k(hu, fz, fy, fx, out):
         out[k, j, i] = s / ((z1 - k * fz) * (y1 - j * fy) * (x1 - i * fx))
 
 
-@cuda.jit
-def _refine_k(hu, code, fz, fy, fx, oz, oy, ox, thr, out):
-    # the fine voxels of the code's blocks: 0 out (left as they are), 1 in, 2 in where hu < thr
-    nz, ny, nx = hu.shape
-    cz, cy, cx = code.shape
+@cuda.jit(device=True)
+def _region(shape, blocks, fz, fy, fx, oz, oy, ox):
+    """The fine voxels of ``blocks`` (a coarse grid's shape) placed from block (oz, oy, ox) on, in a
+    fine volume of ``shape``: (z0, y0, x0, dz, dy, dx), clipped to the volume."""
     z0, y0, x0 = oz * fz, oy * fy, ox * fx
-    dz, dy, dx = min((oz + cz) * fz, nz) - z0, min((oy + cy) * fy, ny) - y0, min((ox + cx) * fx, nx) - x0
+    return (z0, y0, x0, min((oz + blocks[0]) * fz, shape[0]) - z0, min((oy + blocks[1]) * fy, shape[1]) - y0,
+            min((ox + blocks[2]) * fx, shape[2]) - x0)
+
+
+@cuda.jit
+def _blocks_k(hu, code, fz, fy, fx, oz, oy, ox, thr, clear, out):
+    # the fine voxels of the coarse blocks of ``code``: with ``clear``, False where the block's code is
+    # nonzero (the airway cut); else 0 leaves them as they are, 1 sets them, 2 sets them where hu < thr
+    z0, y0, x0, dz, dy, dx = _region(out.shape, code.shape, fz, fy, fx, oz, oy, ox)
     if dz <= 0 or dy <= 0 or dx <= 0:
         return
     for idx in range(cuda.grid(1), dz * dy * dx, cuda.gridsize(1)):
         z = z0 + idx // (dy * dx)
-        r = idx % (dy * dx)
-        y = y0 + r // dx
-        x = x0 + r % dx
+        y = y0 + (idx // dx) % dy
+        x = x0 + idx % dx
         c = code[z // fz - oz, y // fy - oy, x // fx - ox]
-        if c == 2:
+        if clear:
+            if c:
+                out[z, y, x] = False
+        elif c == 2:
             out[z, y, x] = hu[z, y, x] < thr
         elif c == 1:
             out[z, y, x] = True
-
-
-@cuda.jit
-def _clear_k(mask, cut, fz, fy, fx, oz, oy, ox):
-    nz, ny, nx = mask.shape
-    cz, cy, cx = cut.shape
-    z0, y0, x0 = oz * fz, oy * fy, ox * fx
-    dz, dy, dx = min((oz + cz) * fz, nz) - z0, min((oy + cy) * fy, ny) - y0, min((ox + cx) * fx, nx) - x0
-    if dz <= 0 or dy <= 0 or dx <= 0:
-        return
-    for idx in range(cuda.grid(1), dz * dy * dx, cuda.gridsize(1)):
-        z = z0 + idx // (dy * dx)
-        r = idx % (dy * dx)
-        y = y0 + r // dx
-        x = x0 + r % dx
-        if cut[z // fz - oz, y // fy - oy, x // fx - ox]:
-            mask[z, y, x] = False
 
 
 @cuda.jit
@@ -215,8 +207,8 @@ class DevicePasses:
     def refine(self, code, factors, threshold_hu, origin):
         d_mask = cuda.to_device(np.zeros(self.hu.shape, dtype=np.bool_))
         code = np.ascontiguousarray(code, dtype=np.uint8)
-        _refine_k[_launch(code.size * math.prod(factors))](self.hu, cuda.to_device(code), *(int(f) for f in factors),
-                                                        *(int(o) for o in origin), float(threshold_hu), d_mask)
+        _blocks_k[_launch(code.size * math.prod(factors))](self.hu, cuda.to_device(code), *(int(f) for f in factors),
+                                                        *(int(o) for o in origin), float(threshold_hu), False, d_mask)
         return d_mask
 
     def from_host(self, mask):
@@ -242,9 +234,9 @@ class DevicePasses:
         return d_mask
 
     def clear_blocks(self, d_mask, cut, factors, origin):
-        cut = np.ascontiguousarray(cut, dtype=np.bool_)
-        _clear_k[_launch(cut.size * math.prod(factors))](d_mask, cuda.to_device(cut), *(int(f) for f in factors),
-                                                       *(int(o) for o in origin))
+        cut = np.ascontiguousarray(cut, dtype=np.uint8)
+        _blocks_k[_launch(cut.size * math.prod(factors))](self.hu, cuda.to_device(cut), *(int(f) for f in factors),
+                                                        *(int(o) for o in origin), 0.0, True, d_mask)
         return d_mask
 
 

@@ -109,6 +109,45 @@ def _runner(runtime: str, model_bytes: bytes):
     return lambda x: req.infer({0: x})[0]
 
 
+def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3) -> dict | None:
+    """Where a full dense tile's time goes in OpenVINO (its per-node profiling counters, the best of
+    ``repeats`` runs on a random tile of ``tile_out``^3 output points): per node, milliseconds, its
+    share, and for a convolution its FLOPs (`bench.flops`) and GFLOP/s. None without OpenVINO."""
+    import importlib.util
+
+    from noduleflow.bench import flops as fl
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    import openvino as ov
+
+    graph = fl.layers_from_onnx(dense_path)
+    side = [int(v) for v in fl.input_shape_for(graph, (tile_out,) * 3)]
+    conv_flops = fl.layer_flops(graph, side)
+    core = ov.Core()
+    req = core.compile_model(core.read_model(str(dense_path)), "CPU",
+                             {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}).create_infer_request()
+    x = np.random.default_rng(0).uniform(size=(1, 1, *side)).astype(np.float32)
+    req.infer({0: x})
+    best, rows = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        req.infer({0: x})
+        if time.perf_counter() - t < best:
+            best = time.perf_counter() - t
+            rows = [(p.node_name, p.node_type, p.exec_type, p.real_time.total_seconds()) for p in req.profiling_info]
+    total = sum(r[3] for r in rows)
+    nodes = []
+    for name, kind, impl, sec in sorted(rows, key=lambda r: -r[3]):
+        if sec <= 0:
+            continue
+        base = name.split("/WithoutBiases")[0]
+        f = conv_flops.get(base)
+        nodes.append({"node": name, "type": kind, "impl": impl, "ms": sec * 1e3, "share": sec / total,
+                      "gflop": None if f is None else f / 1e9, "gflops": None if f is None else f / sec / 1e9})
+    return {"tile_side": side, "seconds": best, "gflop": sum(conv_flops.values()) / 1e9, "nodes": nodes}
+
+
 def run(out_dir: Path, repeats: int = 3, seed: int = 500) -> dict:
     import onnx
 
@@ -176,6 +215,7 @@ def run(out_dir: Path, repeats: int = 3, seed: int = 500) -> dict:
                                "head_gflops": head_per_point * len(centres) / statistics.median(th) / 1e9,
                                "max_abs_logit_diff": float(np.abs(a - b).max())}
         print(rt, json.dumps(res["runtimes"][rt]), flush=True)
+    res["layer_profile"] = layer_profile(pkg.file("dense.onnx"), t_out, repeats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dense_head.json").write_text(json.dumps(res, indent=2))
@@ -198,6 +238,18 @@ def markdown(r: dict) -> str:
         lines.append(f"| {rt} | {x['whole_s']:.3f} | {x['split_s']:.3f} | {x['head_s']:.3f} | {x['head_gflops']:.0f} | "
                      f"{x['whole_over_split']:.2f}x | {x['max_abs_logit_diff']:.1e} |")
     lines += ["", f"Median of {r['repeats']}, alternating. Above 1.00x the split would be the faster."]
+    lp = r.get("layer_profile")
+    if lp:
+        lines += ["", f"Where a full tile's time goes (OpenVINO's profiling counters; a {lp['tile_side'][0]}^3 tile, "
+                  f"{lp['gflop']:.1f} GFLOP in {lp['seconds'] * 1e3:.0f} ms = {lp['gflop'] / lp['seconds']:.0f} GFLOP/s; "
+                  "nodes above 1 % of the time):", "",
+                  "| node | type | implementation | ms | share | GFLOP | GFLOP/s |", "|---|---|---|---:|---:|---:|---:|"]
+        for n in lp["nodes"]:
+            if n["share"] < 0.01:
+                continue
+            g = "" if n["gflop"] is None else f"{n['gflop']:.2f}"
+            rate = "" if n["gflops"] is None else f"{n['gflops']:.0f}"
+            lines.append(f"| {n['node']} | {n['type']} | {n['impl']} | {n['ms']:.1f} | {100 * n['share']:.1f} % | {g} | {rate} |")
     return "\n".join(lines) + "\n"
 
 

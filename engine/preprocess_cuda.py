@@ -29,7 +29,7 @@ from numba import config as _numba_config
 from numba import cuda
 
 from .errors import ConfigError
-from .resample import _axis_table, output_grid
+from .resample import _axis_table, grow_box, output_grid
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
@@ -301,10 +301,7 @@ def preprocess_device(volume, spec=None):
     e = extent(d_mask)
     if e is None:
         raise ConfigError("empty mask: no bounding box")
-    bbox = []
-    for a, (n, s) in enumerate(zip(volume.shape, volume.spacing_zyx_mm)):
-        m = int(np.ceil((spec.margin_mm + spec.lung.dilate_mm) / s))  # as `engine.resample.lung_bbox`
-        bbox += [max(e[2 * a] - m, 0), min(e[2 * a + 1] + m, n)]
+    bbox = list(grow_box(e, volume.shape, volume.spacing_zyx_mm, spec.margin_mm + spec.lung.dilate_mm))
     d_hu1, sp = resample_device(d_hu, volume.spacing_zyx_mm, bbox, spec.target_spacing_zyx_mm, 1)
     d_mask1, _ = resample_device(d_mask, volume.spacing_zyx_mm, bbox, spec.target_spacing_zyx_mm, 0)
     vol1 = crop(volume, bbox).with_array(d_hu1.copy_to_host(), spacing_zyx_mm=sp)

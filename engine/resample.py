@@ -121,8 +121,15 @@ def lung_bbox(mask: np.ndarray, spacing_zyx_mm, margin_mm: float) -> tuple[int, 
     zs, ys, xs = (np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
     if zs.size == 0:
         raise ConfigError("empty mask: no bounding box")
+    extent = [v for idx in (zs, ys, xs) for v in (int(idx[0]), int(idx[-1]) + 1)]
+    return grow_box(extent, mask.shape, spacing_zyx_mm, margin_mm)
+
+
+def grow_box(extent, shape, spacing_zyx_mm, margin_mm: float) -> tuple[int, int, int, int, int, int]:
+    """The half-open box ``extent`` (z0, z1, y0, y1, x0, x1) grown by ``margin_mm`` (whole voxels,
+    rounded up) and clipped to a volume of ``shape``."""
     out = []
-    for idx, n, s in zip((zs, ys, xs), mask.shape, spacing_zyx_mm):
+    for a, (n, s) in enumerate(zip(shape, spacing_zyx_mm)):
         m = int(np.ceil(margin_mm / s))
-        out += [max(int(idx[0]) - m, 0), min(int(idx[-1]) + 1 + m, n)]
+        out += [max(int(extent[2 * a]) - m, 0), min(int(extent[2 * a + 1]) + m, int(n))]
     return tuple(out)  # type: ignore[return-value]

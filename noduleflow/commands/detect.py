@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     det = Detector(args.model, backend=args.backend, config=detector_config(args))
+    how = f"two stages (stage 1: {det.contract.stage2.generator})" if det.two_stage else f"mode {det.config.mode}"
     print(f"model {det.package.manifest.model_id} ({det.package.manifest.architecture}), backend {det.backend_name}, "
-          f"mode {det.config.mode}, ready in {det.cold_start_s:.2f} s")
+          f"{how}, ready in {det.cold_start_s:.2f} s")
     rows, failed, seen = [], 0, {}
     jobs = expand(args.paths, args.series)
     for path, uid in tqdm(jobs, desc="detect", unit="scan", disable=len(jobs) < 2):

@@ -75,19 +75,23 @@ def _kernel(sigma: float) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _blur_axis(src, dst, k, axis):
-    """1-D convolution along ``axis`` with edge clamping (replicate). Each voxel's sum runs over the
+def _blur_axis(src, dst, k, axis, rows):
+    """1-D convolution along ``axis`` with edge clamping (replicate), for the x rows (z, y) where
+    ``rows`` is True (the others are set to 0). Each voxel's sum runs over the
     taps in order, in float32 (eight lanes per AVX2 vector against four for float64: 1.4x on the
     three fine scales; within 3e-4 HU of a float64 sum on CT values), so the result does not depend
-    on how the loops are arranged or split between threads; along z and y whole rows are
-    accumulated at once (contiguous, vectorised), along x the edges are clamped apart from the
-    interior."""
+    on how the loops are arranged or split between threads, nor on which rows are computed; along
+    z and y whole rows are accumulated at once (contiguous, vectorised), along x the edges are
+    clamped apart from the interior."""
     nz, ny, nx = src.shape
     h = (k.shape[0] - 1) // 2
     if axis == 0 or axis == 1:
         for z in prange(nz):
             acc = np.empty(nx, np.float32)
             for y in range(ny):
+                if not rows[z, y]:
+                    dst[z, y, :] = 0.0
+                    continue
                 acc[:] = 0.0
                 for t in range(-h, h + 1):
                     kt = k[t + h]
@@ -105,6 +109,9 @@ def _blur_axis(src, dst, k, axis):
         for z in prange(nz):
             acc = np.empty(nx, np.float32)
             for y in range(ny):
+                if not rows[z, y]:
+                    dst[z, y, :] = 0.0
+                    continue
                 acc[:] = 0.0
                 # the interior, tap by tap over the row (vectorised), then the clamped edges
                 row = src[z, y]
@@ -124,17 +131,43 @@ def _blur_axis(src, dst, k, axis):
                     dst[z, y, x] = acc[x]
 
 
-def gaussian(vol: np.ndarray, sigma: float) -> np.ndarray:
+def _grow_rows(rows: np.ndarray, rz: int, ry: int) -> np.ndarray:
+    """A (z, y) row map grown by ``rz`` rows along z and ``ry`` along y (clipped)."""
+    out = rows.copy()
+    for axis, r in ((0, rz), (1, ry)):
+        src = out.copy()
+        n = src.shape[axis]
+        for t in range(1, min(r, n - 1) + 1):
+            if axis == 0:
+                out[t:] |= src[:-t]
+                out[:-t] |= src[t:]
+            else:
+                out[:, t:] |= src[:, :-t]
+                out[:, :-t] |= src[:, t:]
+    return out
+
+
+def gaussian(vol: np.ndarray, sigma: float, rows: np.ndarray | None = None) -> np.ndarray:
     """Separable Gaussian blur, sigma in voxels, edges replicated. float32 in and out; the input is
     read (by the first axis's pass), never written: the other passes alternate between two new
-    buffers."""
+    buffers. ``rows``: a bool (z, y) map of the x rows wanted (default all); the others come out 0,
+    the wanted ones exactly as in the whole blur (each pass computes only the rows the next reads:
+    the z pass the wanted rows grown by the kernel's half-width along y, the y and x passes the
+    wanted rows)."""
     k = _kernel(sigma)
     src = np.ascontiguousarray(vol, dtype=np.float32)
     a = np.empty(src.shape, np.float32)
     b = np.empty_like(a)
-    _blur_axis(src, a, k, 0)
-    _blur_axis(a, b, k, 1)
-    _blur_axis(b, a, k, 2)
+    if rows is None:
+        want = first = np.ones(src.shape[:2], np.bool_)
+    else:
+        want = np.ascontiguousarray(rows, dtype=np.bool_)
+        if want.shape != src.shape[:2]:
+            raise ConfigError(f"rows must be (z, y) = {src.shape[:2]}, got {want.shape}")
+        first = _grow_rows(want, 0, (k.shape[0] - 1) // 2)
+    _blur_axis(src, a, k, 0, first)
+    _blur_axis(a, b, k, 1, want)
+    _blur_axis(b, a, k, 2, want)
     return a
 
 
@@ -396,9 +429,13 @@ def detect_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, params: BlobParams = 
         else:
             v, m, step = vol, mask, 1.0
         s_vox = sigma / step
-        sm = gaussian(v, s_vox)
         if step == 1.0 and sigma == 1.0:
-            sm1 = sm     # the extents' volume (below): the same blur
+            sm = sm1 = gaussian(v, s_vox)  # the extents' volume (below): the same blur, whole
+        else:
+            # the response reads the blur at the mask's voxels and their 26 neighbours: only the
+            # x rows next to a row of the mask are blurred (the others lie in the lung box's margin
+            # or beside the lungs)
+            sm = gaussian(v, s_vox, rows=_grow_rows(m.any(axis=2), 1, 1))
         resp = np.empty_like(sm)
         _dot_response(sm, m, resp, s_vox * s_vox, params.min_response)
         pk, val = _peaks(resp, params.min_response)

@@ -122,6 +122,21 @@ def _dilate_axis_k(src, dst, r, axis, z0, z1, y0, y1, x0, x1):
 
 
 @cuda.jit
+def _zero_k(flat):
+    for idx in range(cuda.grid(1), flat.shape[0], cuda.gridsize(1)):
+        flat[idx] = 0
+
+
+def _zeros(shape, dtype):
+    """A device array of zeros, set on the device (nothing crosses the bus)."""
+    d = cuda.device_array(shape, dtype=dtype)
+    n = math.prod(shape)
+    if n:
+        _zero_k[_launch(n)](d.reshape(n))
+    return d
+
+
+@cuda.jit
 def _copy_box_k(src, dst, z0, z1, y0, y1, x0, x1):
     dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
     for idx in range(cuda.grid(1), dz * dy * dx, cuda.gridsize(1)):
@@ -205,7 +220,7 @@ class DevicePasses:
         return d_out.copy_to_host()
 
     def refine(self, code, factors, threshold_hu, origin):
-        d_mask = cuda.to_device(np.zeros(self.hu.shape, dtype=np.bool_))
+        d_mask = _zeros(self.hu.shape, np.bool_)
         code = np.ascontiguousarray(code, dtype=np.uint8)
         _blocks_k[_launch(code.size * math.prod(factors))](self.hu, cuda.to_device(code), *(int(f) for f in factors),
                                                         *(int(o) for o in origin), float(threshold_hu), False, d_mask)

@@ -8,7 +8,7 @@ KERNELS = r"""
 import numpy as np
 from numba import cuda
 from noduleflow.engine import lungmask, morphology
-from noduleflow.engine.preprocess_cuda import DevicePasses, extent, resample_device
+from noduleflow.engine.preprocess_cuda import DevicePasses, _launch, _zero_k, extent, resample_device
 from noduleflow.engine.resample import crop, resample
 from noduleflow.engine.volume import Volume
 rng = np.random.default_rng(3)
@@ -54,6 +54,9 @@ try:
     raise SystemExit("trilinear resampling of a mask was accepted")
 except Exception as exc:
     assert "use order=0" in str(exc), exc
+ones = cuda.to_device(np.ones((4, 5, 6), np.bool_))
+_zero_k[_launch(120)](ones.reshape(120))
+assert not ones.copy_to_host().any(), "the zero fill left voxels set"
 print(0.0)
 """
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import queue
 import shutil
 import statistics
@@ -35,36 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from noduleflow.engine.errors import ConfigError
-
-
-def machine() -> dict:
-    """CPU, cores, versions and the GPU (name, compute capability, memory, CUDA), as far as installed."""
-    import numba
-
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__, "gpu": None}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    for mod in ("onnxruntime", "openvino", "torch"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            info[mod] = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            info.update(gpu=p.name, gpu_capability=f"{p.major}.{p.minor}", gpu_memory_gib=round(p.total_memory / 2 ** 30, 1),
-                        cuda=torch.version.cuda)
-    except ImportError:
-        pass
-    return info
 
 
 def cuda_package(out: Path) -> tuple[Path, float]:
@@ -85,19 +53,18 @@ def cuda_package(out: Path) -> tuple[Path, float]:
     return out, time.perf_counter() - t
 
 
-def stage2_parity(package, pre, centres, gpu_backend: str) -> float:
+def stage2_parity(pkg, pre, centres, gpu_backend: str) -> float:
     """Max |logit| difference of stage 2 on ``gpu_backend`` against ONNX Runtime's CPU graph, on the
-    context patches of ``centres`` (None when ONNX Runtime is not installed)."""
+    context patches of ``centres`` (``pkg``: the loaded package; None when ONNX Runtime is not
+    installed)."""
     import importlib.util
 
     from noduleflow.engine.backends import open_backend
     from noduleflow.engine.context import ContextVolume
-    from noduleflow.engine.package import ModelPackage
     from noduleflow.engine.patches import Normalisation
 
     if importlib.util.find_spec("onnxruntime") is None:
         return None
-    pkg = ModelPackage.load(package)
     k = pkg.contract
     x = ContextVolume(pre.volume.hu, Normalisation(*k.hu_window, pad_hu=k.pad_hu), k.patch_size,
                       k.stage2.channels).patches(centres)
@@ -140,9 +107,11 @@ def in_flight(det, scans) -> float:
 
 def run(out_dir: Path, n_scans: int = 5, package=None, backend: str = "torch-compiled", cpu_backend: str = "auto",
         seed0: int = 700, z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None) -> dict:
+    from noduleflow.bench.speed import machine
+    from noduleflow.engine.backends import AUTO_ORDER
     from noduleflow.engine.detector import Detector
+    from noduleflow.engine.errors import BackendUnavailableError
     from noduleflow.engine.io.dicom_write import write_dicom_series
-    from noduleflow.engine.preprocess import preprocess
     from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     info = machine()
@@ -169,23 +138,26 @@ def run(out_dir: Path, n_scans: int = 5, package=None, backend: str = "torch-com
         gpu = Detector(package, backend=backend)
         res["open_s"] = time.perf_counter() - t
         res["preprocess_on_device"] = gpu.preprocess_on_device
-        cpu_name = cpu_backend
-        try:
-            cpu = Detector(package, backend=cpu_backend if cpu_backend != "auto" else _cpu_auto())
-            cpu_name = cpu.backend_name
-        except Exception as exc:  # no CPU backend installed here: no side-by-side figure
-            cpu, res["cpu_skipped"] = None, f"{type(exc).__name__}: {exc}"
-        res["cpu_backend"] = cpu_name if cpu is not None else None
+        cpu, why = None, []  # auto's CPU choice: the first CPU backend in its order that opens here
+        for name in [n for n in AUTO_ORDER if n.endswith("-cpu")] if cpu_backend == "auto" else [cpu_backend]:
+            try:
+                cpu = Detector(gpu.package, backend=name)
+                break
+            except BackendUnavailableError as exc:
+                why.append(f"{name}: {exc}")
+        if cpu is None:  # no CPU backend installed here: no side-by-side figure
+            res["cpu_skipped"] = "; ".join(why)
+        res["cpu_backend"] = cpu.backend_name if cpu is not None else None
         t = time.perf_counter()
-        first = gpu.detect(scans[0])
+        first = gpu.detect(scans[0], keep_preprocessed=True)
         res["first_scan_s"] = time.perf_counter() - t
         res["first_scan_stages_s"] = first.timings_s
         if cpu is not None:
             cpu.detect(scans[0])  # its own one-off costs
-        pre = preprocess(first.volume, gpu.spec)
+        pre = first.preprocessed
         cands = gpu.stage1(pre).centres_zyx[:64]
         res["stage2_parity_patches"] = len(cands)
-        res["stage2_parity_max_abs_logit"] = stage2_parity(gpu.package.path, pre, cands, backend) if len(cands) else None
+        res["stage2_parity_max_abs_logit"] = stage2_parity(gpu.package, pre, cands, backend) if len(cands) else None
         per = []
         for i, s in enumerate(scans):
             t = time.perf_counter()
@@ -218,13 +190,6 @@ def run(out_dir: Path, n_scans: int = 5, package=None, backend: str = "torch-com
     (out_dir / "gpu.json").write_text(json.dumps(res, indent=2))
     (out_dir / "gpu.md").write_text(markdown(res))
     return res
-
-
-def _cpu_auto() -> str:
-    """The backend ``auto`` takes among the CPU ones (OpenVINO when installed, else ONNX Runtime)."""
-    import importlib.util
-
-    return "openvino-cpu" if importlib.util.find_spec("openvino") else "onnxruntime-cpu"
 
 
 def markdown(r: dict) -> str:

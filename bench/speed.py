@@ -40,8 +40,9 @@ BATCHES = (1, 8, 32, 64, 128)
 
 
 def machine() -> dict:
+    """CPU, cores and versions, as far as installed (onnxruntime, openvino, torch: None when not),
+    and the GPU PyTorch sees (name, compute capability, memory, CUDA version), or None."""
     import numba
-    import onnxruntime
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -52,18 +53,17 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__, "openvino": None}
-    if importlib.util.find_spec("openvino") is not None:
-        import openvino
-
-        info["openvino"] = openvino.__version__.split("-")[0]
-    try:
+            "numba": numba.__version__, "gpu": None}
+    for mod in ("onnxruntime", "openvino", "torch"):
+        info[mod] = __import__(mod).__version__.split("-")[0] if importlib.util.find_spec(mod) else None
+    if info["torch"] is not None:
         import torch
 
         info["torch"] = torch.__version__
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        info["gpu"] = None
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            info.update(gpu=p.name, gpu_capability=f"{p.major}.{p.minor}",
+                        gpu_memory_gib=round(p.total_memory / 2 ** 30, 1), cuda=torch.version.cuda)
     return info
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .errors import ConfigError
+from .morphology import dilate
 
 SQRT3 = float(np.sqrt(3.0))
 
@@ -132,19 +133,8 @@ def _blur_axis(src, dst, k, axis, rows):
 
 
 def _grow_rows(rows: np.ndarray, rz: int, ry: int) -> np.ndarray:
-    """A (z, y) row map grown by ``rz`` rows along z and ``ry`` along y (clipped)."""
-    out = rows.copy()
-    for axis, r in ((0, rz), (1, ry)):
-        src = out.copy()
-        n = src.shape[axis]
-        for t in range(1, min(r, n - 1) + 1):
-            if axis == 0:
-                out[t:] |= src[:-t]
-                out[:-t] |= src[t:]
-            else:
-                out[:, t:] |= src[:, :-t]
-                out[:, :-t] |= src[:, t:]
-    return out
+    """A (z, y) row map grown by ``rz`` rows along z and ``ry`` along y (clipped): a box dilation."""
+    return dilate(rows[None], (0, rz, ry))[0]
 
 
 def gaussian(vol: np.ndarray, sigma: float, rows: np.ndarray | None = None) -> np.ndarray:

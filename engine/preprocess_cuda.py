@@ -29,7 +29,7 @@ from numba import config as _numba_config
 from numba import cuda
 
 from .errors import ConfigError
-from .resample import _axis_table, grow_box, output_grid
+from .resample import _axis_table, grid_for, grow_box
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
@@ -270,23 +270,20 @@ def resample_device(d_src, spacing_zyx_mm, bbox, spacing_out, order: int):
     """`engine.resample.resample` of the crop ``bbox`` (z0, z1, y0, y1, x0, x1) of the device
     volume ``d_src`` (native spacing ``spacing_zyx_mm``) to ``spacing_out``: order 1 trilinear
     (int16 in, int16 out, rounded), 0 nearest. -> a device array on the output grid."""
-    from .volume import Volume
-
     z0, z1, y0, y1, x0, x1 = (int(v) for v in bbox)
-    probe = Volume(np.empty((z1 - z0, y1 - y0, x1 - x0), np.bool_), tuple(float(s) for s in spacing_zyx_mm),
-                   (0.0, 0.0, 0.0))
-    shape, sp = output_grid(probe, spacing_out)
-    scales = [s_out / s_in for s_out, s_in in zip(sp, probe.spacing_zyx_mm)]
+    crop_shape = (z1 - z0, y1 - y0, x1 - x0)
+    shape, sp = grid_for(crop_shape, spacing_zyx_mm, spacing_out)
+    scales = [s_out / float(s_in) for s_out, s_in in zip(sp, spacing_zyx_mm)]
     out = cuda.device_array(shape, dtype=d_src.dtype)
     blocks = _launch(math.prod(shape))
     if order == 0:
         idx = [np.minimum((np.arange(n_out) * sc + 0.5).astype(np.int64), n_in - 1)
-               for n_out, n_in, sc in zip(shape, probe.shape, scales)]
+               for n_out, n_in, sc in zip(shape, crop_shape, scales)]
         _nearest_k[blocks](d_src, z0, y0, x0, *(cuda.to_device(i) for i in idx), out)
     elif order == 1:
         if d_src.dtype == np.bool_:
             raise ConfigError("trilinear resampling of a boolean mask: use order=0")
-        tables = [cuda.to_device(t) for n_out, n_in, sc in zip(shape, probe.shape, scales)
+        tables = [cuda.to_device(t) for n_out, n_in, sc in zip(shape, crop_shape, scales)
                   for t in _axis_table(n_out, n_in, sc)]
         _trilinear_k[blocks](d_src, z0, y0, x0, out, *tables, bool(np.issubdtype(d_src.dtype, np.integer)))
     else:

@@ -67,11 +67,16 @@ def _nearest(src, out, scale_z, scale_y, scale_x):
 
 def output_grid(volume: Volume, spacing_zyx_mm) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """(shape, spacing) of the resampled grid; see the module docstring."""
+    return grid_for(volume.shape, volume.spacing_zyx_mm, spacing_zyx_mm)
+
+
+def grid_for(shape_zyx, spacing_in_zyx, spacing_zyx_mm) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """`output_grid` of a volume of ``shape_zyx`` voxels at ``spacing_in_zyx`` mm."""
     sp = tuple(float(s) for s in spacing_zyx_mm)
     if len(sp) != 3 or min(sp) <= 0:
         raise ConfigError(f"spacing_zyx_mm must be 3 positive numbers, got {spacing_zyx_mm}")
-    shape = tuple(int(np.floor((n - 1) * s_in / s_out + 1e-6)) + 1
-                  for n, s_in, s_out in zip(volume.shape, volume.spacing_zyx_mm, sp))
+    shape = tuple(int(np.floor((n - 1) * float(s_in) / s_out + 1e-6)) + 1
+                  for n, s_in, s_out in zip(shape_zyx, spacing_in_zyx, sp))
     return shape, sp  # type: ignore[return-value]
 
 

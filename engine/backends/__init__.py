@@ -40,6 +40,10 @@ def backend_names() -> tuple[str, ...]:
     return BUILTIN + tuple(_REGISTERED)
 
 
+# what "auto" tries, in order: the GPU backends, then the CPU ones (OpenVINO before ONNX Runtime)
+AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino-cpu", "onnxruntime-cpu")
+
+
 def _has(mod: str) -> bool:
     return importlib.util.find_spec(mod) is not None
 
@@ -59,7 +63,7 @@ def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch"
     if name not in backend_names():
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
     if name == "auto":
-        for cand in ("tensorrt", "onnxruntime-cuda", "openvino-cpu", "onnxruntime-cpu"):
+        for cand in AUTO_ORDER:
             if cand == "onnxruntime-cuda" and not _ort_gpu_build():
                 log.debug("auto: onnxruntime-cuda unavailable: ONNX Runtime is not a GPU build")
                 continue

@@ -41,6 +41,57 @@ def test_dense_equals_patch_model(name):
     assert err <= 1e-4
 
 
+def _inceptions(m):
+    from noduleflow.trainer.models.blocks import Inception
+
+    return [mod for mod in m.modules() if isinstance(mod, Inception)]
+
+
+@pytest.mark.parametrize("name", DENSE_MODELS)
+def test_inference_form_equals_training_form(name):
+    """Inference trims the inception branches' inputs (not their outputs) and reads only the first
+    `input_extent` voxels of a patch: the logits of the training form, run in eval, on the whole
+    patch with the branches trimmed after."""
+    torch.manual_seed(0)
+    m = build_model(name).eval()
+    for mod in m.modules():  # BatchNorm statistics away from the identity
+        if isinstance(mod, torch.nn.BatchNorm3d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+    x, loc = torch.rand(3, 1, 41, 41, 41), torch.rand(3, 3)
+    with torch.no_grad():
+        got = m(x, loc if m.loc else None)
+        for inc in _inceptions(m):
+            inc.trim_inputs = False
+        ref = m._logits(x, loc[:, :, None, None, None] if m.loc else None).reshape(3)
+    assert float((got - ref).abs().max()) <= 1e-5
+    assert float(ref.std()) > 0  # three different patches, three different logits
+
+
+def test_input_extent_is_what_the_logit_reads():
+    """The network itself (no trim) ignores a patch's voxels from `input_extent` on along every
+    axis and depends on the one before it, so the inference trim drops exactly the unread voxels."""
+    torch.manual_seed(1)
+    m = build_model("3d-1").eval()
+    e = m.input_extent
+    x = torch.rand(1, 1, 41, 41, 41)
+    with torch.no_grad():
+        ref = m._logits(x)
+        for axis in (2, 3, 4):
+            for k in (e - 1, e, 40):
+                x2 = x.clone()
+                index = [slice(None)] * 5
+                index[axis] = k
+                x2[tuple(index)] = torch.rand_like(x2[tuple(index)])
+                changed = not torch.equal(m._logits(x2), ref)
+                assert changed == (k < e), (axis, k)
+
+
+def test_patch_of_the_wrong_size_refused():
+    with pytest.raises(ValueError, match="41"):
+        build_model("3d-1").eval()(torch.rand(1, 1, 42, 42, 42))
+
+
 def test_unknown_model():
     from noduleflow.engine import ConfigError
 

@@ -13,7 +13,11 @@ from noduleflow.engine.contract import PATCH_SIZE
 from . import MODEL_NAMES, build_model
 
 
-def count(model: nn.Module) -> tuple[int, float]:
+def count(model: nn.Module, dense: bool = False) -> tuple[int, float]:
+    """(parameters, GFLOPs) of one 41^3 patch in inference: what the patch graphs compute (a 3-D
+    model reads only its `input_extent`^3 voxels). ``dense``: instead, its dense form
+    (``dense_forward``) on one 41^3 tile, the positions its floor poolings discard included: what
+    the dense graph computes per output point of a one-point tile."""
     macs = 0
 
     def hook(mod, inp, out):
@@ -27,7 +31,11 @@ def count(model: nn.Module) -> tuple[int, float]:
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Conv2d, nn.Linear))]
     model.eval()
     with torch.no_grad():
-        model(torch.rand(1, 1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), torch.rand(1, 3))
+        x = torch.rand(1, 1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE)
+        if dense:
+            model.dense_forward(x, torch.rand(1, 3, 1, 1, 1) if getattr(model, "loc", False) else None)
+        else:
+            model(x, torch.rand(1, 3))
     for h in hs:
         h.remove()
     return sum(p.numel() for p in model.parameters()), 2 * macs / 1e9

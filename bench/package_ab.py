@@ -9,8 +9,8 @@ network), what it changes:
   ``--repeats``; the inputs are the engine's: a batch of 64 patches (stage 2: 64 two-channel
   context patches) and one full dense tile (tile_out 32: 165^3 voxels), uniform random in [0, 1]
   with a fixed seed; the max |logit difference| between the two packages on them;
-- the default detection of ``--scans`` phantom chest CTs with each package (same backend): the
-  candidates' counts, centres (max distance) and probabilities (max difference).
+- the default detection (``--backend auto``) of the ``--seeds`` phantom chest CTs with each package:
+  the candidates' counts, centres (max distance) and probabilities (max difference).
 
 ``--after`` defaults to the shipped package. Writes package_ab.json and .md to ``--out``.
 """
@@ -77,7 +77,7 @@ def time_graphs(before, after, graph: str, backend: str, repeats: int) -> dict:
             "max_abs_logit_diff": float(np.abs(out["before"] - out["after"]).max())}
 
 
-def detections(before, after, seeds, backend: str) -> list[dict]:
+def detections(before, after, seeds, backend: str = "auto") -> tuple[list[dict], str]:
     from noduleflow.bench.gpu import compare
     from noduleflow.engine.detector import Detector
     from noduleflow.synthetic.phantom import generate_phantom
@@ -89,10 +89,10 @@ def detections(before, after, seeds, backend: str) -> list[dict]:
             vol = generate_phantom(seed).volume
             a, b = (dets[k].detect(vol) for k in ("before", "after"))
             rows.append({"seed": seed, **compare(a, b)})
+        return rows, dets["after"].backend_name
     finally:
         for d in dets.values():
             d.close()
-    return rows
 
 
 def run(before_dir, after_dir, out_dir: Path, repeats: int = 5, seeds=(4001, 4002)) -> dict:
@@ -106,9 +106,8 @@ def run(before_dir, after_dir, out_dir: Path, repeats: int = 5, seeds=(4001, 400
     r = {"machine": machine(), "before": {"path": str(before.path), "model_id": before.manifest.model_id},
          "after": {"path": str(after.path), "model_id": after.manifest.model_id}, "repeats": repeats,
          "ops": {g: {"before": _ops(_graph_file(before, g)), "after": _ops(_graph_file(after, g))} for g in graphs},
-         "timings": [time_graphs(before, after, g, be, repeats) for g in graphs for be in backends],
-         "detections": detections(before, after, seeds, backends[0]) if seeds else [],
-         "detection_backend": backends[0]}
+         "timings": [time_graphs(before, after, g, be, repeats) for g in graphs for be in backends]}
+    r["detections"], r["detection_backend"] = detections(before, after, seeds) if seeds else ([], None)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "package_ab.json").write_text(json.dumps(r, indent=1))
     (out_dir / "package_ab.md").write_text(markdown(r))

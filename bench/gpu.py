@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -86,33 +84,19 @@ def compare(a, b) -> dict:
 
 
 def in_flight(det, scans) -> float:
-    """Seconds to detect ``scans`` with the next one loaded by a second thread meanwhile."""
-    from noduleflow.engine.io import load_volume
-
-    q: queue.Queue = queue.Queue(maxsize=1)
-
-    def loader():
-        for s in scans:
-            q.put(load_volume(s))
-        q.put(None)
-
+    """Seconds to detect ``scans`` with the next one loaded by a background thread meanwhile
+    (`Detector.detect` of a list: `engine.io.prefetch`)."""
     t = time.perf_counter()
-    th = threading.Thread(target=loader, daemon=True)
-    th.start()
-    while (vol := q.get()) is not None:
-        det.detect(vol)
-    th.join()
+    det.detect(list(scans), prefetch=True)
     return time.perf_counter() - t
 
 
 def run(out_dir: Path, n_scans: int = 5, package=None, backend: str = "torch-compiled", cpu_backend: str = "auto",
         seed0: int = 700, z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None) -> dict:
-    from noduleflow.bench.speed import machine
+    from noduleflow.bench.speed import machine, phantom_series
     from noduleflow.engine.backends import AUTO_ORDER
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.errors import BackendUnavailableError
-    from noduleflow.engine.io.dicom_write import write_dicom_series
-    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     info = machine()
     on_gpu = backend in ("torch-compiled", "onnxruntime-cuda", "tensorrt")
@@ -129,11 +113,7 @@ def run(out_dir: Path, n_scans: int = 5, package=None, backend: str = "torch-com
         if package is None and backend == "torch-compiled":
             package, res["export_s"] = cuda_package(tmp / "pkg")
         scans = []
-        for i in range(n_scans):
-            ph = generate_phantom(seed0 + i, params=PhantomParams(z_extent_mm=z_extent_mm),
-                                  spacing_zyx_mm=tuple(spacing_zyx_mm), shape_zyx=shape_zyx)
-            write_dicom_series(ph.volume, tmp / f"s{i}", seed=i)
-            scans.append(tmp / f"s{i}")
+        scans = phantom_series(tmp, n_scans, seed0, z_extent_mm, spacing_zyx_mm, shape_zyx)
         t = time.perf_counter()
         gpu = Detector(package, backend=backend)
         res["open_s"] = time.perf_counter() - t

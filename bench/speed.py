@@ -67,6 +67,22 @@ def machine() -> dict:
     return info
 
 
+def phantom_series(folder: Path, n: int, seed0: int = 500, z_extent_mm: float = 300.0,
+                   spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None) -> list[Path]:
+    """``n`` phantom chest CTs (seeds ``seed0``...; by default 300 mm at 1.5 x 0.7 x 0.7 mm, about
+    200 x 512 x 512) written as DICOM series ``folder``/s0, s1, ...; their folders."""
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+    out = []
+    for i in range(n):
+        ph = generate_phantom(seed0 + i, params=PhantomParams(z_extent_mm=z_extent_mm),
+                              spacing_zyx_mm=tuple(spacing_zyx_mm), shape_zyx=shape_zyx)
+        write_dicom_series(ph.volume, folder / f"s{i}", seed=i)
+        out.append(folder / f"s{i}")
+    return out
+
+
 def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, baseline: bool = True,
         z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None, checkpoint=None,
         compiled: bool = False, batches=BATCHES, peak_budget_s: float = 6.0, backend: str = "auto") -> dict:
@@ -82,10 +98,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     from noduleflow.bench.baseline import seed_style
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io import load_volume
-    from noduleflow.engine.io.dicom_write import write_dicom_series
     from noduleflow.engine.package import default_package_path
     from noduleflow.engine.preprocess import preprocess
-    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     package = Path(package or default_package_path())
     t0 = time.perf_counter()
@@ -98,11 +112,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     from noduleflow.engine.patches import PatchProducer
 
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(n_scans):
-            ph = generate_phantom(seed0 + i, params=PhantomParams(z_extent_mm=z_extent_mm),
-                                  spacing_zyx_mm=tuple(spacing_zyx_mm), shape_zyx=shape_zyx)
-            write_dicom_series(ph.volume, Path(tmp) / f"s{i}", seed=i)
-            scans.append(Path(tmp) / f"s{i}")
+        scans = phantom_series(Path(tmp), n_scans, seed0, z_extent_mm, spacing_zyx_mm, shape_zyx)
         # cold: first scan pays numba compile (or cache load) and ONNX Runtime warm-up
         t0 = time.perf_counter()
         first = dense.detect(scans[0])

@@ -26,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--series", metavar="UID", help="only this SeriesInstanceUID")
     p.add_argument("--out", default="noduleflow-out", help="output folder (default ./noduleflow-out)")
     p.add_argument("--no-png", action="store_true", help="skip the pictures")
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
+                   help="load the next series in the background while the current one is detected (one "
+                        "more scan in memory). Default: when the scoring runs on a GPU; on the CPU the "
+                        "detection already keeps every core busy (1.0x measured on 2 cores)")
     p.set_defaults(func=run)
 
 
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     from noduleflow.engine import NoduleflowError
     from noduleflow.engine.detector import Detector
+    from noduleflow.engine.io import load_volume
+    from noduleflow.engine.io.prefetch import prefetched
     from noduleflow.engine.jitclock import compile_note
     from noduleflow.engine.package import printable
     from noduleflow.engine.results import write_candidates_csv
@@ -69,9 +75,16 @@ def run(args: argparse.Namespace) -> int:
           f"{how}, ready in {det.cold_start_s:.2f} s")
     rows, failed, seen = [], 0, {}
     jobs = expand(args.paths, args.series)
-    for path, uid in tqdm(jobs, desc="detect", unit="scan", disable=len(jobs) < 2):
+    ahead = det.scores_on_gpu if args.prefetch is None else args.prefetch
+    loads = prefetched(jobs, lambda job: load_volume(job[0], series_uid=job[1]), ahead=ahead)
+    d = None
+    for item in tqdm(loads, total=len(jobs), desc="detect", unit="scan", disable=len(jobs) < 2):
+        d = None  # the previous scan's volume freed before this one's detection (the next is loading)
+        path, uid = item.job
         try:
-            d = det.detect(path, series_uid=uid, keep_preprocessed=not args.no_png)
+            if item.error is not None:
+                raise item.error
+            d = det.detect(item.value, keep_preprocessed=not args.no_png, load_s=item.seconds)
         except NoduleflowError as exc:
             failed += 1
             print(f"FAILED {path}{' ' + uid if uid else ''}: {exc}", file=sys.stderr)

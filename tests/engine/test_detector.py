@@ -194,7 +194,8 @@ def test_world_coordinates_of_planted_spheres(tiny_package, tmp_path, case):
         assert np.linalg.norm(found - p, axis=1).min() <= 1.5, (p, found)
 
 
-def test_cli_detect_writes_outputs_and_reports_failures(tiny_package, tmp_path, capsys):
+@pytest.mark.parametrize("prefetch", ["--prefetch", "--no-prefetch"])
+def test_cli_detect_writes_outputs_and_reports_failures(tiny_package, tmp_path, capsys, prefetch):
     from noduleflow.cli import main as cli
     from noduleflow.engine.io.dicom_write import write_dicom_series
 
@@ -204,7 +205,7 @@ def test_cli_detect_writes_outputs_and_reports_failures(tiny_package, tmp_path, 
     (tmp_path / "in" / "broken" / "x.dcm").write_bytes(b"not dicom at all")
     out = tmp_path / "out"
     rc = cli(["detect", str(tmp_path / "in" / "a"), str(tmp_path / "in" / "broken"), "--model", str(tiny_package),
-              "--out", str(out), "--top-k", "5"])
+              "--out", str(out), "--top-k", "5", prefetch])
     assert rc == 1  # one series failed, the other completed
     err = capsys.readouterr().err
     assert "FAILED" in err and "Traceback" not in err

@@ -119,7 +119,9 @@ def markdown(r: dict) -> str:
     lines = [f"# Two packages' graphs side by side: {r['before']['path']} -> {r['after']['path']}", "",
              f"Machine: {m.get('cpu')}, {m.get('cores')} cores; onnxruntime {m.get('onnxruntime')}, "
              f"openvino {m.get('openvino')}. Command: `python -m noduleflow.bench.package_ab --before "
-             f"{r['before']['path']}`. Median (min) of {r['repeats']} calls per package, alternating; "
+             f"{r['before']['path']} --repeats {r['repeats']} --seeds "
+             f"{' '.join(str(d['seed']) for d in r['detections'])}`. Median (min) of {r['repeats']} calls per "
+             "package, alternating; "
              f"random inputs of the engine's shapes. Above 1.00x the `after` package is the faster.", "",
              "| graph | backend | input | before s | after s | speed-up median (min) | max abs logit diff |",
              "|---|---|---|---:|---:|---:|---:|"]

@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     jobs = expand(args.paths, args.series)
     ahead = det.scores_on_gpu if args.prefetch is None else args.prefetch
     loads = prefetched(jobs, lambda job: load_volume(job[0], series_uid=job[1]), ahead=ahead)
-    d = None
     for item in tqdm(loads, total=len(jobs), desc="detect", unit="scan", disable=len(jobs) < 2):
         d = None  # the previous scan's volume freed before this one's detection (the next is loading)
         path, uid = item.job

@@ -66,9 +66,9 @@ class Inception(nn.Module):
             return torch.cat([center_crop(self.b1(x), 2), center_crop(self.b3(x), 1), self.b5(x),
                               center_crop(self.bp(self.pool(x)), 1)], dim=1)
         # Inference (and every exported graph): the trims moved before the branches. A 1^k conv,
-        # BatchNorm and ReLU act voxel by voxel, so trimming a branch's input instead of its output
-        # gives the same values (the same sums; a runtime may order a sum differently for another
-        # size, ~1e-6 in ONNX Runtime, bitwise in PyTorch); the 1^k convs then run on fewer voxels, and the
+        # BatchNorm and ReLU act voxel by voxel, so trimming a branch's input instead of its
+        # output gives the same values (the same sums; a runtime may order a sum differently for
+        # another size: ~1e-6 in ONNX Runtime); the 1^k convs then run on fewer voxels, and the
         # concatenation's inputs all come straight from convolutions. Not in training, where
         # BatchNorm's batch statistics would be taken over the trimmed voxels.
         x1 = center_crop(x, 1)

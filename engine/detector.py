@@ -189,10 +189,6 @@ def lesion_order(centres_zyx: np.ndarray, radius_mm: np.ndarray, score: np.ndarr
 
 
 
-# backends that run on a GPU (torch-compiled runs where it was compiled: `preprocess_on_device` says)
-GPU_BACKENDS = ("onnxruntime-cuda", "tensorrt")
-
-
 def dense_tiles(contract, centres_zyx, volume_shape, tile_out: int):
     """The dense graph's runs for grid centres ``centres_zyx`` (n, 3) on a lung box of
     ``volume_shape``: for each tile of ``tile_out`` output points per axis that holds centres, in
@@ -273,7 +269,7 @@ class Detector:
     def scores_on_gpu(self) -> bool:
         """Whether the scoring backend runs on a GPU (the CPU then has room to load the next scan
         while this one is detected: `detect`'s default ``prefetch``)."""
-        return self.preprocess_on_device or self.backend_name in GPU_BACKENDS
+        return getattr(self.stage2_backend if self.two_stage else self.backend, "device", "cpu") == "cuda"
 
     def close(self) -> None:
         if self._backend is not None:

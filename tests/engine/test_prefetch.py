@@ -90,3 +90,18 @@ def test_detect_several_with_and_without_prefetch_agree(tiny_package, tmp_path):
         assert [c.prob for c in a] == pytest.approx([c.prob for c in b], abs=1e-6)
         # the background load is timed and reported as the load stage
         assert a.timings_s["load"] > 0.0 and b.timings_s["load"] > 0.0
+
+
+def test_scores_on_gpu_follows_the_scoring_backend(tiny_package):
+    from types import SimpleNamespace
+
+    from noduleflow.engine.detector import Detector
+
+    with Detector(tiny_package) as det:
+        assert det.scores_on_gpu is False
+        real = det.backend
+        det.backend = SimpleNamespace(device="cuda", name="stand-in")  # only its device is read
+        try:
+            assert det.scores_on_gpu is True
+        finally:
+            det.backend = real

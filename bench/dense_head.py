@@ -109,10 +109,12 @@ def _runner(runtime: str, model_bytes: bytes):
     return lambda x: req.infer({0: x})[0]
 
 
-def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3) -> dict | None:
+def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3, input_shape=None) -> dict | None:
     """Where a full dense tile's time goes in OpenVINO (its per-node profiling counters, the best of
     ``repeats`` runs on a random tile of ``tile_out``^3 output points): per node, milliseconds, its
-    share, and for a convolution its FLOPs (`bench.flops`) and GFLOP/s. None without OpenVINO."""
+    share, and for a convolution its FLOPs (`bench.flops`) and GFLOP/s. ``input_shape`` (N, C, D, H,
+    W): instead, any graph with a static input of that shape (e.g. stage 2's batch of context
+    patches; FLOPs from ONNX shape inference). None without OpenVINO."""
     import importlib.util
 
     from noduleflow.bench import flops as fl
@@ -121,13 +123,19 @@ def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3) -> dict | No
         return None
     import openvino as ov
 
-    graph = fl.layers_from_onnx(dense_path)
-    side = [int(v) for v in fl.input_shape_for(graph, (tile_out,) * 3)]
-    conv_flops = fl.layer_flops(graph, side)
+    if input_shape is None:
+        graph = fl.layers_from_onnx(dense_path)
+        side = [int(v) for v in fl.input_shape_for(graph, (tile_out,) * 3)]
+        conv_flops = fl.layer_flops(graph, side)
+        shape = (1, 1, *side)
+    else:
+        shape = tuple(int(v) for v in input_shape)
+        side = list(shape[2:])
+        conv_flops = fl.conv_flops_by_node(dense_path, shape)
     core = ov.Core()
     req = core.compile_model(core.read_model(str(dense_path)), "CPU",
                              {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}).create_infer_request()
-    x = np.random.default_rng(0).uniform(size=(1, 1, *side)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(size=shape).astype(np.float32)
     req.infer({0: x})
     best, rows = float("inf"), None
     for _ in range(repeats):
@@ -145,7 +153,8 @@ def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3) -> dict | No
         f = conv_flops.get(base)
         nodes.append({"node": name, "type": kind, "impl": impl, "ms": sec * 1e3, "share": sec / total,
                       "gflop": None if f is None else f / 1e9, "gflops": None if f is None else f / sec / 1e9})
-    return {"tile_side": side, "seconds": best, "gflop": sum(conv_flops.values()) / 1e9, "nodes": nodes}
+    return {"tile_side": side, "input_shape": list(shape), "seconds": best, "gflop": sum(conv_flops.values()) / 1e9,
+            "nodes": nodes}
 
 
 def run(out_dir: Path, repeats: int = 3, seed: int = 500) -> dict:

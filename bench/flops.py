@@ -645,6 +645,11 @@ def patch_graph_flops(path, input_shape) -> int:
     ``input_shape`` (e.g. a patch graph's (1, C, 41, 41, 41)), from ONNX shape inference: for each
     Conv node, 2 x output elements x (Cin / group) x prod(kernel). Pooling, activations and the
     final reshape count 0, as in `region_flops`."""
+    return int(sum(conv_flops_by_node(path, input_shape).values()))
+
+
+def conv_flops_by_node(path, input_shape) -> dict[str, int]:
+    """`patch_graph_flops` per Conv node (by node name)."""
     import onnx
     from onnx import shape_inference
 
@@ -664,7 +669,7 @@ def patch_graph_flops(path, input_shape) -> int:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
     weights = {i.name: list(i.dims) for i in m.graph.initializer}
-    total = 0
+    out_flops = {}
     for n in m.graph.node:
         if n.op_type != "Conv":
             continue
@@ -672,5 +677,5 @@ def patch_graph_flops(path, input_shape) -> int:
         out = shapes.get(n.output[0])
         if w is None or not out or 0 in out:
             raise ConfigError(f"{Path(path).name}: cannot size Conv {n.name!r} (weights or output shape unknown)")
-        total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
-    return total
+        out_flops[n.name or n.output[0]] = 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+    return out_flops

@@ -257,14 +257,20 @@ def markdown(r: dict) -> str:
         lines += ["", f"Where a full tile's time goes (OpenVINO's profiling counters; a {lp['tile_side'][0]}^3 tile, "
                   f"{lp['gflop']:.1f} GFLOP in {lp['seconds'] * 1e3:.0f} ms = {lp['gflop'] / lp['seconds']:.0f} GFLOP/s; "
                   "nodes above 1 % of the time):", "",
-                  "| node | type | implementation | ms | share | GFLOP | GFLOP/s |", "|---|---|---|---:|---:|---:|---:|"]
-        for n in lp["nodes"]:
-            if n["share"] < 0.01:
-                continue
-            g = "" if n["gflop"] is None else f"{n['gflop']:.2f}"
-            rate = "" if n["gflops"] is None else f"{n['gflops']:.0f}"
-            lines.append(f"| {n['node']} | {n['type']} | {n['impl']} | {n['ms']:.1f} | {100 * n['share']:.1f} % | {g} | {rate} |")
+                  *profile_table(lp["nodes"])]
     return "\n".join(lines) + "\n"
+
+
+def profile_table(nodes, min_share: float = 0.01) -> list[str]:
+    """`layer_profile`'s nodes above ``min_share`` of the time as markdown table lines."""
+    lines = ["| node | type | implementation | ms | share | GFLOP | GFLOP/s |", "|---|---|---|---:|---:|---:|---:|"]
+    for n in nodes:
+        if n["share"] < min_share:
+            continue
+        g = "" if n["gflop"] is None else f"{n['gflop']:.2f}"
+        rate = "" if n["gflops"] is None else f"{n['gflops']:.0f}"
+        lines.append(f"| {n['node']} | {n['type']} | {n['impl']} | {n['ms']:.1f} | {100 * n['share']:.1f} % | {g} | {rate} |")
+    return lines
 
 
 def main(argv=None) -> int:

@@ -39,6 +39,8 @@ def run(out_dir: Path, graph: str = "stage2", batch: int = 64, package=None, rep
 
 
 def markdown(r: dict) -> str:
+    from noduleflow.bench.dense_head import profile_table
+
     m = r["machine"]
     shape = "x".join(map(str, r["input_shape"]))
     lines = [f"# Where one call of {r['model_id']}'s {r['graph']} graph spends its time (OpenVINO)", "",
@@ -46,14 +48,7 @@ def markdown(r: dict) -> str:
              f"noduleflow.bench.graph_profile --graph {r['graph']}`. Input {shape}, the best of {r['repeats']} calls: "
              f"{r['gflop']:.2f} GFLOP of convolutions in {r['seconds'] * 1e3:.0f} ms = "
              f"{r['gflop'] / r['seconds']:.0f} GFLOP/s. Nodes above 1 % of the time (OpenVINO's counters; "
-             "their sum can exceed the call's time).", "",
-             "| node | type | implementation | ms | share | GFLOP | GFLOP/s |", "|---|---|---|---:|---:|---:|---:|"]
-    for n in r["nodes"]:
-        if n["share"] < 0.01:
-            continue
-        g = "" if n["gflop"] is None else f"{n['gflop']:.2f}"
-        rate = "" if n["gflops"] is None else f"{n['gflops']:.0f}"
-        lines.append(f"| {n['node']} | {n['type']} | {n['impl']} | {n['ms']:.1f} | {100 * n['share']:.1f} % | {g} | {rate} |")
+             "their sum can exceed the call's time).", "", *profile_table(r["nodes"])]
     return "\n".join(lines) + "\n"
 
 

@@ -112,7 +112,6 @@ def run(out_dir: Path, n_scans: int = 5, package=None, backend: str = "torch-com
         tmp = Path(tmp)
         if package is None and backend == "torch-compiled":
             package, res["export_s"] = cuda_package(tmp / "pkg")
-        scans = []
         scans = phantom_series(tmp, n_scans, seed0, z_extent_mm, spacing_zyx_mm, shape_zyx)
         t = time.perf_counter()
         gpu = Detector(package, backend=backend)

@@ -268,8 +268,17 @@ class Detector:
     @property
     def scores_on_gpu(self) -> bool:
         """Whether the scoring backend runs on a GPU (the CPU then has room to load the next scan
-        while this one is detected: `detect`'s default ``prefetch``)."""
+        while this one is detected: `loading`'s default)."""
         return getattr(self.stage2_backend if self.two_stage else self.backend, "device", "cpu") == "cuda"
+
+    def loading(self, jobs, load, prefetch: bool | None = None):
+        """`engine.io.prefetch.prefetched` of ``jobs`` with ``load``: with ``prefetch``, the next
+        job loaded in a background thread while the caller detects the current one; default
+        (None): when the scoring runs on a GPU (`scores_on_gpu`). On the CPU the detection keeps
+        every core busy: 1.0x measured on 2 cores (bench/results/prefetch)."""
+        from .io.prefetch import prefetched
+
+        return prefetched(jobs, load, ahead=self.scores_on_gpu if prefetch is None else bool(prefetch))
 
     def close(self) -> None:
         if self._backend is not None:
@@ -452,11 +461,9 @@ class Detector:
         """Detect nodule candidates in one scan, or in each of several.
 
         ``source``: a path (DICOM series folder or file, .mhd/.mha, .nii/.nii.gz), a `Volume`,
-        or a list/tuple of them (-> a list of `Detections`, in order; with ``prefetch``, each
-        next scan is loaded by a background thread while the current one is detected:
-        `engine.io.prefetch`; default: when the scoring runs on a GPU, `scores_on_gpu`. On the
-        CPU the detection keeps every core busy: 1.0x measured on 2 cores,
-        bench/results/prefetch). ``series_uid`` picks a DICOM series among several. Every stage
+        or a list/tuple of them (-> a list of `Detections`, in order; ``prefetch``: whether each
+        next scan is loaded in the background meanwhile, see `loading`). ``series_uid`` picks a
+        DICOM series among several. Every stage
         is timed, loading included; ``load_s``: for a `Volume` loaded elsewhere (e.g. in the
         background), the seconds its loading took, reported as the load stage. The loaded
         volume travels with the result (for `Detections.plot`); the lung mask and the 1 mm lung
@@ -464,14 +471,11 @@ class Detector:
         from .io import load_volume
 
         if isinstance(source, (list, tuple)):
-            from .io.prefetch import prefetched
-
             def load(s):
                 return s if isinstance(s, Volume) else load_volume(s, series_uid=series_uid)
 
             out = []
-            ahead = self.scores_on_gpu if prefetch is None else bool(prefetch)
-            for item in prefetched(source, load, ahead=ahead):
+            for item in self.loading(source, load, prefetch):
                 if item.error is not None:
                     raise item.error
                 out.append(self.detect(item.value, keep_preprocessed=keep_preprocessed, load_s=item.seconds))

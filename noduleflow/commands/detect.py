@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     from noduleflow.engine import NoduleflowError
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io import load_volume
-    from noduleflow.engine.io.prefetch import prefetched
     from noduleflow.engine.jitclock import compile_note
     from noduleflow.engine.package import printable
     from noduleflow.engine.results import write_candidates_csv
@@ -75,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
           f"{how}, ready in {det.cold_start_s:.2f} s")
     rows, failed, seen = [], 0, {}
     jobs = expand(args.paths, args.series)
-    ahead = det.scores_on_gpu if args.prefetch is None else args.prefetch
-    loads = prefetched(jobs, lambda job: load_volume(job[0], series_uid=job[1]), ahead=ahead)
+    loads = det.loading(jobs, lambda job: load_volume(job[0], series_uid=job[1]), args.prefetch)
     for item in tqdm(loads, total=len(jobs), desc="detect", unit="scan", disable=len(jobs) < 2):
         d = None  # the previous scan's volume freed before this one's detection (the next is loading)
         path, uid = item.job

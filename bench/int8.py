@@ -2,15 +2,18 @@
 ``python -m noduleflow.bench.int8 [--model PKG] [--graph stage2|patch] [--accuracy COHORT --cache DIR] [--out DIR]``.
 
 ONNX Runtime static quantization (per-channel int8 weights, uint8 activations) of one graph of a
-package: the stage-2 graph (the network the default two-stage engine runs), calibrated on 256
-context patches at stage 1's candidates (topped up with random lung points) of a phantom that is
-in no evaluation cohort, or the patch graph, calibrated on 256 random lung patches of that
-phantom. Both of ONNX Runtime's formats (QDQ and QOperator) are timed against the fp32 graph in
-the same process on 64 other patches (best of 5, ONNX Runtime CPU, all cores), with the logit
-and probability differences. With ``--accuracy``, the faster INT8 stage-2 graph goes into a copy
-of the package and both packages are scored on that cohort as `bench.stage2_select` scores them
-(the same stage-1 candidates, cached under ``--cache``): sensitivity at 5-100 candidates per scan
-and CPM, fp32 and INT8, and the change. The engine ships an INT8 path only if it is faster and
+package, as ``noduleflow export --int8`` makes it (`export.int8`: calibrated on 256 context
+patches at the blob candidates of a phantom in no evaluation cohort, topped up with random lung
+points, for the stage-2 graph; 256 random lung patches for the patch graph). Both of ONNX
+Runtime's formats (QDQ and QOperator) are timed against the fp32 graph in the same process on 64
+other patches (best of 5, ONNX Runtime CPU, all cores), with the logit and probability
+differences; with OpenVINO installed, the QDQ graph against fp32 on OpenVINO's CPU plugin too.
+With ``--accuracy``, the INT8 stage-2 graph for ``--backend`` (QDQ on openvino-cpu, the faster
+format on onnxruntime-cpu) goes into a copy of the package and both packages are scored on that
+cohort with that backend as `bench.stage2_select` scores them (the same stage-1 candidates, cached
+under ``--cache``): sensitivity at 5-100 candidates per scan and CPM, fp32 and INT8, and the
+change. The report says whether that graph is byte for byte the package's own
+``stage2_int8.onnx``. The engine ships an INT8 graph only if it is faster on some backend and
 costs at most 0.01 CPM on the held-out phantoms.
 """
 from __future__ import annotations
@@ -26,36 +29,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _patches(pkg, graph: str = "patch", n_cal: int = 256, n_test: int = 64, seed: int = 21):
-    """(calibration, test) input patches of ``graph``: at stage 1's candidates (stage 2) topped up
-    with random lung points, or random lung points (patch graph), of phantom ``seed`` (not in any
-    evaluation cohort), in a random order."""
-    from noduleflow.engine.context import ContextVolume
-    from noduleflow.engine.detector import Detector
-    from noduleflow.engine.patches import Normalisation, gather
-    from noduleflow.engine.preprocess import preprocess
-    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
-
-    contract = pkg.contract
-    ph = generate_phantom(seed, params=PhantomParams(n_nodules=3), shape_zyx=(100, 256, 256),
-                          spacing_zyx_mm=(2.5, 1.4, 1.4))
-    pre = preprocess(ph.volume, contract.preprocess)
-    rng = np.random.default_rng(0)
-    pts = np.argwhere(pre.mask)
-    n = n_cal + n_test
-    norm = Normalisation(*contract.hu_window, pad_hu=contract.pad_hu)
-    if graph == "stage2":
-        with Detector(pkg.path, stages="2") as det:
-            cand = np.rint(det.stage1(pre).centres_zyx).astype(np.int64)[:n]
-        pick = np.concatenate([cand, pts[rng.choice(len(pts), n - len(cand), replace=False)]])
-        cut = ContextVolume(pre.volume.hu, norm, contract.patch_size, contract.stage2.channels).patches(pick)
-    else:
-        pick = pts[rng.choice(len(pts), n, replace=False)]
-        cut = gather(pre.volume.hu, pick, norm=norm, size=contract.patch_size)
-    cut = cut[rng.permutation(len(cut))]
-    return cut[:n_cal], cut[n_cal:]
-
-
 def _best(session, feed, repeats: int = 5) -> tuple[float, np.ndarray]:
     y = session.run(None, feed)[0]  # warm-up
     best = np.inf
@@ -66,16 +39,36 @@ def _best(session, feed, repeats: int = 5) -> tuple[float, np.ndarray]:
     return best, y
 
 
-def measure(model=None, graph: str = "patch", keep: Path | None = None) -> dict:
-    """fp32 vs INT8 (QDQ, QOperator) of ``graph``: seconds, speed-up, logit/probability changes.
-    ``keep``: a folder where the faster INT8 graph is written (``int8.onnx``)."""
+def _best_openvino(path, x, repeats: int = 5) -> tuple[float, np.ndarray]:
+    """Best of ``repeats`` seconds of one OpenVINO CPU inference of the graph at ``path`` on ``x``
+    (the engine's settings: `engine.backends.openvino`, all cores, fp32 arithmetic where the graph
+    is float; a QDQ graph's quantized convolutions run as int8 kernels), and its output."""
+    import openvino as ov
+
+    core = ov.Core()
+    cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": os.cpu_count() or 1,
+           "INFERENCE_PRECISION_HINT": "f32"}
+    req = core.compile_model(core.read_model(str(path)), "CPU", cfg).create_infer_request()
+    y = req.infer({0: x})[0].copy()  # warm-up
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        req.infer({0: x})
+        best = min(best, time.perf_counter() - t)
+    return best, y
+
+
+def measure(model=None, graph: str = "patch", keep: Path | None = None, backend: str = "onnxruntime-cpu") -> dict:
+    """fp32 vs INT8 (QDQ, QOperator) of ``graph``: seconds, speed-up, logit/probability changes, on
+    ONNX Runtime's CPU provider, and the QDQ graph on OpenVINO's CPU plugin too when it is installed
+    (OpenVINO reads QDQ graphs, not QOperator ones). ``keep``: a folder where the INT8 graph for
+    ``backend`` is written (``int8.onnx``): the faster format on onnxruntime-cpu, QDQ on openvino-cpu."""
     import shutil
 
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from noduleflow.engine.package import ModelPackage, default_package_path
+    from noduleflow.engine.package import ModelPackage, default_package_path, sha256_file
+    from noduleflow.export.int8 import calibration_patches, quantize
 
     if graph not in ("patch", "stage2"):
         raise SystemExit(f"--graph must be patch or stage2, got {graph!r}")
@@ -83,40 +76,49 @@ def measure(model=None, graph: str = "patch", keep: Path | None = None) -> dict:
     src = pkg.file(f"{graph}.onnx")
     if src is None:
         raise SystemExit(f"package {pkg.manifest.model_id} has no {graph}.onnx")
-    cal, test = _patches(pkg, graph)
+    cal, test = calibration_patches(pkg.contract, graph)
     so = ort.SessionOptions()
     so.intra_op_num_threads = os.cpu_count() or 1
     open_ = lambda p: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])  # noqa: E731
     fp32 = open_(src)
     name = fp32.get_inputs()[0].name
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{name: cal[i:i + 32]} for i in range(0, len(cal), 32)])
-
-        def get_next(self):
-            return next(self.it, None)
-
     fp32_s, ref = _best(fp32, {name: test})
     rows = {"fp32": {"seconds": fp32_s}}
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre))
         for fmt in ("QDQ", "QOperator"):
-            out = Path(tmp) / f"int8_{fmt}.onnx"
-            quantize_static(str(pre), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            out = quantize(src, Path(tmp) / f"int8_{fmt}.onnx", cal, fmt)
             s, y = _best(open_(out), {name: test})
             p = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))  # noqa: E731
             rows[f"int8_{fmt}"] = {"seconds": s, "speedup_vs_fp32": fp32_s / s,
                                    "max_abs_logit_diff": float(np.abs(y - ref).max()),
                                    "max_abs_prob_diff": float(np.abs(p(y) - p(ref)).max())}
         fastest = min((k for k in rows if k != "fp32"), key=lambda k: rows[k]["seconds"])
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            openvino = None
+        if openvino is not None:
+            p = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))  # noqa: E731
+            ov32_s, ov_ref = _best_openvino(src, test)
+            ov8_s, ov_y = _best_openvino(Path(tmp) / "int8_QDQ.onnx", test)
+            rows["openvino_fp32"] = {"seconds": ov32_s, "max_abs_logit_diff": float(np.abs(ov_ref - ref).max())}
+            rows["openvino_int8_QDQ"] = {"seconds": ov8_s, "speedup_vs_fp32": ov32_s / ov8_s,
+                                         "max_abs_logit_diff": float(np.abs(ov_y - ov_ref).max()),
+                                         "max_abs_prob_diff": float(np.abs(p(ov_y) - p(ov_ref)).max())}
+        if backend == "openvino-cpu":
+            if openvino is None:
+                raise SystemExit("--backend openvino-cpu needs openvino: pip install 'noduleflow[openvino]'")
+            fastest = "int8_QDQ"
+        kept = Path(tmp) / f"{fastest}.onnx"
+        shipped = pkg.file(f"{graph}_int8.onnx")
+        same = shipped is not None and sha256_file(kept) == sha256_file(shipped)
         if keep is not None:
             Path(keep).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(tmp) / f"{fastest}.onnx", Path(keep) / "int8.onnx")
+            shutil.copyfile(kept, Path(keep) / "int8.onnx")
     return {"model_id": pkg.manifest.model_id, "model": str(pkg.path), "graph": graph, "batch": len(test),
-            "onnxruntime": ort.__version__, "rows": rows, "int8_kept": fastest}
+            "onnxruntime": ort.__version__, "rows": rows, "int8_kept": fastest,
+            "kept_is_package_int8_graph": same}
 
 
 def int8_package(model, int8_graph: Path, out: Path):
@@ -136,7 +138,8 @@ def int8_package(model, int8_graph: Path, out: Path):
     return ModelPackage.load(out)
 
 
-def accuracy(model, int8_graph: Path, cohort: str, cache=None, work: Path = Path("."), progress: bool = True) -> dict:
+def accuracy(model, int8_graph: Path, cohort: str, cache=None, work: Path = Path("."), progress: bool = True,
+             backend: str = "onnxruntime-cpu") -> dict:
     """fp32 and INT8 stage 2 of ``model`` on ``cohort``, scored as `bench.stage2_select` scores a
     package (same stage-1 candidates): sensitivity at K, CPM, stage-2 seconds per scan, and the
     change (INT8 - fp32)."""
@@ -153,12 +156,12 @@ def accuracy(model, int8_graph: Path, cohort: str, cache=None, work: Path = Path
     scans = [cc.get(s) for s in seeds]
     rows = {}
     for key, pkg in (("fp32", model), ("int8", q.path)):
-        with Detector(pkg, stages="2", backend="onnxruntime-cpu") as det:
+        with Detector(pkg, stages="2", backend=backend) as det:
             rows[key] = evaluate(det, scans, cache, progress=progress)
     delta = {"cpm": rows["int8"]["cpm"] - rows["fp32"]["cpm"],
              "sensitivity_at_k": {k: rows["int8"]["sensitivity_at_k"][k] - rows["fp32"]["sensitivity_at_k"][k]
                                   for k in rows["fp32"]["sensitivity_at_k"]}}
-    return {"cohort": cohort, "seeds": [seeds[0], seeds[-1]], "scans": len(scans),
+    return {"cohort": cohort, "backend": backend, "seeds": [seeds[0], seeds[-1]], "scans": len(scans),
             "nodules": int(sum(len(s.nodules) for s in scans)), "rows": rows, "int8_minus_fp32": delta}
 
 
@@ -170,6 +173,9 @@ def main(argv=None) -> int:
     ap.add_argument("--accuracy", metavar="COHORT",
                     help="also score fp32 and INT8 stage 2 on this cohort (e.g. heldout; stage2 graph only)")
     ap.add_argument("--cache", help="folder caching each scan's stage-1 candidates (as bench.stage2_select)")
+    ap.add_argument("--backend", default="onnxruntime-cpu", choices=("onnxruntime-cpu", "openvino-cpu"),
+                    help="the backend --accuracy scores both packages with (default onnxruntime-cpu); on "
+                         "openvino-cpu the INT8 graph is the QDQ one (OpenVINO's int8 kernels run it)")
     ap.add_argument("--out", default="bench-int8", help="output folder (default ./bench-int8)")
     a = ap.parse_args(argv)
     if a.accuracy and a.graph != "stage2":
@@ -179,10 +185,10 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = "python -m noduleflow.bench.int8 " + " ".join(argv if argv is not None else sys.argv[1:])
-    res = {"machine": machine(), **measure(a.model, a.graph, keep=out if a.accuracy else None),
+    res = {"machine": machine(), **measure(a.model, a.graph, keep=out if a.accuracy else None, backend=a.backend),
            "load_average": os.getloadavg(), "command": cmd.strip()}
     if a.accuracy:
-        res["accuracy"] = accuracy(a.model, out / "int8.onnx", a.accuracy, a.cache, work=out)
+        res["accuracy"] = accuracy(a.model, out / "int8.onnx", a.accuracy, a.cache, work=out, backend=a.backend)
     (out / "int8.json").write_text(json.dumps(res, indent=2))
     lines = [f"# INT8 on the CPU (ONNX Runtime static quantization, {res['graph']} graph)", "",
              f"{res['model_id']}, batch {res['batch']}, ONNX Runtime {res['onnxruntime']}; machine {res['machine']}; "
@@ -195,8 +201,11 @@ def main(argv=None) -> int:
     if a.accuracy:
         acc = res["accuracy"]
         ks = list(acc["rows"]["fp32"]["sensitivity_at_k"])
+        same = "is" if res.get("kept_is_package_int8_graph") else "is not"
+        lines += ["", f"The INT8 graph scored below {same} byte for byte the package's own {res['graph']}_int8.onnx."]
         lines += ["", f"Accuracy on the {acc['cohort']} phantoms {acc['seeds'][0]}-{acc['seeds'][1]} ({acc['scans']} scans, "
-                  f"{acc['nodules']} nodules), the same stage-1 candidates, stage 2 fp32 vs {res['int8_kept']} "
+                  f"{acc['nodules']} nodules), the same stage-1 candidates, stage 2 fp32 vs {res['int8_kept']} on "
+                  f"{acc.get('backend', 'onnxruntime-cpu')} "
                   "(phantoms: a regression signal, not clinical evidence):", "",
                   "| stage 2 | " + " | ".join(f"sens@{k}" for k in ks) + " | CPM | stage 2 s/scan |",
                   "|---|" + "---:|" * (len(ks) + 2)]

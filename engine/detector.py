@@ -219,7 +219,9 @@ class Detector:
         """``model``: a model package folder or `ModelPackage` (default: the shipped model).
         ``backend``: "auto" or a name from `noduleflow.engine.backends.backend_names()`.
         ``config`` and/or keyword ``settings`` (fields of `DetectorConfig`, e.g. ``top_k=25``;
-        settings override the config's fields)."""
+        settings override the config's fields). ``backend_options``: passed to the backends as they
+        open (e.g. ``threads``, ``streams``, ``precision``); a ``precision`` ("int8": the package's
+        ``stage2_int8.onnx``) is the scoring network's, stage 2's in a two-stage detection."""
         from . import __version__
         from .backends import open_backend
 
@@ -236,7 +238,12 @@ class Detector:
         if self.config.stages == "2" and not self.package.has_stage2:
             raise ConfigError(f"model {m.model_id} has no stage-2 graph: use stages='1' or 'auto'")
         self.two_stage = self.package.has_stage2 and self.config.stages != "1"
-        self._open = lambda graph: open_backend(self.package, backend, graph=graph, **(backend_options or {}))
+        opts = dict(backend_options or {})
+        # a precision is the scoring network's: stage 2's in a two-stage detection (its stage-1 CNN,
+        # when it has one, runs fp32), else the mode graph's
+        mode_opts = {k: v for k, v in opts.items() if k != "precision"} if self.two_stage else opts
+        self._open = lambda graph: open_backend(self.package, backend, graph=graph,
+                                                **(opts if graph == "stage2" else mode_opts))
         # the mode's graph (dense or patch) scores stage 1's CNN grid; a two-stage package whose stage 1
         # is the blob filter alone never runs it: opened then on first use only (`backend`)
         self._backend = None

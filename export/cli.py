@@ -23,6 +23,10 @@ def register(sub) -> None:
                    help="also write patch_fp16.onnx (and dense_fp16.onnx): fp16 weights and activations, "
                         "fp32 inputs/outputs; their error against fp32 on phantom patches is printed and "
                         "recorded in the manifest (needs onnxconverter-common)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write stage2_int8.onnx (with --stage2; else patch_int8.onnx): ONNX Runtime's static "
+                        "quantization (QDQ, per-channel int8 weights), calibrated on phantom patches; run by "
+                        "`detect --precision int8`. Its error against fp32 is printed and recorded in the manifest")
     p.add_argument("--stage2", metavar="CHECKPOINT",
                    help="a stage-2 checkpoint (python -m noduleflow.trainer.stage2_train): written as stage2.onnx "
                         "(checked against PyTorch) and declared in the contract, making a two-stage package "
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,
                             fp16=args.fp16, slim=args.slim, torch_compiled=args.torch_compiled, stage2=args.stage2,
-                            stage2_spec=spec)
+                            stage2_spec=spec, int8=args.int8)
     if args.tensorrt:
         from noduleflow.export.tensorrt_build import build_plan
 

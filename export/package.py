@@ -47,7 +47,7 @@ def _sample_patches(contract: InputContract, n: int = 16, seed: int = 0) -> np.n
 
 def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: bool = False,
                    fp16: bool = False, slim: bool = True, torch_compiled: bool = False,
-                   stage2: str | None = None, stage2_spec: Stage2Spec | None = None) -> dict:
+                   stage2: str | None = None, stage2_spec: Stage2Spec | None = None, int8: bool = False) -> dict:
     """Export ``checkpoint`` (safetensors + json) to ``out_dir``; returns the parity report.
 
     Raises PackageError if ONNX Runtime and PyTorch disagree beyond 1e-4 on any logit.
@@ -63,6 +63,10 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     ``stage2``: a stage-2 checkpoint (`trainer.stage2_train`, model ``ms-3d1``): written as
     ``stage2.onnx``, checked against PyTorch on phantom context patches like the patch graph, and
     declared in the contract by ``stage2_spec`` (default: `Stage2Spec()`).
+    ``int8``: also write ``stage2_int8.onnx`` (a two-stage package; else ``patch_int8.onnx``):
+    `export.int8`'s static quantization, calibrated on phantom patches; its error against fp32 on
+    other phantom patches goes to the report and to ``manifest.export["int8"]`` (reported, not
+    gated: the held-out FROC is the measure, `python -m noduleflow.bench.int8`).
     The manifest is written once, at the end, over every file. The package is built in a staging
     folder beside ``out_dir`` and moved there only when complete: a failed export writes nothing.
     """
@@ -85,7 +89,7 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     out.chmod(0o777 & ~umask)  # mkdtemp makes it private; a package folder is as readable as mkdir makes it
     try:
         report = _write_package(model, config, name, contract, checkpoint, out, model_id, fp16, slim,
-                                torch_compiled, stage2_loaded, stage2_spec)
+                                torch_compiled, stage2_loaded, stage2_spec, int8)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -96,7 +100,7 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
 
 
 def _write_package(model, config, name, contract, checkpoint, out: Path, model_id, fp16, slim, torch_compiled,
-                   stage2, stage2_spec) -> dict:
+                   stage2, stage2_spec, int8: bool = False) -> dict:
     """`export_package`'s work, into the (staging) folder ``out``; ``stage2``: the loaded stage-2
     (model, config) or None."""
     import onnx
@@ -148,6 +152,12 @@ def _write_package(model, config, name, contract, checkpoint, out: Path, model_i
         err = _fp16_graphs(out, patches[len(patches) // 2:], tile, contract)  # the phantom half of the patches
         manifest.export["fp16"] = err
         report.update(err)
+    if int8:
+        from .int8 import write_int8_graphs
+
+        err = write_int8_graphs(out, contract, graphs=("stage2",) if stage2 else ("patch",))
+        manifest.export["int8"] = err
+        report.update({k: v for k, v in err.items() if k.endswith("_diff")})
     if torch_compiled:
         from .aoti import compile_patch, compile_stage2
 

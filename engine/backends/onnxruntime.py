@@ -73,8 +73,9 @@ class OnnxRuntimeBackend(Backend):
     """``device``: "cpu", "cuda" or "tensorrt" (the execution provider asked for; a missing one
     is an error, not a silent fallback). ``threads``: intra-op threads (default: all cores).
     ``precision``: "fp32" runs ``{graph}.onnx``; "fp16" runs ``{graph}_fp16.onnx`` (written by
-    ``noduleflow export --fp16``; fp32 inputs and outputs, so callers do not change) and is an
-    error if the package has none. ``streams``: batches `infer_many` runs at once, each on
+    ``noduleflow export --fp16``; fp32 inputs and outputs, so callers do not change), "int8"
+    ``{graph}_int8.onnx`` (``noduleflow export --int8``; slower than fp32 on CPUs without VNNI:
+    `python -m noduleflow.bench.int8`); either is an error if the package has none. ``streams``: batches `infer_many` runs at once, each on
     ``threads // streams`` threads (default `default_streams`: one per core for stage 2 on the CPU,
     else 1); a single ``infer`` call then runs on that share of the cores."""
 
@@ -90,12 +91,12 @@ class OnnxRuntimeBackend(Backend):
         if wanted not in available_providers():
             raise BackendUnavailableError(f"ONNX Runtime has no {wanted} here (providers: "
                                           f"{', '.join(available_providers())}); install {INSTALL[device]}")
-        if precision not in ("fp32", "fp16"):
-            raise BackendUnavailableError(f"unknown precision {precision!r}; choose fp32 or fp16")
-        fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_fp16.onnx"
+        if precision not in ("fp32", "fp16", "int8"):
+            raise BackendUnavailableError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
+        fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_{precision}.onnx"
         path = package.file(fname)
         if path is None:
-            hint = " (export it with --fp16)" if precision == "fp16" else ""
+            hint = f" (export it with --{precision})" if precision != "fp32" else ""
             raise PackageError(f"package {package.manifest.model_id} has no {fname}{hint}")
         threads = int(threads or os.cpu_count() or 1)
         if threads < 1:
@@ -117,7 +118,7 @@ class OnnxRuntimeBackend(Backend):
                                f"({type(exc).__name__}: {str(exc)[:200]})") from None
         check_graph(self.session, package, graph, fname)
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.name = f"onnxruntime-{device}" + ("-fp16" if precision == "fp16" else "")
+        self.name = f"onnxruntime-{device}" + (f"-{precision}" if precision != "fp32" else "")
         self.precision = precision
         self.device = device
         log.info("opened %s (%s) with %s", path.name, package.manifest.model_id, self.session.get_providers())

@@ -60,8 +60,10 @@ class OpenVinoBackend(Backend):
     on 2 cores two streams gave stage 2's network 3.3-3.5 against 3.7-3.8 ms/patch for one, and the
     detector's stage 2 1.42-1.68 against 1.46-1.79 s, within the runs' spread, for twice the
     activations; unlike ONNX Runtime's stage 2, where streams measured 1.1-1.2x).
-    ``precision``: "fp32" only (the CPUs this runs on have no faster float format to offer it
-    without a retrained or calibrated model)."""
+    ``precision``: "fp32" runs ``{graph}.onnx``; "int8" runs ``{graph}_int8.onnx`` (written by
+    ``noduleflow export --int8``: ONNX Runtime's static quantization in QDQ form, whose quantized
+    convolutions OpenVINO runs as int8 kernels; fp32 inputs and outputs, so callers do not change)
+    and is an error if the package has none."""
 
     def __init__(self, package: ModelPackage, graph: str = "patch", device: str = "cpu",
                  threads: int | None = None, max_batch: int = 256, precision: str = "fp32",
@@ -74,12 +76,13 @@ class OpenVinoBackend(Backend):
         super().__init__(graph, max_batch, package.contract.patch_size, graph_channels(package, graph))
         if device != "cpu":
             raise BackendUnavailableError(f"the openvino backend runs on the CPU only, not {device!r}")
-        if precision != "fp32":
-            raise BackendUnavailableError(f"the openvino-cpu backend runs fp32 only, not {precision!r}")
-        fname = f"{graph}.onnx"
+        if precision not in ("fp32", "int8"):
+            raise BackendUnavailableError(f"the openvino-cpu backend runs fp32 or int8, not {precision!r}")
+        fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_int8.onnx"
         path = package.file(fname)
         if path is None:
-            raise PackageError(f"package {package.manifest.model_id} has no {fname}")
+            hint = " (export it with --int8)" if precision == "int8" else ""
+            raise PackageError(f"package {package.manifest.model_id} has no {fname}{hint}")
         threads = int(threads or os.cpu_count() or 1)
         if threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
@@ -105,9 +108,9 @@ class OpenVinoBackend(Backend):
         self._request = self.compiled.create_infer_request()
         self._stream_requests = [self.compiled.create_infer_request() for _ in range(streams)] if streams > 1 else []
         self._lock = threading.Lock()  # one request: callers on several threads take turns
-        self.name = "openvino-cpu"
+        self.name = "openvino-cpu" + ("-int8" if precision == "int8" else "")
         self.device = "cpu"
-        self.precision = "fp32"
+        self.precision = precision
         check_signature([_dims(i.get_partial_shape()) for i in self.compiled.inputs],
                         [i.get_partial_shape().rank.get_length() for i in self.compiled.outputs],
                         self._run, package, graph, fname)

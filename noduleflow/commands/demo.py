@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_detector_options, add_model_options, detector_config
+from .options import add_detector_options, add_model_options, backend_options, detector_config
 
 
 def register(sub) -> None:
@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"phantom seed {args.seed}: {ph.volume.shape} voxels, spacing "
               f"{tuple(round(s, 3) for s in ph.volume.spacing_zyx_mm)} mm, {len(ph.nodules)} nodules, "
               f"written as DICOM in {time.perf_counter() - t:.1f} s")
-        with Detector(args.model, backend=args.backend, config=detector_config(args)) as det:
+        with Detector(args.model, backend=args.backend, config=detector_config(args),
+                      backend_options=backend_options(args)) as det:
             d = det.detect(Path(tmp) / "series", keep_preprocessed=True)
     truth = np.array([[*n.center_xyz_mm, n.diameter_mm] for n in ph.nodules]).reshape(-1, 4)
     if d.meta.get("stages") == 2:

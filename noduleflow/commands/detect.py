@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from .options import add_detector_options, add_model_options, detector_config
+from .options import add_detector_options, add_model_options, backend_options, detector_config
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from noduleflow.engine.results import write_candidates_csv
 
     out = Path(args.out)
-    det = Detector(args.model, backend=args.backend, config=detector_config(args))
+    det = Detector(args.model, backend=args.backend, config=detector_config(args),
+                   backend_options=backend_options(args))
     how = f"two stages (stage 1: {det.contract.stage2.generator})" if det.two_stage else f"mode {det.config.mode}"
     print(f"model {det.package.manifest.model_id} ({det.package.manifest.architecture}), backend {det.backend_name}, "
           f"{how}, ready in {det.cold_start_s:.2f} s")

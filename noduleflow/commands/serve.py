@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                       quiet_s=args.quiet_period, incomplete_s=args.incomplete_wait,
                       retain_s=args.retain_instances, max_associations=args.max_associations,
                       acse_timeout_s=args.acse_timeout, network_timeout_s=args.network_timeout, watch=Path(args.watch) if args.watch else None,
-                      model=args.model, backend=args.backend, detection=detector_config(args),
+                      model=args.model, backend=args.backend, precision=args.precision, detection=detector_config(args),
                       png=not args.no_png, keep_instances=args.keep_instances,
                       max_attempts=args.max_attempts, forward=args.forward, forward_retries=args.forward_retries,
                       min_free_mb=args.min_free_mb)

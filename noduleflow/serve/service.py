@@ -76,6 +76,7 @@ class ServeConfig:
     watch_settle_s: float = 2.0           # a dropped file is taken once unchanged for this long
     model: str | None = None
     backend: str = "auto"
+    precision: str = "fp32"               # fp32, or the package's *_int8 / *_fp16 graphs
     detection: object = None              # a DetectorConfig (None: its defaults)
     png: bool = True
     keep_instances: bool = False          # keep a done series' instances for good (failed ones always are)
@@ -171,7 +172,9 @@ class Service:
         if self.detector is None:
             from ..engine.detector import Detector
 
-            self.detector = Detector(self.cfg.model, backend=self.cfg.backend, config=self.cfg.detection)
+            opts = {} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}
+            self.detector = Detector(self.cfg.model, backend=self.cfg.backend, config=self.cfg.detection,
+                                     backend_options=opts)
         m = self.detector.package.manifest
         log.info("model %s, backend %s, mode %s, ready in %.2f s", m.model_id, self.detector.backend_name,
                  self.detector.config.mode, getattr(self.detector, "cold_start_s", 0.0))

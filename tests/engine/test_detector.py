@@ -223,3 +223,32 @@ def test_detect_does_not_load_torch(tiny_package, tmp_path):
             f"print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_shipped_int8_stage2_by_cli_precision(tmp_path, capsys):
+    """The shipped package carries stage2_int8.onnx (`export --int8`); `detect --precision int8`
+    runs it (the backend named with -int8 in the printout and the JSON) and finds the phantom's
+    nodules as fp32 does; a precision a backend has no graph for is refused, naming it."""
+    from noduleflow.cli import main as cli
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.engine.package import default_package_path
+
+    pkg = ModelPackage.load(default_package_path())
+    assert "stage2_int8.onnx" in pkg.manifest.files and pkg.manifest.export["int8"]["stage2_calibration_patches"] == 256
+    ph = generate_phantom(4, params=PhantomParams(n_nodules=2), **SMALL)
+    write_dicom_series(ph.volume, tmp_path / "in")
+    found = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / precision
+        assert cli(["detect", str(tmp_path / "in"), "--out", str(out), "--top-k", "5",
+                    "--precision", precision]) == 0
+        printed = capsys.readouterr().out
+        rep = json.loads((out / f"{ph.volume.series_uid}.json").read_text())
+        assert rep["backend"].endswith("-int8") == (precision == "int8") and f"backend {rep['backend']}" in printed
+        found[precision] = np.array([c["center_xyz_mm"] for c in rep["candidates"]])
+    truth = np.array([n.center_xyz_mm for n in ph.nodules])
+    for precision, c in found.items():  # each nodule within 5 mm of a top-5 candidate, both ways
+        assert all(np.linalg.norm(c - t, axis=1).min() < 5.0 for t in truth), precision
+    with pytest.raises(BackendUnavailableError, match="fp16"):
+        open_backend(pkg, AUTO_CPU, graph="stage2", precision="fp16") if AUTO_CPU == "openvino-cpu" else \
+            open_backend(pkg, AUTO_CPU, graph="stage2", precision="bf16")

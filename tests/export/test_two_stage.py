@@ -4,6 +4,7 @@ context patches, averaged over the 8 flips and calibrated."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 
 import numpy as np
@@ -358,7 +359,11 @@ def test_int8_stage2_package_scores_close_to_fp32(two_stage, phantom, tmp_path):
     from noduleflow.engine.preprocess import preprocess
 
     res = measure(two_stage / "pkg", "stage2", keep=tmp_path)
-    assert res["graph"] == "stage2" and set(res["rows"]) == {"fp32", "int8_QDQ", "int8_QOperator"}
+    rows = {"fp32", "int8_QDQ", "int8_QOperator"}
+    if importlib.util.find_spec("openvino") is not None:  # the QDQ graph on OpenVINO too
+        rows |= {"openvino_fp32", "openvino_int8_QDQ"}
+    assert res["graph"] == "stage2" and set(res["rows"]) == rows
+    assert res["kept_is_package_int8_graph"] is False  # this package has no stage2_int8.onnx
     kept = res["rows"][res["int8_kept"]]
     assert all(r["seconds"] > 0 for r in res["rows"].values())
     assert 0 < kept["max_abs_logit_diff"] < 1.0
@@ -372,3 +377,52 @@ def test_int8_stage2_package_scores_close_to_fp32(two_stage, phantom, tmp_path):
     a, b = fp32.score_stage2(pre, c), int8.score_stage2(pre, c)
     assert not np.array_equal(a, b)  # a different graph ran
     assert np.abs(a - b).max() < 1.0 and np.corrcoef(a, b)[0, 1] > 0.9
+
+
+def test_export_int8_writes_a_calibrated_stage2_graph_the_cpu_backends_run(two_stage, phantom, tmp_path, capsys):
+    """`export --int8` writes stage2_int8.onnx (hashed, the contract in its metadata, its error
+    against fp32 in the manifest and printed); `export.int8.quantize` on the same calibration
+    patches makes it again byte for byte (what bench.int8 measures is what ships); precision
+    "int8" runs it on onnxruntime-cpu and openvino-cpu, named so, scoring close to fp32; a package
+    without one refuses int8, naming the file and the export option."""
+    pytest.importorskip("onnxruntime.quantization")
+    import onnx
+
+    from noduleflow.cli import main
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.export.int8 import calibration_patches, quantize
+
+    out = tmp_path / "pkg8"
+    rc = main(["export", str(two_stage / "s1" / "best.safetensors"), str(out), "--model-id", "test-2stage",
+               "--stage2", str(two_stage / "s2" / "best.safetensors"), "--stage2-spec", str(two_stage / "spec.json"),
+               "--int8"])
+    assert rc == 0 and "stage2_int8_max_abs_prob_diff" in capsys.readouterr().out
+    pkg = ModelPackage.load(out)
+    assert "stage2_int8.onnx" in pkg.manifest.files and "patch_int8.onnx" not in pkg.manifest.files
+    rep = pkg.manifest.export["int8"]
+    assert rep["stage2_calibration_patches"] == 256 and 0 < rep["stage2_int8_max_abs_prob_diff"] < 0.5
+    g = onnx.load(str(out / "stage2_int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in g.graph.node)
+    assert {p.key: p.value for p in g.metadata_props}["model_id"] == "test-2stage"
+    # the fp32 graphs are those of the package exported without --int8
+    for f in ("patch.onnx", "dense.onnx", "stage2.onnx"):
+        assert (out / f).read_bytes() == (two_stage / "pkg" / f).read_bytes()
+    again = quantize(out / "stage2.onnx", tmp_path / "again.onnx", calibration_patches(pkg.contract, "stage2")[0])
+    assert again.read_bytes() == (out / "stage2_int8.onnx").read_bytes()
+
+    backends = ["onnxruntime-cpu"] + (["openvino-cpu"] if importlib.util.find_spec("openvino") else [])
+    fp32 = Detector(out, backend="onnxruntime-cpu")
+    pre = preprocess(phantom.volume, fp32.spec)
+    c = fp32.stage1(pre).centres_zyx
+    a = fp32.score_stage2(pre, c)
+    for name in backends:
+        det = Detector(out, backend=name, backend_options={"precision": "int8"})
+        assert det.backend_name == f"{name}-int8" and det.stage2_backend.precision == "int8"
+        assert det.backend.precision == "fp32"  # the precision is stage 2's: stage 1's CNN (union) stays fp32
+        b = det.score_stage2(pre, c)
+        assert len(b) == len(c) > 8 and not np.array_equal(a, b)
+        assert np.abs(a - b).max() < 1.0 and np.corrcoef(a, b)[0, 1] > 0.9
+    for name in backends:
+        with pytest.raises(PackageError, match=r"no stage2_int8\.onnx \(export it with --int8\)"):
+            Detector(two_stage / "pkg", backend=name, backend_options={"precision": "int8"})

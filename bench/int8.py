@@ -165,6 +165,39 @@ def accuracy(model, int8_graph: Path, cohort: str, cache=None, work: Path = Path
             "nodules": int(sum(len(s.nodules) for s in scans)), "rows": rows, "int8_minus_fp32": delta}
 
 
+def markdown(res: dict) -> str:
+    """The report of a `main` result (its int8.json)."""
+    lines = [f"# INT8 on the CPU (ONNX Runtime static quantization, {res['graph']} graph)", "",
+             f"{res['model_id']}, batch {res['batch']}, ONNX Runtime {res['onnxruntime']}; machine {res['machine']}; "
+             f"load average {', '.join(f'{x:.1f}' for x in res['load_average'])}. Command: `{res['command']}`.", "",
+             "| graph | best of 5, s | speed-up vs fp32 | max abs logit diff | max abs prob diff |",
+             "|---|---:|---:|---:|---:|"]
+    for k, r in res["rows"].items():
+        lines.append(f"| {k} | {r['seconds']:.3f} | {r.get('speedup_vs_fp32', 1.0):.2f} | "
+                     f"{r.get('max_abs_logit_diff', 0.0):.3f} | {r.get('max_abs_prob_diff', 0.0):.3f} |")
+    lines += ["", "The differences are against the fp32 graph on the same runtime (openvino_fp32: against ONNX Runtime's "
+              "fp32), the largest over the 64 test patches; a logit difference of several units falls where the "
+              "probability is saturated (the probability column)."]
+    if res.get("accuracy"):
+        acc = res["accuracy"]
+        ks = list(acc["rows"]["fp32"]["sensitivity_at_k"])
+        same = "is" if res.get("kept_is_package_int8_graph") else "is not"
+        lines += ["", f"The INT8 graph scored below {same} byte for byte the package's own {res['graph']}_int8.onnx."]
+        lines += ["", f"Accuracy on the {acc['cohort']} phantoms {acc['seeds'][0]}-{acc['seeds'][1]} ({acc['scans']} scans, "
+                  f"{acc['nodules']} nodules), the same stage-1 candidates, stage 2 fp32 vs {res['int8_kept']} on "
+                  f"{acc.get('backend', 'onnxruntime-cpu')} "
+                  "(phantoms: a regression signal, not clinical evidence):", "",
+                  "| stage 2 | " + " | ".join(f"sens@{k}" for k in ks) + " | CPM | stage 2 s/scan |",
+                  "|---|" + "---:|" * (len(ks) + 2)]
+        for k, r in acc["rows"].items():
+            lines.append(f"| {k} | " + " | ".join(f"{r['sensitivity_at_k'][x]:.3f}" for x in ks)
+                         + f" | {r['cpm']:.3f} | {r['stage2_seconds_median']:.2f} |")
+        d = acc["int8_minus_fp32"]
+        lines.append("| INT8 - fp32 | " + " | ".join(f"{d['sensitivity_at_k'][x]:+.3f}" for x in ks)
+                     + f" | {d['cpm']:+.3f} | |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.int8", description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model package (default: the shipped one)")
@@ -185,38 +218,16 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = "python -m noduleflow.bench.int8 " + " ".join(argv if argv is not None else sys.argv[1:])
-    res = {"machine": machine(), **measure(a.model, a.graph, keep=out if a.accuracy else None, backend=a.backend),
-           "load_average": os.getloadavg(), "command": cmd.strip()}
-    if a.accuracy:
-        res["accuracy"] = accuracy(a.model, out / "int8.onnx", a.accuracy, a.cache, work=out, backend=a.backend)
+    with tempfile.TemporaryDirectory(prefix="noduleflow-int8-") as work:  # the INT8 graph and package copy
+        work = Path(work)
+        res = {"machine": machine(), **measure(a.model, a.graph, keep=work if a.accuracy else None, backend=a.backend),
+               "load_average": os.getloadavg(), "command": cmd.strip()}
+        if a.accuracy:
+            res["accuracy"] = accuracy(a.model, work / "int8.onnx", a.accuracy, a.cache, work=work, backend=a.backend)
     (out / "int8.json").write_text(json.dumps(res, indent=2))
-    lines = [f"# INT8 on the CPU (ONNX Runtime static quantization, {res['graph']} graph)", "",
-             f"{res['model_id']}, batch {res['batch']}, ONNX Runtime {res['onnxruntime']}; machine {res['machine']}; "
-             f"load average {', '.join(f'{x:.1f}' for x in res['load_average'])}. Command: `{res['command']}`.", "",
-             "| graph | best of 5, s | speed-up vs fp32 | max abs logit diff | max abs prob diff |",
-             "|---|---:|---:|---:|---:|"]
-    for k, r in res["rows"].items():
-        lines.append(f"| {k} | {r['seconds']:.3f} | {r.get('speedup_vs_fp32', 1.0):.2f} | "
-                     f"{r.get('max_abs_logit_diff', 0.0):.3f} | {r.get('max_abs_prob_diff', 0.0):.3f} |")
-    if a.accuracy:
-        acc = res["accuracy"]
-        ks = list(acc["rows"]["fp32"]["sensitivity_at_k"])
-        same = "is" if res.get("kept_is_package_int8_graph") else "is not"
-        lines += ["", f"The INT8 graph scored below {same} byte for byte the package's own {res['graph']}_int8.onnx."]
-        lines += ["", f"Accuracy on the {acc['cohort']} phantoms {acc['seeds'][0]}-{acc['seeds'][1]} ({acc['scans']} scans, "
-                  f"{acc['nodules']} nodules), the same stage-1 candidates, stage 2 fp32 vs {res['int8_kept']} on "
-                  f"{acc.get('backend', 'onnxruntime-cpu')} "
-                  "(phantoms: a regression signal, not clinical evidence):", "",
-                  "| stage 2 | " + " | ".join(f"sens@{k}" for k in ks) + " | CPM | stage 2 s/scan |",
-                  "|---|" + "---:|" * (len(ks) + 2)]
-        for k, r in acc["rows"].items():
-            lines.append(f"| {k} | " + " | ".join(f"{r['sensitivity_at_k'][x]:.3f}" for x in ks)
-                         + f" | {r['cpm']:.3f} | {r['stage2_seconds_median']:.2f} |")
-        d = acc["int8_minus_fp32"]
-        lines.append("| INT8 - fp32 | " + " | ".join(f"{d['sensitivity_at_k'][x]:+.3f}" for x in ks)
-                     + f" | {d['cpm']:+.3f} | |")
-    (out / "int8.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(res)
+    (out / "int8.md").write_text(text)
+    print(text, end="")
     return 0
 
 

@@ -250,35 +250,48 @@ def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
     of ``repeats``: the default detection of the DICOM series ``scan`` (load to candidates; two
     stages for a two-stage package), its stage 2 alone on the same stage-1 candidates, and the
     dense pass over its grid points ``grid_centres`` of the preprocessed ``pre`` (the default tile).
-    Each backend's times and its ratio to ONNX Runtime's."""
+    Each backend's times and its ratio to ONNX Runtime's. A package with ``stage2_int8.onnx`` adds
+    "openvino-cpu-int8" (``--precision int8``: stage 2 in INT8; the scan and stage 2 only, its dense
+    pass being fp32's) with its ratio to openvino-cpu."""
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.package import ModelPackage
 
     pkg = ModelPackage.load(package)
     names = installed_cpu_backends(pkg)
-    dets = {n: (Detector(pkg, backend=n), Detector(pkg, mode="dense", stages="1", backend=n)) for n in names}
+    variants = {n: (n, {}) for n in names}
+    if pkg.has_stage2 and pkg.file("stage2_int8.onnx") is not None and "openvino-cpu" in names:
+        variants["openvino-cpu-int8"] = ("openvino-cpu", {"precision": "int8"})
+    dets = {n: (Detector(pkg, backend=b, backend_options=o),
+                None if o else Detector(pkg, mode="dense", stages="1", backend=b)) for n, (b, o) in variants.items()}
     cands = dets[names[0]][0].stage1(pre).centres_zyx if pkg.has_stage2 else None
     jobs = {"scan": lambda d: d[0].detect(scan), "dense_pass": lambda d: d[1].score(pre, grid_centres)}
     if cands is not None:
         jobs["stage2"] = lambda d: d[0].score_stage2(pre, cands)
-    times = {n: {j: [] for j in jobs} for n in names}
-    for n in names:  # warm-up: first runs, shapes
-        for fn in jobs.values():
-            fn(dets[n])
+    runs = {n: [j for j in jobs if j != "dense_pass" or dets[n][1] is not None] for n in dets}
+    times = {n: {j: [] for j in runs[n]} for n in dets}
+    for n in dets:  # warm-up: first runs, shapes
+        for j in runs[n]:
+            jobs[j](dets[n])
     for _ in range(repeats):
         for j, fn in jobs.items():
-            for n in names:
-                t = time.perf_counter()
-                fn(dets[n])
-                times[n][j].append(time.perf_counter() - t)
+            for n in dets:
+                if j in runs[n]:
+                    t = time.perf_counter()
+                    fn(dets[n])
+                    times[n][j].append(time.perf_counter() - t)
     for a, b in dets.values():
         a.close()
-        b.close()
+        if b is not None:
+            b.close()
     med = {n: {j: statistics.median(v) for j, v in t.items()} for n, t in times.items()}
     ref = med.get("onnxruntime-cpu")
-    return {"backends": names, "stage2_candidates": int(len(cands)) if cands is not None else None,
-            "grid_points": int(len(grid_centres)), "median_s": med, "runs_s": times,
-            "speedup_over_onnxruntime": {n: {j: ref[j] / m[j] for j in m} for n, m in med.items()} if ref else {}}
+    out = {"backends": list(dets), "stage2_candidates": int(len(cands)) if cands is not None else None,
+           "grid_points": int(len(grid_centres)), "median_s": med, "runs_s": times,
+           "speedup_over_onnxruntime": {n: {j: ref[j] / m[j] for j in m} for n, m in med.items()} if ref else {}}
+    if "openvino-cpu-int8" in med:
+        fp, q = med["openvino-cpu"], med["openvino-cpu-int8"]
+        out["int8_over_fp32_openvino"] = {j: fp[j] / q[j] for j in q}
+    return out
 
 
 def stage2_runs(n: int, flips: int, top: int) -> int:
@@ -460,10 +473,14 @@ def _backend_lines(r: dict) -> list[str]:
     for job, label in what.items():
         if job not in b["median_s"][b["backends"][0]]:
             continue
-        times = ", ".join(f"{n} {b['median_s'][n][job]:.2f} s" for n in b["backends"])
+        times = ", ".join(f"{n} {b['median_s'][n][job]:.2f} s" for n in b["backends"] if job in b["median_s"][n])
         ups = "; ".join(f"{n} {v[job]:.2f}x" for n, v in b["speedup_over_onnxruntime"].items()
-                        if n != "onnxruntime-cpu")
+                        if n != "onnxruntime-cpu" and job in v)
         lines.append(f"  - {label}: {times}; over onnxruntime-cpu: {ups}")
+    q = b.get("int8_over_fp32_openvino")
+    if q:
+        lines.append("  - openvino-cpu-int8 (stage 2's INT8 graph, `--precision int8`) over openvino-cpu: "
+                     + "; ".join(f"{what[j].split(' (')[0]} {v:.2f}x" for j, v in q.items()))
     return lines
 
 

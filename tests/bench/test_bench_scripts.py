@@ -151,3 +151,30 @@ def test_clustering_compares_the_variants_on_the_same_scores(tiny_package):
         assert 0.0 <= x["cpm"] <= 1.0 and 0.0 <= x["sensitivity_all"] <= 1.0
         assert x["candidates_per_scan"] <= 20
     assert "| components + refine + in mask |" in clustering.markdown(r)
+
+
+def test_speed_cpu_backends_add_the_shipped_int8_stage2(tmp_path):
+    """With the shipped two-stage package (it carries stage2_int8.onnx) and OpenVINO installed,
+    the CPU-backend comparison adds openvino-cpu-int8 (scan and stage 2; its dense pass is fp32's,
+    not run twice) and its ratio to openvino-cpu, reported in the markdown."""
+    pytest.importorskip("openvino")
+    from noduleflow.bench import speed
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.io.dicom_write import write_dicom_series
+    from noduleflow.engine.package import default_package_path
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+    ph = generate_phantom(4, params=PhantomParams(n_nodules=2), **TINY)
+    write_dicom_series(ph.volume, tmp_path / "scan")
+    with Detector(stages="1", mode="dense") as d:
+        pre = preprocess(ph.volume, d.spec)
+        centres = d.grid_centres(pre)
+    b = speed.cpu_backends(default_package_path(), tmp_path / "scan", pre, centres, repeats=1)
+    assert b["backends"][-1] == "openvino-cpu-int8" and "openvino-cpu" in b["backends"]
+    assert set(b["median_s"]["openvino-cpu-int8"]) == {"scan", "stage2"}
+    assert set(b["median_s"]["openvino-cpu"]) == {"scan", "stage2", "dense_pass"}
+    q = b["int8_over_fp32_openvino"]
+    assert q["stage2"] == pytest.approx(b["median_s"]["openvino-cpu"]["stage2"] / b["median_s"]["openvino-cpu-int8"]["stage2"])
+    text = "\n".join(speed._backend_lines({"cpu_backends": b}))
+    assert "openvino-cpu-int8 (stage 2's INT8 graph" in text and "openvino-cpu-int8" in text.split("stage 2 (")[1]

@@ -14,6 +14,8 @@ from ..contract import PATCH_SIZE
 from ..errors import ConfigError, PackageError
 
 GRAPHS = ("patch", "dense", "stage2")
+# where a package's INT8 graphs come from (the CPU backends' refusal of precision "int8" says it)
+INT8_HINT = "noduleflow export --int8 writes stage2_int8.onnx, or patch_int8.onnx for a one-stage package"
 
 
 def graph_channels(package, graph: str) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, PackageError
 from ..package import ModelPackage
-from .base import Backend, check_signature, graph_channels
+from .base import INT8_HINT, Backend, check_signature, graph_channels
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ class OnnxRuntimeBackend(Backend):
     ``precision``: "fp32" runs ``{graph}.onnx``; "fp16" runs ``{graph}_fp16.onnx`` (written by
     ``noduleflow export --fp16``; fp32 inputs and outputs, so callers do not change), "int8"
     ``{graph}_int8.onnx`` (``noduleflow export --int8``; slower than fp32 on CPUs without VNNI:
-    `python -m noduleflow.bench.int8`); either is an error if the package has none. ``streams``: batches `infer_many` runs at once, each on
-    ``threads // streams`` threads (default `default_streams`: one per core for stage 2 on the CPU,
+    bench/results/int8_stage2_openvino); either is an error if the package has none.
+    ``streams``: batches `infer_many` runs at once, each on ``threads // streams`` threads (default `default_streams`: one per core for stage 2 on the CPU,
     else 1); a single ``infer`` call then runs on that share of the cores."""
 
     def __init__(self, package: ModelPackage, graph: str = "patch", device: str = "cpu",
@@ -96,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
         fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_{precision}.onnx"
         path = package.file(fname)
         if path is None:
-            hint = f" (export it with --{precision})" if precision != "fp32" else ""
+            hint = {"fp16": " (export it with --fp16)", "int8": f" ({INT8_HINT})"}.get(precision, "")
             raise PackageError(f"package {package.manifest.model_id} has no {fname}{hint}")
         threads = int(threads or os.cpu_count() or 1)
         if threads < 1:
@@ -121,6 +121,10 @@ class OnnxRuntimeBackend(Backend):
         self.name = f"onnxruntime-{device}" + (f"-{precision}" if precision != "fp32" else "")
         self.precision = precision
         self.device = device
+        if precision == "int8" and device == "cpu":
+            log.warning("%s: ONNX Runtime's CPU provider runs INT8 graphs slower than fp32 on CPUs without "
+                        "VNNI (0.15x on an AVX2 EPYC, bench/results/int8_stage2_openvino); openvino-cpu runs "
+                        "the same graph faster than fp32", fname)
         log.info("opened %s (%s) with %s", path.name, package.manifest.model_id, self.session.get_providers())
 
     def _infer(self, batch, extra):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, PackageError
 from ..package import ModelPackage
-from .base import Backend, check_signature, graph_channels
+from .base import INT8_HINT, Backend, check_signature, graph_channels
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class OpenVinoBackend(Backend):
         fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_int8.onnx"
         path = package.file(fname)
         if path is None:
-            hint = " (export it with --int8)" if precision == "int8" else ""
+            hint = f" ({INT8_HINT})" if precision == "int8" else ""
             raise PackageError(f"package {package.manifest.model_id} has no {fname}{hint}")
         threads = int(threads or os.cpu_count() or 1)
         if threads < 1:

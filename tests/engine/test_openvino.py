@@ -71,7 +71,7 @@ def test_streams_run_in_order_and_equal_one_at_a_time(default_pkg):
 
 
 def test_refusals_name_the_bad_value(default_pkg, tiny_package):
-    with pytest.raises(BackendUnavailableError, match="fp32 only, not 'fp16'"):
+    with pytest.raises(BackendUnavailableError, match="fp32 or int8, not 'fp16'"):
         open_backend(default_pkg, "openvino-cpu", precision="fp16")
     with pytest.raises(ConfigError, match="streams must be in \\[1, threads=2\\], got 3"):
         open_backend(default_pkg, "openvino-cpu", threads=2, streams=3)

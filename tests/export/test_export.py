@@ -107,3 +107,33 @@ def test_failed_export_keeps_the_previous_package(tiny_package, tmp_path):
     made = tmp_path / "plain"
     made.mkdir()
     assert out.stat().st_mode & 0o777 == made.stat().st_mode & 0o777  # not the staging folder's 0700
+
+
+def test_one_stage_export_int8_writes_the_patch_graph(tiny_package, tmp_path):
+    """A one-stage package's `export --int8` quantizes the patch graph; patch mode runs it with
+    precision int8 (scores close to fp32's), and dense mode, which has no INT8 graph, is refused
+    saying which graphs --int8 writes."""
+    pytest.importorskip("onnxruntime.quantization")
+    import numpy as np
+
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.export.package import export_package
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+    out = tmp_path / "pkg8"
+    report = export_package(tiny_package.parent / "ckpt" / "best.safetensors", out, model_id="test-3d-1", int8=True)
+    assert "patch_int8_max_abs_prob_diff" in report
+    pkg = ModelPackage.load(out)
+    assert "patch_int8.onnx" in pkg.manifest.files and "stage2_int8.onnx" not in pkg.manifest.files
+    assert pkg.manifest.export["int8"]["patch_calibration_patches"] == 256
+    fp32 = Detector(out, mode="patch", backend="onnxruntime-cpu")
+    int8 = Detector(out, mode="patch", backend="onnxruntime-cpu", backend_options={"precision": "int8"})
+    assert int8.backend_name == "onnxruntime-cpu-int8"
+    ph = generate_phantom(3, params=PhantomParams(n_nodules=1), shape_zyx=(60, 128, 128), spacing_zyx_mm=(4, 2.4, 2.4))
+    pre = preprocess(ph.volume, fp32.spec)
+    c = fp32.grid_centres(pre)[:64]
+    a, b = fp32.score(pre, c), int8.score(pre, c)
+    assert len(c) == 64 and not np.array_equal(a, b) and np.abs(a - b).max() < 1.0
+    with pytest.raises(PackageError, match=r"no dense_int8\.onnx \(noduleflow export --int8 writes stage2_int8"):
+        Detector(out, mode="dense", backend="onnxruntime-cpu", backend_options={"precision": "int8"})

@@ -424,5 +424,5 @@ def test_export_int8_writes_a_calibrated_stage2_graph_the_cpu_backends_run(two_s
         assert len(b) == len(c) > 8 and not np.array_equal(a, b)
         assert np.abs(a - b).max() < 1.0 and np.corrcoef(a, b)[0, 1] > 0.9
     for name in backends:
-        with pytest.raises(PackageError, match=r"no stage2_int8\.onnx \(export it with --int8\)"):
+        with pytest.raises(PackageError, match=r"no stage2_int8\.onnx \(noduleflow export --int8 writes"):
             Detector(two_stage / "pkg", backend=name, backend_options={"precision": "int8"})

@@ -1,5 +1,6 @@
 """INT8 on the CPU, measured:
-``python -m noduleflow.bench.int8 [--model PKG] [--graph stage2|patch] [--accuracy COHORT --cache DIR] [--out DIR]``.
+``python -m noduleflow.bench.int8 [--model PKG] [--graph stage2|patch] [--accuracy COHORT --cache DIR]
+[--backend onnxruntime-cpu|openvino-cpu] [--scans N [--repeats R]] [--out DIR]``.
 
 ONNX Runtime static quantization (per-channel int8 weights, uint8 activations) of one graph of a
 package, as ``noduleflow export --int8`` makes it (`export.int8`: calibrated on 256 context
@@ -13,8 +14,10 @@ format on onnxruntime-cpu) goes into a copy of the package and both packages are
 cohort with that backend as `bench.stage2_select` scores them (the same stage-1 candidates, cached
 under ``--cache``): sensitivity at 5-100 candidates per scan and CPM, fp32 and INT8, and the
 change. The report says whether that graph is byte for byte the package's own
-``stage2_int8.onnx``. The engine ships an INT8 graph only if it is faster on some backend and
-costs at most 0.01 CPM on the held-out phantoms.
+``stage2_int8.onnx``. With ``--scans``, the default detection with the package's own
+``stage2_int8.onnx`` is timed against fp32 on ``--backend`` scan by scan (`scan_timing`). The
+engine ships an INT8 graph only if it is faster on some backend and costs at most 0.01 CPM on
+the held-out phantoms.
 """
 from __future__ import annotations
 
@@ -39,23 +42,29 @@ def _best(session, feed, repeats: int = 5) -> tuple[float, np.ndarray]:
     return best, y
 
 
-def _best_openvino(path, x, repeats: int = 5) -> tuple[float, np.ndarray]:
-    """Best of ``repeats`` seconds of one OpenVINO CPU inference of the graph at ``path`` on ``x``
-    (the engine's settings: `engine.backends.openvino`, all cores, fp32 arithmetic where the graph
-    is float; a QDQ graph's quantized convolutions run as int8 kernels), and its output."""
+def _openvino_pair(fp32_path, int8_path, x, repeats: int = 7) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Median seconds of one OpenVINO CPU inference of the fp32 and the INT8 graph on ``x``, the two
+    called alternately ``repeats`` times each after a warm-up (the engine's settings:
+    `engine.backends.openvino`, all cores, fp32 arithmetic where the graph is float; the QDQ graph's
+    quantized convolutions run as int8 kernels), and their outputs. Alternating, so a change in the
+    machine's load during the measurement falls on both."""
+    import statistics
+
     import openvino as ov
 
     core = ov.Core()
     cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": os.cpu_count() or 1,
            "INFERENCE_PRECISION_HINT": "f32"}
-    req = core.compile_model(core.read_model(str(path)), "CPU", cfg).create_infer_request()
-    y = req.infer({0: x})[0].copy()  # warm-up
-    best = np.inf
+    reqs = [core.compile_model(core.read_model(str(p)), "CPU", cfg).create_infer_request()
+            for p in (fp32_path, int8_path)]
+    ys = [r.infer({0: x})[0].copy() for r in reqs]  # warm-up
+    times = [[], []]
     for _ in range(repeats):
-        t = time.perf_counter()
-        req.infer({0: x})
-        best = min(best, time.perf_counter() - t)
-    return best, y
+        for i, r in enumerate(reqs):
+            t = time.perf_counter()
+            r.infer({0: x})
+            times[i].append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1]), ys[0], ys[1]
 
 
 def measure(model=None, graph: str = "patch", keep: Path | None = None, backend: str = "onnxruntime-cpu") -> dict:
@@ -100,10 +109,11 @@ def measure(model=None, graph: str = "patch", keep: Path | None = None, backend:
             openvino = None
         if openvino is not None:
             p = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))  # noqa: E731
-            ov32_s, ov_ref = _best_openvino(src, test)
-            ov8_s, ov_y = _best_openvino(Path(tmp) / "int8_QDQ.onnx", test)
-            rows["openvino_fp32"] = {"seconds": ov32_s, "max_abs_logit_diff": float(np.abs(ov_ref - ref).max())}
-            rows["openvino_int8_QDQ"] = {"seconds": ov8_s, "speedup_vs_fp32": ov32_s / ov8_s,
+            ov32_s, ov8_s, ov_ref, ov_y = _openvino_pair(src, Path(tmp) / "int8_QDQ.onnx", test)
+            rows["openvino_fp32"] = {"seconds": ov32_s, "timing": "median of 7, alternating with INT8",
+                                     "max_abs_logit_diff": float(np.abs(ov_ref - ref).max())}
+            rows["openvino_int8_QDQ"] = {"seconds": ov8_s, "timing": "median of 7, alternating with fp32",
+                                         "speedup_vs_fp32": ov32_s / ov8_s,
                                          "max_abs_logit_diff": float(np.abs(ov_y - ov_ref).max()),
                                          "max_abs_prob_diff": float(np.abs(p(ov_y) - p(ov_ref)).max())}
         if backend == "openvino-cpu":
@@ -165,6 +175,53 @@ def accuracy(model, int8_graph: Path, cohort: str, cache=None, work: Path = Path
             "nodules": int(sum(len(s.nodules) for s in scans)), "rows": rows, "int8_minus_fp32": delta}
 
 
+def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: int = 500, shape_zyx=None,
+                spacing_zyx_mm=(1.5, 0.7, 0.7), z_extent_mm: float = 300.0) -> dict:
+    """The default detection with the package's own INT8 stage-2 graph against fp32, on the same
+    backend, in one process: ``scans`` phantom chest CTs written as DICOM (`bench.speed.phantom_series`,
+    by default bench speed's ~200 x 512 x 512), each detected ``repeats`` times by both, alternating
+    (after one warm-up detection each). Per variant the median whole scan (load to candidates) and
+    stage 2 over every detection, their ratios (fp32 over INT8), and how far the two agree: per scan,
+    the top-15 candidates of one within 2 mm of one of the other's."""
+    import statistics
+
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.package import ModelPackage, default_package_path
+
+    from .speed import phantom_series
+
+    pkg = ModelPackage.load(model or default_package_path())
+    if pkg.file("stage2_int8.onnx") is None:
+        raise SystemExit(f"package {pkg.manifest.model_id} has no stage2_int8.onnx (noduleflow export --int8)")
+    with tempfile.TemporaryDirectory(prefix="noduleflow-int8-scans-") as tmp:
+        series = phantom_series(Path(tmp), scans, seed0, z_extent_mm, spacing_zyx_mm, shape_zyx)
+        dets = {"fp32": Detector(pkg, backend=backend), "int8": Detector(pkg, backend=backend,
+                                                                          backend_options={"precision": "int8"})}
+        times = {k: {} for k in dets}
+        last = {}
+        for k, d in dets.items():  # warm-up
+            d.detect(series[0])
+        for _ in range(repeats):
+            for s in series:
+                for k, d in dets.items():
+                    r = d.detect(s)
+                    for stage, sec in r.timings_s.items():  # every stage: where a difference lies
+                        times[k].setdefault(stage, []).append(sec)
+                    last[(k, str(s))] = np.array([[c.x, c.y, c.z] for c in r][:15]).reshape(-1, 3)
+        names = {k: d.backend_name for k, d in dets.items()}
+        for d in dets.values():
+            d.close()
+    agree = []
+    for s in series:
+        a, b = last[("fp32", str(s))], last[("int8", str(s))]
+        near = lambda p, q: int(sum(np.linalg.norm(q - x, axis=1).min() <= 2.0 for x in p)) if len(q) else 0  # noqa: E731
+        agree.append({"fp32_top15_in_int8": near(a, b), "int8_top15_in_fp32": near(b, a), "n": int(len(a))})
+    med = {k: {j: statistics.median(v) for j, v in t.items()} for k, t in times.items()}
+    return {"backend": backend, "backends": names, "scans": scans, "repeats": repeats, "median_s": med,
+            "fp32_over_int8": {j: med["fp32"][j] / med["int8"][j] for j in ("total", "stage2")},
+            "runs_s": times, "top15_agreement": agree}
+
+
 def markdown(res: dict) -> str:
     """The report of a `main` result (its int8.json)."""
     lines = [f"# INT8 on the CPU (ONNX Runtime static quantization, {res['graph']} graph)", "",
@@ -175,6 +232,9 @@ def markdown(res: dict) -> str:
     for k, r in res["rows"].items():
         lines.append(f"| {k} | {r['seconds']:.3f} | {r.get('speedup_vs_fp32', 1.0):.2f} | "
                      f"{r.get('max_abs_logit_diff', 0.0):.3f} | {r.get('max_abs_prob_diff', 0.0):.3f} |")
+    if any("timing" in r for r in res["rows"].values()):
+        lines += ["", "The openvino rows' seconds are the median of 7 calls, fp32 and INT8 alternating (the others: "
+                  "best of 5, one graph after the other)."]
     lines += ["", "The differences are against the fp32 graph on the same runtime (openvino_fp32: against ONNX Runtime's "
               "fp32), the largest over the 64 test patches; a logit difference of several units falls where the "
               "probability is saturated (the probability column)."]
@@ -195,6 +255,21 @@ def markdown(res: dict) -> str:
         d = acc["int8_minus_fp32"]
         lines.append("| INT8 - fp32 | " + " | ".join(f"{d['sensitivity_at_k'][x]:+.3f}" for x in ks)
                      + f" | {d['cpm']:+.3f} | |")
+    t = res.get("scan_timing")
+    if t:
+        m, up = t["median_s"], t["fp32_over_int8"]
+        stages = [x for x in m["fp32"] if x not in ("total", "stage2")]
+        lines += ["", f"The default detection on {t['backend']} with the package's own stage2_int8.onnx against fp32: "
+                  f"{t['scans']} phantom DICOM series, {t['repeats']} detections each per variant, alternating "
+                  f"(`--scans {t['scans']} --repeats {t['repeats']}`); medians over every detection, seconds:", "",
+                  "| variant | backend | whole scan | stage 2 | " + " | ".join(stages) + " |",
+                  "|---|---|---:|---:|" + "---:|" * len(stages)]
+        for k in ("fp32", "int8"):
+            lines.append(f"| {k} | {t['backends'][k]} | {m[k]['total']:.2f} | {m[k]['stage2']:.2f} | "
+                         + " | ".join(f"{m[k][x]:.2f}" for x in stages) + " |")
+        lines.append(f"| fp32 / INT8 | | {up['total']:.2f}x | {up['stage2']:.2f}x |" + " |" * len(stages))
+        ag = "; ".join(f"{a['fp32_top15_in_int8']}/{a['n']} and {a['int8_top15_in_fp32']}/{a['n']}" for a in t["top15_agreement"])
+        lines += ["", f"Top-15 candidates within 2 mm of one of the other variant's, per scan (fp32 in INT8, INT8 in fp32): {ag}."]
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +284,10 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="onnxruntime-cpu", choices=("onnxruntime-cpu", "openvino-cpu"),
                     help="the backend --accuracy scores both packages with (default onnxruntime-cpu); on "
                          "openvino-cpu the INT8 graph is the QDQ one (OpenVINO's int8 kernels run it)")
+    ap.add_argument("--scans", type=int, default=0,
+                    help="also time the default detection with the package's own stage2_int8.onnx against fp32 on "
+                         "--backend, on this many phantom DICOM series (bench speed's size), alternating")
+    ap.add_argument("--repeats", type=int, default=3, help="with --scans: detections per scan and variant (default 3)")
     ap.add_argument("--out", default="bench-int8", help="output folder (default ./bench-int8)")
     a = ap.parse_args(argv)
     if a.accuracy and a.graph != "stage2":
@@ -224,6 +303,8 @@ def main(argv=None) -> int:
                "load_average": os.getloadavg(), "command": cmd.strip()}
         if a.accuracy:
             res["accuracy"] = accuracy(a.model, work / "int8.onnx", a.accuracy, a.cache, work=work, backend=a.backend)
+    if a.scans > 0:
+        res["scan_timing"] = scan_timing(a.model, a.backend, a.scans, a.repeats)
     (out / "int8.json").write_text(json.dumps(res, indent=2))
     text = markdown(res)
     (out / "int8.md").write_text(text)

@@ -76,8 +76,9 @@ class OnnxRuntimeBackend(Backend):
     ``noduleflow export --fp16``; fp32 inputs and outputs, so callers do not change), "int8"
     ``{graph}_int8.onnx`` (``noduleflow export --int8``; slower than fp32 on CPUs without VNNI:
     bench/results/int8_stage2_openvino); either is an error if the package has none.
-    ``streams``: batches `infer_many` runs at once, each on ``threads // streams`` threads (default `default_streams`: one per core for stage 2 on the CPU,
-    else 1); a single ``infer`` call then runs on that share of the cores."""
+    ``streams``: batches `infer_many` runs at once, each on ``threads // streams`` threads (default
+    `default_streams`: one per core for stage 2 on the CPU, else 1); a single ``infer`` call then
+    runs on that share of the cores."""
 
     def __init__(self, package: ModelPackage, graph: str = "patch", device: str = "cpu",
                  threads: int | None = None, max_batch: int = 256, precision: str = "fp32",
@@ -123,7 +124,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         if precision == "int8" and device == "cpu":
             log.warning("%s: ONNX Runtime's CPU provider runs INT8 graphs slower than fp32 on CPUs without "
-                        "VNNI (0.15x on an AVX2 EPYC, bench/results/int8_stage2_openvino); openvino-cpu runs "
+                        "VNNI (0.13x on an AVX2 EPYC, bench/results/int8_stage2_openvino); openvino-cpu runs "
                         "the same graph faster than fp32", fname)
         log.info("opened %s (%s) with %s", path.name, package.manifest.model_id, self.session.get_providers())
 

@@ -426,3 +426,20 @@ def test_export_int8_writes_a_calibrated_stage2_graph_the_cpu_backends_run(two_s
     for name in backends:
         with pytest.raises(PackageError, match=r"no stage2_int8\.onnx \(noduleflow export --int8 writes"):
             Detector(two_stage / "pkg", backend=name, backend_options={"precision": "int8"})
+
+
+def test_int8_scan_timing_alternates_and_reports(tmp_path):
+    """bench.int8's scan timing: the shipped package's fp32 and INT8 stage 2 on one backend, each
+    scan detected by both, alternating; medians, ratios and the top-15 agreement reported."""
+    from noduleflow.bench.int8 import markdown, scan_timing
+
+    t = scan_timing(None, "onnxruntime-cpu", scans=1, repeats=1, shape_zyx=(48, 128, 128),
+                    spacing_zyx_mm=(5.0, 2.2, 2.2))
+    assert t["backends"] == {"fp32": "onnxruntime-cpu", "int8": "onnxruntime-cpu-int8"}
+    assert all(len(v["total"]) == 1 and v["total"][0] >= v["stage2"][0] > 0 for v in t["runs_s"].values())
+    assert t["fp32_over_int8"]["stage2"] == pytest.approx(t["median_s"]["fp32"]["stage2"] / t["median_s"]["int8"]["stage2"])
+    (a,) = t["top15_agreement"]
+    assert 0 <= a["fp32_top15_in_int8"] <= a["n"] <= 15 and 0 <= a["int8_top15_in_fp32"] <= a["n"]
+    text = markdown({"graph": "stage2", "model_id": "m", "batch": 64, "onnxruntime": "x", "machine": {},
+                     "load_average": (0, 0, 0), "command": "c", "rows": {}, "scan_timing": t})
+    assert "| fp32 / INT8 |" in text and "onnxruntime-cpu-int8" in text

@@ -20,15 +20,18 @@ from pathlib import Path
 
 
 def warm_twice(model=None, shape_zyx=(80, 192, 192), spacing_zyx_mm=(3.0, 1.8, 1.8),
-               warm_repeats: int = 1, stages: str = "auto", backend: str = "auto") -> tuple[float, float]:
+               warm_repeats: int = 1, stages: str = "auto", backend: str = "auto",
+               precision: str = "fp32") -> tuple[float, float]:
     """Seconds of a first detection and of the best of ``warm_repeats`` later ones (import and
-    model load excluded) on a small phantom with two nodules."""
+    model load excluded) on a small phantom with two nodules; ``precision``: the scoring network's
+    (``detect --precision``)."""
     from noduleflow import Detector
     from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     vol = generate_phantom(1, params=PhantomParams(n_nodules=2), shape_zyx=shape_zyx,
                            spacing_zyx_mm=spacing_zyx_mm).volume
-    with Detector(model, backend=backend, stages=stages) as det:
+    opts = {} if precision == "fp32" else {"precision": precision}
+    with Detector(model, backend=backend, stages=stages, backend_options=opts) as det:
         times = []
         for _ in range(1 + warm_repeats):
             t = time.perf_counter()
@@ -37,10 +40,10 @@ def warm_twice(model=None, shape_zyx=(80, 192, 192), spacing_zyx_mm=(3.0, 1.8, 1
     return times[0], min(times[1:])
 
 
-def _child(cache: Path | None, backend: str = "auto") -> dict:
+def _child(cache: Path | None, backend: str = "auto", precision: str = "fp32") -> dict:
     code = ("import json, time; t0 = time.perf_counter(); import noduleflow; "
             "from noduleflow.bench.cold_start import warm_twice; t1 = time.perf_counter(); "
-            f"a, b = warm_twice(warm_repeats=3, backend={backend!r}); "
+            f"a, b = warm_twice(warm_repeats=3, backend={backend!r}, precision={precision!r}); "
             "print(json.dumps({'import_s': t1 - t0, 'first_s': a, 'warm_s': b}))")
     env = dict(os.environ)
     if cache is not None:
@@ -60,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-only", action="store_true",
                     help="no empty-cache process: the warm-cache ones use numba's own cache (as filled by "
                          "`noduleflow warmup`) instead of a new temporary one")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                    help="the scoring network's precision in every process (detect --precision; default fp32)")
     a = ap.parse_args(argv)
     from noduleflow.bench.speed import machine
 
@@ -67,14 +72,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="numba-cache-") as tmp:
         cache = None if a.warm_only else Path(tmp)
         if not a.warm_only:
-            runs["empty_cache"] = dict(_child(cache, a.backend[0]), backend=a.backend[0])
+            runs["empty_cache"] = dict(_child(cache, a.backend[0], a.precision), backend=a.backend[0])
         for b in a.backend:
             suffix = "" if len(a.backend) == 1 else f" [{b}]"
-            runs["warm_cache" + suffix] = dict(_child(cache, b), backend=b)
-            runs["warm_cache_again" + suffix] = dict(_child(cache, b), backend=b)
+            runs["warm_cache" + suffix] = dict(_child(cache, b, a.precision), backend=b)
+            runs["warm_cache_again" + suffix] = dict(_child(cache, b, a.precision), backend=b)
     for r in runs.values():
         r["first_over_warm"] = r["first_s"] / r["warm_s"]
-    res = {"machine": machine(), "load_average": os.getloadavg(), "runs": runs,
+    res = {"machine": machine(), "load_average": os.getloadavg(), "precision": a.precision, "runs": runs,
            "command": "python -m noduleflow.bench.cold_start " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -178,3 +178,17 @@ def test_speed_cpu_backends_add_the_shipped_int8_stage2(tmp_path):
     assert q["stage2"] == pytest.approx(b["median_s"]["openvino-cpu"]["stage2"] / b["median_s"]["openvino-cpu-int8"]["stage2"])
     text = "\n".join(speed._backend_lines({"cpu_backends": b}))
     assert "openvino-cpu-int8 (stage 2's INT8 graph" in text and "openvino-cpu-int8" in text.split("stage 2 (")[1]
+
+
+def test_cold_start_warm_twice_runs_each_precision():
+    """bench.cold_start's measured detection (also `noduleflow warmup`'s) on the shipped package,
+    fp32 and with stage 2 in INT8 (`--precision int8`); an INT8 graph the package lacks is refused."""
+    from noduleflow.bench.cold_start import warm_twice
+    from noduleflow.engine import PackageError
+
+    for precision in ("fp32", "int8"):
+        first, warm = warm_twice(warm_repeats=1, backend="onnxruntime-cpu", precision=precision,
+                                 shape_zyx=(48, 128, 128), spacing_zyx_mm=(5.0, 2.2, 2.2))
+        assert first > 0 and warm > 0
+    with pytest.raises(PackageError, match="dense_int8"):
+        warm_twice(warm_repeats=1, backend="onnxruntime-cpu", precision="int8", stages="1")

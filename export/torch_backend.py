@@ -20,8 +20,11 @@ from noduleflow.engine.package import ModelPackage
 
 
 class TorchCompiledBackend(Backend):
-    def __init__(self, package: ModelPackage, graph: str = "patch", device: str | None = None, max_batch: int = 256):
+    def __init__(self, package: ModelPackage, graph: str = "patch", device: str | None = None, max_batch: int = 256,
+                 precision: str = "fp32"):
         super().__init__(graph, max_batch, package.contract.patch_size, graph_channels(package, graph))
+        if precision != "fp32":  # the AOTInductor packages are compiled from the fp32 network
+            raise BackendUnavailableError(f"the torch-compiled backend runs fp32 only, not {precision!r}")
         try:
             import torch
         except ImportError as exc:

@@ -33,6 +33,18 @@ def test_torch_compiled_without_pt2_says_how_to_export(tiny_package):
         open_backend(ModelPackage.load(tiny_package), "torch-compiled")
 
 
+
+def test_torch_compiled_refuses_a_precision_it_has_no_graph_for(tiny_package):
+    """`detect --backend torch-compiled --precision int8`: one line naming the precision, not a
+    TypeError from the backend's constructor."""
+    from noduleflow.engine import BackendUnavailableError
+    from noduleflow.engine.backends import open_backend
+    from noduleflow.engine.package import ModelPackage
+
+    with pytest.raises(BackendUnavailableError, match="fp32 only, not 'int8'"):
+        open_backend(ModelPackage.load(tiny_package), "torch-compiled", precision="int8")
+
+
 def test_aoti_stage2_graph_scores_stage2_as_onnx(tmp_path):
     """`export --torch-compiled --stage2` compiles the stage-2 network too (``stage2.pt2``, for the
     device the export ran on: the CPU here); the torch-compiled backend runs it with ONNX Runtime's

@@ -30,8 +30,7 @@ def warm_twice(model=None, shape_zyx=(80, 192, 192), spacing_zyx_mm=(3.0, 1.8, 1
 
     vol = generate_phantom(1, params=PhantomParams(n_nodules=2), shape_zyx=shape_zyx,
                            spacing_zyx_mm=spacing_zyx_mm).volume
-    opts = {} if precision == "fp32" else {"precision": precision}
-    with Detector(model, backend=backend, stages=stages, backend_options=opts) as det:
+    with Detector(model, backend=backend, stages=stages, backend_options={"precision": precision}) as det:
         times = []
         for _ in range(1 + warm_repeats):
             t = time.perf_counter()

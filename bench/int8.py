@@ -32,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-v.astype(np.float64)))
+
+
 def _best(session, feed, repeats: int = 5) -> tuple[float, np.ndarray]:
     y = session.run(None, feed)[0]  # warm-up
     best = np.inf
@@ -98,24 +102,22 @@ def measure(model=None, graph: str = "patch", keep: Path | None = None, backend:
         for fmt in ("QDQ", "QOperator"):
             out = quantize(src, Path(tmp) / f"int8_{fmt}.onnx", cal, fmt)
             s, y = _best(open_(out), {name: test})
-            p = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))  # noqa: E731
             rows[f"int8_{fmt}"] = {"seconds": s, "speedup_vs_fp32": fp32_s / s,
                                    "max_abs_logit_diff": float(np.abs(y - ref).max()),
-                                   "max_abs_prob_diff": float(np.abs(p(y) - p(ref)).max())}
+                                   "max_abs_prob_diff": float(np.abs(_sigmoid(y) - _sigmoid(ref)).max())}
         fastest = min((k for k in rows if k != "fp32"), key=lambda k: rows[k]["seconds"])
         try:
             import openvino  # noqa: F401
         except ImportError:
             openvino = None
         if openvino is not None:
-            p = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))  # noqa: E731
             ov32_s, ov8_s, ov_ref, ov_y = _openvino_pair(src, Path(tmp) / "int8_QDQ.onnx", test)
             rows["openvino_fp32"] = {"seconds": ov32_s, "timing": "median of 7, alternating with INT8",
                                      "max_abs_logit_diff": float(np.abs(ov_ref - ref).max())}
             rows["openvino_int8_QDQ"] = {"seconds": ov8_s, "timing": "median of 7, alternating with fp32",
                                          "speedup_vs_fp32": ov32_s / ov8_s,
                                          "max_abs_logit_diff": float(np.abs(ov_y - ov_ref).max()),
-                                         "max_abs_prob_diff": float(np.abs(p(ov_y) - p(ov_ref)).max())}
+                                         "max_abs_prob_diff": float(np.abs(_sigmoid(ov_y) - _sigmoid(ov_ref)).max())}
         if backend == "openvino-cpu":
             if openvino is None:
                 raise SystemExit("--backend openvino-cpu needs openvino: pip install 'noduleflow[openvino]'")
@@ -180,9 +182,10 @@ def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: in
     """The default detection with the package's own INT8 stage-2 graph against fp32, on the same
     backend, in one process: ``scans`` phantom chest CTs written as DICOM (`bench.speed.phantom_series`,
     by default bench speed's ~200 x 512 x 512), each detected ``repeats`` times by both, alternating
-    (after one warm-up detection each; fp32 first in even repeats, INT8 first in odd ones). Per variant the median whole scan (load to candidates) and
-    stage 2 over every detection, their ratios (fp32 over INT8), and how far the two agree: per scan,
-    the top-15 candidates of one within 2 mm of one of the other's."""
+    (after one warm-up detection each; fp32 first in even repeats, INT8 first in odd ones). Per
+    variant the median of every stage (the whole scan: load to candidates) over every detection,
+    the ratios (fp32 over INT8) of the whole scan and of stage 2, and how far the two agree: per
+    scan, the top-15 candidates of one within 2 mm of one of the other's."""
     import statistics
 
     from noduleflow.engine.detector import Detector
@@ -213,10 +216,13 @@ def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: in
         names = {k: d.backend_name for k, d in dets.items()}
         for d in dets.values():
             d.close()
+
+    def near(p, q):  # points of p within 2 mm of one of q's
+        return int(sum(np.linalg.norm(q - x, axis=1).min() <= 2.0 for x in p)) if len(q) else 0
+
     agree = []
     for s in series:
         a, b = last[("fp32", str(s))], last[("int8", str(s))]
-        near = lambda p, q: int(sum(np.linalg.norm(q - x, axis=1).min() <= 2.0 for x in p)) if len(q) else 0  # noqa: E731
         agree.append({"fp32_top15_in_int8": near(a, b), "int8_top15_in_fp32": near(b, a), "n": int(len(a))})
     med = {k: {j: statistics.median(v) for j, v in t.items()} for k, t in times.items()}
     return {"backend": backend, "backends": names, "scans": scans, "repeats": repeats, "median_s": med,

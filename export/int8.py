@@ -57,11 +57,11 @@ def quantize(src: Path, dst: Path, calibration: np.ndarray, fmt: str = "QDQ", ba
     """``src`` (an fp32 ONNX graph with one input) quantized to ``dst`` by ONNX Runtime's
     `quantize_static` (after its `quant_pre_process`: shape inference and graph cleanup), MinMax
     calibration on ``calibration`` in batches of ``batch``; ``fmt``: "QDQ" or "QOperator"."""
-    import onnxruntime as ort
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -76,7 +76,7 @@ class ServeConfig:
     watch_settle_s: float = 2.0           # a dropped file is taken once unchanged for this long
     model: str | None = None
     backend: str = "auto"
-    precision: str = "fp32"               # fp32, or the package's *_int8 / *_fp16 graphs
+    precision: str | None = None          # None: the backend's own; fp32, int8 or fp16 (the package's graphs)
     detection: object = None              # a DetectorConfig (None: its defaults)
     png: bool = True
     keep_instances: bool = False          # keep a done series' instances for good (failed ones always are)
@@ -172,7 +172,7 @@ class Service:
         if self.detector is None:
             from ..engine.detector import Detector
 
-            opts = {} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}
+            opts = {} if self.cfg.precision is None else {"precision": self.cfg.precision}
             self.detector = Detector(self.cfg.model, backend=self.cfg.backend, config=self.cfg.detection,
                                      backend_options=opts)
         m = self.detector.package.manifest

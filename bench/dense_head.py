@@ -109,12 +109,16 @@ def _runner(runtime: str, model_bytes: bytes):
     return lambda x: req.infer({0: x})[0]
 
 
-def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3, input_shape=None) -> dict | None:
+def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3, input_shape=None,
+                  precision: str = "fp32", flops_path=None) -> dict | None:
     """Where a full dense tile's time goes in OpenVINO (its per-node profiling counters, the best of
     ``repeats`` runs on a random tile of ``tile_out``^3 output points): per node, milliseconds, its
     share, and for a convolution its FLOPs (`bench.flops`) and GFLOP/s. ``input_shape`` (N, C, D, H,
     W): instead, any graph with a static input of that shape (e.g. stage 2's batch of context
-    patches; FLOPs from ONNX shape inference). None without OpenVINO."""
+    patches; FLOPs from ONNX shape inference). ``precision``: "fp32" (the engine's default) or
+    "bf16" (OpenVINO's bfloat16 arithmetic, `--precision bf16`). ``flops_path``: the graph to count
+    the FLOPs on, when not the one timed (an INT8 graph's weights are not initializers of its
+    convolutions: its fp32 original's node names and FLOPs). None without OpenVINO."""
     import importlib.util
 
     from noduleflow.bench import flops as fl
@@ -131,10 +135,12 @@ def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3, input_shape=
     else:
         shape = tuple(int(v) for v in input_shape)
         side = list(shape[2:])
-        conv_flops = fl.conv_flops_by_node(dense_path, shape)
+        conv_flops = fl.conv_flops_by_node(flops_path or dense_path, shape)
     core = ov.Core()
+    # the engine's arithmetic: fp32 unless asked (OpenVINO's own default is bf16 where the CPU has it)
     req = core.compile_model(core.read_model(str(dense_path)), "CPU",
-                             {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}).create_infer_request()
+                             {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True,
+                              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}).create_infer_request()
     x = np.random.default_rng(0).uniform(size=shape).astype(np.float32)
     req.infer({0: x})
     best, rows = float("inf"), None

@@ -18,6 +18,7 @@ over every position it computes, including positions a later crop or floor pooli
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import time
@@ -574,8 +575,10 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
     - conv3d: one Conv node of the dense graph's heaviest convolution (`heaviest_conv`, same
       kernel, stride and channels) on a (1, Cin, ``conv_side``^3) input, random weights (FLOPs as
       `Layer.flops_per_position`), in ONNX Runtime with the engine's CPU session options and, when
-      installed, in OpenVINO's CPU plugin (the same threads; the budget then split in three):
-      the faster runtime's figure is the conv3d peak, both are kept.
+      installed, in OpenVINO's CPU plugin in float32 (the same threads; the budget then split in
+      three): the faster runtime's figure is the conv3d peak, both are kept;
+    - conv3d in bfloat16 (``conv3d_bf16_gflops``): the same Conv in OpenVINO with its bf16
+      arithmetic, where the CPU has it (else None): the peak for ``--precision bf16``.
 
     ``graph``: default the shipped model's dense.onnx. ``threads``: ONNX Runtime intra-op threads
     (default all cores, as the engine). -> GFLOP/s of both, the threads used, the conv described."""
@@ -590,12 +593,17 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     has_ov = importlib.util.find_spec("openvino") is not None
-    half = max(float(seconds_budget), 0.0) / (3 if has_ov else 2)  # a part per measurement
+    has_bf16 = False
+    if has_ov:
+        from noduleflow.engine.backends.openvino import cpu_capabilities
+
+        has_bf16 = "BF16" in cpu_capabilities()
+    half = max(float(seconds_budget), 0.0) / (2 + has_ov + has_bf16)  # a part per measurement
     a = rng.standard_normal((matmul_n, matmul_n), dtype=np.float32)
     b = rng.standard_normal((matmul_n, matmul_n), dtype=np.float32)
     c = np.empty_like(a)
     np.matmul(a[:256, :256], b[:256, :256])  # BLAS threads up
-    t_mm = _best_of(lambda: np.matmul(a, b, out=c), half)
+    t_mm = _best_of(functools.partial(np.matmul, a, b, out=c), half)
     del a, b, c
     layer = heaviest_conv(graph)
     so = session_options(threads)
@@ -607,18 +615,27 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
     conv_flops = layer.flops_per_position * int(np.prod(y.shape[2:]))
     t_conv = _best_of(lambda: sess.run(None, {"x": x}), half)
     by_runtime = {"onnxruntime": conv_flops / t_conv / 1e9}
+    bf16 = None
     if has_ov:  # the other CPU backend: the faster one is the peak
         import openvino as ov
 
         core = ov.Core()
         model = core.read_model(conv_onnx, b"")
-        req = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                "INFERENCE_NUM_THREADS": so.intra_op_num_threads}).create_infer_request()
-        req.infer({0: x})  # warm-up
-        by_runtime["openvino"] = conv_flops / _best_of(lambda: req.infer({0: x}), half) / 1e9
+
+        def ov_conv(hint):  # float32 arithmetic asked for: OpenVINO's default is bf16 where the CPU has it
+            req = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
+                                                    "INFERENCE_NUM_THREADS": so.intra_op_num_threads}
+                                     ).create_infer_request()
+            req.infer({0: x})  # warm-up
+            return conv_flops / _best_of(lambda: req.infer({0: x}), half) / 1e9
+
+        by_runtime["openvino"] = ov_conv("f32")
+        if has_bf16:
+            bf16 = ov_conv("bf16")  # the peak of `--precision bf16`'s arithmetic, apart
     best = max(by_runtime, key=by_runtime.get)
     return {"matmul_gflops": 2 * matmul_n ** 3 / t_mm / 1e9, "matmul_n": matmul_n, "matmul_best_s": t_mm,
             "conv3d_gflops": by_runtime[best], "conv3d_runtime": best, "conv3d_gflops_by_runtime": by_runtime,
+            "conv3d_bf16_gflops": bf16,
             "conv3d_best_s": t_conv,
             "conv3d_layer": layer.name,
             "conv3d": f"{layer.cin}->{layer.cout} {'x'.join(map(str, layer.kernel))} on {conv_side}^3",

@@ -39,21 +39,30 @@ TILES = (8, 16, 24, 32, 48)
 BATCHES = (1, 8, 32, 64, 128)
 
 
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine() -> dict:
     """CPU, cores and versions, as far as installed (onnxruntime, openvino, torch: None when not),
     and the GPU PyTorch sees (name, compute capability, memory, CUDA version), or None."""
     import numba
 
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "gpu": None}
+    # what decides the kernels the runtimes pick (one "AMD EPYC" may have AVX2 only, another
+    # AVX-512 with bfloat16 and VNNI): named beside the model
+    features = [f for f in CPU_FEATURES if f in flags]
+    info = {"cpu": f"{cpu} ({', '.join(features)})" if features else cpu, "cpu_model": cpu,
+            "cpu_features": features, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "numba": numba.__version__, "gpu": None}
     for mod in ("onnxruntime", "openvino", "torch"):
         info[mod] = __import__(mod).__version__.split("-")[0] if importlib.util.find_spec(mod) else None
     if info["torch"] is not None:
@@ -154,6 +163,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
         flops = flop_accounting(dense, grids, peak_budget_s)
         streams = stage2_streams(package, two, pre) if two is not None else None  # the last scan
         backends = cpu_backends(package, scans[-1], pre, centres)
+        flops["last_scan_by_variant"] = variant_accounting(flops, backends)
         tiles = tile_sweep(package, pre, centres, backend=backend)
         sweep = backend_sweep(package, pre, sub[:256], batches, compiled, checkpoint, Path(tmp))
     totals = [r["stages_s"]["total"] for r in per]
@@ -252,7 +262,9 @@ def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
     dense pass over its grid points ``grid_centres`` of the preprocessed ``pre`` (the default tile).
     Each backend's times and its ratio to ONNX Runtime's. A package with ``stage2_int8.onnx`` adds
     "openvino-cpu-int8" (``--precision int8``: stage 2 in INT8; the scan and stage 2 only, its dense
-    pass being fp32's) with its ratio to openvino-cpu."""
+    pass being fp32's) with its ratio to openvino-cpu, and a CPU with bfloat16 arithmetic
+    "openvino-cpu-bf16" (``--precision bf16``: the same graphs in bf16, the dense pass too) with its
+    ratio to openvino-cpu."""
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.package import ModelPackage
 
@@ -261,8 +273,16 @@ def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
     variants = {n: (n, {}) for n in names}
     if pkg.has_stage2 and pkg.file("stage2_int8.onnx") is not None and "openvino-cpu" in names:
         variants["openvino-cpu-int8"] = ("openvino-cpu", {"precision": "int8"})
+    if "openvino-cpu" in names:
+        from noduleflow.engine.backends.openvino import cpu_capabilities
+
+        if "BF16" in cpu_capabilities():
+            variants["openvino-cpu-bf16"] = ("openvino-cpu", {"precision": "bf16"})
+    # the dense pass of each variant that has a dense graph in its arithmetic (not INT8: fp32's)
     dets = {n: (Detector(pkg, backend=b, backend_options=o),
-                None if o else Detector(pkg, mode="dense", stages="1", backend=b)) for n, (b, o) in variants.items()}
+                None if o.get("precision") == "int8" else Detector(pkg, mode="dense", stages="1", backend=b,
+                                                                   backend_options=o))
+            for n, (b, o) in variants.items()}
     cands = dets[names[0]][0].stage1(pre).centres_zyx if pkg.has_stage2 else None
     jobs = {"scan": lambda d: d[0].detect(scan), "dense_pass": lambda d: d[1].score(pre, grid_centres)}
     if cands is not None:
@@ -288,9 +308,10 @@ def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
     out = {"backends": list(dets), "stage2_candidates": int(len(cands)) if cands is not None else None,
            "grid_points": int(len(grid_centres)), "median_s": med, "runs_s": times,
            "speedup_over_onnxruntime": {n: {j: ref[j] / m[j] for j in m} for n, m in med.items()} if ref else {}}
-    if "openvino-cpu-int8" in med:
-        fp, q = med["openvino-cpu"], med["openvino-cpu-int8"]
-        out["int8_over_fp32_openvino"] = {j: fp[j] / q[j] for j in q}
+    for prec in ("int8", "bf16"):
+        if f"openvino-cpu-{prec}" in med:
+            fp, q = med["openvino-cpu"], med[f"openvino-cpu-{prec}"]
+            out[f"{prec}_over_fp32_openvino"] = {j: fp[j] / q[j] for j in q}
     return out
 
 
@@ -345,6 +366,28 @@ def flop_accounting(dense, grids, peak_budget_s: float) -> dict:
             "per_patch_receptive_gflop": fl.needed_work(graph, k, [[k.dense_offset] * 3], [k.patch_size] * 3,
                                                         discarded=False) / 1e9,
             "peak": pk, "all_scans": total, "per_scan": per}
+
+
+def variant_accounting(flops: dict, backends: dict) -> dict:
+    """Achieved/peak of the last scan's dense pass for each variant `cpu_backends` timed it with
+    (its median seconds; the FLOPs done and needed of that scan, as `flop_accounting` counted them
+    with the default tile), each against the peak of its own arithmetic: float32 (matmul and conv3d)
+    for fp32 variants; for "openvino-cpu-bf16", OpenVINO's bf16 conv3d peak (as ``conv3d``; no bf16
+    matmul is measured, so ``matmul`` stays the float32 one)."""
+    from noduleflow.bench import flops as fl
+
+    last, pk = flops["per_scan"][-1], flops["peak"]
+    out = {}
+    for name, med in backends.get("median_s", {}).items():
+        if "dense_pass" not in med:
+            continue
+        peak = pk
+        if name.endswith("-bf16"):
+            if not pk.get("conv3d_bf16_gflops"):
+                continue
+            peak = dict(pk, conv3d_gflops=pk["conv3d_bf16_gflops"])
+        out[name] = fl.accounting(last["flop_done"], last["flop_needed"], med["dense_pass"], peak)
+    return out
 
 
 def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Path) -> list[dict]:
@@ -477,10 +520,12 @@ def _backend_lines(r: dict) -> list[str]:
         ups = "; ".join(f"{n} {v[job]:.2f}x" for n, v in b["speedup_over_onnxruntime"].items()
                         if n != "onnxruntime-cpu" and job in v)
         lines.append(f"  - {label}: {times}; over onnxruntime-cpu: {ups}")
-    q = b.get("int8_over_fp32_openvino")
-    if q:
-        lines.append("  - openvino-cpu-int8 (stage 2's INT8 graph, `--precision int8`) over openvino-cpu: "
-                     + "; ".join(f"{what[j].split(' (')[0]} {v:.2f}x" for j, v in q.items()))
+    for prec, label in (("int8", "stage 2's INT8 graph, `--precision int8`"),
+                        ("bf16", "the same graphs in bfloat16, `--precision bf16`")):
+        q = b.get(f"{prec}_over_fp32_openvino")
+        if q:
+            lines.append(f"  - openvino-cpu-{prec} ({label}) over openvino-cpu: "
+                         + "; ".join(f"{what[j].split(' (')[0]} {v:.2f}x" for j, v in q.items()))
     return lines
 
 
@@ -490,7 +535,7 @@ def _flops_lines(r: dict) -> list[str]:
         return []
     a, pk = f["all_scans"], f["peak"]
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
-    return [
+    lines = [
         f"- dense pass FLOPs (convolutions, 2 per multiply-add; all scans, tile {f['tile_out']}): work done "
         f"{a['gflop_done']:.1f} GFLOP, needed {a['gflop_needed']:.1f} GFLOP, needed/done {a['needed_over_done']:.2f} "
         f"(receptive fields alone {a['gflop_needed_receptive']:.1f} GFLOP; per patch {f['per_patch_gflop']:.3f}, "
@@ -504,6 +549,16 @@ def _flops_lines(r: dict) -> list[str]:
         f"{pct(a['done_over_matmul_peak'])} of matmul, {pct(a['done_over_conv3d_peak'])} of conv3d",
         f"- achieved/peak on needed work: {a['gflops_needed']:.1f} GFLOP/s = {pct(a['needed_over_matmul_peak'])} of "
         f"matmul, {pct(a['needed_over_conv3d_peak'])} of conv3d"]
+    if pk.get("conv3d_bf16_gflops"):
+        lines.append(f"- bfloat16 conv3d peak measured in this run (OpenVINO, same Conv): {pk['conv3d_bf16_gflops']:.0f} "
+                     "GFLOP/s")
+    for name, v in (f.get("last_scan_by_variant") or {}).items():
+        bf = name.endswith("-bf16")
+        lines.append(f"- last scan's dense pass, {name} (median of the CPU-backend comparison, {v['seconds']:.2f} s): "
+                     f"on work done {pct(v['done_over_conv3d_peak'])}, on needed work "
+                     f"{pct(v['needed_over_conv3d_peak'])} of the {'bf16' if bf else 'float32'} conv3d peak"
+                     + ("" if bf else f" ({pct(v['needed_over_matmul_peak'])} of matmul)"))
+    return lines
 
 
 def _mask_and_rss_lines(r: dict) -> list[str]:

@@ -63,6 +63,7 @@ def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch"
     if name not in backend_names():
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
     if name == "auto":
+        why = []
         for cand in AUTO_ORDER:
             if cand == "onnxruntime-cuda" and not _ort_gpu_build():
                 log.debug("auto: onnxruntime-cuda unavailable: ONNX Runtime is not a GPU build")
@@ -71,10 +72,14 @@ def open_backend(package: ModelPackage, name: str = "auto", graph: str = "patch"
                 b = open_backend(package, cand, graph, **opts)
             except BackendUnavailableError as exc:
                 log.debug("auto: %s unavailable: %s", cand, exc)
+                why.append(f"{cand}: {exc}")
                 continue
             log.info("backend auto -> %s", b.name)
             return b
-        raise BackendUnavailableError("no inference backend available: install onnxruntime")
+        if not _has("onnxruntime"):
+            raise BackendUnavailableError("no inference backend available: install onnxruntime")
+        # each backend present refused (e.g. a precision none of them runs here): say why
+        raise BackendUnavailableError("no installed backend runs this (" + "; ".join(why) + ")")
     if name == "tensorrt":
         if not _has("tensorrt"):
             raise BackendUnavailableError("the tensorrt backend needs the tensorrt and cuda-python packages "

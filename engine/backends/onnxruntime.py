@@ -93,7 +93,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailableError(f"ONNX Runtime has no {wanted} here (providers: "
                                           f"{', '.join(available_providers())}); install {INSTALL[device]}")
         if precision not in ("fp32", "fp16", "int8"):
-            raise BackendUnavailableError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
+            hint = " (bf16: the openvino-cpu backend, on a CPU with bfloat16)" if precision == "bf16" else ""
+            raise BackendUnavailableError(f"ONNX Runtime runs fp32, fp16 or int8, not {precision!r}{hint}")
         fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_{precision}.onnx"
         path = package.file(fname)
         if path is None:

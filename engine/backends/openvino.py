@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 CACHE_ENV = "NODULEFLOW_OPENVINO_CACHE"
+PRECISIONS = ("fp32", "int8", "bf16")
 
 
 def cache_dir() -> Path | None:
@@ -49,6 +50,15 @@ def cache_dir() -> Path | None:
     return path if os.access(path, os.W_OK) else None
 
 
+def cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's CPU plugin's arithmetic on this machine (its ``OPTIMIZATION_CAPABILITIES``, e.g.
+    ("BF16", "FP32", "INT8", ...)): "BF16" where the CPU has bfloat16 instructions (AVX512_BF16 or
+    AMX), which precision "bf16" needs."""
+    import openvino as ov
+
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 def _dims(partial_shape) -> list:
     """An OpenVINO partial shape as a list: an int where the dimension is static, None where not."""
     return [d.get_length() if d.is_static else None for d in partial_shape]
@@ -63,7 +73,11 @@ class OpenVinoBackend(Backend):
     ``precision``: "fp32" runs ``{graph}.onnx``; "int8" runs ``{graph}_int8.onnx`` (written by
     ``noduleflow export --int8``: ONNX Runtime's static quantization in QDQ form, whose quantized
     convolutions OpenVINO runs as int8 kernels; fp32 inputs and outputs, so callers do not change)
-    and is an error if the package has none."""
+    and is an error if the package has none; "bf16" runs ``{graph}.onnx`` with OpenVINO's bfloat16
+    arithmetic (its ``INFERENCE_PRECISION_HINT``: weights and activations rounded to bfloat16, sums
+    in float32; fp32 inputs and outputs) on a CPU that has it (`cpu_capabilities`), and is refused,
+    naming what the CPU has, elsewhere. fp32 is the default on every CPU, so that the scores do not
+    depend on the machine (OpenVINO's own default is bf16 where the CPU has it)."""
 
     def __init__(self, package: ModelPackage, graph: str = "patch", device: str = "cpu",
                  threads: int | None = None, max_batch: int = 256, precision: str = "fp32",
@@ -76,9 +90,12 @@ class OpenVinoBackend(Backend):
         super().__init__(graph, max_batch, package.contract.patch_size, graph_channels(package, graph))
         if device != "cpu":
             raise BackendUnavailableError(f"the openvino backend runs on the CPU only, not {device!r}")
-        if precision not in ("fp32", "int8"):
-            raise BackendUnavailableError(f"the openvino-cpu backend runs fp32 or int8, not {precision!r}")
-        fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_int8.onnx"
+        if precision not in PRECISIONS:
+            raise BackendUnavailableError(f"the openvino-cpu backend runs {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision == "bf16" and "BF16" not in (caps := cpu_capabilities()):
+            raise BackendUnavailableError(f"this CPU has no bfloat16 arithmetic (OpenVINO's CPU capabilities: "
+                                          f"{', '.join(caps)}): run fp32 or int8")
+        fname = f"{graph}_int8.onnx" if precision == "int8" else f"{graph}.onnx"
         path = package.file(fname)
         if path is None:
             hint = f" ({INT8_HINT})" if precision == "int8" else ""
@@ -92,7 +109,7 @@ class OpenVinoBackend(Backend):
         self.streams = streams
         config = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
                   "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads,
-                  "INFERENCE_PRECISION_HINT": "f32"}
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
         core = ov.Core()
         self.cache_dir = cache_dir()
         if self.cache_dir is not None:
@@ -108,7 +125,7 @@ class OpenVinoBackend(Backend):
         self._request = self.compiled.create_infer_request()
         self._stream_requests = [self.compiled.create_infer_request() for _ in range(streams)] if streams > 1 else []
         self._lock = threading.Lock()  # one request: callers on several threads take turns
-        self.name = "openvino-cpu" + ("-int8" if precision == "int8" else "")
+        self.name = "openvino-cpu" + (f"-{precision}" if precision != "fp32" else "")
         self.device = "cpu"
         self.precision = precision
         check_signature([_dims(i.get_partial_shape()) for i in self.compiled.inputs],

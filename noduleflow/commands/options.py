@@ -26,12 +26,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=backend_names(), metavar="NAME",
                         help=f"inference backend: {', '.join(backend_names())} (default auto: the fastest "
                              "one installed, named in the output)")
-    parser.add_argument("--precision", default=None, choices=("fp32", "fp16", "int8"),
-                        help="the graphs' arithmetic (default: the backend's own, fp32 on the CPU backends, whose "
-                             "scores are then the same on each; TensorRT's fp16 plans). int8 runs "
+    parser.add_argument("--precision", default=None, choices=("fp32", "fp16", "bf16", "int8"),
+                        help="the scoring network's arithmetic (default: the backend's own, fp32 on the CPU backends, "
+                             "whose scores are then the same on each; TensorRT's fp16 plans). int8 runs "
                              "the package's stage2_int8.onnx (noduleflow export --int8; the shipped model has one) "
                              "on openvino-cpu or onnxruntime-cpu: faster on openvino-cpu, its held-out accuracy in "
-                             "bench/results/int8_stage2_openvino; fp16 runs *_fp16.onnx on ONNX Runtime")
+                             "bench/results/int8_stage2_openvino; bf16 runs the fp32 graphs in bfloat16 on "
+                             "openvino-cpu where the CPU has it (AVX512_BF16 or AMX), its held-out accuracy in "
+                             "bench/results/bf16_openvino; fp16 runs *_fp16.onnx on ONNX Runtime")
 
 
 def backend_options(args: argparse.Namespace) -> dict:

@@ -76,7 +76,7 @@ class ServeConfig:
     watch_settle_s: float = 2.0           # a dropped file is taken once unchanged for this long
     model: str | None = None
     backend: str = "auto"
-    precision: str | None = None          # None: the backend's own; fp32, int8 or fp16 (the package's graphs)
+    precision: str | None = None          # None: the backend's own; fp32, int8, bf16 or fp16
     detection: object = None              # a DetectorConfig (None: its defaults)
     png: bool = True
     keep_instances: bool = False          # keep a done series' instances for good (failed ones always are)

@@ -170,14 +170,32 @@ def test_speed_cpu_backends_add_the_shipped_int8_stage2(tmp_path):
     with Detector(stages="1", mode="dense") as d:
         pre = preprocess(ph.volume, d.spec)
         centres = d.grid_centres(pre)
+    from noduleflow.engine.backends.openvino import cpu_capabilities
+
     b = speed.cpu_backends(default_package_path(), tmp_path / "scan", pre, centres, repeats=1)
-    assert b["backends"][-1] == "openvino-cpu-int8" and "openvino-cpu" in b["backends"]
+    bf16 = "BF16" in cpu_capabilities()
+    assert b["backends"][-2 if bf16 else -1] == "openvino-cpu-int8" and "openvino-cpu" in b["backends"]
     assert set(b["median_s"]["openvino-cpu-int8"]) == {"scan", "stage2"}
     assert set(b["median_s"]["openvino-cpu"]) == {"scan", "stage2", "dense_pass"}
     q = b["int8_over_fp32_openvino"]
     assert q["stage2"] == pytest.approx(b["median_s"]["openvino-cpu"]["stage2"] / b["median_s"]["openvino-cpu-int8"]["stage2"])
     text = "\n".join(speed._backend_lines({"cpu_backends": b}))
     assert "openvino-cpu-int8 (stage 2's INT8 graph" in text and "openvino-cpu-int8" in text.split("stage 2 (")[1]
+    # a CPU with bfloat16 adds openvino-cpu-bf16: its dense pass as well (the same graphs in bf16)
+    assert ("openvino-cpu-bf16" in b["backends"]) == bf16
+    if bf16:
+        assert set(b["median_s"]["openvino-cpu-bf16"]) == {"scan", "stage2", "dense_pass"}
+        assert set(b["bf16_over_fp32_openvino"]) == {"scan", "stage2", "dense_pass"}
+        assert "openvino-cpu-bf16 (the same graphs in bfloat16" in text
+        # its dense pass against the bf16 peak, the fp32 one's against the float32 peak
+        pk = {"matmul_gflops": 100.0, "conv3d_gflops": 50.0, "conv3d_bf16_gflops": 200.0}
+        flops = {"peak": pk, "per_scan": [{"flop_done": 4e9, "flop_needed": 2e9}]}
+        acc = speed.variant_accounting(flops, b)
+        assert set(acc) == {"onnxruntime-cpu", "openvino-cpu", "openvino-cpu-bf16"}
+        t = b["median_s"]["openvino-cpu-bf16"]["dense_pass"]
+        assert acc["openvino-cpu-bf16"]["needed_over_conv3d_peak"] == pytest.approx(2.0 / t / 200.0)
+        t = b["median_s"]["openvino-cpu"]["dense_pass"]
+        assert acc["openvino-cpu"]["needed_over_conv3d_peak"] == pytest.approx(2.0 / t / 50.0)
 
 
 def test_cold_start_warm_twice_runs_each_precision():

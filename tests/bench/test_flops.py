@@ -206,6 +206,15 @@ def test_peak_with_a_tiny_budget(graph):
     assert pk["matmul_gflops"] > 0 and pk["conv3d_gflops"] > 0 and pk["threads"] == 1
     assert pk["conv3d_layer"] == "/fc1/Conv" and pk["conv3d"] == "64->64 3x3x3 on 10^3"
     assert pk["conv3d_gflop_per_run"] == pytest.approx(2 * 27 * 64 * 64 * 8 ** 3 / 1e9)
+    # the bf16 conv3d peak, apart from the float32 ones, where OpenVINO runs bf16 on this CPU
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is not None:
+        from noduleflow.engine.backends.openvino import cpu_capabilities
+
+        assert (pk["conv3d_bf16_gflops"] is not None) == ("BF16" in cpu_capabilities())
+    else:
+        assert pk["conv3d_bf16_gflops"] is None
 
 
 def test_accounting_arithmetic():

@@ -71,7 +71,7 @@ def test_streams_run_in_order_and_equal_one_at_a_time(default_pkg):
 
 
 def test_refusals_name_the_bad_value(default_pkg, tiny_package):
-    with pytest.raises(BackendUnavailableError, match="fp32 or int8, not 'fp16'"):
+    with pytest.raises(BackendUnavailableError, match="fp32, int8, bf16, not 'fp16'"):
         open_backend(default_pkg, "openvino-cpu", precision="fp16")
     with pytest.raises(ConfigError, match="streams must be in \\[1, threads=2\\], got 3"):
         open_backend(default_pkg, "openvino-cpu", threads=2, streams=3)
@@ -85,6 +85,40 @@ def test_refusals_name_the_bad_value(default_pkg, tiny_package):
     # a package without a stage-2 graph
     with pytest.raises(PackageError, match="stage2.onnx"):
         open_backend(ModelPackage.load(tiny_package), "openvino-cpu", graph="stage2")
+
+
+def _has_bf16() -> bool:
+    from noduleflow.engine.backends.openvino import cpu_capabilities
+
+    return "BF16" in cpu_capabilities()
+
+
+@pytest.mark.skipif(not _has_bf16(), reason="this CPU has no bfloat16 arithmetic (AVX512_BF16 or AMX)")
+@pytest.mark.parametrize("graph, shape", [("stage2", (8, 2, 41, 41, 41)), ("dense", (1, 1, 69, 73, 77))])
+def test_bf16_runs_the_fp32_graph_in_bfloat16(default_pkg, graph, shape):
+    """precision "bf16": the same graph file, other arithmetic: close to fp32 but not equal to it."""
+    x = np.random.default_rng(3).uniform(0, 1, shape).astype(np.float32)
+    with open_backend(default_pkg, "openvino-cpu", graph=graph) as f32, \
+            open_backend(default_pkg, "openvino-cpu", graph=graph, precision="bf16") as b16:
+        assert (b16.name, b16.precision) == ("openvino-cpu-bf16", "bf16")
+        assert b16.describe()["precision"] == "bf16"
+        a, b = f32.infer(x), b16.infer(x)
+    assert a.shape == b.shape
+    d = np.abs(1 / (1 + np.exp(-a)) - 1 / (1 + np.exp(-b)))
+    assert 0 < d.max() < 0.1, d.max()  # bfloat16 rounding shows, and stays small
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_naming_what_it_has(default_pkg, monkeypatch):
+    from noduleflow.engine.backends import openvino as ovb
+
+    monkeypatch.setattr(ovb, "cpu_capabilities", lambda: ("FP32", "INT8", "BIN"))
+    with pytest.raises(BackendUnavailableError, match=r"no bfloat16 arithmetic .*FP32, INT8, BIN\): run fp32"):
+        open_backend(default_pkg, "openvino-cpu", graph="stage2", precision="bf16")
+    # auto: every backend present refused it, and each one's reason is given
+    with pytest.raises(BackendUnavailableError, match=r"openvino-cpu: this CPU has no bfloat16.*"
+                                                      r"onnxruntime-cpu: ONNX Runtime runs fp32, fp16 or int8, "
+                                                      r"not 'bf16' \(bf16: the openvino-cpu backend"):
+        open_backend(default_pkg, "auto", graph="stage2", precision="bf16")
 
 
 def test_graph_in_the_wrong_slot_is_refused(default_pkg, tmp_path):

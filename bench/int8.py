@@ -178,14 +178,15 @@ def accuracy(model, int8_graph: Path, cohort: str, cache=None, work: Path = Path
 
 
 def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: int = 500, shape_zyx=None,
-                spacing_zyx_mm=(1.5, 0.7, 0.7), z_extent_mm: float = 300.0) -> dict:
-    """The default detection with the package's own INT8 stage-2 graph against fp32, on the same
+                spacing_zyx_mm=(1.5, 0.7, 0.7), z_extent_mm: float = 300.0, precision: str = "int8") -> dict:
+    """The default detection with stage 2 in ``precision`` (default "int8": the package's own
+    ``stage2_int8.onnx``; "bf16": the same graph in OpenVINO's bfloat16) against fp32, on the same
     backend, in one process: ``scans`` phantom chest CTs written as DICOM (`bench.speed.phantom_series`,
     by default bench speed's ~200 x 512 x 512), each detected ``repeats`` times by both, alternating
-    (after one warm-up detection each; fp32 first in even repeats, INT8 first in odd ones). Per
+    (after one warm-up detection each; fp32 first in even repeats, the other first in odd ones). Per
     variant the median of every stage (the whole scan: load to candidates) over every detection,
-    the ratios (fp32 over INT8) of the whole scan and of stage 2, and how far the two agree: per
-    scan, the top-15 candidates of one within 2 mm of one of the other's."""
+    the ratios (fp32 over the other) of the whole scan and of stage 2, and how far the two agree:
+    per scan, the top-15 candidates of one within 2 mm of one of the other's."""
     import statistics
 
     from noduleflow.engine.detector import Detector
@@ -194,12 +195,13 @@ def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: in
     from .speed import phantom_series
 
     pkg = ModelPackage.load(model or default_package_path())
-    if pkg.file("stage2_int8.onnx") is None:
+    if precision == "int8" and pkg.file("stage2_int8.onnx") is None:
         raise SystemExit(f"package {pkg.manifest.model_id} has no stage2_int8.onnx (noduleflow export --int8)")
-    with tempfile.TemporaryDirectory(prefix="noduleflow-int8-scans-") as tmp:
+    p = precision
+    with tempfile.TemporaryDirectory(prefix=f"noduleflow-{p}-scans-") as tmp:
         series = phantom_series(Path(tmp), scans, seed0, z_extent_mm, spacing_zyx_mm, shape_zyx)
-        dets = {"fp32": Detector(pkg, backend=backend), "int8": Detector(pkg, backend=backend,
-                                                                          backend_options={"precision": "int8"})}
+        dets = {"fp32": Detector(pkg, backend=backend), p: Detector(pkg, backend=backend,
+                                                                    backend_options={"precision": p})}
         times = {k: {} for k in dets}
         last = {}
         for k, d in dets.items():  # warm-up
@@ -217,16 +219,16 @@ def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: in
         for d in dets.values():
             d.close()
 
-    def near(p, q):  # points of p within 2 mm of one of q's
-        return int(sum(np.linalg.norm(q - x, axis=1).min() <= 2.0 for x in p)) if len(q) else 0
+    def near(a, b):  # points of a within 2 mm of one of b's
+        return int(sum(np.linalg.norm(b - x, axis=1).min() <= 2.0 for x in a)) if len(b) else 0
 
     agree = []
     for s in series:
-        a, b = last[("fp32", str(s))], last[("int8", str(s))]
-        agree.append({"fp32_top15_in_int8": near(a, b), "int8_top15_in_fp32": near(b, a), "n": int(len(a))})
+        a, b = last[("fp32", str(s))], last[(p, str(s))]
+        agree.append({f"fp32_top15_in_{p}": near(a, b), f"{p}_top15_in_fp32": near(b, a), "n": int(len(a))})
     med = {k: {j: statistics.median(v) for j, v in t.items()} for k, t in times.items()}
-    return {"backend": backend, "backends": names, "scans": scans, "repeats": repeats, "median_s": med,
-            "fp32_over_int8": {j: med["fp32"][j] / med["int8"][j] for j in ("total", "stage2")},
+    return {"backend": backend, "precision": p, "backends": names, "scans": scans, "repeats": repeats,
+            "median_s": med, f"fp32_over_{p}": {j: med["fp32"][j] / med[p][j] for j in ("total", "stage2")},
             "runs_s": times, "top15_agreement": agree}
 
 

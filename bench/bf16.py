@@ -1,0 +1,251 @@
+"""bfloat16 on the CPU, measured:
+``python -m noduleflow.bench.bf16 [--model PKG] [--accuracy COHORT --cache DIR] [--scans N [--repeats R]]
+[--out DIR]``.
+
+``--precision bf16`` runs a package's fp32 graphs in OpenVINO's bfloat16 arithmetic (weights and
+activations rounded to bf16, sums in float32) on a CPU that has it (AVX512_BF16 or AMX); the engine's
+default stays fp32 on every CPU, so that its scores do not depend on the machine. Measured here,
+each time fp32 and bf16 in the same process, alternating (median of 7 calls, or of ``--repeats``
+detections):
+
+- the graphs: stage 2 on 64 phantom context patches (`export.int8.calibration_patches`' test set:
+  blob candidates and lung points of a phantom in no evaluation cohort) and the dense graph on a full
+  tile (165^3) of bench speed's first phantom, with the largest logit and probability differences;
+- the dense pass over that phantom's grid points through the detector (`--stages 1`): seconds,
+  the largest and the 99th-percentile probability difference, and the one-stage detection's top 15;
+- with ``--accuracy COHORT`` (e.g. heldout): stage 2 fp32 and bf16 on that cohort with the same
+  stage-1 candidates (cached under ``--cache``), scored as `bench.stage2_select` scores a package:
+  sensitivity at 5-100 candidates per scan, CPM, and the change;
+- with ``--scans N``: the default detection, fp32 against stage 2 in bf16, on N phantom DICOM series
+  (`bench.int8.scan_timing`).
+
+Writes bf16.json and bf16.md to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .int8 import _sigmoid
+
+
+def _pair(path, x, repeats: int = 7) -> dict:
+    """fp32 and bf16 OpenVINO compilations of one graph on input ``x``: alternating median seconds of
+    one call each (the engine's other settings: all cores, latency), and their output differences."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    reqs = {p: core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": p,
+                                                 "INFERENCE_NUM_THREADS": os.cpu_count() or 1}).create_infer_request()
+            for p in ("f32", "bf16")}
+    out = {p: r.infer({0: x})[0].copy() for p, r in reqs.items()}  # warm-up
+    times = {p: [] for p in reqs}
+    for i in range(repeats):
+        for p in (("f32", "bf16") if i % 2 == 0 else ("bf16", "f32")):
+            t = time.perf_counter()
+            reqs[p].infer({0: x})
+            times[p].append(time.perf_counter() - t)
+    a, b = out["f32"], out["bf16"]
+    med = {p: statistics.median(v) for p, v in times.items()}
+    return {"input_shape": list(x.shape), "fp32_s": med["f32"], "bf16_s": med["bf16"],
+            "speedup": med["f32"] / med["bf16"], "max_abs_logit_diff": float(np.abs(a - b).max()),
+            "max_abs_prob_diff": float(np.abs(_sigmoid(a) - _sigmoid(b)).max())}
+
+
+def graphs(model=None, seed: int = 500) -> dict:
+    """The stage-2 and dense graphs, fp32 against bf16 (`_pair`)."""
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.package import ModelPackage, default_package_path
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.export.int8 import calibration_patches
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+    pkg = ModelPackage.load(model or default_package_path())
+    k = pkg.contract
+    res = {}
+    if pkg.has_stage2:
+        _, test = calibration_patches(k, "stage2")
+        res["stage2"] = _pair(pkg.file("stage2.onnx"), np.ascontiguousarray(test[:64]))
+    if pkg.has_dense:
+        ph = generate_phantom(seed, params=PhantomParams(z_extent_mm=300.0), spacing_zyx_mm=(1.5, 0.7, 0.7))
+        with Detector(pkg, mode="dense", stages="1", backend="onnxruntime-cpu") as d:
+            pre = preprocess(ph.volume, d.spec)
+        n = 4 * 31 + k.patch_size  # a full tile of 32^3 output points
+        c = np.maximum((np.asarray(pre.volume.shape) - n) // 2, 0)
+        hu = pre.volume.hu[c[0]:c[0] + n, c[1]:c[1] + n, c[2]:c[2] + n]
+        res["dense_tile"] = _pair(pkg.file("dense.onnx"), np.ascontiguousarray(k.normalise(hu)[None, None],
+                                                                                dtype=np.float32))
+    return res
+
+
+def dense_pass(model=None, seed: int = 500, repeats: int = 3) -> dict:
+    """The dense pass over a phantom's grid points through the detector (one stage, openvino-cpu),
+    fp32 against bf16: alternating median seconds, probability differences over the grid points, and
+    the one-stage detections' top 15 (how many of one's within 2 mm of one of the other's)."""
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.package import ModelPackage, default_package_path
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+    pkg = ModelPackage.load(model or default_package_path())
+    ph = generate_phantom(seed, params=PhantomParams(z_extent_mm=300.0), spacing_zyx_mm=(1.5, 0.7, 0.7))
+    dets = {p: Detector(pkg, mode="dense", stages="1", backend="openvino-cpu", backend_options={"precision": p})
+            for p in ("fp32", "bf16")}
+    pre = preprocess(ph.volume, dets["fp32"].spec)
+    centres = dets["fp32"].grid_centres(pre)
+    logits = {p: d.score(pre, centres) for p, d in dets.items()}  # warm-up
+    times = {p: [] for p in dets}
+    for i in range(repeats):
+        for p in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
+            t = time.perf_counter()
+            dets[p].score(pre, centres)
+            times[p].append(time.perf_counter() - t)
+    top = {p: np.array([[c.x, c.y, c.z] for c in d.detect(ph.volume)][:15]).reshape(-1, 3) for p, d in dets.items()}
+    for d in dets.values():
+        d.close()
+    diff = np.abs(_sigmoid(logits["fp32"]) - _sigmoid(logits["bf16"]))
+
+    def near(a, b):
+        return int(sum(np.linalg.norm(b - x, axis=1).min() <= 2.0 for x in a)) if len(b) else 0
+
+    med = {p: statistics.median(v) for p, v in times.items()}
+    return {"grid_points": int(len(centres)), "lung_box_1mm": list(pre.volume.shape), "fp32_s": med["fp32"],
+            "bf16_s": med["bf16"], "speedup": med["fp32"] / med["bf16"], "max_abs_prob_diff": float(diff.max()),
+            "p99_abs_prob_diff": float(np.percentile(diff, 99)),
+            "top15": {"n": int(len(top["fp32"])), "fp32_in_bf16": near(top["fp32"], top["bf16"]),
+                      "bf16_in_fp32": near(top["bf16"], top["fp32"])}}
+
+
+def accuracy(model, cohort: str, cache=None, progress: bool = True) -> dict:
+    """Stage 2 fp32 and bf16 (openvino-cpu) on ``cohort``, as `bench.stage2_select` scores a package
+    (the same stage-1 candidates): sensitivity at K, CPM, stage-2 seconds per scan, and the change."""
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.package import default_package_path
+    from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
+
+    from .stage2_select import evaluate
+
+    model = model or default_package_path()
+    seeds = cohort_seeds(cohort)
+    cc = CohortCache()
+    scans = [cc.get(s) for s in seeds]
+    rows = {}
+    for p in ("fp32", "bf16"):
+        with Detector(model, stages="2", backend="openvino-cpu", backend_options={"precision": p}) as det:
+            rows[p] = evaluate(det, scans, cache, progress=progress)
+    delta = {"cpm": rows["bf16"]["cpm"] - rows["fp32"]["cpm"],
+             "sensitivity_at_k": {k: rows["bf16"]["sensitivity_at_k"][k] - rows["fp32"]["sensitivity_at_k"][k]
+                                  for k in rows["fp32"]["sensitivity_at_k"]}}
+    return {"cohort": cohort, "backend": "openvino-cpu", "seeds": [seeds[0], seeds[-1]], "scans": len(scans),
+            "nodules": int(sum(len(s.nodules) for s in scans)), "rows": rows, "bf16_minus_fp32": delta}
+
+
+def markdown(res: dict) -> str:
+    """The report of a `main` result (its bf16.json)."""
+    lines = ["# bfloat16 on the CPU (OpenVINO, `--precision bf16`)", "",
+             f"{res['model_id']}; machine {res['machine']['cpu']}, {res['machine']['cores']} cores, openvino "
+             f"{res['machine'].get('openvino')}; load average {', '.join(f'{x:.1f}' for x in res['load_average'])}. "
+             f"Command: `{res['command']}`.", "",
+             "| graph | input | fp32 s | bf16 s | fp32 / bf16 | max abs logit diff | max abs prob diff |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for g, r in res["graphs"].items():
+        lines.append(f"| {g} | {'x'.join(map(str, r['input_shape']))} | {r['fp32_s']:.3f} | {r['bf16_s']:.3f} | "
+                     f"{r['speedup']:.2f}x | {r['max_abs_logit_diff']:.3f} | {r['max_abs_prob_diff']:.3f} |")
+    lines += ["", "Median of 7 calls each, fp32 and bf16 alternating; the differences are bf16's against fp32's "
+              "outputs on the same input (stage 2: 64 phantom context patches; the dense tile: a full 32^3-point "
+              "tile of bench speed's first phantom)."]
+    d = res.get("dense_pass")
+    if d:
+        t = d["top15"]
+        lines += ["", f"The dense pass over a phantom's {d['grid_points']} grid points (lung box "
+                  f"{'x'.join(map(str, d['lung_box_1mm']))}, the detector's tiles, `--stages 1`): fp32 {d['fp32_s']:.2f} s, "
+                  f"bf16 {d['bf16_s']:.2f} s, **{d['speedup']:.2f}x**; probability difference at the grid points: max "
+                  f"{d['max_abs_prob_diff']:.3f}, 99th percentile {d['p99_abs_prob_diff']:.4f}; the one-stage "
+                  f"detection's top 15: {t['fp32_in_bf16']}/{t['n']} of fp32's within 2 mm of one of bf16's, "
+                  f"{t['bf16_in_fp32']}/{t['n']} the other way."]
+    acc = res.get("accuracy")
+    if acc:
+        ks = list(acc["rows"]["fp32"]["sensitivity_at_k"])
+        lines += ["", f"Accuracy on the {acc['cohort']} phantoms {acc['seeds'][0]}-{acc['seeds'][1]} ({acc['scans']} "
+                  f"scans, {acc['nodules']} nodules), the same stage-1 candidates, stage 2 fp32 vs bf16 on "
+                  f"{acc['backend']} (phantoms: a regression signal, not clinical evidence):", "",
+                  "| stage 2 | " + " | ".join(f"sens@{k}" for k in ks) + " | CPM | stage 2 s/scan |",
+                  "|---|" + "---:|" * (len(ks) + 2)]
+        for k, r in acc["rows"].items():
+            lines.append(f"| {k} | " + " | ".join(f"{r['sensitivity_at_k'][x]:.3f}" for x in ks)
+                         + f" | {r['cpm']:.3f} | {r['stage2_seconds_median']:.2f} |")
+        dd = acc["bf16_minus_fp32"]
+        lines.append("| bf16 - fp32 | " + " | ".join(f"{dd['sensitivity_at_k'][x]:+.3f}" for x in ks)
+                     + f" | {dd['cpm']:+.3f} | |")
+    t = res.get("scan_timing")
+    if t:
+        m, up = t["median_s"], t["fp32_over_bf16"]
+        stages = [x for x in m["fp32"] if x not in ("total", "stage2")]
+        lines += ["", f"The default detection on {t['backend']}, stage 2 in bf16 against fp32: {t['scans']} phantom "
+                  f"DICOM series, {t['repeats']} detections each per variant, alternating (and which goes first) "
+                  f"(`--scans {t['scans']} --repeats {t['repeats']}`); medians over every detection, seconds:", "",
+                  "| variant | backend | whole scan | stage 2 | " + " | ".join(stages) + " |",
+                  "|---|---|---:|---:|" + "---:|" * len(stages)]
+        for k in ("fp32", "bf16"):
+            lines.append(f"| {k} | {t['backends'][k]} | {m[k]['total']:.2f} | {m[k]['stage2']:.2f} | "
+                         + " | ".join(f"{m[k][x]:.2f}" for x in stages) + " |")
+        lines.append(f"| fp32 / bf16 | | {up['total']:.2f}x | {up['stage2']:.2f}x |" + " |" * len(stages))
+        ag = "; ".join(f"{a['fp32_top15_in_bf16']}/{a['n']} and {a['bf16_top15_in_fp32']}/{a['n']}"
+                       for a in t["top15_agreement"])
+        lines += ["", f"Top-15 candidates within 2 mm of one of the other variant's, per scan (fp32 in bf16, bf16 in "
+                  f"fp32): {ag}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.bf16", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model package (default: the shipped one)")
+    ap.add_argument("--accuracy", metavar="COHORT", help="also score stage 2 fp32 and bf16 on this cohort (e.g. heldout)")
+    ap.add_argument("--cache", help="folder caching each scan's stage-1 candidates (as bench.stage2_select)")
+    ap.add_argument("--scans", type=int, default=0,
+                    help="also time the default detection, stage 2 in bf16 against fp32, on this many phantom DICOM "
+                         "series (bench speed's size), alternating")
+    ap.add_argument("--repeats", type=int, default=3, help="detections per scan and variant (default 3)")
+    ap.add_argument("--out", default="bench-bf16", help="output folder (default ./bench-bf16)")
+    a = ap.parse_args(argv)
+    if a.scans < 0 or a.repeats < 1:
+        ap.error(f"--scans must be >= 0 and --repeats >= 1, got {a.scans} and {a.repeats}")
+    from noduleflow.engine.backends.openvino import cpu_capabilities
+    from noduleflow.engine.package import ModelPackage, default_package_path
+
+    from .int8 import scan_timing
+    from .speed import machine
+
+    try:
+        caps = cpu_capabilities()
+    except ImportError:
+        ap.error("bf16 runs on openvino-cpu: pip install 'noduleflow[openvino]'")
+    if "BF16" not in caps:
+        ap.error(f"this CPU has no bfloat16 arithmetic (OpenVINO's CPU capabilities: {', '.join(caps)})")
+    cmd = "python -m noduleflow.bench.bf16 " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = {"machine": machine(), "model_id": ModelPackage.load(a.model or default_package_path()).manifest.model_id,
+           "command": cmd.strip(), "graphs": graphs(a.model), "dense_pass": dense_pass(a.model, repeats=a.repeats)}
+    if a.accuracy:
+        res["accuracy"] = accuracy(a.model, a.accuracy, a.cache)
+    if a.scans > 0:
+        res["scan_timing"] = scan_timing(a.model, "openvino-cpu", a.scans, a.repeats, precision="bf16")
+    res["load_average"] = os.getloadavg()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bf16.json").write_text(json.dumps(res, indent=2))
+    text = markdown(res)
+    (out / "bf16.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -232,10 +232,16 @@ def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: in
             "runs_s": times, "top15_agreement": agree}
 
 
+def _machine_text(m) -> str:
+    if isinstance(m, dict) and "cpu" in m:
+        return f"{m['cpu']}, {m.get('cores')} cores, openvino {m.get('openvino')}"
+    return str(m)
+
+
 def markdown(res: dict) -> str:
     """The report of a `main` result (its int8.json)."""
     lines = [f"# INT8 on the CPU (ONNX Runtime static quantization, {res['graph']} graph)", "",
-             f"{res['model_id']}, batch {res['batch']}, ONNX Runtime {res['onnxruntime']}; machine {res['machine']}; "
+             f"{res['model_id']}, batch {res['batch']}, ONNX Runtime {res['onnxruntime']}; machine {_machine_text(res['machine'])}; "
              f"load average {', '.join(f'{x:.1f}' for x in res['load_average'])}. Command: `{res['command']}`.", "",
              "| graph | best of 5, s | speed-up vs fp32 | max abs logit diff | max abs prob diff |",
              "|---|---:|---:|---:|---:|"]

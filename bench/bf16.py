@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .int8 import _sigmoid
+from .int8 import _sigmoid, accuracy_table, scan_timing_lines
 
 
 def _pair(path, x, repeats: int = 7) -> dict:
@@ -173,35 +173,13 @@ def markdown(res: dict) -> str:
                   f"{t['bf16_in_fp32']}/{t['n']} the other way."]
     acc = res.get("accuracy")
     if acc:
-        ks = list(acc["rows"]["fp32"]["sensitivity_at_k"])
         lines += ["", f"Accuracy on the {acc['cohort']} phantoms {acc['seeds'][0]}-{acc['seeds'][1]} ({acc['scans']} "
                   f"scans, {acc['nodules']} nodules), the same stage-1 candidates, stage 2 fp32 vs bf16 on "
                   f"{acc['backend']} (phantoms: a regression signal, not clinical evidence):", "",
-                  "| stage 2 | " + " | ".join(f"sens@{k}" for k in ks) + " | CPM | stage 2 s/scan |",
-                  "|---|" + "---:|" * (len(ks) + 2)]
-        for k, r in acc["rows"].items():
-            lines.append(f"| {k} | " + " | ".join(f"{r['sensitivity_at_k'][x]:.3f}" for x in ks)
-                         + f" | {r['cpm']:.3f} | {r['stage2_seconds_median']:.2f} |")
-        dd = acc["bf16_minus_fp32"]
-        lines.append("| bf16 - fp32 | " + " | ".join(f"{dd['sensitivity_at_k'][x]:+.3f}" for x in ks)
-                     + f" | {dd['cpm']:+.3f} | |")
+                  *accuracy_table(acc, "bf16", "bf16")]
     t = res.get("scan_timing")
     if t:
-        m, up = t["median_s"], t["fp32_over_bf16"]
-        stages = [x for x in m["fp32"] if x not in ("total", "stage2")]
-        lines += ["", f"The default detection on {t['backend']}, stage 2 in bf16 against fp32: {t['scans']} phantom "
-                  f"DICOM series, {t['repeats']} detections each per variant, alternating (and which goes first) "
-                  f"(`--scans {t['scans']} --repeats {t['repeats']}`); medians over every detection, seconds:", "",
-                  "| variant | backend | whole scan | stage 2 | " + " | ".join(stages) + " |",
-                  "|---|---|---:|---:|" + "---:|" * len(stages)]
-        for k in ("fp32", "bf16"):
-            lines.append(f"| {k} | {t['backends'][k]} | {m[k]['total']:.2f} | {m[k]['stage2']:.2f} | "
-                         + " | ".join(f"{m[k][x]:.2f}" for x in stages) + " |")
-        lines.append(f"| fp32 / bf16 | | {up['total']:.2f}x | {up['stage2']:.2f}x |" + " |" * len(stages))
-        ag = "; ".join(f"{a['fp32_top15_in_bf16']}/{a['n']} and {a['bf16_top15_in_fp32']}/{a['n']}"
-                       for a in t["top15_agreement"])
-        lines += ["", f"Top-15 candidates within 2 mm of one of the other variant's, per scan (fp32 in bf16, bf16 in "
-                  f"fp32): {ag}."]
+        lines += scan_timing_lines(t, "bf16", "with stage 2 in bf16 against fp32")
     return "\n".join(lines) + "\n"
 
 

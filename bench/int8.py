@@ -256,37 +256,52 @@ def markdown(res: dict) -> str:
               "probability is saturated (the probability column)."]
     if res.get("accuracy"):
         acc = res["accuracy"]
-        ks = list(acc["rows"]["fp32"]["sensitivity_at_k"])
         same = "is" if res.get("kept_is_package_int8_graph") else "is not"
         lines += ["", f"The INT8 graph scored below {same} byte for byte the package's own {res['graph']}_int8.onnx."]
         lines += ["", f"Accuracy on the {acc['cohort']} phantoms {acc['seeds'][0]}-{acc['seeds'][1]} ({acc['scans']} scans, "
                   f"{acc['nodules']} nodules), the same stage-1 candidates, stage 2 fp32 vs {res['int8_kept']} on "
                   f"{acc.get('backend', 'onnxruntime-cpu')} "
                   "(phantoms: a regression signal, not clinical evidence):", "",
-                  "| stage 2 | " + " | ".join(f"sens@{k}" for k in ks) + " | CPM | stage 2 s/scan |",
-                  "|---|" + "---:|" * (len(ks) + 2)]
-        for k, r in acc["rows"].items():
-            lines.append(f"| {k} | " + " | ".join(f"{r['sensitivity_at_k'][x]:.3f}" for x in ks)
-                         + f" | {r['cpm']:.3f} | {r['stage2_seconds_median']:.2f} |")
-        d = acc["int8_minus_fp32"]
-        lines.append("| INT8 - fp32 | " + " | ".join(f"{d['sensitivity_at_k'][x]:+.3f}" for x in ks)
-                     + f" | {d['cpm']:+.3f} | |")
+                  *accuracy_table(acc, "int8", "INT8")]
     t = res.get("scan_timing")
     if t:
-        m, up = t["median_s"], t["fp32_over_int8"]
-        stages = [x for x in m["fp32"] if x not in ("total", "stage2")]
-        lines += ["", f"The default detection on {t['backend']} with the package's own stage2_int8.onnx against fp32: "
-                  f"{t['scans']} phantom DICOM series, {t['repeats']} detections each per variant, alternating (and which goes first) "
-                  f"(`--scans {t['scans']} --repeats {t['repeats']}`); medians over every detection, seconds:", "",
-                  "| variant | backend | whole scan | stage 2 | " + " | ".join(stages) + " |",
-                  "|---|---|---:|---:|" + "---:|" * len(stages)]
-        for k in ("fp32", "int8"):
-            lines.append(f"| {k} | {t['backends'][k]} | {m[k]['total']:.2f} | {m[k]['stage2']:.2f} | "
-                         + " | ".join(f"{m[k][x]:.2f}" for x in stages) + " |")
-        lines.append(f"| fp32 / INT8 | | {up['total']:.2f}x | {up['stage2']:.2f}x |" + " |" * len(stages))
-        ag = "; ".join(f"{a['fp32_top15_in_int8']}/{a['n']} and {a['int8_top15_in_fp32']}/{a['n']}" for a in t["top15_agreement"])
-        lines += ["", f"Top-15 candidates within 2 mm of one of the other variant's, per scan (fp32 in INT8, INT8 in fp32): {ag}."]
+        lines += scan_timing_lines(t, "INT8", "with the package's own stage2_int8.onnx against fp32")
     return "\n".join(lines) + "\n"
+
+
+def accuracy_table(acc: dict, p: str, label: str) -> list[str]:
+    """The markdown table of an accuracy result (fp32 and precision ``p`` rows, their change)."""
+    ks = list(acc["rows"]["fp32"]["sensitivity_at_k"])
+    lines = ["| stage 2 | " + " | ".join(f"sens@{k}" for k in ks) + " | CPM | stage 2 s/scan |",
+             "|---|" + "---:|" * (len(ks) + 2)]
+    for k, r in acc["rows"].items():
+        lines.append(f"| {k} | " + " | ".join(f"{r['sensitivity_at_k'][x]:.3f}" for x in ks)
+                     + f" | {r['cpm']:.3f} | {r['stage2_seconds_median']:.2f} |")
+    d = acc[f"{p}_minus_fp32"]
+    lines.append(f"| {label} - fp32 | " + " | ".join(f"{d['sensitivity_at_k'][x]:+.3f}" for x in ks)
+                 + f" | {d['cpm']:+.3f} | |")
+    return lines
+
+
+def scan_timing_lines(t: dict, label: str, what: str) -> list[str]:
+    """The markdown of a `scan_timing` result: per-stage medians of both variants, the ratios, the
+    top-15 agreement; ``label`` names the other precision (e.g. "INT8"), ``what`` says what it ran."""
+    p = t.get("precision", "int8")
+    m, up = t["median_s"], t[f"fp32_over_{p}"]
+    stages = [x for x in m["fp32"] if x not in ("total", "stage2")]
+    lines = ["", f"The default detection on {t['backend']} {what}: {t['scans']} phantom DICOM series, {t['repeats']} "
+             f"detections each per variant, alternating (and which goes first) (`--scans {t['scans']} --repeats "
+             f"{t['repeats']}`); medians over every detection, seconds:", "",
+             "| variant | backend | whole scan | stage 2 | " + " | ".join(stages) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(stages)]
+    for k in ("fp32", p):
+        lines.append(f"| {k} | {t['backends'][k]} | {m[k]['total']:.2f} | {m[k]['stage2']:.2f} | "
+                     + " | ".join(f"{m[k][x]:.2f}" for x in stages) + " |")
+    lines.append(f"| fp32 / {label} | | {up['total']:.2f}x | {up['stage2']:.2f}x |" + " |" * len(stages))
+    ag = "; ".join(f"{a[f'fp32_top15_in_{p}']}/{a['n']} and {a[f'{p}_top15_in_fp32']}/{a['n']}"
+                   for a in t["top15_agreement"])
+    return lines + ["", f"Top-15 candidates within 2 mm of one of the other variant's, per scan (fp32 in {label}, "
+                    f"{label} in fp32): {ag}."]
 
 
 def main(argv=None) -> int:

@@ -112,7 +112,14 @@ def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
         assert [x["batch"] for x in sweep if x["backend"] == n] == list(speed.BATCHES)
     # the CPU backends installed, side by side on the last scan (no stage 2 in this package)
     cb = r["cpu_backends"]
-    assert cb["backends"][0] == "onnxruntime-cpu" and set(cb["backends"]) == set(names)
+    bf16 = set()
+    if "openvino-cpu" in names:
+        from noduleflow.engine.backends.openvino import cpu_capabilities
+
+        bf16 = {"openvino-cpu-bf16"} if "BF16" in cpu_capabilities() else set()  # the same graphs in bf16
+    assert cb["backends"][0] == "onnxruntime-cpu" and set(cb["backends"]) == set(names) | bf16
+    # each variant's dense pass on the last scan against its own arithmetic's peak
+    assert set(r["flops"]["last_scan_by_variant"]) == set(names) | bf16
     assert cb["stage2_candidates"] is None and cb["grid_points"] == r["per_scan"][-1]["grid_points"]
     for n in cb["backends"]:
         assert set(cb["median_s"][n]) == {"scan", "dense_pass"} and len(cb["runs_s"][n]["scan"]) == 3

@@ -24,7 +24,6 @@ Writes bf16.json and bf16.md to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,30 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .int8 import _sigmoid, accuracy_table, scan_timing_lines
+from .int8 import (_openvino_pair, _sigmoid, accuracy_table, compare_stage2, near, scan_timing_lines,
+                   write_report)
 
 
 def _pair(path, x, repeats: int = 7) -> dict:
-    """fp32 and bf16 OpenVINO compilations of one graph on input ``x``: alternating median seconds of
-    one call each (the engine's other settings: all cores, latency), and their output differences."""
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(str(path))
-    reqs = {p: core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": p,
-                                                 "INFERENCE_NUM_THREADS": os.cpu_count() or 1}).create_infer_request()
-            for p in ("f32", "bf16")}
-    out = {p: r.infer({0: x})[0].copy() for p, r in reqs.items()}  # warm-up
-    times = {p: [] for p in reqs}
-    for i in range(repeats):
-        for p in (("f32", "bf16") if i % 2 == 0 else ("bf16", "f32")):
-            t = time.perf_counter()
-            reqs[p].infer({0: x})
-            times[p].append(time.perf_counter() - t)
-    a, b = out["f32"], out["bf16"]
-    med = {p: statistics.median(v) for p, v in times.items()}
-    return {"input_shape": list(x.shape), "fp32_s": med["f32"], "bf16_s": med["bf16"],
-            "speedup": med["f32"] / med["bf16"], "max_abs_logit_diff": float(np.abs(a - b).max()),
+    """fp32 and bf16 OpenVINO compilations of one graph on input ``x`` (`bench.int8._openvino_pair`:
+    alternating median seconds of one call each, which goes first alternating too), and their
+    output differences."""
+    t32, t16, a, b = _openvino_pair(path, path, x, repeats, hints=("f32", "bf16"), swap_order=True)
+    return {"input_shape": list(x.shape), "fp32_s": t32, "bf16_s": t16, "speedup": t32 / t16,
+            "max_abs_logit_diff": float(np.abs(a - b).max()),
             "max_abs_prob_diff": float(np.abs(_sigmoid(a) - _sigmoid(b)).max())}
 
 
@@ -113,9 +99,6 @@ def dense_pass(model=None, seed: int = 500, repeats: int = 3) -> dict:
         d.close()
     diff = np.abs(_sigmoid(logits["fp32"]) - _sigmoid(logits["bf16"]))
 
-    def near(a, b):
-        return int(sum(np.linalg.norm(b - x, axis=1).min() <= 2.0 for x in a)) if len(b) else 0
-
     med = {p: statistics.median(v) for p, v in times.items()}
     return {"grid_points": int(len(centres)), "lung_box_1mm": list(pre.volume.shape), "fp32_s": med["fp32"],
             "bf16_s": med["bf16"], "speedup": med["fp32"] / med["bf16"], "max_abs_prob_diff": float(diff.max()),
@@ -125,27 +108,14 @@ def dense_pass(model=None, seed: int = 500, repeats: int = 3) -> dict:
 
 
 def accuracy(model, cohort: str, cache=None, progress: bool = True) -> dict:
-    """Stage 2 fp32 and bf16 (openvino-cpu) on ``cohort``, as `bench.stage2_select` scores a package
-    (the same stage-1 candidates): sensitivity at K, CPM, stage-2 seconds per scan, and the change."""
-    from noduleflow.engine.detector import Detector
+    """Stage 2 fp32 and bf16 (openvino-cpu) on ``cohort`` (`bench.int8.compare_stage2`: the same
+    stage-1 candidates): sensitivity at K, CPM, stage-2 seconds per scan, and the change."""
     from noduleflow.engine.package import default_package_path
-    from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
-
-    from .stage2_select import evaluate
 
     model = model or default_package_path()
-    seeds = cohort_seeds(cohort)
-    cc = CohortCache()
-    scans = [cc.get(s) for s in seeds]
-    rows = {}
-    for p in ("fp32", "bf16"):
-        with Detector(model, stages="2", backend="openvino-cpu", backend_options={"precision": p}) as det:
-            rows[p] = evaluate(det, scans, cache, progress=progress)
-    delta = {"cpm": rows["bf16"]["cpm"] - rows["fp32"]["cpm"],
-             "sensitivity_at_k": {k: rows["bf16"]["sensitivity_at_k"][k] - rows["fp32"]["sensitivity_at_k"][k]
-                                  for k in rows["fp32"]["sensitivity_at_k"]}}
-    return {"cohort": cohort, "backend": "openvino-cpu", "seeds": [seeds[0], seeds[-1]], "scans": len(scans),
-            "nodules": int(sum(len(s.nodules) for s in scans)), "rows": rows, "bf16_minus_fp32": delta}
+    r = compare_stage2({p: {"model": model, "backend": "openvino-cpu", "backend_options": {"precision": p}}
+                        for p in ("fp32", "bf16")}, cohort, cache, progress)
+    return {"cohort": r.pop("cohort"), "backend": "openvino-cpu", **r}
 
 
 def markdown(res: dict) -> str:
@@ -216,12 +186,7 @@ def main(argv=None) -> int:
     if a.scans > 0:
         res["scan_timing"] = scan_timing(a.model, "openvino-cpu", a.scans, a.repeats, precision="bf16")
     res["load_average"] = os.getloadavg()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bf16.json").write_text(json.dumps(res, indent=2))
-    text = markdown(res)
-    (out / "bf16.md").write_text(text)
-    print(text, end="")
+    write_report(Path(a.out), "bf16", res, markdown(res))
     return 0
 
 

@@ -46,29 +46,70 @@ def _best(session, feed, repeats: int = 5) -> tuple[float, np.ndarray]:
     return best, y
 
 
-def _openvino_pair(fp32_path, int8_path, x, repeats: int = 7) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Median seconds of one OpenVINO CPU inference of the fp32 and the INT8 graph on ``x``, the two
-    called alternately ``repeats`` times each after a warm-up (the engine's settings:
-    `engine.backends.openvino`, all cores, fp32 arithmetic where the graph is float; the QDQ graph's
-    quantized convolutions run as int8 kernels), and their outputs. Alternating, so a change in the
-    machine's load during the measurement falls on both."""
+def _openvino_pair(first_path, second_path, x, repeats: int = 7, hints=("f32", "f32"),
+                   swap_order: bool = False) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Median seconds of one OpenVINO CPU inference of two graphs on ``x`` (by default the fp32 and
+    the INT8 graph; the same file twice with other ``hints`` compares arithmetics), the two called
+    alternately ``repeats`` times each after a warm-up (the engine's settings:
+    `engine.backends.openvino`, all cores, OpenVINO's precision hint per graph, f32 by default; the
+    QDQ graph's quantized convolutions run as int8 kernels), and their outputs. Alternating, so a
+    change in the machine's load during the measurement falls on both; ``swap_order``: the second
+    goes first in odd repeats."""
     import statistics
 
     import openvino as ov
 
     core = ov.Core()
-    cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": os.cpu_count() or 1,
-           "INFERENCE_PRECISION_HINT": "f32"}
-    reqs = [core.compile_model(core.read_model(str(p)), "CPU", cfg).create_infer_request()
-            for p in (fp32_path, int8_path)]
+    reqs = [core.compile_model(core.read_model(str(p)), "CPU",
+                               {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": os.cpu_count() or 1,
+                                "INFERENCE_PRECISION_HINT": h}).create_infer_request()
+            for p, h in zip((first_path, second_path), hints)]
     ys = [r.infer({0: x})[0].copy() for r in reqs]  # warm-up
     times = [[], []]
-    for _ in range(repeats):
-        for i, r in enumerate(reqs):
+    for rep in range(repeats):
+        for i in ((1, 0) if swap_order and rep % 2 else (0, 1)):
             t = time.perf_counter()
-            r.infer({0: x})
+            reqs[i].infer({0: x})
             times[i].append(time.perf_counter() - t)
     return statistics.median(times[0]), statistics.median(times[1]), ys[0], ys[1]
+
+
+def near(a: np.ndarray, b: np.ndarray, mm: float = 2.0) -> int:
+    """How many of points ``a`` (n, 3) lie within ``mm`` of one of points ``b``."""
+    return int(sum(np.linalg.norm(b - x, axis=1).min() <= mm for x in a)) if len(b) else 0
+
+
+def compare_stage2(variants: dict, cohort: str, cache=None, progress: bool = True) -> dict:
+    """Stage 2 of each variant (name -> `Detector` arguments; the first is the reference) on
+    ``cohort``, scored as `bench.stage2_select` scores a package (the same stage-1 candidates):
+    per variant sensitivity at K, CPM, stage-2 seconds per scan; the change of the second against
+    the first as ``"{second}_minus_{first}"``."""
+    from noduleflow.engine.detector import Detector
+    from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
+
+    from .stage2_select import evaluate
+
+    seeds = cohort_seeds(cohort)
+    cc = CohortCache()
+    scans = [cc.get(s) for s in seeds]
+    rows = {}
+    for key, kw in variants.items():
+        with Detector(stages="2", **kw) as det:
+            rows[key] = evaluate(det, scans, cache, progress=progress)
+    a, b = list(rows)
+    delta = {"cpm": rows[b]["cpm"] - rows[a]["cpm"],
+             "sensitivity_at_k": {k: rows[b]["sensitivity_at_k"][k] - rows[a]["sensitivity_at_k"][k]
+                                  for k in rows[a]["sensitivity_at_k"]}}
+    return {"cohort": cohort, "seeds": [seeds[0], seeds[-1]], "scans": len(scans),
+            "nodules": int(sum(len(s.nodules) for s in scans)), "rows": rows, f"{b}_minus_{a}": delta}
+
+
+def write_report(out: Path, name: str, res: dict, text: str) -> None:
+    """``res`` as ``out``/NAME.json and ``text`` as NAME.md (the folder made), the text printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2))
+    (out / f"{name}.md").write_text(text)
+    print(text, end="")
 
 
 def measure(model=None, graph: str = "patch", keep: Path | None = None, backend: str = "onnxruntime-cpu") -> dict:
@@ -155,26 +196,13 @@ def accuracy(model, int8_graph: Path, cohort: str, cache=None, work: Path = Path
     """fp32 and INT8 stage 2 of ``model`` on ``cohort``, scored as `bench.stage2_select` scores a
     package (same stage-1 candidates): sensitivity at K, CPM, stage-2 seconds per scan, and the
     change (INT8 - fp32)."""
-    from noduleflow.engine.detector import Detector
     from noduleflow.engine.package import default_package_path
-    from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
-
-    from .stage2_select import evaluate
 
     model = model or default_package_path()
     q = int8_package(model, int8_graph, Path(work) / "pkg_int8")
-    seeds = cohort_seeds(cohort)
-    cc = CohortCache()
-    scans = [cc.get(s) for s in seeds]
-    rows = {}
-    for key, pkg in (("fp32", model), ("int8", q.path)):
-        with Detector(pkg, stages="2", backend=backend) as det:
-            rows[key] = evaluate(det, scans, cache, progress=progress)
-    delta = {"cpm": rows["int8"]["cpm"] - rows["fp32"]["cpm"],
-             "sensitivity_at_k": {k: rows["int8"]["sensitivity_at_k"][k] - rows["fp32"]["sensitivity_at_k"][k]
-                                  for k in rows["fp32"]["sensitivity_at_k"]}}
-    return {"cohort": cohort, "backend": backend, "seeds": [seeds[0], seeds[-1]], "scans": len(scans),
-            "nodules": int(sum(len(s.nodules) for s in scans)), "rows": rows, "int8_minus_fp32": delta}
+    r = compare_stage2({"fp32": {"model": model, "backend": backend}, "int8": {"model": q.path, "backend": backend}},
+                       cohort, cache, progress)
+    return {"cohort": r.pop("cohort"), "backend": backend, **r}
 
 
 def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: int = 500, shape_zyx=None,
@@ -218,9 +246,6 @@ def scan_timing(model, backend: str, scans: int = 3, repeats: int = 3, seed0: in
         names = {k: d.backend_name for k, d in dets.items()}
         for d in dets.values():
             d.close()
-
-    def near(a, b):  # points of a within 2 mm of one of b's
-        return int(sum(np.linalg.norm(b - x, axis=1).min() <= 2.0 for x in a)) if len(b) else 0
 
     agree = []
     for s in series:
@@ -336,10 +361,7 @@ def main(argv=None) -> int:
             res["accuracy"] = accuracy(a.model, work / "int8.onnx", a.accuracy, a.cache, work=work, backend=a.backend)
     if a.scans > 0:
         res["scan_timing"] = scan_timing(a.model, a.backend, a.scans, a.repeats)
-    (out / "int8.json").write_text(json.dumps(res, indent=2))
-    text = markdown(res)
-    (out / "int8.md").write_text(text)
-    print(text, end="")
+    write_report(out, "int8", res, markdown(res))
     return 0
 
 

@@ -47,16 +47,16 @@ def machine() -> dict:
     and the GPU PyTorch sees (name, compute capability, memory, CUDA version), or None."""
     import numba
 
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
+    model, flags = None, set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first processor's lines
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    cpu = model or platform.processor() or platform.machine()
     # what decides the kernels the runtimes pick (one "AMD EPYC" may have AVX2 only, another
     # AVX-512 with bfloat16 and VNNI): named beside the model
     features = [f for f in CPU_FEATURES if f in flags]

@@ -76,46 +76,59 @@ def _kernel(sigma: float) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _blur_axis(src, dst, k, axis, rows):
-    """1-D convolution along ``axis`` with edge clamping (replicate), for the x rows (z, y) where
-    ``rows`` is True (the others are set to 0). Each voxel's sum runs over the
-    taps in order, in float32 (eight lanes per AVX2 vector against four for float64: 1.4x on the
-    three fine scales; within 3e-4 HU of a float64 sum on CT values), so the result does not depend
-    on how the loops are arranged or split between threads, nor on which rows are computed; along
-    z and y whole rows are accumulated at once (contiguous, vectorised), along x the edges are
-    clamped apart from the interior."""
+def _blur3(src, dst, k, first, want, chunk):
+    """The separable blur with kernel ``k`` (edges replicated), the three 1-D passes fused plane by
+    plane: for each z plane of ``dst``, the z pass into a plane buffer (the x rows (z, y) where
+    ``first`` is True), the y pass of that into a second buffer and the x pass of that into ``dst``
+    (the rows where ``want`` is True; the others set to 0). ``first`` must hold every row the y
+    pass reads (``want`` grown by the kernel's half-width along y). ``src`` is only read, and must
+    not be ``dst``. The planes are split between threads in runs of ``chunk`` (each run with its
+    own two plane buffers, which stay in the core's cache): the volume is read from memory about
+    once and written once, where three separate passes read and wrote it three times each.
+
+    Each voxel's sum runs over the taps in order, in float32 (eight lanes per AVX2 vector against
+    four for float64; within 3e-4 HU of a float64 sum on CT values), so the result does not
+    depend on how the planes are split between threads, nor on which rows are computed; along z
+    and y whole rows are accumulated at once (contiguous, vectorised), along x the interior tap by
+    tap over the row and the clamped edges apart."""
     nz, ny, nx = src.shape
     h = (k.shape[0] - 1) // 2
-    if axis == 0 or axis == 1:
-        for z in prange(nz):
-            acc = np.empty(nx, np.float32)
+    runs = (nz + chunk - 1) // chunk
+    for c in prange(runs):
+        zb = np.empty((ny, nx), np.float32)     # the z pass of plane z
+        yb = np.empty((ny, nx), np.float32)     # then its y pass
+        acc = np.empty(nx, np.float32)
+        for z in range(c * chunk, min(nz, (c + 1) * chunk)):
             for y in range(ny):
-                if not rows[z, y]:
-                    dst[z, y, :] = 0.0
+                if not first[z, y]:
                     continue
                 acc[:] = 0.0
                 for t in range(-h, h + 1):
                     kt = k[t + h]
-                    if axis == 0:
-                        zz = min(max(z + t, 0), nz - 1)
-                        for x in range(nx):
-                            acc[x] += kt * src[zz, y, x]
-                    else:
-                        yy = min(max(y + t, 0), ny - 1)
-                        for x in range(nx):
-                            acc[x] += kt * src[z, yy, x]
+                    zz = min(max(z + t, 0), nz - 1)
+                    for x in range(nx):
+                        acc[x] += kt * src[zz, y, x]
                 for x in range(nx):
-                    dst[z, y, x] = acc[x]
-    else:
-        for z in prange(nz):
-            acc = np.empty(nx, np.float32)
+                    zb[y, x] = acc[x]
             for y in range(ny):
-                if not rows[z, y]:
-                    dst[z, y, :] = 0.0
+                if not want[z, y]:
+                    continue
+                acc[:] = 0.0
+                for t in range(-h, h + 1):
+                    kt = k[t + h]
+                    yy = min(max(y + t, 0), ny - 1)
+                    for x in range(nx):
+                        acc[x] += kt * zb[yy, x]
+                for x in range(nx):
+                    yb[y, x] = acc[x]
+            for y in range(ny):
+                if not want[z, y]:
+                    for x in range(nx):
+                        dst[z, y, x] = 0.0
                     continue
                 acc[:] = 0.0
                 # the interior, tap by tap over the row (vectorised), then the clamped edges
-                row = src[z, y]
+                row = yb[y]
                 inner = acc[h:nx - h]
                 for j in range(k.shape[0]):      # tap t = j - h
                     kt = k[j]
@@ -124,10 +137,10 @@ def _blur_axis(src, dst, k, axis, rows):
                         inner[x] += kt * seg[x]
                 for x in range(0, min(h, nx)):
                     for t in range(-h, h + 1):
-                        acc[x] += k[t + h] * src[z, y, min(max(x + t, 0), nx - 1)]
+                        acc[x] += k[t + h] * row[min(max(x + t, 0), nx - 1)]
                 for x in range(max(nx - h, h), nx):
                     for t in range(-h, h + 1):
-                        acc[x] += k[t + h] * src[z, y, min(max(x + t, 0), nx - 1)]
+                        acc[x] += k[t + h] * row[min(max(x + t, 0), nx - 1)]
                 for x in range(nx):
                     dst[z, y, x] = acc[x]
 
@@ -137,17 +150,22 @@ def _grow_rows(rows: np.ndarray, rz: int, ry: int) -> np.ndarray:
     return dilate(rows[None], (0, rz, ry))[0]
 
 
-def gaussian(vol: np.ndarray, sigma: float, rows: np.ndarray | None = None) -> np.ndarray:
+def gaussian(vol: np.ndarray, sigma: float, rows: np.ndarray | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
     """Separable Gaussian blur, sigma in voxels, edges replicated. float32 in and out; the input is
-    read (by the first axis's pass), never written: the other passes alternate between two new
-    buffers. ``rows``: a bool (z, y) map of the x rows wanted (default all); the others come out 0,
-    the wanted ones exactly as in the whole blur (each pass computes only the rows the next reads:
-    the z pass the wanted rows grown by the kernel's half-width along y, the y and x passes the
-    wanted rows)."""
+    read, never written. ``rows``: a bool (z, y) map of the x rows wanted (default all); the others
+    come out 0, the wanted ones exactly as in the whole blur (the z pass computes the wanted rows
+    grown by the kernel's half-width along y, the y and x passes the wanted rows). ``out``: a
+    float32 C-contiguous array of the volume's shape to write into (not the input), else a new one."""
     k = _kernel(sigma)
     src = np.ascontiguousarray(vol, dtype=np.float32)
-    a = np.empty(src.shape, np.float32)
-    b = np.empty_like(a)
+    if out is None:
+        out = np.empty(src.shape, np.float32)
+    elif out.shape != src.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ConfigError(f"out must be a C-contiguous float32 array of shape {src.shape}, got "
+                          f"{out.dtype} {out.shape}")
+    elif np.shares_memory(out, src):
+        raise ConfigError("out must not share memory with the volume blurred")
     if rows is None:
         want = first = np.ones(src.shape[:2], np.bool_)
     else:
@@ -155,10 +173,8 @@ def gaussian(vol: np.ndarray, sigma: float, rows: np.ndarray | None = None) -> n
         if want.shape != src.shape[:2]:
             raise ConfigError(f"rows must be (z, y) = {src.shape[:2]}, got {want.shape}")
         first = _grow_rows(want, 0, (k.shape[0] - 1) // 2)
-    _blur_axis(src, a, k, 0, first)
-    _blur_axis(a, b, k, 1, want)
-    _blur_axis(b, a, k, 2, want)
-    return a
+    _blur3(src, out, k, first, want, 4)
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -181,30 +197,48 @@ def _eig_sym3(a, b, c, d, e, f):
     return e1, 3.0 * q - e1 - e3, e3
 
 
+def _dot_response(sm, mask, out, norm, floor, mask_rows=None):
+    """`_dot_response_rows` with ``mask_rows`` (the (z, y) rows where ``mask`` has a voxel)
+    computed when not given."""
+    if mask_rows is None:
+        mask_rows = np.ascontiguousarray(mask.any(axis=2))
+    _dot_response_rows(sm, mask, mask_rows, out, float(norm), float(floor))
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def _dot_response(sm, mask, out, norm, floor):
+def _dot_response_rows(sm, mask, mask_rows, out, norm, floor):
     """out = norm * l3^2 / |l1| where all Hessian eigenvalues of ``sm`` are negative (|l1| largest),
     inside ``mask``; 0 elsewhere and on the border. Responses that cannot exceed ``floor`` are 0
     too (the peak search keeps only voxels above it, and a neighbour at or below it never outranks
     one): the response is at most norm * |trace| / 3, so where that is below ``floor`` (with a
     margin) the eigenvalues are not computed, nor where -H is not positive definite (Sylvester's
-    criterion on the leading minors, no trigonometry)."""
+    criterion on the leading minors, no trigonometry). Row by row, only the rows where
+    ``mask_rows`` says the mask has a voxel (the others are set to 0): first, without branches (so
+    vectorised), which voxels pass the mask, the three second derivatives' signs and the trace
+    bound (most fail there), then the rest of the test and the eigenvalues for those alone."""
     nz, ny, nx = sm.shape
+    lim = 2.997 * floor
     for z in prange(nz):
+        cand = np.empty(nx, np.bool_)
         for y in range(ny):
             for x in range(nx):
                 out[z, y, x] = 0.0
-                if z == 0 or y == 0 or x == 0 or z == nz - 1 or y == ny - 1 or x == nx - 1 or not mask[z, y, x]:
+            if z == 0 or y == 0 or z == nz - 1 or y == ny - 1 or not mask_rows[z, y]:
+                continue
+            for x in range(1, nx - 1):
+                c0 = sm[z, y, x]
+                hzz = sm[z + 1, y, x] - 2.0 * c0 + sm[z - 1, y, x]
+                hyy = sm[z, y + 1, x] - 2.0 * c0 + sm[z, y - 1, x]
+                hxx = sm[z, y, x + 1] - 2.0 * c0 + sm[z, y, x - 1]
+                # |l3| <= |trace| / 3 and l3^2 / |l1| <= |l3|: no response above the floor otherwise
+                cand[x] = mask[z, y, x] & (hzz < 0.0) & (hyy < 0.0) & (hxx < 0.0) & (norm * -(hzz + hyy + hxx) >= lim)
+            for x in range(1, nx - 1):
+                if not cand[x]:
                     continue
                 c0 = sm[z, y, x]
                 hzz = sm[z + 1, y, x] - 2.0 * c0 + sm[z - 1, y, x]
                 hyy = sm[z, y + 1, x] - 2.0 * c0 + sm[z, y - 1, x]
                 hxx = sm[z, y, x + 1] - 2.0 * c0 + sm[z, y, x - 1]
-                if hzz >= 0.0 or hyy >= 0.0 or hxx >= 0.0:  # the trace test first: most voxels fail here
-                    continue
-                # |l3| <= |trace| / 3 and l3^2 / |l1| <= |l3|: no response above the floor possible
-                if norm * -(hzz + hyy + hxx) < 2.997 * floor:
-                    continue
                 hzy = 0.25 * (sm[z + 1, y + 1, x] - sm[z + 1, y - 1, x] - sm[z - 1, y + 1, x] + sm[z - 1, y - 1, x])
                 hzx = 0.25 * (sm[z + 1, y, x + 1] - sm[z + 1, y, x - 1] - sm[z - 1, y, x + 1] + sm[z - 1, y, x - 1])
                 hyx = 0.25 * (sm[z, y + 1, x + 1] - sm[z, y + 1, x - 1] - sm[z, y - 1, x + 1] + sm[z, y - 1, x - 1])
@@ -232,16 +266,27 @@ def _is_peak(r, z, y, x, v):
     return True
 
 
+def _peaks(r, min_value, rows=None):
+    """`_peaks_rows` over every row, or over ``rows`` (a bool (z, y) map: the rows that can hold
+    a value above ``min_value``; ignored when ``min_value`` < 0, where a row of zeros could)."""
+    if rows is None or min_value < 0:
+        rows = np.ones(r.shape[:2], np.bool_)
+    return _peaks_rows(r, float(min_value), np.ascontiguousarray(rows, dtype=np.bool_))
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def _peaks(r, min_value):
+def _peaks_rows(r, min_value, rows):
     """Voxels strictly above ``min_value`` that are >= each of their 26 neighbours (the border
-    excluded) -> (n, 3) int64, (n,) float64, in (z, y, x) order. Planes are searched in parallel:
-    counted first, then written at their offsets."""
+    excluded) -> (n, 3) int64, (n,) float64, in (z, y, x) order, in the x rows where ``rows`` is
+    True (the caller vouches that no other row has a value above ``min_value``). Planes are
+    searched in parallel: counted first, then written at their offsets."""
     nz, ny, nx = r.shape
     count = np.zeros(nz, np.int64)
     for z in prange(1, nz - 1):
         c = 0
         for y in range(1, ny - 1):
+            if not rows[z, y]:
+                continue
             for x in range(1, nx - 1):
                 v = r[z, y, x]
                 if v > min_value and _is_peak(r, z, y, x, v):
@@ -258,6 +303,8 @@ def _peaks(r, min_value):
         if count[z] == 0:
             continue
         for y in range(1, ny - 1):
+            if not rows[z, y]:
+                continue
             for x in range(1, nx - 1):
                 v = r[z, y, x]
                 if v > min_value and _is_peak(r, z, y, x, v):
@@ -409,31 +456,38 @@ def detect_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, params: BlobParams = 
     lo, hi = params.hu_window
     vol = np.clip(np.asarray(hu_1mm, dtype=np.float32), lo, hi)
     mask = np.ascontiguousarray(mask_1mm, dtype=np.bool_)
-    coarse = sm1 = None
+    # one grid (1 mm, then 2 mm for the wide scales) at a time: its volume, mask, wanted rows and
+    # two work buffers (the blur, the response), reused from scale to scale (new arrays of a
+    # volume's size cost their page faults each time); the 1 mm sigma-1 blur is kept whole apart
+    grids: dict[float, tuple] = {}
+    sm1 = None
     cs, rs, vs = [], [], []
     for sigma in sorted(params.sigmas_mm):
-        if sigma > 2.0:  # a 2 mm grid is fine for a Gaussian this wide
-            if coarse is None:
-                coarse = (block_mean2(vol), block_any2(mask))
-            v, m, step = coarse[0], coarse[1], 2.0
-        else:
-            v, m, step = vol, mask, 1.0
+        step = 2.0 if sigma > 2.0 else 1.0  # a 2 mm grid is fine for a Gaussian this wide
+        if step not in grids:
+            grids.clear()  # the 1 mm buffers are done with once the scales reach the 2 mm grid
+            v, m = (vol, mask) if step == 1.0 else (block_mean2(vol), block_any2(mask))
+            # the response reads the blur at the mask's voxels and their 26 neighbours: only the
+            # x rows next to a row of the mask are blurred (the others lie in the lung box's margin
+            # or beside the lungs)
+            mrows = np.ascontiguousarray(m.any(axis=2))
+            grids[step] = (v, m, mrows, _grow_rows(mrows, 1, 1), np.empty(v.shape, np.float32),
+                           np.empty(v.shape, np.float32))
+        v, m, mrows, rows, buf, resp = grids[step]
         s_vox = sigma / step
         if step == 1.0 and sigma == 1.0:
             sm = sm1 = gaussian(v, s_vox)  # the extents' volume (below): the same blur, whole
         else:
-            # the response reads the blur at the mask's voxels and their 26 neighbours: only the
-            # x rows next to a row of the mask are blurred (the others lie in the lung box's margin
-            # or beside the lungs)
-            sm = gaussian(v, s_vox, rows=_grow_rows(m.any(axis=2), 1, 1))
-        resp = np.empty_like(sm)
-        _dot_response(sm, m, resp, s_vox * s_vox, params.min_response)
-        pk, val = _peaks(resp, params.min_response)
+            sm = gaussian(v, s_vox, rows=rows, out=buf)
+        _dot_response(sm, m, resp, s_vox * s_vox, params.min_response, mrows)
+        # the response is 0 outside the mask: rows without a mask voxel hold no peak
+        pk, val = _peaks(resp, params.min_response, mrows)
         if len(pk):
             # a 2x2x2 block's centre is 0.5 voxel into it on the 1 mm grid
             cs.append(pk * step + (step - 1.0) / 2.0)
             rs.append(np.full(len(pk), sigma * SQRT3))
             vs.append(val)
+    grids.clear()
     if not cs:
         return Blobs(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
     c, r, v = np.concatenate(cs), np.concatenate(rs), np.concatenate(vs)

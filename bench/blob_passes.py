@@ -5,8 +5,9 @@
 
 The default detection's stage 1 runs three blob passes (`engine.blobs.detect_blobs`: the Hessian
 blobs; `engine.stage1.subsolid_blobs` and `wall_blobs`: the subsolid and pleural passes), the
-largest CPU stages of a scan beside stage 2. This bench loads ``engine/blobs.py`` of the
-reference checkout beside this one's (its numba kernels compiled from its own file) and measures:
+largest CPU stages of a scan beside stage 2. This bench imports the reference checkout's
+``engine/stage1.py`` with its own ``blobs.py``, ``morphology.py`` and the rest of its engine,
+beside this one's (their numba kernels compiled from its files), and measures:
 
 1. ``--identity COHORT``: on every lung box of a phantom cohort (`trainer.data.cohort`, cached),
    whether the three passes give the same blobs (centres, extents, responses, bit for bit), and
@@ -14,8 +15,8 @@ reference checkout beside this one's (its numba kernels compiled from its own fi
 2. the three passes on the lung boxes of ``--scans`` phantom DICOM series (bench speed's, about
    200 x 512 x 512) and of each ``--series`` given, ``--repeats`` times per version, alternating
    (and which goes first): per pass the median seconds and the ratio reference / this one;
-3. the default detection of those series (load to candidates) with each version's blob passes
-   (everything else the same), alternating: per stage the medians, the whole scan's ratio, and
+3. the default detection of those series (load excluded) with each version's stage 1 (its blob
+   passes and how it combines them; everything else the same), alternating: per stage the medians, the whole scan's ratio, and
    whether the candidates are the same.
 
 Absolute seconds on a shared 2-core machine are noise; the ratios are what is reported.
@@ -40,45 +41,50 @@ PASSES = ("blobs", "subsolid", "wall")
 
 
 def load_reference(tree) -> object:
-    """``engine/blobs.py`` of the checkout ``tree`` as a module of this package
-    (``noduleflow.engine._blobs_reference``: its relative imports resolve to this checkout's
-    modules, its numba kernels compile and cache from its own file)."""
-    path = Path(tree) / "engine" / "blobs.py"
-    if not path.is_file():
-        raise SystemExit(f"no engine/blobs.py under the reference tree {tree}")
-    importlib.import_module("noduleflow.engine")  # the parent package of the module loaded
+    """``engine/stage1.py`` of the checkout ``tree``, imported with that checkout's own
+    ``engine/blobs.py``, ``morphology.py`` and the rest of its engine (a package
+    ``noduleflow.engine._reference`` over the tree's ``engine`` folder; their numba kernels compile
+    and cache from the tree's files): its ``detect_blobs``, ``subsolid_blobs``, ``wall_blobs`` and
+    ``stage1_candidates`` are the reference's."""
+    import types
 
-    spec = importlib.util.spec_from_file_location("noduleflow.engine._blobs_reference", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    engine = Path(tree).resolve() / "engine"
+    if not (engine / "blobs.py").is_file() or not (engine / "stage1.py").is_file():
+        raise SystemExit(f"no engine/blobs.py and engine/stage1.py under the reference tree {tree}")
+    importlib.import_module("noduleflow.engine")  # the parent of the package made below
+    name = "noduleflow.engine._reference"
+    for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[k]  # another tree loaded before: its modules go
+    pkg = types.ModuleType(name)
+    pkg.__path__ = [str(engine)]
+    pkg.__package__ = name
+    sys.modules[name] = pkg
+    return importlib.import_module(name + ".stage1")
 
 
 @contextmanager
-def using(detect_blobs):
-    """The stage-1 passes (and the detector's stage 1) run ``detect_blobs`` inside the block."""
+def using(version):
+    """The detector's stage 1 runs ``version``'s `stage1_candidates` (a stage-1 module: this
+    checkout's `engine.stage1` or `load_reference`'s) inside the block."""
     from noduleflow.engine import stage1
 
-    before = stage1.detect_blobs
-    stage1.detect_blobs = detect_blobs
+    before = stage1.stage1_candidates
+    stage1.stage1_candidates = version.stage1_candidates
     try:
         yield
     finally:
-        stage1.detect_blobs = before
+        stage1.stage1_candidates = before
 
 
-def three_passes(detect_blobs, hu, mask) -> tuple[dict, dict]:
-    """The three passes of a lung box with ``detect_blobs`` -> (name -> `Blobs`, name -> seconds)."""
-    from noduleflow.engine import stage1
-
+def three_passes(version, hu, mask) -> tuple[dict, dict]:
+    """The three passes of a lung box with ``version`` (a stage-1 module) -> (name -> `Blobs`,
+    name -> seconds)."""
     out, sec = {}, {}
-    with using(detect_blobs):
-        for name, f in (("blobs", lambda: detect_blobs(hu, mask)), ("subsolid", lambda: stage1.subsolid_blobs(hu, mask)),
-                        ("wall", lambda: stage1.wall_blobs(hu, mask))):
-            t = time.perf_counter()
-            out[name] = f()
-            sec[name] = time.perf_counter() - t
+    for name, f in (("blobs", lambda: version.detect_blobs(hu, mask)), ("subsolid", lambda: version.subsolid_blobs(hu, mask)),
+                    ("wall", lambda: version.wall_blobs(hu, mask))):
+        t = time.perf_counter()
+        out[name] = f()
+        sec[name] = time.perf_counter() - t
     return out, sec
 
 
@@ -91,7 +97,7 @@ def identity(ref, cohort: str, progress: bool = True) -> dict:
     """Every lung box of ``cohort``: the same blobs from both versions? Seconds of each over it."""
     from tqdm import tqdm
 
-    from noduleflow.engine.blobs import detect_blobs
+    from noduleflow.engine import stage1
     from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
 
     seeds = cohort_seeds(cohort)
@@ -100,8 +106,8 @@ def identity(ref, cohort: str, progress: bool = True) -> dict:
     for seed in tqdm(seeds, desc=f"identity {cohort}", unit="scan", disable=not progress):
         s = cc.get(seed)
         hu, mask = np.asarray(s.pre.volume.hu), np.asarray(s.pre.mask)
-        a, ta = three_passes(ref.detect_blobs, hu, mask)
-        b, tb = three_passes(detect_blobs, hu, mask)
+        a, ta = three_passes(ref, hu, mask)
+        b, tb = three_passes(stage1, hu, mask)
         sec["reference"] += sum(ta.values())
         sec["this"] += sum(tb.values())
         if not same_blobs(a, b):
@@ -114,9 +120,9 @@ def pass_timing(ref, boxes: dict, repeats: int) -> dict:
     """``boxes``: name -> (hu, mask). Each box's three passes ``repeats`` times per version,
     alternating (and which goes first), after one warm-up each: per pass the medians over every
     box and repeat, and reference / this."""
-    from noduleflow.engine.blobs import detect_blobs
+    from noduleflow.engine import stage1
 
-    versions = {"reference": ref.detect_blobs, "this": detect_blobs}
+    versions = {"reference": ref, "this": stage1}
     times = {k: {p: [] for p in PASSES} for k in versions}
     same = {}
     for name, (hu, mask) in boxes.items():
@@ -139,17 +145,17 @@ def scan_timing(ref, series: list, repeats: int, model=None, backend: str = "aut
     times per version, alternating (and which goes first), after one warm-up: per stage the
     medians over every detection, the whole scan's and the blob passes' ratios, whether every
     detection of a scan gave the same candidates (centres and probabilities)."""
-    from noduleflow.engine.blobs import detect_blobs
+    from noduleflow.engine import stage1
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io import load_volume
 
-    versions = {"reference": ref.detect_blobs, "this": detect_blobs}
+    versions = {"reference": ref, "this": stage1}
     vols = [load_volume(s) for s in series]
     times = {k: {} for k in versions}
     cands, same = {}, True  # scan -> its first detection's candidates
     with Detector(model, backend=backend) as det:
-        for k, f in versions.items():
-            with using(f):
+        for version in versions.values():  # warm-up
+            with using(version):
                 det.detect(vols[0])
         for rep in range(repeats):
             for i, v in enumerate(vols):
@@ -214,7 +220,7 @@ def markdown(res: dict) -> str:
         m = st["median_s"]
         stages = [s for s in m["this"] if s not in ("detect",)]
         lines += [f"The default detection ({st['backend']}) of {len(st['series'])} DICOM series, {st['repeats']} times per "
-                  "version, alternating (the blob passes of each version, everything else the same); medians, seconds "
+                  "version, alternating (each version's stage 1, everything else the same); medians, seconds "
                   "(detect: the call's wall time, load excluded):", "",
                   "| version | detect | " + " | ".join(stages) + " |", "|---|---:|" + "---:|" * len(stages)]
         for k in ("reference", "this"):

@@ -23,21 +23,23 @@ def test_reference_module_runs_its_own_blob_passes_and_restores_stage1():
     from noduleflow.engine import stage1
     from noduleflow.engine.blobs import Blobs, detect_blobs
 
-    ref = load_reference(ROOT)   # this checkout as its own reference: a separate module, the same code
-    assert ref.__name__ == "noduleflow.engine._blobs_reference" and ref.detect_blobs is not detect_blobs
+    ref = load_reference(ROOT)   # this checkout as its own reference: separate modules, the same code
+    assert ref.__name__ == "noduleflow.engine._reference.stage1"
+    assert ref.detect_blobs is not detect_blobs and ref.detect_blobs.__module__ == "noduleflow.engine._reference.blobs"
+    assert ref.dilate.__module__ == "noduleflow.engine._reference.morphology"
     hu, mask = _box()
-    a, ta = three_passes(ref.detect_blobs, hu, mask)
-    b, tb = three_passes(detect_blobs, hu, mask)
+    a, ta = three_passes(ref, hu, mask)
+    b, tb = three_passes(stage1, hu, mask)
     assert set(a) == set(ta) == {"blobs", "subsolid", "wall"} and min(ta.values()) > 0
     assert len(a["blobs"]) > 0 and same_blobs(a, b)
     moved = dict(b, wall=Blobs(b["wall"].centres_zyx + 1.0, b["wall"].radius_mm, b["wall"].response))
     assert not same_blobs(a, moved)
-    assert stage1.detect_blobs is detect_blobs     # three_passes put it back
+    mine = stage1.stage1_candidates
     with pytest.raises(RuntimeError):
-        with using(ref.detect_blobs):
-            assert stage1.detect_blobs is ref.detect_blobs
+        with using(ref):
+            assert stage1.stage1_candidates is ref.stage1_candidates
             raise RuntimeError
-    assert stage1.detect_blobs is detect_blobs
+    assert stage1.stage1_candidates is mine   # put back, also on an error
     with pytest.raises(SystemExit, match="no engine/blobs.py"):
         load_reference(ROOT / "tests")
 

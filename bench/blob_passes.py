@@ -7,7 +7,8 @@ The default detection's stage 1 runs three blob passes (`engine.blobs.detect_blo
 blobs; `engine.stage1.subsolid_blobs` and `wall_blobs`: the subsolid and pleural passes), the
 largest CPU stages of a scan beside stage 2. This bench imports the reference checkout's
 ``engine/stage1.py`` with its own ``blobs.py``, ``morphology.py`` and the rest of its engine,
-beside this one's (their numba kernels compiled from its files), and measures:
+beside this one's (their numba kernels compiled from a copy of its files: a minute or so of
+compiling before the first figure), and measures:
 
 1. ``--identity COHORT``: on every lung box of a phantom cohort (`trainer.data.cohort`, cached),
    whether the three passes give the same blobs (centres, extents, responses, bit for bit), and
@@ -42,21 +43,27 @@ PASSES = ("blobs", "subsolid", "wall")
 
 def load_reference(tree) -> object:
     """``engine/stage1.py`` of the checkout ``tree``, imported with that checkout's own
-    ``engine/blobs.py``, ``morphology.py`` and the rest of its engine (a package
-    ``noduleflow.engine._reference`` over the tree's ``engine`` folder; their numba kernels compile
-    and cache from the tree's files): its ``detect_blobs``, ``subsolid_blobs``, ``wall_blobs`` and
-    ``stage1_candidates`` are the reference's."""
+    ``engine/blobs.py``, ``morphology.py`` and the rest of its engine: a package
+    ``noduleflow.engine._reference`` over a temporary copy of the tree's ``engine`` sources (numba
+    keeps a module's name in its cache files, so the reference's kernels compile into the copy
+    and never share a cache folder with a module of another name). Its ``detect_blobs``,
+    ``subsolid_blobs``, ``wall_blobs`` and ``stage1_candidates`` are the reference's."""
+    import atexit
+    import shutil
     import types
 
     engine = Path(tree).resolve() / "engine"
     if not (engine / "blobs.py").is_file() or not (engine / "stage1.py").is_file():
         raise SystemExit(f"no engine/blobs.py and engine/stage1.py under the reference tree {tree}")
+    copy = Path(tempfile.mkdtemp(prefix="noduleflow-reference-engine-"))
+    atexit.register(shutil.rmtree, copy, True)
+    shutil.copytree(engine, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "models", "*.pyc"))
     importlib.import_module("noduleflow.engine")  # the parent of the package made below
     name = "noduleflow.engine._reference"
     for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
         del sys.modules[k]  # another tree loaded before: its modules go
     pkg = types.ModuleType(name)
-    pkg.__path__ = [str(engine)]
+    pkg.__path__ = [str(copy)]
     pkg.__package__ = name
     sys.modules[name] = pkg
     return importlib.import_module(name + ".stage1")

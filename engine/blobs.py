@@ -68,6 +68,39 @@ class Blobs:
         return len(self.response)
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _window(hu, keep, lo, hi, above, fill, out):
+    """out = min(max(v, lo), hi) in float32, where v is ``fill`` where ``hu`` > ``above`` or where
+    ``keep`` (a bool volume, or an empty one: everywhere kept) is False, else ``hu``."""
+    nz, ny, nx = hu.shape
+    every = keep.size == 0
+    for z in prange(nz):
+        for y in range(ny):
+            for x in range(nx):
+                v = np.float32(hu[z, y, x])
+                if v > above or not (every or keep[z, y, x]):
+                    v = fill
+                out[z, y, x] = min(max(v, lo), hi)
+
+
+def window(hu: np.ndarray, lo: float = -np.inf, hi: float = np.inf, above: float = np.inf, fill: float = 0.0,
+           keep: np.ndarray | None = None) -> np.ndarray:
+    """A new float32 volume: ``hu`` with every value above ``above``, and every voxel where
+    ``keep`` is False, set to ``fill``, then clipped to [``lo``, ``hi``] (numpy's
+    ``np.clip(np.where(...), lo, hi)`` in float32, in one parallel pass)."""
+    src = np.ascontiguousarray(hu)
+    if keep is None:
+        k = np.zeros((0, 0, 0), np.bool_)
+    else:
+        k = np.ascontiguousarray(keep, dtype=np.bool_)
+        if k.shape != src.shape:
+            raise ConfigError(f"keep must have the volume's shape {src.shape}, got {k.shape}")
+    out = np.empty(src.shape, np.float32)
+    f32 = np.float32
+    _window(src, k, f32(lo), f32(hi), f32(above), f32(fill), out)
+    return out
+
+
 def _kernel(sigma: float) -> np.ndarray:
     h = max(int(np.ceil(3.0 * sigma)), 1)
     x = np.arange(-h, h + 1, dtype=np.float64)
@@ -454,7 +487,7 @@ def detect_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, params: BlobParams = 
     if hu_1mm.shape != mask_1mm.shape:
         raise ConfigError(f"hu and mask shapes differ: {hu_1mm.shape} vs {mask_1mm.shape}")
     lo, hi = params.hu_window
-    vol = np.clip(np.asarray(hu_1mm, dtype=np.float32), lo, hi)
+    vol = window(hu_1mm, lo, hi)
     mask = np.ascontiguousarray(mask_1mm, dtype=np.bool_)
     # one grid (1 mm, then 2 mm for the wide scales) at a time: its volume, mask, wanted rows and
     # two work buffers (the blur, the response), reused from scale to scale (new arrays of a

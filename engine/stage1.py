@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .blobs import BlobParams, detect_blobs
+from .blobs import BlobParams, detect_blobs, window
 from .errors import ConfigError
 from .morphology import dilate, erode
 
@@ -196,7 +196,7 @@ def subsolid_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, solid_hu: float = -
     attached to the pleura or a vessel loses its response in the first pass (the dense neighbour
     makes the Hessian plate- or tube-like); here it is a ball on dark lung. Solid lesions vanish
     from this pass (the first pass has them)."""
-    flat = np.where(hu_1mm > solid_hu, np.float32(fill_hu), hu_1mm).astype(np.float32, copy=False)
+    flat = window(hu_1mm, above=solid_hu, fill=fill_hu)
     return detect_blobs(flat, mask_1mm, params)
 
 
@@ -219,7 +219,7 @@ def wall_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, close_mm: float = 4.0, 
     mask = np.ascontiguousarray(mask_1mm, dtype=np.bool_)
     closed = dilate(mask, _box(close_mm)) if close_mm > 0 else mask
     inner = erode(closed, _box(close_mm + shrink_mm))
-    flat = np.where(inner, hu_1mm, np.float32(fill_hu)).astype(np.float32, copy=False)
+    flat = window(hu_1mm, fill=fill_hu, keep=inner)
     band = mask & ~erode(inner, _box(band_mm)) if band_mm > 0 else mask
     return detect_blobs(flat, band, params)
 

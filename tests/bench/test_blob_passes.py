@@ -9,6 +9,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module")
+def ref():
+    """This checkout as its own reference: separate modules (compiled from a copy), the same code."""
+    from noduleflow.bench.blob_passes import load_reference
+
+    return load_reference(ROOT)
+
+
 def _box():
     from noduleflow.engine.preprocess import preprocess
     from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
@@ -18,15 +26,15 @@ def _box():
     return pre.volume.hu, pre.mask
 
 
-def test_reference_module_runs_its_own_blob_passes_and_restores_stage1():
+def test_reference_module_runs_its_own_blob_passes_and_restores_stage1(ref):
     from noduleflow.bench.blob_passes import load_reference, same_blobs, three_passes, using
     from noduleflow.engine import stage1
     from noduleflow.engine.blobs import Blobs, detect_blobs
 
-    ref = load_reference(ROOT)   # this checkout as its own reference: separate modules, the same code
     assert ref.__name__ == "noduleflow.engine._reference.stage1"
     assert ref.detect_blobs is not detect_blobs and ref.detect_blobs.__module__ == "noduleflow.engine._reference.blobs"
     assert ref.dilate.__module__ == "noduleflow.engine._reference.morphology"
+    assert Path(ref.__file__).parent != ROOT / "engine"   # a copy: its numba caches go there, not here
     hu, mask = _box()
     a, ta = three_passes(ref, hu, mask)
     b, tb = three_passes(stage1, hu, mask)
@@ -44,11 +52,10 @@ def test_reference_module_runs_its_own_blob_passes_and_restores_stage1():
         load_reference(ROOT / "tests")
 
 
-def test_timings_alternate_and_report(tmp_path):
-    from noduleflow.bench.blob_passes import load_reference, markdown, pass_timing, scan_timing
+def test_timings_alternate_and_report(ref, tmp_path):
+    from noduleflow.bench.blob_passes import markdown, pass_timing, scan_timing
     from noduleflow.bench.speed import phantom_series
 
-    ref = load_reference(ROOT)
     p = pass_timing(ref, {"box": _box()}, repeats=2)
     assert p["same_blobs"] == {"box": True} and p["boxes"]["box"] == list(_box()[0].shape)
     m = p["median_s"]

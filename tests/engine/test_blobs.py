@@ -271,3 +271,23 @@ def test_bad_params():
         BlobParams(max_blobs=0)
     with pytest.raises(ConfigError, match="shapes differ"):
         detect_blobs(np.zeros((8, 8, 8)), np.zeros((8, 8, 9), bool))
+
+
+def test_window_equals_numpy_clip_and_where():
+    """`window` (one parallel pass) against numpy's clip of where, for int16 and float32 input,
+    with a value threshold, a keep mask, both and neither; a keep mask of another shape is refused."""
+    from noduleflow.engine.blobs import window
+
+    rng = np.random.default_rng(9)
+    for dtype in (np.int16, np.float32):
+        hu = (rng.normal(size=(7, 9, 11)) * 600).astype(dtype)
+        keep = rng.random(hu.shape) < 0.6
+        f = hu.astype(np.float32)
+        np.testing.assert_array_equal(window(hu, -1000, 400), np.clip(f, -1000, 400))
+        np.testing.assert_array_equal(window(hu, above=-400, fill=-850), np.where(f > -400, np.float32(-850), f))
+        np.testing.assert_array_equal(window(hu, fill=-850, keep=keep), np.where(keep, f, np.float32(-850)))
+        np.testing.assert_array_equal(window(hu, -1000, 400, above=100, fill=-900, keep=keep),
+                                      np.clip(np.where(keep & (f <= 100), f, np.float32(-900)), -1000, 400))
+        assert window(hu).dtype == np.float32 and np.array_equal(window(hu), f)
+    with pytest.raises(ConfigError, match="keep must have"):
+        window(hu, keep=keep[:, :, :5])

@@ -17,8 +17,8 @@ compiling before the first figure), and measures:
    200 x 512 x 512) and of each ``--series`` given, ``--repeats`` times per version, alternating
    (and which goes first): per pass the median seconds and the ratio reference / this one;
 3. the default detection of those series (load excluded) with each version's stage 1 (its blob
-   passes and how it combines them; everything else the same), alternating: per stage the medians, the whole scan's ratio, and
-   whether the candidates are the same.
+   passes and how it combines them; everything else the same), alternating: per stage the
+   medians, the detection's ratio, and whether the candidates are the same.
 
 Absolute seconds on a shared 2-core machine are noise; the ratios are what is reported.
 """
@@ -148,7 +148,7 @@ def pass_timing(ref, boxes: dict, repeats: int) -> dict:
 
 
 def scan_timing(ref, series: list, repeats: int, model=None, backend: str = "auto") -> dict:
-    """The default detection of each DICOM series with each version's blob passes, ``repeats``
+    """The default detection of each DICOM series with each version's stage 1, ``repeats``
     times per version, alternating (and which goes first), after one warm-up: per stage the
     medians over every detection, the whole scan's and the blob passes' ratios, whether every
     detection of a scan gave the same candidates (centres and probabilities)."""

@@ -245,12 +245,14 @@ def _dot_response_rows(sm, mask, mask_rows, out, norm, floor):
     too (the peak search keeps only voxels above it, and a neighbour at or below it never outranks
     one): the response is at most norm * |trace| / 3, so where that is below ``floor`` (with a
     margin) the eigenvalues are not computed, nor where -H is not positive definite (Sylvester's
-    criterion on the leading minors, no trigonometry). Row by row, only the rows where
+    criterion on the leading minors, no trigonometry), nor where the tighter bound
+    norm * 3 |det|^(2/3) / |trace| (|l1|^3 <= |det|) is below it. Row by row, only the rows where
     ``mask_rows`` says the mask has a voxel (the others are set to 0): first, without branches (so
     vectorised), which voxels pass the mask, the three second derivatives' signs and the trace
     bound (most fail there), then the rest of the test and the eigenvalues for those alone."""
     nz, ny, nx = sm.shape
     lim = 2.997 * floor
+    lim3 = (0.999 * floor) ** 3
     for z in prange(nz):
         cand = np.empty(nx, np.bool_)
         for y in range(ny):
@@ -281,6 +283,11 @@ def _dot_response_rows(sm, mask, mask_rows, out, norm, floor):
                 det = (hzz * (hyy * hxx - hyx * hyx) - hzy * (hzy * hxx - hyx * hzx)
                        + hzx * (hzy * hyx - hyy * hzx))
                 if det >= 0.0:
+                    continue
+                # all three negative: |l1|^3 <= |det| and |l3| >= |trace| / 3, so the response is at
+                # most norm * 3 |det|^(2/3) / |trace|; below the floor (with a margin), no eigenvalues
+                tr = -(hzz + hyy + hxx)
+                if 27.0 * norm * norm * norm * det * det < lim3 * tr * tr * tr:
                     continue
                 e1, e2, e3 = _eig_sym3(hzz, hyy, hxx, hzy, hzx, hyx)
                 if e1 >= 0.0:  # the largest eigenvalue: all negative iff it is

@@ -178,31 +178,28 @@ def smoothed_below(hu: np.ndarray, mask: np.ndarray, threshold_hu: float) -> np.
 
 @njit(cache=True, parallel=True)
 def _block_mean(hu, fz, fy, fx, out):
+    """Each plane of blocks: the scan's rows added whole into one int32 line per block row (a
+    widening add over contiguous voxels, vectorised), then each line summed ``fx`` voxels at a time.
+    Integer sums: exact whatever the order."""
     cz, cy, cx = out.shape
     nz, ny, nx = hu.shape
     for k in prange(cz):
         z0, z1 = k * fz, min(k * fz + fz, nz)
-        acc = np.zeros((cy, cx), dtype=np.int32)  # int32: exact for blocks of up to 65536 int16 voxels
-        full = nx // fx
+        lines = np.zeros((cy, nx), dtype=np.int32)  # int32: exact for blocks of up to 65536 int16 voxels
         for z in range(z0, z1):
             for y in range(ny):
-                row = acc[y // fy]
+                line = lines[y // fy]
                 src = hu[z, y]
-                for i in range(full):
-                    s = np.int32(0)
-                    for t in range(i * fx, i * fx + fx):
-                        s += src[t]
-                    row[i] += s
-                if full < cx:  # a partial last block
-                    s = np.int32(0)
-                    for t in range(full * fx, nx):
-                        s += src[t]
-                    row[full] += s
+                for x in range(nx):
+                    line[x] += src[x]
         for j in range(cy):
             ny_b = min(j * fy + fy, ny) - j * fy
             for i in range(cx):
-                nx_b = min(i * fx + fx, nx) - i * fx
-                out[k, j, i] = acc[j, i] / np.float32((z1 - z0) * ny_b * nx_b)
+                x0, x1 = i * fx, min(i * fx + fx, nx)
+                s = np.int32(0)
+                for x in range(x0, x1):
+                    s += lines[j, x]
+                out[k, j, i] = s / np.float32((z1 - z0) * ny_b * (x1 - x0))
 
 
 def block_mean(hu: np.ndarray, factors_zyx) -> np.ndarray:

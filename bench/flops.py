@@ -643,6 +643,30 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
             "blas_threads": _blas_threads(), "seconds": time.perf_counter() - t0}
 
 
+def merge_peaks(peaks: list[dict]) -> dict:
+    """Several `peak` measurements of one run -> one: each GFLOP/s figure the highest measured (on a
+    shared machine a transient load only lowers a measurement, and a low peak would inflate every
+    achieved/peak share), the conv3d peak the faster runtime's of the merged figures; the
+    measurements themselves under ``"measurements"`` (matmul, conv3d by runtime, bf16)."""
+    if not peaks:
+        raise ConfigError("merge_peaks needs at least one peak measurement")
+    out = dict(peaks[-1])
+    out["matmul_gflops"] = max(p["matmul_gflops"] for p in peaks)
+    by = {}
+    for p in peaks:
+        for k, v in p["conv3d_gflops_by_runtime"].items():
+            by[k] = max(by.get(k, 0.0), v)
+    out["conv3d_gflops_by_runtime"] = by
+    out["conv3d_runtime"] = max(by, key=by.get)
+    out["conv3d_gflops"] = by[out["conv3d_runtime"]]
+    bf = [p["conv3d_bf16_gflops"] for p in peaks if p.get("conv3d_bf16_gflops")]
+    out["conv3d_bf16_gflops"] = max(bf) if bf else None
+    out["seconds"] = sum(p["seconds"] for p in peaks)
+    out["measurements"] = [{"matmul_gflops": p["matmul_gflops"], "conv3d_gflops_by_runtime": p["conv3d_gflops_by_runtime"],
+                            "conv3d_bf16_gflops": p.get("conv3d_bf16_gflops")} for p in peaks]
+    return out
+
+
 def accounting(done_flops: float, needed_flops: float, seconds: float, peak: dict) -> dict:
     """Achieved FLOP/s of a dense pass that ran ``done_flops`` (needing ``needed_flops``) in
     ``seconds``, against `peak`'s matmul and conv3d GFLOP/s."""

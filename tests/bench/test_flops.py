@@ -271,3 +271,28 @@ def test_stage2_runs():
     assert stage2_runs(200, 4, 50) == 350
     assert stage2_runs(30, 4, 50) == 120
     assert stage2_runs(200, 1, 50) == 200
+
+
+def test_merge_peaks_keeps_the_highest_of_each_figure():
+    """Two measurements of one run: each figure the higher (a transient load only lowers one), the
+    conv3d peak the faster runtime's of the merged figures, both measurements kept; none refused."""
+    from noduleflow.bench.flops import merge_peaks
+    from noduleflow.engine import ConfigError
+
+    a = {"matmul_gflops": 150.0, "conv3d_gflops_by_runtime": {"onnxruntime": 140.0, "openvino": 105.0},
+         "conv3d_gflops": 140.0, "conv3d_runtime": "onnxruntime", "conv3d_bf16_gflops": 198.0, "seconds": 6.0,
+         "threads": 2}
+    b = {"matmul_gflops": 189.0, "conv3d_gflops_by_runtime": {"onnxruntime": 100.0, "openvino": 188.0},
+         "conv3d_gflops": 188.0, "conv3d_runtime": "openvino", "conv3d_bf16_gflops": None, "seconds": 5.0,
+         "threads": 2}
+    m = merge_peaks([a, b])
+    assert m["matmul_gflops"] == 189.0 and m["conv3d_gflops_by_runtime"] == {"onnxruntime": 140.0, "openvino": 188.0}
+    assert m["conv3d_runtime"] == "openvino" and m["conv3d_gflops"] == 188.0 and m["conv3d_bf16_gflops"] == 198.0
+    assert m["seconds"] == 11.0 and len(m["measurements"]) == 2 and m["measurements"][0]["matmul_gflops"] == 150.0
+    assert merge_peaks([b])["conv3d_bf16_gflops"] is None and merge_peaks([b])["matmul_gflops"] == 189.0
+    with pytest.raises(ConfigError):
+        merge_peaks([])
+    from noduleflow.bench.speed import _peak_measurements
+
+    assert "the highest of 2 measurements" in _peak_measurements(m) and "matmul 150/189" in _peak_measurements(m)
+    assert "bf16 conv3d 198/-" in _peak_measurements(m) and _peak_measurements(merge_peaks([b])) == ""

@@ -24,6 +24,7 @@ Writes bf16.json and bf16.md to ``--out``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -46,13 +47,22 @@ def _pair(path, x, repeats: int = 7) -> dict:
             "max_abs_prob_diff": float(np.abs(_sigmoid(a) - _sigmoid(b)).max())}
 
 
+@functools.lru_cache(maxsize=1)
+def _phantom(pkg_path: str, seed: int):
+    """Bench speed's phantom of ``seed`` and its preprocessing by the package's contract, made once
+    per process (`graphs` and `dense_pass` both use it)."""
+    from noduleflow.engine.package import ModelPackage
+    from noduleflow.engine.preprocess import preprocess
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+
+    ph = generate_phantom(seed, params=PhantomParams(z_extent_mm=300.0), spacing_zyx_mm=(1.5, 0.7, 0.7))
+    return ph, preprocess(ph.volume, ModelPackage.load(pkg_path).contract.preprocess)
+
+
 def graphs(model=None, seed: int = 500) -> dict:
     """The stage-2 and dense graphs, fp32 against bf16 (`_pair`)."""
-    from noduleflow.engine.detector import Detector
     from noduleflow.engine.package import ModelPackage, default_package_path
-    from noduleflow.engine.preprocess import preprocess
     from noduleflow.export.int8 import calibration_patches
-    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     pkg = ModelPackage.load(model or default_package_path())
     k = pkg.contract
@@ -61,9 +71,7 @@ def graphs(model=None, seed: int = 500) -> dict:
         _, test = calibration_patches(k, "stage2")
         res["stage2"] = _pair(pkg.file("stage2.onnx"), np.ascontiguousarray(test[:64]))
     if pkg.has_dense:
-        ph = generate_phantom(seed, params=PhantomParams(z_extent_mm=300.0), spacing_zyx_mm=(1.5, 0.7, 0.7))
-        with Detector(pkg, mode="dense", stages="1", backend="onnxruntime-cpu") as d:
-            pre = preprocess(ph.volume, d.spec)
+        pre = _phantom(str(pkg.path), seed)[1]
         n = 4 * 31 + k.patch_size  # a full tile of 32^3 output points
         c = np.maximum((np.asarray(pre.volume.shape) - n) // 2, 0)
         hu = pre.volume.hu[c[0]:c[0] + n, c[1]:c[1] + n, c[2]:c[2] + n]
@@ -78,14 +86,11 @@ def dense_pass(model=None, seed: int = 500, repeats: int = 3) -> dict:
     the one-stage detections' top 15 (how many of one's within 2 mm of one of the other's)."""
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.package import ModelPackage, default_package_path
-    from noduleflow.engine.preprocess import preprocess
-    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     pkg = ModelPackage.load(model or default_package_path())
-    ph = generate_phantom(seed, params=PhantomParams(z_extent_mm=300.0), spacing_zyx_mm=(1.5, 0.7, 0.7))
+    ph, pre = _phantom(str(pkg.path), seed)
     dets = {p: Detector(pkg, mode="dense", stages="1", backend="openvino-cpu", backend_options={"precision": p})
             for p in ("fp32", "bf16")}
-    pre = preprocess(ph.volume, dets["fp32"].spec)
     centres = dets["fp32"].grid_centres(pre)
     logits = {p: d.score(pre, centres) for p, d in dets.items()}  # warm-up
     times = {p: [] for p in dets}

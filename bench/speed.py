@@ -105,13 +105,12 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     at the start and at the end of the run; the higher of each figure is kept: `flops.merge_peaks`).
     ``backend``: what every detection runs on (default "auto", as `noduleflow detect`); the CPU
     backends installed are also compared side by side on the last scan (`cpu_backends`)."""
+    from noduleflow.bench import flops as fl
     from noduleflow.bench.baseline import seed_style
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io import load_volume
     from noduleflow.engine.package import default_package_path
     from noduleflow.engine.preprocess import preprocess
-
-    from noduleflow.bench import flops as fl
 
     package = Path(package or default_package_path())
     t0 = time.perf_counter()

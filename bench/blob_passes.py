@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import subprocess
@@ -147,17 +146,18 @@ def pass_timing(ref, boxes: dict, repeats: int) -> dict:
             "reference_over_this": {p: med["reference"][p] / med["this"][p] for p in med["this"]}}
 
 
-def scan_timing(ref, series: list, repeats: int, model=None, backend: str = "auto") -> dict:
+def scan_timing(ref, series: list, repeats: int, model=None, backend: str = "auto", volumes=None) -> dict:
     """The default detection of each DICOM series with each version's stage 1, ``repeats``
     times per version, alternating (and which goes first), after one warm-up: per stage the
     medians over every detection, the whole scan's and the blob passes' ratios, whether every
-    detection of a scan gave the same candidates (centres and probabilities)."""
+    detection of a scan gave the same candidates (centres and probabilities). ``volumes``: the
+    series already loaded (`engine.io.load_volume`), else they are loaded here."""
     from noduleflow.engine import stage1
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io import load_volume
 
     versions = {"reference": ref, "this": stage1}
-    vols = [load_volume(s) for s in series]
+    vols = list(volumes) if volumes is not None else [load_volume(s) for s in series]
     times = {k: {} for k in versions}
     cands, same = {}, True  # scan -> its first detection's candidates
     with Detector(model, backend=backend) as det:
@@ -257,6 +257,7 @@ def main(argv=None) -> int:
     from noduleflow.engine.io import load_volume
     from noduleflow.engine.preprocess import preprocess
 
+    from .int8 import write_report
     from .speed import machine, phantom_series
 
     ref = load_reference(a.reference_tree)
@@ -269,21 +270,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="noduleflow-blob-passes-") as tmp:
         series = phantom_series(Path(tmp), a.scans) + [Path(s) for s in a.series]
         if series:
+            vols = [load_volume(s) for s in series]  # loaded once: the passes' lung boxes, then the detections
             boxes = {}
-            for s in series:
-                pre = preprocess(load_volume(s))
+            for s, v in zip(series, vols):
+                pre = preprocess(v)
                 boxes[s.name if s.parent == Path(tmp) else str(s)] = (pre.volume.hu, pre.mask)
             res["passes"] = pass_timing(ref, boxes, a.repeats)
             del boxes
             if not a.no_detect:
-                res["scans"] = scan_timing(ref, series, a.repeats, backend=a.backend)
+                res["scans"] = scan_timing(ref, series, a.repeats, backend=a.backend, volumes=vols)
     res["load_average"] = os.getloadavg()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "blob_passes.json").write_text(json.dumps(res, indent=2))
-    text = markdown(res)
-    (out / "blob_passes.md").write_text(text)
-    print(text)
+    write_report(Path(a.out), "blob_passes", res, markdown(res))
     return 0
 
 

@@ -56,8 +56,9 @@ def test_timings_alternate_and_report(ref, tmp_path):
     from noduleflow.bench.blob_passes import markdown, pass_timing, scan_timing
     from noduleflow.bench.speed import phantom_series
 
-    p = pass_timing(ref, {"box": _box()}, repeats=2)
-    assert p["same_blobs"] == {"box": True} and p["boxes"]["box"] == list(_box()[0].shape)
+    box = _box()
+    p = pass_timing(ref, {"box": box}, repeats=2)
+    assert p["same_blobs"] == {"box": True} and p["boxes"]["box"] == list(box[0].shape)
     m = p["median_s"]
     assert m["this"]["all three"] == pytest.approx(sum(m["this"][k] for k in ("blobs", "subsolid", "wall")))
     assert p["reference_over_this"]["wall"] == pytest.approx(m["reference"]["wall"] / m["this"]["wall"])

@@ -110,7 +110,7 @@ def _runner(runtime: str, model_bytes: bytes):
 
 
 def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3, input_shape=None,
-                  precision: str = "fp32", flops_path=None) -> dict | None:
+                  precision: str = "fp32", flops_path=None, contract=None) -> dict | None:
     """Where a full dense tile's time goes in OpenVINO (its per-node profiling counters, the best of
     ``repeats`` runs on a random tile of ``tile_out``^3 output points): per node, milliseconds, its
     share, and for a convolution its FLOPs (`bench.flops`) and GFLOP/s. ``input_shape`` (N, C, D, H,
@@ -118,7 +118,8 @@ def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3, input_shape=
     patches; FLOPs from ONNX shape inference). ``precision``: "fp32" (the engine's default) or
     "bf16" (OpenVINO's bfloat16 arithmetic, `--precision bf16`). ``flops_path``: the graph to count
     the FLOPs on, when not the one timed (an INT8 graph's weights are not initializers of its
-    convolutions: its fp32 original's node names and FLOPs). None without OpenVINO."""
+    convolutions: its fp32 original's node names and FLOPs). ``contract``: the package's, for the
+    engine's tile (`bench.flops.input_shape_for`). None without OpenVINO."""
     import importlib.util
 
     from noduleflow.bench import flops as fl
@@ -128,7 +129,7 @@ def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3, input_shape=
     import openvino as ov
 
     if input_shape is None:
-        graph = fl.layers_from_onnx(dense_path)
+        graph = fl.layers_from_onnx(dense_path, contract)
         side = [int(v) for v in fl.input_shape_for(graph, (tile_out,) * 3)]
         conv_flops = fl.layer_flops(graph, side)
         shape = (1, 1, *side)
@@ -186,7 +187,7 @@ def run(out_dir: Path, repeats: int = 3, seed: int = 500) -> dict:
     idx = (centres - k.dense_offset) // k.dense_stride
     tiles = [(sel, o0, k.normalise(hu[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]])[None, None])
              for sel, o0, _, a0, a1 in dense_tiles(k, centres, np.asarray(hu.shape), t_out)]
-    graph = fl.layers_from_onnx(pkg.file("dense.onnx"))
+    graph = fl.layers_from_onnx(pkg.file("dense.onnx"), pkg.contract)
     done_whole = fl.work_done(graph, k, centres, hu.shape, t_out)
     head_per_point = sum(2 * w.shape[0] * w.shape[1] for w, _ in layers)
     head_convs = graph.convs[-len(layers):]
@@ -234,7 +235,7 @@ def run(out_dir: Path, repeats: int = 3, seed: int = 500) -> dict:
                                "head_gflops": head_per_point * len(centres) / statistics.median(th) / 1e9,
                                "max_abs_logit_diff": float(np.abs(a - b).max())}
         print(rt, json.dumps(res["runtimes"][rt]), flush=True)
-    res["layer_profile"] = layer_profile(pkg.file("dense.onnx"), t_out, repeats)
+    res["layer_profile"] = layer_profile(pkg.file("dense.onnx"), t_out, repeats, contract=pkg.contract)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dense_head.json").write_text(json.dumps(res, indent=2))

@@ -13,8 +13,9 @@ over every position it computes, including positions a later crop or floor pooli
   `engine.detector.dense_tiles`).
 - `needed_work`: FLOPs of only what the needed output points require, each layer's positions
   computed once however many needed points share them.
-- `peak`: float32 FLOP/s of a large numpy matmul and of the dense graph's heaviest convolution in
-  ONNX Runtime, measured now; `accounting` sets achieved FLOP/s against them.
+- `peak`: float32 FLOP/s of a large numpy matmul and of a 64 -> 64 3^3 convolution (and the dense
+  graph's heaviest, when it differs) in ONNX Runtime and OpenVINO, measured now; `accounting` sets
+  achieved FLOP/s against them.
 """
 from __future__ import annotations
 
@@ -76,11 +77,14 @@ class Layer:
 class DenseLayers:
     """The spatial layers of a dense graph in graph order (a producer before its consumers);
     ``input``/``output``: the names of the graph's image input and of the tensor its output is
-    read from. Iterates over the layers."""
+    read from. ``tile``: the dense contract's (patch size, stride) when known (`layers_from_onnx`'s
+    ``contract``): the input the engine feeds for n output points is then (n - 1) stride + patch
+    (`input_shape_for`). Iterates over the layers."""
     layers: tuple[Layer, ...]
     input: str
     output: str
     source: str = field(default="", compare=False)
+    tile: tuple[int, int] | None = field(default=None, compare=False)
 
     def __iter__(self):
         return iter(self.layers)
@@ -97,8 +101,10 @@ class DenseLayers:
 
 
 # -- reading the graph ------------------------------------------------------------------------------
-def layers_from_onnx(path) -> DenseLayers:
-    """The spatial layers of the dense graph at ``path`` (an ONNX file, (N, C, D, H, W) input).
+def layers_from_onnx(path, contract=None) -> DenseLayers:
+    """The spatial layers of the dense graph at ``path`` (an ONNX file, (N, C, D, H, W) input);
+    ``contract`` (the package's `InputContract`, optional): its patch size and dense stride set the
+    input that `input_shape_for` takes for an output block, the engine's tile.
 
     Tensors computed from the image input are followed through the graph; ops that keep every
     position (`POINTWISE`, and `AXIS_OPS` on a non-spatial axis) are looked through; Conv,
@@ -271,7 +277,9 @@ def layers_from_onnx(path) -> DenseLayers:
         raise ConfigError(f"{where}: no graph output is computed from the input {image.name!r}")
     if not any(x.op == "Conv" for x in layers):
         raise ConfigError(f"{where}: no Conv on the path from the input to the output")
-    return DenseLayers(tuple(layers), image.name, alias[outs[0]], str(path))
+    tile = (int(contract.patch_size), int(contract.dense_stride)) if contract is not None and contract.dense_stride \
+        else None
+    return DenseLayers(tuple(layers), image.name, alias[outs[0]], str(path), tile)
 
 
 # -- geometry (per axis; every handled layer acts on each spatial axis separately) ----------------------
@@ -327,14 +335,20 @@ def _smallest_input(graph: DenseLayers, want: np.ndarray) -> np.ndarray:
 
 
 def input_shape_for(graph: DenseLayers, out_shape_zyx) -> np.ndarray:
-    """The input (3,) the graph runs on for an ``out_shape_zyx`` output block: the largest giving
-    exactly that block. For the dense graphs this is (n - 1) stride + patch per axis, the tile
-    `Detector._score_dense` feeds and the size a dense graph's own leading trim keeps (their
-    floor poolings give the same block on a few voxels less, which they would not read)."""
+    """The input (3,) the graph runs on for an ``out_shape_zyx`` output block: with the graph's
+    contract (``graph.tile``), (n - 1) stride + patch per axis, the tile `Detector._score_dense` feeds
+    (checked to give exactly that block); without it, the largest input giving exactly that block
+    (for 3D-1 the same tile: its floor poolings give the same block on a few voxels less, which it
+    would not read; a network whose receptive field is shorter than the patch, as 3D-E's, gives the
+    block on up to stride - 1 voxels more, so pass the contract)."""
     want = _arr(out_shape_zyx)
     if want.shape != (3,) or (want < 1).any():
         raise ConfigError(f"output block must be 3 sizes >= 1, got {out_shape_zyx!r}")
-    n = _smallest_input(graph, want + 1) - 1
+    if graph.tile is not None:
+        patch, stride = graph.tile
+        n = (want - 1) * stride + patch
+    else:
+        n = _smallest_input(graph, want + 1) - 1
     got = _forward(graph, n, strict=False)[graph.output]
     if (got != want).any():
         raise ConfigError(f"no input gives a {want.tolist()} output (nearest {got.tolist()})")
@@ -566,18 +580,30 @@ def _blas_threads():
     return n[0] if n else None
 
 
+# The machine's reference convolution: 64 -> 64 channels, 3^3 (3D-1's heaviest layer, fc1). The conv3d
+# peak is measured on it whatever the graph, so that a network of narrower layers is not set
+# against a lower peak than a wider one (and runs stay comparable across models).
+REFERENCE_CONV = Layer("Conv", "reference 64->64 3^3", ("x",), "y", kernel=(3, 3, 3), cin=64, cout=64)
+
+
+def _same_conv(a: Layer, b: Layer) -> bool:
+    return (a.cin, a.cout, a.kernel, a.stride, a.dilation, a.group, a.pads) == \
+        (b.cin, b.cout, b.kernel, b.stride, b.dilation, b.group, b.pads)
+
+
 def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmul_n: int = 4096,
          conv_side: int = 48, threads: int | None = None) -> dict:
     """The machine's practical float32 peak, measured now, in about ``seconds_budget`` (a part per
-    measurement; each runs at least once after a warm-up, then again while its half lasts, best kept):
+    measurement; each runs at least once after a warm-up, then again while its part lasts, best kept):
 
     - matmul: numpy ``matmul_n`` x ``matmul_n`` @ ``matmul_n`` x ``matmul_n`` float32 (2 n^3 FLOPs);
-    - conv3d: one Conv node of the dense graph's heaviest convolution (`heaviest_conv`, same
-      kernel, stride and channels) on a (1, Cin, ``conv_side``^3) input, random weights (FLOPs as
+    - conv3d: one Conv node on a (1, Cin, ``conv_side``^3) input, random weights (FLOPs as
       `Layer.flops_per_position`), in ONNX Runtime with the engine's CPU session options and, when
-      installed, in OpenVINO's CPU plugin in float32 (the same threads; the budget then split in
-      three): the faster runtime's figure is the conv3d peak, both are kept;
-    - conv3d in bfloat16 (``conv3d_bf16_gflops``): the same Conv in OpenVINO with its bf16
+      installed, in OpenVINO's CPU plugin in float32 (the same threads): the reference convolution
+      (`REFERENCE_CONV`, 64 -> 64 channels, 3^3) and, when its shape differs, the dense graph's
+      heaviest convolution (`heaviest_conv`); the fastest figure is the conv3d peak, each runtime's
+      best kept;
+    - conv3d in bfloat16 (``conv3d_bf16_gflops``): the conv3d peak's Conv in OpenVINO with its bf16
       arithmetic, where the CPU has it (else None): the peak for ``--precision bf16``.
 
     ``graph``: default the shipped model's dense.onnx. ``threads``: ONNX Runtime intra-op threads
@@ -598,49 +624,64 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
         from noduleflow.engine.backends.openvino import cpu_capabilities
 
         has_bf16 = "BF16" in cpu_capabilities()
-    half = max(float(seconds_budget), 0.0) / (2 + has_ov + has_bf16)  # a part per measurement
+    heaviest = heaviest_conv(graph)
+    layers = [heaviest] if _same_conv(heaviest, REFERENCE_CONV) else [REFERENCE_CONV, heaviest]
+    part = max(float(seconds_budget), 0.0) / (1 + len(layers) * (1 + has_ov) + has_bf16)  # a part per measurement
     a = rng.standard_normal((matmul_n, matmul_n), dtype=np.float32)
     b = rng.standard_normal((matmul_n, matmul_n), dtype=np.float32)
     c = np.empty_like(a)
     np.matmul(a[:256, :256], b[:256, :256])  # BLAS threads up
-    t_mm = _best_of(functools.partial(np.matmul, a, b, out=c), half)
+    t_mm = _best_of(functools.partial(np.matmul, a, b, out=c), part)
     del a, b, c
-    layer = heaviest_conv(graph)
     so = session_options(threads)
-    conv_onnx = _conv_model(layer, conv_side, rng).SerializeToString()  # one graph, both runtimes
-    sess = ort.InferenceSession(conv_onnx, sess_options=so,
-                                providers=["CPUExecutionProvider"])
-    x = rng.uniform(size=(1, layer.cin, conv_side, conv_side, conv_side)).astype(np.float32)
-    y = sess.run(None, {"x": x})[0]  # warm-up: allocations, kernel choice
-    conv_flops = layer.flops_per_position * int(np.prod(y.shape[2:]))
-    t_conv = _best_of(lambda: sess.run(None, {"x": x}), half)
-    by_runtime = {"onnxruntime": conv_flops / t_conv / 1e9}
-    bf16 = None
-    if has_ov:  # the other CPU backend: the faster one is the peak
+    core = None
+    if has_ov:
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(conv_onnx, b"")
+    by_runtime, convs = {}, []
+    for layer in layers:
+        conv_onnx = _conv_model(layer, conv_side, rng).SerializeToString()  # one graph, both runtimes
+        sess = ort.InferenceSession(conv_onnx, sess_options=so, providers=["CPUExecutionProvider"])
+        x = rng.uniform(size=(1, layer.cin, conv_side, conv_side, conv_side)).astype(np.float32)
+        y = sess.run(None, {"x": x})[0]  # warm-up: allocations, kernel choice
+        conv_flops = layer.flops_per_position * int(np.prod(y.shape[2:]))
+        t_conv = _best_of(lambda: sess.run(None, {"x": x}), part)
+        rates = {"onnxruntime": conv_flops / t_conv / 1e9}
+        if has_ov:  # the other CPU backend: the faster one is the peak
+            model = core.read_model(conv_onnx, b"")
 
-        def ov_conv(hint):  # float32 arithmetic asked for: OpenVINO's default is bf16 where the CPU has it
-            req = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
-                                                    "INFERENCE_NUM_THREADS": so.intra_op_num_threads}
-                                     ).create_infer_request()
-            req.infer({0: x})  # warm-up
-            return conv_flops / _best_of(lambda: req.infer({0: x}), half) / 1e9
+            def ov_conv(hint, model=model, x=x, conv_flops=conv_flops):
+                # float32 arithmetic asked for: OpenVINO's default is bf16 where the CPU has it
+                req = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
+                                                        "INFERENCE_NUM_THREADS": so.intra_op_num_threads}
+                                         ).create_infer_request()
+                req.infer({0: x})  # warm-up
+                return conv_flops / _best_of(lambda: req.infer({0: x}), part) / 1e9
 
-        by_runtime["openvino"] = ov_conv("f32")
-        if has_bf16:
-            bf16 = ov_conv("bf16")  # the peak of `--precision bf16`'s arithmetic, apart
+            rates["openvino"] = ov_conv("f32")
+        for k, v in rates.items():
+            by_runtime[k] = max(by_runtime.get(k, 0.0), v)
+        convs.append({"layer": layer.name, "conv": _conv_text(layer, conv_side), "gflop_per_run": conv_flops / 1e9,
+                      "best_s": t_conv, "gflops_by_runtime": rates, "ov_conv": ov_conv if has_ov else None})
+    top = max(convs, key=lambda d: max(d["gflops_by_runtime"].values()))
+    bf16 = top["ov_conv"]("bf16") if has_bf16 else None  # the peak of `--precision bf16`'s arithmetic, apart
     best = max(by_runtime, key=by_runtime.get)
     return {"matmul_gflops": 2 * matmul_n ** 3 / t_mm / 1e9, "matmul_n": matmul_n, "matmul_best_s": t_mm,
             "conv3d_gflops": by_runtime[best], "conv3d_runtime": best, "conv3d_gflops_by_runtime": by_runtime,
             "conv3d_bf16_gflops": bf16,
-            "conv3d_best_s": t_conv,
-            "conv3d_layer": layer.name,
-            "conv3d": f"{layer.cin}->{layer.cout} {'x'.join(map(str, layer.kernel))} on {conv_side}^3",
-            "conv3d_gflop_per_run": conv_flops / 1e9, "threads": so.intra_op_num_threads,
+            "conv3d_best_s": top["best_s"],
+            "conv3d_layer": top["layer"],
+            "conv3d": top["conv"],
+            "conv3d_gflop_per_run": top["gflop_per_run"],
+            "conv3d_measured": [{k: v for k, v in d.items() if k != "ov_conv"} for d in convs],
+            "threads": so.intra_op_num_threads,
             "blas_threads": _blas_threads(), "seconds": time.perf_counter() - t0}
+
+
+def _conv_text(layer: Layer, side: int) -> str:
+    stride = "" if layer.stride == (1, 1, 1) else f" stride {'x'.join(map(str, layer.stride))}"
+    return f"{layer.cin}->{layer.cout} {'x'.join(map(str, layer.kernel))}{stride} on {side}^3"
 
 
 def merge_peaks(peaks: list[dict]) -> dict:

@@ -30,7 +30,7 @@ def run(out_dir: Path, graph: str = "stage2", batch: int = 64, package=None, rep
         raise ConfigError(f"package {pkg.manifest.model_id} has no {fname}")
     p = pkg.contract.patch_size
     if graph == "dense":
-        prof = layer_profile(path, repeats=repeats, precision=precision)
+        prof = layer_profile(path, repeats=repeats, precision=precision, contract=pkg.contract)
     else:
         ch = pkg.contract.stage2.channels if graph == "stage2" else 1
         prof = layer_profile(path, repeats=repeats, input_shape=(batch, ch, p, p, p), precision=precision,

@@ -117,7 +117,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     dense = Detector(package, mode="dense", backend=backend, stages="1")
     cold_model = time.perf_counter() - t0
     # the peak is measured at the start and again at the end (`flop_accounting`), the higher kept
-    early_peak = fl.peak(seconds_budget=peak_budget_s, graph=fl.layers_from_onnx(dense.package.file("dense.onnx")))
+    early_peak = fl.peak(seconds_budget=peak_budget_s, graph=fl.layers_from_onnx(dense.package.file("dense.onnx"),
+                                                                                     dense.contract))
     patch = Detector(package, mode="patch", backend=backend, stages="1")
     # the default detection of a two-stage package: stage 1 (the contract's generator) + stage 2
     two = Detector(package, backend=backend) if dense.package.has_stage2 else None
@@ -355,7 +356,7 @@ def flop_accounting(dense, grids, peak_budget_s: float, earlier_peaks: list | No
     of the same run: `flops.merge_peaks`, the highest of each figure)."""
     from noduleflow.bench import flops as fl
 
-    graph = fl.layers_from_onnx(dense.package.file("dense.onnx"))
+    graph = fl.layers_from_onnx(dense.package.file("dense.onnx"), dense.contract)
     k, t = dense.contract, dense.config.tile_out
     counts = [{"scan": i, "grid_points": int(len(c)), "inference_s": sec,
                "flop_done": fl.work_done(graph, k, c, shape, t),

@@ -31,3 +31,21 @@ def tiny_package(tmp_path_factory):
     save_checkpoint(root / "ckpt", model, {"model": "3d-1", "model_kwargs": {}}, "best")
     export_package(root / "ckpt" / "best.safetensors", root / "package", model_id="test-3d-1")
     return root / "package"
+
+
+@pytest.fixture(scope="session")
+def tiny_package_e(tmp_path_factory):
+    """A 3D-E package (the dense pass's efficient network) exported from random weights."""
+    pytest.importorskip("torch")
+    import torch
+
+    from noduleflow.export.package import export_package
+    from noduleflow.trainer.checkpoint import save_checkpoint
+    from noduleflow.trainer.models import build_model
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("pkg_e")
+    model = build_model("3d-e").eval()
+    save_checkpoint(root / "ckpt", model, {"model": "3d-e", "model_kwargs": {}}, "best")
+    export_package(root / "ckpt" / "best.safetensors", root / "package", model_id="test-3d-e")
+    return root / "package"

@@ -18,7 +18,7 @@ def pkg():
 
 @pytest.fixture(scope="module")
 def graph(pkg):
-    return fl.layers_from_onnx(pkg.file("dense.onnx"))
+    return fl.layers_from_onnx(pkg.file("dense.onnx"), pkg.contract)
 
 
 def _random_centres(contract, shape, n, seed):
@@ -215,6 +215,54 @@ def test_peak_with_a_tiny_budget(graph):
         assert (pk["conv3d_bf16_gflops"] is not None) == ("BF16" in cpu_capabilities())
     else:
         assert pk["conv3d_bf16_gflops"] is None
+
+
+@pytest.fixture(scope="module")
+def graph_3d_e(tmp_path_factory):
+    """3D-E's dense graph (random weights) and the model."""
+    pytest.importorskip("torch")
+    from noduleflow.export.onnx_export import export_dense
+    from noduleflow.trainer.models import build_model
+
+    m = build_model("3d-e").eval()
+    path = export_dense(m, tmp_path_factory.mktemp("e") / "dense.onnx", False)
+    return fl.layers_from_onnx(path, ModelPackage.load(default_package_path()).contract), m
+
+
+def test_3d_e_graph_counts_as_the_trainer(pkg, graph_3d_e):
+    """The strided convolutions of 3D-E walk like 3D-1's poolings: one point's FLOPs are the trainer's
+    count, the engine's tiles map to the graph's input, and needed never exceeds done."""
+    from noduleflow.trainer.models.summary import count
+
+    g, m = graph_3d_e
+    assert [(x.kernel, x.stride) for x in g.convs[:2]] == [((4, 4, 4), (2, 2, 2)), ((3, 3, 3), (2, 2, 2))]
+    assert not any(x.op in ("MaxPool", "Concat") for x in g)
+    assert fl.region_flops(g, (1, 1, 1)) == pytest.approx(count(m, dense=True)[1] * 1e9, rel=1e-6)
+    # without the contract, the largest input giving one point: 3 voxels more than the engine's tile
+    bare = fl.DenseLayers(g.layers, g.input, g.output)
+    assert fl.input_shape_for(bare, (1, 1, 1)).tolist() == [43, 43, 43]
+    assert fl.region_flops(bare, (1, 1, 1)) > fl.region_flops(g, (1, 1, 1))
+    k = pkg.contract
+    for out in [(1, 1, 1), (2, 3, 5), (24, 24, 24)]:
+        assert fl.input_shape_for(g, out).tolist() == [(n - 1) * k.dense_stride + k.patch_size for n in out]
+    shape = (150, 120, 170)
+    c = _random_centres(k, shape, 60, 3)
+    assert 0 < fl.needed_work(g, k, c, shape) <= fl.work_done(g, k, c, shape, 8)
+
+
+def test_peak_measures_the_reference_conv_beside_a_narrower_graph(graph_3d_e):
+    """A graph whose heaviest convolution is not 64 -> 64 3^3: both are measured and the conv3d peak is
+    the faster, so a narrow network is not set against a lower peak."""
+    g, _ = graph_3d_e
+    assert fl.heaviest_conv(g).cin == 48
+    pk = fl.peak(seconds_budget=0.01, graph=g, matmul_n=128, conv_side=10, threads=1)
+    measured = pk["conv3d_measured"]
+    assert [d["conv"] for d in measured] == ["64->64 3x3x3 on 10^3", "48->48 3x3x3 on 10^3"]
+    fastest = max(max(d["gflops_by_runtime"].values()) for d in measured)
+    assert pk["conv3d_gflops"] == fastest
+    assert pk["conv3d"] == next(d["conv"] for d in measured if max(d["gflops_by_runtime"].values()) == fastest)
+    for rt, v in pk["conv3d_gflops_by_runtime"].items():
+        assert v == max(d["gflops_by_runtime"][rt] for d in measured)
 
 
 def test_accounting_arithmetic():

@@ -53,7 +53,9 @@ def phantom():
     return generate_phantom(5, params=PhantomParams(n_nodules=3), **SMALL)
 
 
-def test_dense_equals_patch_end_to_end(tiny_package, phantom):
+@pytest.mark.parametrize("package", ["tiny_package", "tiny_package_e"])
+def test_dense_equals_patch_end_to_end(package, phantom, request):
+    tiny_package = request.getfixturevalue(package)
     dense = Detector(tiny_package, mode="dense")
     patch = Detector(tiny_package, mode="patch")
     centres, ld = dense.scores_at(phantom.volume)

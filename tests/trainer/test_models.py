@@ -68,11 +68,12 @@ def test_inference_form_equals_training_form(name):
     assert float(ref.std()) > 0  # three different patches, three different logits
 
 
-def test_input_extent_is_what_the_logit_reads():
+@pytest.mark.parametrize("name", ["3d-1", "3d-e"])
+def test_input_extent_is_what_the_logit_reads(name):
     """The network itself (no trim) ignores a patch's voxels from `input_extent` on along every
     axis and depends on the one before it, so the inference trim drops exactly the unread voxels."""
     torch.manual_seed(1)
-    m = build_model("3d-1").eval()
+    m = build_model(name).eval()
     e = m.input_extent
     x = torch.rand(1, 1, 41, 41, 41)
     with torch.no_grad():
@@ -87,9 +88,22 @@ def test_input_extent_is_what_the_logit_reads():
                 assert changed == (k < e), (axis, k)
 
 
-def test_patch_of_the_wrong_size_refused():
+@pytest.mark.parametrize("name", ["3d-1", "3d-e"])
+def test_patch_of_the_wrong_size_refused(name):
     with pytest.raises(ValueError, match="41"):
-        build_model("3d-1").eval()(torch.rand(1, 1, 42, 42, 42))
+        build_model(name).eval()(torch.rand(1, 1, 42, 42, 42))
+
+
+def test_3d_e_geometry():
+    """3D-E: the dense contract of 3D-1 (stride 4, offset 20), no poolings or concatenations, every
+    3^3 layer's channels a multiple of 16; a depth without the receptive field of 40 is refused."""
+    m = build_model("3d-e")
+    assert (m.dense_stride, m.dense_offset, m.input_extent) == (4, 20, 40)
+    assert not any(isinstance(x, (torch.nn.MaxPool3d, torch.nn.AvgPool3d)) for x in m.modules())
+    wide = [x for x in m.modules() if isinstance(x, torch.nn.Conv3d) and x.kernel_size == (3, 3, 3)]
+    assert len(wide) == 5 and all(x.out_channels % 16 == 0 for x in wide)
+    with pytest.raises(ValueError, match="depth 4"):
+        build_model("3d-e", depth=3)
 
 
 def test_unknown_model():

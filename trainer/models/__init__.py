@@ -6,9 +6,9 @@ convolutional (`dense_forward`); see `trainer.models.net3d`.
 """
 from __future__ import annotations
 
-MODEL_NAMES = ("3d-1", "3d-2", "3d-loc", "2.5d-1", "2.5d-2", "3d-st")
+MODEL_NAMES = ("3d-1", "3d-2", "3d-loc", "3d-e", "2.5d-1", "2.5d-2", "3d-st")
 STAGE2_MODELS = ("ms-3d1",)  # (N, 2, 41, 41, 41) multi-scale context input
-DENSE_MODELS = ("3d-1", "3d-2", "3d-loc")
+DENSE_MODELS = ("3d-1", "3d-2", "3d-loc", "3d-e")
 
 
 def build_model(name: str, **kwargs):
@@ -22,6 +22,10 @@ def build_model(name: str, **kwargs):
         return Net3D("3d-1", **kwargs)
     if name == "3d-2":
         return Net3D("3d-2", **kwargs)
+    if name == "3d-e":
+        from .net3d import Net3DE
+
+        return Net3DE(**kwargs)
     if name == "3d-loc":
         return Net3D("3d-1", loc=True, **kwargs)
     if name == "2.5d-1":

@@ -89,6 +89,59 @@ class Net3D(nn.Module):
         return self._logits(x, lm).reshape(x.shape[0])
 
 
+class Net3DE(nn.Module):
+    """3D-E: a plain stack of valid convolutions laid out for the dense pass's speed, not the seed's.
+
+    Geometry on a 41^3 patch: 41 -conv4 stride 2-> 19 -conv3 stride 2-> 9 -conv3 x4-> 1, then
+    1^3 convolutions (the head). Total stride 4, receptive field 40 (voxels 0-39 of the patch,
+    `input_extent`): exactly fully convolutional like 3D-1 (`dense_forward`), with the same dense
+    contract (stride 4, offset 20). Against 3D-1's inception trunk: no branches, concatenations,
+    crops or poolings; the heavy layers are 3^3 convolutions of ``width`` (a multiple of 16)
+    channels on the stride-4 grid, which CPU convolution kernels run near the machine's peak;
+    the one-channel input is read by a 4^3 stride-2 convolution (1/8 of the positions of 3D-1's
+    stride-1 stem); the head is 1^3, so a point's score costs nothing beyond its trunk."""
+
+    patch_size = PATCH_SIZE
+    dense_stride = 4
+    dense_offset = 20
+    input_extent = 40
+
+    def __init__(self, width: int = 48, stem: int = 16, depth: int = 4, head: int = 32, dropout: float = 0.2,
+                 in_channels: int = 1):
+        super().__init__()
+        if depth != 4:
+            raise ValueError("3D-E's receptive field (40) needs depth 4")
+
+        def block(cin, cout, k, s=1):
+            return nn.Sequential(nn.Conv3d(cin, cout, k, stride=s, bias=False), nn.BatchNorm3d(cout),
+                                 nn.ReLU(inplace=True))
+
+        self.loc = False
+        layers = [block(in_channels, stem, 4, 2), block(stem, width, 3, 2)]
+        layers += [block(width, width, 3) for _ in range(depth)]
+        self.trunk = nn.Sequential(*layers)
+        self.fc = nn.Conv3d(width, head, 1)
+        self.out = nn.Conv3d(head, 1, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def _logits(self, x, loc_map=None):
+        h = self.drop(self.trunk(x))
+        return self.out(self.drop(F.relu(self.fc(h))))[:, 0]
+
+    def dense_forward(self, x, loc_map=None):
+        """(N, 1, D, H, W) -> (N, D', H', W') logits, D' = (D - 41) // 4 + 1 (trailing voxels that no
+        complete patch covers trimmed first, as in `Net3D.dense_forward`)."""
+        s, p = self.dense_stride, self.patch_size
+        d, h_, w = x.shape[2:]
+        return self._logits(x[:, :, : (d - p) // s * s + p, : (h_ - p) // s * s + p, : (w - p) // s * s + p])
+
+    def forward(self, x, loc=None):
+        """(N, C, 41, 41, 41) -> (N,) logits; the last voxel per axis is not read."""
+        if not torch.jit.is_tracing() and tuple(x.shape[2:]) != (self.patch_size,) * 3:
+            raise ValueError(f"patches must be {self.patch_size}^3, got {tuple(x.shape[2:])}")
+        return self._logits(x).reshape(x.shape[0])
+
+
 def rotation_from_6d(p: torch.Tensor) -> torch.Tensor:
     """(N, 6) -> (N, 3, 3) rotation matrices by Gram-Schmidt (Zhou et al. 2019): no scale, no shear."""
     a, b = p[:, :3], p[:, 3:]

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 
-
 def _graph(pkg):
     from noduleflow.bench import flops as fl
 

@@ -7,7 +7,8 @@ import argparse
 def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a nodule patch classifier (PyTorch) on phantoms, a scan folder or LUNA16",
-        description="Train one of the seed's models (3d-1, 3d-2, 3d-loc, 2.5d-1, 2.5d-2, 3d-st) on "
+        description="Train one of the seed's models (3d-1, 3d-2, 3d-loc, 2.5d-1, 2.5d-2, 3d-st) or 3d-e (the "
+                    "dense pass's efficient network) on "
                     "41^3 patches cut by the engine's own preprocessing. Settings come from a TOML file "
                     "([train] and [data] tables, see trainer/configs/default.toml); options given here "
                     "override it. Writes best.safetensors/best.json (by validation ROC AUC), "

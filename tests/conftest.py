@@ -15,9 +15,8 @@ if "NODULEFLOW_OPENVINO_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, _OV_CACHE, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def tiny_package(tmp_path_factory):
-    """A 3D-1 package (patch.onnx + dense.onnx + manifest) exported from random weights."""
+def _random_package(tmp_path_factory, name: str):
+    """``name``'s package exported from random weights (seed 0): ROOT/package, its checkpoint in ROOT/ckpt."""
     pytest.importorskip("torch")
     import torch
 
@@ -26,26 +25,20 @@ def tiny_package(tmp_path_factory):
     from noduleflow.trainer.models import build_model
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("pkg")
-    model = build_model("3d-1").eval()
-    save_checkpoint(root / "ckpt", model, {"model": "3d-1", "model_kwargs": {}}, "best")
-    export_package(root / "ckpt" / "best.safetensors", root / "package", model_id="test-3d-1")
+    root = tmp_path_factory.mktemp(f"pkg_{name}")
+    model = build_model(name).eval()
+    save_checkpoint(root / "ckpt", model, {"model": name, "model_kwargs": {}}, "best")
+    export_package(root / "ckpt" / "best.safetensors", root / "package", model_id=f"test-{name}")
     return root / "package"
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory):
+    """A 3D-1 package (patch.onnx + dense.onnx + manifest) exported from random weights."""
+    return _random_package(tmp_path_factory, "3d-1")
 
 
 @pytest.fixture(scope="session")
 def tiny_package_e(tmp_path_factory):
     """A 3D-E package (the dense pass's efficient network) exported from random weights."""
-    pytest.importorskip("torch")
-    import torch
-
-    from noduleflow.export.package import export_package
-    from noduleflow.trainer.checkpoint import save_checkpoint
-    from noduleflow.trainer.models import build_model
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("pkg_e")
-    model = build_model("3d-e").eval()
-    save_checkpoint(root / "ckpt", model, {"model": "3d-e", "model_kwargs": {}}, "best")
-    export_package(root / "ckpt" / "best.safetensors", root / "package", model_id="test-3d-e")
-    return root / "package"
+    return _random_package(tmp_path_factory, "3d-e")

@@ -700,6 +700,10 @@ def merge_peaks(peaks: list[dict]) -> dict:
     out["conv3d_gflops_by_runtime"] = by
     out["conv3d_runtime"] = max(by, key=by.get)
     out["conv3d_gflops"] = by[out["conv3d_runtime"]]
+    top = max(peaks, key=lambda p: max(p["conv3d_gflops_by_runtime"].values()))
+    for k in ("conv3d", "conv3d_layer", "conv3d_gflop_per_run", "conv3d_best_s"):  # the Conv the peak was measured on
+        if k in top:
+            out[k] = top[k]
     bf = [p["conv3d_bf16_gflops"] for p in peaks if p.get("conv3d_bf16_gflops")]
     out["conv3d_bf16_gflops"] = max(bf) if bf else None
     out["seconds"] = sum(p["seconds"] for p in peaks)

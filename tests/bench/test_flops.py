@@ -338,6 +338,9 @@ def test_merge_peaks_keeps_the_highest_of_each_figure():
     assert m["conv3d_runtime"] == "openvino" and m["conv3d_gflops"] == 188.0 and m["conv3d_bf16_gflops"] == 198.0
     assert m["seconds"] == 11.0 and len(m["measurements"]) == 2 and m["measurements"][0]["matmul_gflops"] == 150.0
     assert merge_peaks([b])["conv3d_bf16_gflops"] is None and merge_peaks([b])["matmul_gflops"] == 189.0
+    # the Conv described is the one the merged peak was measured on
+    a2, b2 = dict(a, conv3d="48->48 3x3x3 on 48^3"), dict(b, conv3d="64->64 3x3x3 on 48^3")
+    assert merge_peaks([b2, a2])["conv3d"] == "64->64 3x3x3 on 48^3"
     with pytest.raises(ConfigError):
         merge_peaks([])
     from noduleflow.bench.speed import _peak_measurements

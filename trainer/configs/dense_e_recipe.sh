@@ -5,7 +5,8 @@
 # false positives of the previous round (seed 000's hard-negative option). Each round's package
 # needs its own model id: mined negatives are cached by it.
 #   bash trainer/configs/dense_e_recipe.sh [RUNS_DIR] [ROUNDS]
-# trainer/checkpoints/dense_e/ is round 3 of this sequence (HISTORY.md there). Not the shipped
+# trainer/checkpoints/dense_e/ is round 3 of this sequence (HISTORY.md there; a fourth round scored
+# lower on the held-out phantoms). Not the shipped
 # stage-1 network: on the held-out phantoms it is still below 3D-1 v6 (bench/results/accuracy_heldout/).
 set -euo pipefail
 R=${1:-runs}

@@ -44,19 +44,27 @@ def scans_and_grids(folders, det) -> list[dict]:
     return out
 
 
-def time_passes(dets: dict, scans: list[dict], repeats: int) -> dict:
-    """{label: [median seconds per scan]}: each detector's dense pass on each scan's grid points, the
-    detectors alternating within each repeat (one warm-up pass each first)."""
-    for det in dets.values():
-        det.score(scans[0]["pre"], scans[0]["centres"])
-    times = {k: [[] for _ in scans] for k in dets}
+def time_passes(dets: dict, tiles, scans: list[dict], repeats: int) -> dict:
+    """{(label, tile): [median seconds per scan]}: each detector's dense pass at each tile size on each
+    scan's grid points, the detectors and tiles alternating within each repeat (one warm-up pass each
+    first). A detector's backend serves all its tile sizes (its config's ``tile_out`` set per pass)."""
+    runs = [(k, t) for k in dets for t in tiles]
+
+    def run(k, t, scan):
+        det = dets[k]
+        det.config = det.config.replace(tile_out=t)
+        det.score(scan["pre"], scan["centres"])
+
+    for k, t in runs:
+        run(k, t, scans[0])
+    times = {r: [[] for _ in scans] for r in runs}
     for _ in range(repeats):
         for i, s in enumerate(scans):
-            for k, det in dets.items():
-                t = time.perf_counter()
-                det.score(s["pre"], s["centres"])
-                times[k][i].append(time.perf_counter() - t)
-    return {k: [statistics.median(x) for x in v] for k, v in times.items()}
+            for r in runs:
+                t0 = time.perf_counter()
+                run(*r, s)
+                times[r][i].append(time.perf_counter() - t0)
+    return {r: [statistics.median(x) for x in v] for r, v in times.items()}
 
 
 def measure(before, after, n_scans: int = 3, tiles=(32,), repeats: int = 3, backend: str = "auto",
@@ -84,21 +92,20 @@ def measure(before, after, n_scans: int = 3, tiles=(32,), repeats: int = 3, back
         folders = (phantom_series(Path(tmp), n_scans) if n_scans else []) + [Path(x) for x in series]
         if not folders:
             raise ConfigError("no scans: give --scans N or --series")
-        dets = {(k, t): Detector(p, backend=backend, stages="1", mode="dense", tile_out=t)
-                for k, p in pkgs.items() for t in tiles}
-        scans = scans_and_grids(folders, next(iter(dets.values())))
-        secs = time_passes({f"{k}/{t}": d for (k, t), d in dets.items()}, scans, repeats)
+        dets = {k: Detector(p, backend=backend, stages="1", mode="dense") for k, p in pkgs.items()}
+        scans = scans_and_grids(folders, dets["after"])
+        secs = time_passes(dets, tiles, scans, repeats)
     peaks.append(fl.peak(peak_budget_s, graph=graphs["after"]))
     pk = fl.merge_peaks(peaks)
     rows = []
-    for (k, t), det in dets.items():
+    for k, det in dets.items():
         g = graphs[k]
-        done = sum(fl.work_done(g, det.contract, s["centres"], s["box"], t) for s in scans)
-        need = sum(fl.needed_work(g, det.contract, s["centres"], s["box"]) for s in scans)
-        s_all = sum(secs[f"{k}/{t}"])
-        rows.append({"package": k, "model_id": pkgs[k].manifest.model_id,
-                     "architecture": pkgs[k].manifest.architecture, "tile_out": t, "backend": det.backend_name,
-                     "seconds_per_scan": secs[f"{k}/{t}"], **fl.accounting(done, need, s_all, pk)})
+        need = sum(fl.needed_work(g, det.contract, s["centres"], s["box"]) for s in scans)  # whatever the tile
+        for t in tiles:
+            done = sum(fl.work_done(g, det.contract, s["centres"], s["box"], t) for s in scans)
+            rows.append({"package": k, "model_id": pkgs[k].manifest.model_id,
+                         "architecture": pkgs[k].manifest.architecture, "tile_out": t, "backend": det.backend_name,
+                         "seconds_per_scan": secs[k, t], **fl.accounting(done, need, sum(secs[k, t]), pk)})
     best = {k: min((r for r in rows if r["package"] == k), key=lambda r: r["seconds"]) for k in pkgs}
     return {"machine": machine(), "scans": [{"name": s["name"], "box": s["box"], "grid_points": int(len(s["centres"]))}
                                             for s in scans], "phantom_scans": n_scans,

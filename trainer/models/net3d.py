@@ -24,6 +24,20 @@ WIDTHS = {
 }
 
 
+def trim_to_grid(x: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
+    """A dense tile (N, C, D, H, W) without its trailing voxels that no complete patch covers:
+    (n - patch) // stride * stride + patch per axis."""
+    d, h, w = x.shape[2:]
+    return x[:, :, : (d - patch) // stride * stride + patch, : (h - patch) // stride * stride + patch,
+             : (w - patch) // stride * stride + patch]
+
+
+def check_patch(x: torch.Tensor, patch: int) -> None:
+    """Refuse patches that are not ``patch``^3 (not while tracing for export)."""
+    if not torch.jit.is_tracing() and tuple(x.shape[2:]) != (patch,) * 3:
+        raise ValueError(f"patches must be {patch}^3, got {tuple(x.shape[2:])}")
+
+
 class Net3D(nn.Module):
     """3D-1 / 3D-2 / 3D-LOC. ``loc=True`` concatenates the patch centre's relative position
     in the scan (3 values in [0, 1]) to the features before the fully connected layers.
@@ -61,10 +75,7 @@ class Net3D(nn.Module):
         patch's 3 voxels per axis that no output reads (`input_extent`) are not: the graph's
         trim keeps the contract's (n - 41) // 4 + 1 points on every n, and on a full tile (165
         voxels) they are ~5 % of the stem's positions (discarded by the floor poolings)."""
-        s, p = self.dense_stride, self.patch_size
-        d, h_, w = x.shape[2:]
-        x = x[:, :, : (d - p) // s * s + p, : (h_ - p) // s * s + p, : (w - p) // s * s + p]
-        return self._logits(x, loc_map)
+        return self._logits(trim_to_grid(x, self.patch_size, self.dense_stride), loc_map)
 
     def _logits(self, x, loc_map=None):
         h = self.drop(self.features(x))
@@ -80,8 +91,7 @@ class Net3D(nn.Module):
         In inference (and the exported graphs) only the first `input_extent` voxels per axis are
         read: the same logits for about 0.79x the arithmetic. Training runs the whole patch, so
         that BatchNorm's batch statistics stay those the shipped weights were trained with."""
-        if not torch.jit.is_tracing() and tuple(x.shape[2:]) != (self.patch_size,) * 3:
-            raise ValueError(f"patches must be {self.patch_size}^3, got {tuple(x.shape[2:])}")
+        check_patch(x, self.patch_size)
         if not self.training:
             e = self.input_extent
             x = x[:, :, :e, :e, :e]
@@ -131,14 +141,11 @@ class Net3DE(nn.Module):
     def dense_forward(self, x, loc_map=None):
         """(N, 1, D, H, W) -> (N, D', H', W') logits, D' = (D - 41) // 4 + 1 (trailing voxels that no
         complete patch covers trimmed first, as in `Net3D.dense_forward`)."""
-        s, p = self.dense_stride, self.patch_size
-        d, h_, w = x.shape[2:]
-        return self._logits(x[:, :, : (d - p) // s * s + p, : (h_ - p) // s * s + p, : (w - p) // s * s + p])
+        return self._logits(trim_to_grid(x, self.patch_size, self.dense_stride))
 
     def forward(self, x, loc=None):
         """(N, C, 41, 41, 41) -> (N,) logits; the last voxel per axis is not read."""
-        if not torch.jit.is_tracing() and tuple(x.shape[2:]) != (self.patch_size,) * 3:
-            raise ValueError(f"patches must be {self.patch_size}^3, got {tuple(x.shape[2:])}")
+        check_patch(x, self.patch_size)
         return self._logits(x).reshape(x.shape[0])
 
 

@@ -44,6 +44,9 @@ class TrainConfig:
     threads: int = 0                  # torch CPU threads (0: torch's default)
     workers: int = 0                  # DataLoader workers for streamed data (0: in the main process)
     init: str | None = None           # start from these weights (a .safetensors checkpoint)
+    teacher: str | None = None        # distil from this trained checkpoint's logits (any model taking 41^3)
+    distill: float = 0.0              # the teacher term's weight in the loss (0: labels only, 1: teacher only)
+    distill_temperature: float = 2.0  # both logits are divided by it in the teacher term
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("rmsprop", "adam", "sgd"):
@@ -52,6 +55,14 @@ class TrainConfig:
             raise ConfigError(f"epochs >= 1 and batch_size >= 2 needed, got {self.epochs}, {self.batch_size}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ConfigError(f"distill must be in [0, 1], got {self.distill}")
+        if self.distill > 0 and not self.teacher:
+            raise ConfigError(f"distill = {self.distill} needs a teacher checkpoint")
+        if self.teacher and self.distill == 0:
+            raise ConfigError("a teacher was given with distill = 0: set its weight (e.g. 0.5)")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
 
     @classmethod
     def from_toml(cls, path, **overrides) -> "TrainConfig":
@@ -81,6 +92,45 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         ranks[order[i:j + 1]] = (i + j) / 2.0 + 1
         i = j + 1
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+class DistillLoss:
+    """Knowledge distillation for a binary classifier: ``(1 - w) BCE(s, y) + w T^2 BCE(s / T,
+    sigmoid(t / T))`` with the student's logits ``s``, the labels ``y`` and a frozen teacher's logits
+    ``t`` on the same (augmented) batch; the T^2 keeps the teacher term's gradient on the scale of
+    the label term's (Hinton et al. 2015). ``w = 0`` is the plain label loss."""
+
+    def __init__(self, teacher, weight: float, temperature: float):
+        import torch
+
+        self.teacher, self.w, self.t = teacher, float(weight), float(temperature)
+        self.bce = torch.nn.BCEWithLogitsLoss()
+
+    def teacher_logits(self, x, loc):
+        import torch
+
+        with torch.no_grad():
+            return self.teacher(x, loc).float()
+
+    def __call__(self, student_logits, y, x=None, loc=None):
+        import torch
+
+        loss = self.bce(student_logits, y)
+        if self.teacher is None or self.w == 0:
+            return loss
+        soft = torch.sigmoid(self.teacher_logits(x, loc) / self.t)
+        return (1 - self.w) * loss + self.w * self.t ** 2 * self.bce(student_logits / self.t, soft)
+
+
+def load_teacher(path, device):
+    """A trained checkpoint as a frozen teacher (inference form: eval mode, no gradients)."""
+    from .checkpoint import load_checkpoint
+
+    teacher, tcfg = load_checkpoint(path)
+    teacher = teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, tcfg
 
 
 def _augment(x, cfg: TrainConfig, gen):
@@ -284,7 +334,12 @@ def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | No
         log.info("resuming at epoch %d", start_epoch)
     batches = batch_source(train_set, cfg, rng, gen)
     steps = cfg.steps_per_epoch or batches.default_steps()
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    teacher = None
+    if cfg.teacher:
+        teacher, tcfg = load_teacher(cfg.teacher, device)
+        log.info("distilling from %s (%s), weight %.2f, temperature %.1f", cfg.teacher, tcfg["model"],
+                 cfg.distill, cfg.distill_temperature)
+    loss_fn = DistillLoss(teacher, cfg.distill, cfg.distill_temperature)
     config = {"model": cfg.model, "model_kwargs": {}, "train": asdict(cfg), **(extra_config or {})}
     log_path = out / "train_log.csv"
     new_log = not log_path.exists() or start_epoch == 0
@@ -302,9 +357,9 @@ def train(cfg: TrainConfig, train_set, val_set, out_dir, extra_config: dict | No
                 opt.zero_grad(set_to_none=True)
                 if scaler_ctx is not None:
                     with scaler_ctx:
-                        loss = loss_fn(model(x, loc).float(), y)
+                        loss = loss_fn(model(x, loc).float(), y, x, loc)
                 else:
-                    loss = loss_fn(model(x, loc), y)
+                    loss = loss_fn(model(x, loc), y, x, loc)
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))

@@ -118,25 +118,10 @@ def test_roc_auc_by_hand():
     assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
 
 
-def _toy(n, rng):
-    """Bright sphere at the centre (label 1) vs. noise with an off-centre sphere (label 0)."""
-    from noduleflow.trainer.data.phantoms import PatchSet
-
-    g = np.stack(np.meshgrid(*[np.arange(41)] * 3, indexing="ij"), -1)
-    x = rng.uniform(0, 0.3, (n, 1, 41, 41, 41)).astype(np.float32)
-    y = np.arange(n) % 2
-    for i in range(n):
-        c = np.array([20, 20, 20]) if y[i] else rng.integers(5, 36, 3)
-        r = rng.uniform(3, 6)
-        x[i, 0][((g - c) ** 2).sum(-1) < r * r] = 0.8
-    return PatchSet((x * 255).astype(np.uint8), y.astype(np.int8), rng.uniform(size=(n, 3)).astype(np.float32),
-                    np.arange(n, dtype=np.int32))
-
-
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_short_training_run(name, tmp_path):
+def test_short_training_run(name, tmp_path, toy):
     rng = np.random.default_rng(0)
-    tr, va = _toy(24, rng), _toy(8, rng)
+    tr, va = toy(24, rng), toy(8, rng)
     cfg = TrainConfig(model=name, epochs=2, batch_size=4, steps_per_epoch=3, rotate_deg=10, seed=1, threads=2)
     summary = train(cfg, tr, va, tmp_path, progress=False)
     assert (tmp_path / "best.safetensors").exists() and (tmp_path / "best.json").exists()
@@ -148,9 +133,9 @@ def test_short_training_run(name, tmp_path):
     assert len((tmp_path / "train_log.csv").read_text().splitlines()) == 4
 
 
-def test_training_learns_the_toy_task(tmp_path):
+def test_training_learns_the_toy_task(tmp_path, toy):
     rng = np.random.default_rng(1)
-    tr, va = _toy(96, rng), _toy(32, rng)
+    tr, va = toy(96, rng), toy(32, rng)
     cfg = TrainConfig(model="3d-1", epochs=4, batch_size=16, steps_per_epoch=12, rotate_deg=0, seed=0, threads=2)
     assert train(cfg, tr, va, tmp_path, progress=False)["best_val_auc"] > 0.9
 

@@ -26,6 +26,11 @@ def register(sub) -> None:
     p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--teacher", metavar="CKPT",
+                   help="distil from this trained checkpoint (e.g. trainer/checkpoints/default/best.safetensors): "
+                        "the loss mixes the labels with the teacher's logits on the same augmented batch")
+    p.add_argument("--distill", type=float, metavar="W",
+                   help="the teacher term's weight in the loss, 0-1 (with --teacher; e.g. 0.5)")
     p.add_argument("--hard-negatives", metavar="PKG", action="append",
                    help="mine hard negatives with this model package on the training and validation phantoms "
                         "(its false positives become extra negative patches); repeat it to add the false "
@@ -265,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.from_toml(args.config, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                                 device=args.device, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
-                                init=args.init, workers=args.workers)
+                                init=args.init, workers=args.workers, teacher=args.teacher,
+                                distill=args.distill)
     data = tomllib.loads(Path(args.config).read_text()).get("data", {}) if args.config else {}
     source = args.data or data.get("source", "phantoms")
     spec = PreprocessSpec()

@@ -206,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lists-cache", help="folder caching each scan's stage-1 lists (bench.stage1_recall)")
     ap.add_argument("--stages", default="auto", choices=("auto", "1", "2"),
                     help="the detector's stages (auto: both for a two-stage package)")
+    ap.add_argument("--component-min-prob", type=float,
+                    help="stage 1's component threshold (default: the detector's, DetectorConfig)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
@@ -213,7 +215,8 @@ def main(argv=None) -> int:
 
     seeds = cohort_seeds(a.cohort)
     cache = CohortCache(a.cache)
-    det = Detector(a.model, backend=a.backend, stages=a.stages)
+    settings = {} if a.component_min_prob is None else {"component_min_prob": a.component_min_prob}
+    det = Detector(a.model, backend=a.backend, stages=a.stages, **settings)
     if det.two_stage:
         results, times = run_cohort(lambda s: detect_package(det, s, a.keep), seeds, cache)
     else:

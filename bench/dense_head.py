@@ -1,6 +1,6 @@
 """Is it faster to run the dense graph's head at the scored points only? Measured, not shipped.
 
-    python -m noduleflow.bench.dense_head [--out DIR] [--repeats 3]
+    python -m noduleflow.bench.dense_head [--model PKG] [--out DIR] [--repeats 3]
 
 The dense graph ends in a head: a 3^3 convolution over the trunk's 64 channels at the output grid
 (``fc1``), then 1^3 convolutions, one logit per output point. On a tile the head computes every
@@ -164,7 +164,7 @@ def layer_profile(dense_path, tile_out: int = 32, repeats: int = 3, input_shape=
             "nodes": nodes}
 
 
-def run(out_dir: Path, repeats: int = 3, seed: int = 500) -> dict:
+def run(out_dir: Path, repeats: int = 3, seed: int = 500, model=None) -> dict:
     import onnx
 
     from noduleflow.bench import flops as fl
@@ -174,7 +174,7 @@ def run(out_dir: Path, repeats: int = 3, seed: int = 500) -> dict:
     from noduleflow.engine.preprocess import preprocess
     from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
-    pkg = ModelPackage.load(default_package_path())
+    pkg = ModelPackage.load(model or default_package_path())
     det = Detector(pkg, mode="dense", stages="1", backend="onnxruntime-cpu")
     k, t_out = det.contract, det.config.tile_out
     whole_bytes = pkg.file("dense.onnx").read_bytes()
@@ -282,10 +282,12 @@ def profile_table(nodes, min_share: float = 0.01) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.dense_head", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model package (default: the shipped one; the committed figures are "
+                                    "3D-1 v6's, the stage-1 CNN up to v13: trainer/checkpoints/default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench-dense-head", help="output folder (default ./bench-dense-head)")
     a = ap.parse_args(argv)
-    print(markdown(run(Path(a.out), a.repeats)))
+    print(markdown(run(Path(a.out), a.repeats, model=a.model)))
     return 0
 
 

@@ -8,14 +8,14 @@ import pytest
 pytest.importorskip("onnx")
 
 
-def test_trunk_and_head_at_points_give_the_whole_graphs_logits():
+def test_trunk_and_head_at_points_give_the_whole_graphs_logits(tiny_package):
+    """On a 3D-1 dense graph (random weights), whose head is a 3^3 convolution over 64 channels."""
     import onnx
     import onnxruntime as ort
 
     from noduleflow.bench.dense_head import head_logits, split_head
-    from noduleflow.engine.package import default_package_path
 
-    path = default_package_path() / "dense.onnx"
+    path = tiny_package / "dense.onnx"
     trunk, layers, k = split_head(onnx.load(str(path)))
     assert k == 3 and layers[0][0].shape[0] == 27 * 64 and layers[-1][0].shape[1] == 1
     x = np.random.default_rng(0).uniform(size=(1, 1, 57, 49, 61)).astype(np.float32)
@@ -27,12 +27,11 @@ def test_trunk_and_head_at_points_give_the_whole_graphs_logits():
     assert np.abs(got - whole[pts[:, 0], pts[:, 1], pts[:, 2]]).max() <= 1e-4
 
 
-def test_layer_profile_names_the_convolutions_and_their_rates():
+def test_layer_profile_names_the_convolutions_and_their_rates(tiny_package):
     pytest.importorskip("openvino")
     from noduleflow.bench.dense_head import layer_profile
-    from noduleflow.engine.package import default_package_path
 
-    r = layer_profile(default_package_path() / "dense.onnx", tile_out=2, repeats=1)
+    r = layer_profile(tiny_package / "dense.onnx", tile_out=2, repeats=1)
     assert r["tile_side"] == [45, 45, 45] and r["seconds"] > 0
     shares = [n["share"] for n in r["nodes"]]
     assert abs(sum(shares) - 1.0) < 1e-6 and shares == sorted(shares, reverse=True)

@@ -12,8 +12,9 @@ from noduleflow.engine.package import ModelPackage, default_package_path
 
 
 @pytest.fixture(scope="module")
-def pkg():
-    return ModelPackage.load(default_package_path())
+def pkg(tiny_package):
+    """A 3D-1 package (random weights: the layer walk and the FLOPs do not depend on them)."""
+    return ModelPackage.load(tiny_package)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_block_input_is_the_engine_tile_and_ort_agrees(pkg, graph):
     assert fl.block_flops(graph, tile) == fl.region_flops(graph, (2, 1, 4))
 
 
-def test_layers_of_the_shipped_graph(graph):
+def test_layers_of_a_3d1_graph(graph):
     convs = graph.convs
     assert len(convs) == 18 and sum(x.op == "MaxPool" for x in graph) == 4
     # the inception blocks trim their branches' inputs: two crops each (1 and 2 voxels per side)
@@ -227,6 +228,18 @@ def graph_3d_e(tmp_path_factory):
     m = build_model("3d-e").eval()
     path = export_dense(m, tmp_path_factory.mktemp("e") / "dense.onnx", False)
     return fl.layers_from_onnx(path, ModelPackage.load(default_package_path()).contract), m
+
+
+def test_shipped_dense_graph_is_3d_e(graph_3d_e):
+    """The shipped package's stage-1 CNN is 3D-E: its dense graph walks as a fresh 3D-E export does."""
+    shipped = ModelPackage.load(default_package_path())
+    assert shipped.manifest.architecture == "3d-e"
+    g = fl.layers_from_onnx(shipped.file("dense.onnx"), shipped.contract)
+    fresh, _ = graph_3d_e
+    assert [(x.cin, x.cout, x.kernel, x.stride) for x in g.convs] == \
+        [(x.cin, x.cout, x.kernel, x.stride) for x in fresh.convs]
+    assert fl.region_flops(g, (2, 3, 4)) == fl.region_flops(fresh, (2, 3, 4))
+    assert fl.heaviest_conv(g).cin == 48
 
 
 def test_3d_e_graph_counts_as_the_trainer(pkg, graph_3d_e):

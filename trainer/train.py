@@ -127,6 +127,9 @@ def load_teacher(path, device):
     from .checkpoint import load_checkpoint
 
     teacher, tcfg = load_checkpoint(path)
+    if tcfg.get("stage", 1) != 1:
+        raise ConfigError(f"teacher {path} is a stage-{tcfg['stage']} model ({tcfg['model']}, input "
+                          f"{tcfg.get('input', '?')}); a teacher takes the student's 41^3 one-channel patches")
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -62,6 +62,18 @@ def test_bad_distill_settings_refused(kw, msg):
         TrainConfig(**kw)
 
 
+def test_a_stage2_teacher_is_refused():
+    from pathlib import Path
+
+    from noduleflow.trainer.train import load_teacher
+
+    stage2 = Path(__file__).resolve().parents[2] / "trainer" / "checkpoints" / "stage2" / "best.safetensors"
+    if not stage2.exists():
+        pytest.skip("no stage-2 checkpoint in this tree")
+    with pytest.raises(ConfigError, match="stage-2 model"):
+        load_teacher(stage2, "cpu")
+
+
 def test_student_learns_from_the_teacher_alone(tmp_path, toy):
     """A 3D-1 teacher trained on the toy task; 3D-E students trained on the same patches with every
     label inverted. With the teacher term only (distill = 1) the student separates the validation

@@ -4,15 +4,13 @@ time in PyTorch eager. Measured by `bench.speed` in the same run as the engine."
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 import numpy as np
 
 
 def seed_style(vol, checkpoint, centres_world) -> dict:
     """Seed-style pipeline on ``vol``; the classifier runs at ``centres_world`` (n, 3) xyz mm.
 
-    ``checkpoint``: the PyTorch weights (default: the shipped default model's checkpoint).
+    ``checkpoint``: the PyTorch weights (default: the checkpoint of the shipped package's stage-1 CNN).
     -> {mask_s, resample_s, points_per_s, mask_voxels}."""
     import torch
 
@@ -21,8 +19,10 @@ def seed_style(vol, checkpoint, centres_world) -> dict:
     from noduleflow.engine.patches import gather
     from noduleflow.trainer.checkpoint import load_checkpoint
 
+    from noduleflow.trainer.checkpoint import shipped_checkpoint
+
     # the PyTorch checkpoint the package was exported from (shipped for the default model)
-    ckpt = checkpoint or Path(__file__).resolve().parents[1] / "trainer" / "checkpoints" / "default" / "best.safetensors"
+    ckpt = checkpoint or shipped_checkpoint(1)
     t0 = time.perf_counter()
     mask = reference.lung_mask(vol, LungMaskParams(dilate_mm=3.0))
     t_mask = time.perf_counter() - t0

@@ -39,15 +39,11 @@ def cuda_package(out: Path) -> tuple[Path, float]:
     from noduleflow.engine.package import default_package_path
     from noduleflow.export.aoti import export_aoti
 
-    ckpt = Path(__file__).resolve().parents[1] / "trainer" / "checkpoints"
-    if not (ckpt / "default" / "best.safetensors").exists():  # an installed package: the trainer's data folder
-        import noduleflow.trainer as tr
+    from noduleflow.trainer.checkpoint import shipped_checkpoint
 
-        ckpt = Path(tr.__file__).resolve().parent / "checkpoints"
     t = time.perf_counter()
     shutil.copytree(default_package_path(), out)
-    export_aoti(ckpt / "default" / "best.safetensors", out, device="cuda",
-                stage2_checkpoint=ckpt / "stage2" / "best.safetensors")
+    export_aoti(shipped_checkpoint(1), out, device="cuda", stage2_checkpoint=shipped_checkpoint(2))
     return out, time.perf_counter() - t
 
 

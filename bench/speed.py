@@ -98,8 +98,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     """Measure ``n_scans`` phantom series; write speed_cpu.json/.md into ``out_dir``.
 
     Default phantom: 300 mm of chest at 1.5 x 0.7 x 0.7 mm (about 200 x 512 x 512 voxels).
-    ``checkpoint``: the PyTorch checkpoint the baseline runs (default: the shipped
-    default model's, which is what the default package was exported from). ``compiled``: also
+    ``checkpoint``: the PyTorch checkpoint the baseline runs and ``compiled`` compiles (default: the
+    one the shipped package's stage-1 CNN was exported from; its architecture must be the package's). ``compiled``: also
     build an AOTInductor patch graph (needs torch) and compare it in the backend sweep.
     ``peak_budget_s``: seconds for each of two measurements of the machine's float32 peak (`bench.flops.peak`,
     at the start and at the end of the run; the higher of each figure is kept: `flops.merge_peaks`).
@@ -116,6 +116,8 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     t0 = time.perf_counter()
     dense = Detector(package, mode="dense", backend=backend, stages="1")
     cold_model = time.perf_counter() - t0
+    if baseline or compiled:
+        checkpoint = stage1_checkpoint(dense.package, checkpoint)
     # the peak is measured at the start and again at the end (`flop_accounting`), the higher kept
     early_peak = fl.peak(seconds_budget=peak_budget_s, graph=fl.layers_from_onnx(dense.package.file("dense.onnx"),
                                                                                      dense.contract))
@@ -396,6 +398,20 @@ def variant_accounting(flops: dict, backends: dict) -> dict:
     return out
 
 
+def stage1_checkpoint(package, checkpoint=None) -> Path:
+    """``checkpoint`` (default: the shipped package's stage-1 checkpoint), checked to be a model of
+    ``package``'s architecture (the baseline and the compiled graph stand for the package's graphs)."""
+    from noduleflow.engine import ConfigError
+    from noduleflow.trainer.checkpoint import checkpoint_architecture, shipped_checkpoint
+
+    ckpt = Path(checkpoint) if checkpoint else shipped_checkpoint(1)
+    arch, want = checkpoint_architecture(ckpt), package.manifest.architecture
+    if arch != want:
+        raise ConfigError(f"checkpoint {ckpt} is a {arch}, package {package.manifest.model_id} a {want}: pass the "
+                          f"checkpoint its graphs were exported from (--checkpoint), or --no-baseline")
+    return ckpt
+
+
 def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Path) -> list[dict]:
     """Patch-mode points/s per backend and batch size on the same gathered patches."""
     from noduleflow.engine.backends import open_backend
@@ -409,8 +425,7 @@ def backend_sweep(package, pre, centres, batches, compiled, checkpoint, tmp: Pat
 
         copy = tmp / "package_compiled"
         shutil.copytree(pkg.path, copy)
-        ckpt = checkpoint or Path(__file__).resolve().parents[1] / "trainer/checkpoints/default/best.safetensors"
-        export_aoti(ckpt, copy)
+        export_aoti(checkpoint, copy)
         names["torch-compiled"] = ModelPackage.load(copy)
     norm = Normalisation(*pkg.contract.hu_window, pad_hu=pkg.contract.pad_hu)
     patches = gather(pre.volume.hu, centres, norm=norm)
@@ -607,12 +622,14 @@ def main(argv=None) -> int:
     ap.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
+    ap.add_argument("--checkpoint", help="the PyTorch checkpoint --model's stage-1 graphs were exported from "
+                                         "(default: the shipped package's)")
     ap.add_argument("--backend", default="auto", help="backend of every detection (default auto, as `detect`); "
                     "the CPU backends installed are compared side by side on the last scan either way")
     ap.add_argument("--out", default="bench-speed", help="output folder (default ./bench-speed)")
     a = ap.parse_args(argv)
     print(markdown(run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline, compiled=a.compiled,
-                       backend=a.backend)))
+                       backend=a.backend, checkpoint=a.checkpoint)))
     return 0
 
 

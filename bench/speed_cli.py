@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
     p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline (no torch needed)")
     p.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
+    p.add_argument("--checkpoint", help="the PyTorch checkpoint --model's stage-1 graphs were exported from (the "
+                                        "baseline and --compiled run it; default: the shipped package's)")
     p.add_argument("--backend", default="auto", help="backend of every detection (default auto, as `detect`); the "
                    "installed CPU backends are compared side by side on the last scan either way")
     p.add_argument("--out", default="bench-speed", help="output folder (default ./bench-speed)")
@@ -48,6 +50,7 @@ def _speed(args: argparse.Namespace) -> int:
     argv += ["--model", args.model] if args.model else []
     argv += ["--no-baseline"] if args.no_baseline else []
     argv += ["--compiled"] if args.compiled else []
+    argv += ["--checkpoint", args.checkpoint] if args.checkpoint else []
     return main(argv)
 
 

@@ -7,6 +7,29 @@ from pathlib import Path
 from noduleflow.engine import ConfigError
 
 
+# the checkpoints the shipped package (engine/models/default) was exported from
+SHIPPED_STAGE1 = "dense_e"   # patch.onnx, dense.onnx: 3D-E distilled from 3D-1 v6 (checkpoints/default)
+SHIPPED_STAGE2 = "stage2"    # stage2.onnx
+
+
+def shipped_checkpoint(stage: int = 1) -> Path:
+    """The PyTorch checkpoint of the shipped package's stage-1 CNN (``stage=1``) or stage 2, in this
+    trainer's folder (a source tree or the installed package's data)."""
+    if stage not in (1, 2):
+        raise ConfigError(f"stage must be 1 or 2, got {stage!r}")
+    name = SHIPPED_STAGE1 if stage == 1 else SHIPPED_STAGE2
+    return Path(__file__).resolve().parent / "checkpoints" / name / "best.safetensors"
+
+
+def checkpoint_architecture(path) -> str:
+    """The model name a checkpoint's JSON records (no torch needed)."""
+    p = Path(path)
+    js = (p / "best.json") if p.is_dir() else p.with_suffix(".json")
+    if not js.is_file():
+        raise ConfigError(f"checkpoint needs {js.name} beside it: {js} not found")
+    return json.loads(js.read_text())["model"]
+
+
 def save_checkpoint(out_dir, model, config: dict, name: str = "model") -> Path:
     """Write ``name.safetensors`` and ``name.json`` (model name, kwargs, preprocessing, metrics)."""
     from safetensors.torch import save_file

@@ -217,3 +217,32 @@ def test_cold_start_warm_twice_runs_each_precision():
         assert first > 0 and warm > 0
     with pytest.raises(PackageError, match="dense_int8"):
         warm_twice(warm_repeats=1, backend="onnxruntime-cpu", precision="int8", stages="1")
+
+
+def test_speed_checkpoint_must_be_the_packages_architecture(tiny_package):
+    """The baseline and the compiled graph stand for the package's stage-1 graphs: a checkpoint of
+    another architecture is refused before any timing; the shipped package's default checkpoint is
+    the one its graphs were exported from (the same logits)."""
+    pytest.importorskip("torch")
+    import onnxruntime as ort
+    import torch
+
+    from noduleflow.bench.speed import stage1_checkpoint
+    from noduleflow.engine import ConfigError
+    from noduleflow.engine.package import ModelPackage, default_package_path
+    from noduleflow.trainer.checkpoint import load_checkpoint, shipped_checkpoint
+
+    tiny = ModelPackage.load(tiny_package)  # a 3D-1
+    own = tiny_package.parent / "ckpt" / "best.safetensors"
+    assert stage1_checkpoint(tiny, own) == own
+    with pytest.raises(ConfigError, match="is a 3d-e, package test-3d-1 a 3d-1"):
+        stage1_checkpoint(tiny)
+    shipped = ModelPackage.load(default_package_path())
+    assert stage1_checkpoint(shipped) == shipped_checkpoint(1)
+    model, _ = load_checkpoint(shipped_checkpoint(1))
+    x = np.random.default_rng(0).uniform(size=(3, 1, 41, 41, 41)).astype(np.float32)
+    sess = ort.InferenceSession(str(shipped.file("patch.onnx")), providers=["CPUExecutionProvider"])
+    onnx_logits = sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1)
+    with torch.no_grad():
+        torch_logits = model.eval()(torch.from_numpy(x)).numpy().reshape(-1)
+    assert np.abs(onnx_logits - torch_logits).max() < 1e-4

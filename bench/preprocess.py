@@ -70,7 +70,7 @@ def _cache_files() -> dict:
     return out
 
 
-def _resample_vs_sitk(volume, repeats: int, ref_repeats: int) -> dict:
+def resample_vs_simpleitk(volume, repeats: int, ref_repeats: int) -> dict:
     """engine.resample (trilinear, int16 out) vs SimpleITK linear (float32 out) to 1 mm, same grid."""
     from noduleflow.bench import reference
     from noduleflow.engine.resample import resample
@@ -149,7 +149,7 @@ def kernels(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: 
                    "zoom_shape_zyx": list(z1.shape)})
         del z1
     res["resample"] = rs
-    res["resample_sizes"] = [_resample_vs_sitk(crop(vol, (0, n, 0, vol.shape[1], 0, vol.shape[2])), repeats,
+    res["resample_sizes"] = [resample_vs_simpleitk(crop(vol, (0, n, 0, vol.shape[1], 0, vol.shape[2])), repeats,
                                                ref_repeats) for n in resample_slices if n <= vol.shape[0]]
     first_m, m1 = _first(lambda: resample(cropped.with_array(mask[bbox[0]:bbox[1], bbox[2]:bbox[3], bbox[4]:bbox[5]]),
                                           (1.0, 1.0, 1.0), order=0))
@@ -284,7 +284,7 @@ def realct(path: Path, repeats: int, ref_repeats: int, baseline=None, baseline_r
             row["peak_rss_growth_mb"] = peak_memory(vol, p.dilate_mm, baseline_root)
         res[key] = row
         del rmask
-    res["resample"] = _resample_vs_sitk(vol, repeats, ref_repeats)
+    res["resample"] = resample_vs_simpleitk(vol, repeats, ref_repeats)
     return res
 
 

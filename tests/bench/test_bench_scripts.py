@@ -94,6 +94,12 @@ def test_speed_runs_end_to_end_with_baseline(tiny_package, tmp_path):
     assert 0 < f["gflop_needed"] <= f["gflop_done"] and f["needed_over_done"] <= 1
     assert r["flops"]["peak"]["matmul_gflops"] > 0 and r["flops"]["peak"]["conv3d_gflops"] > 0
     assert "achieved/peak on needed work" in speed.markdown(r)
+    # the mask against its reference and the resampling against SimpleITK, in the same run
+    rs = r["resample_vs_simpleitk"]
+    assert r["mask_speedup_vs_reference"] > 0 and rs["speedup_vs_simpleitk"] > 0
+    assert rs["in_shape_zyx"] == list(TINY["shape_zyx"]) and rs["max_abs_diff_hu_vs_simpleitk_interior"] < 2
+    text = speed.markdown(r)
+    assert "vs the scipy/skimage reference" in text and "to 1 mm vs SimpleITK" in text
     stages = row["stages_s"]
     for k in ("load", "mask", "resample", "candidates", "inference", "total"):
         assert stages[k] >= 0

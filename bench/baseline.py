@@ -4,6 +4,7 @@ time in PyTorch eager. Measured by `bench.speed` in the same run as the engine."
 from __future__ import annotations
 
 import time
+
 import numpy as np
 
 
@@ -17,9 +18,7 @@ def seed_style(vol, checkpoint, centres_world) -> dict:
     from noduleflow.bench import reference
     from noduleflow.engine.lungmask import LungMaskParams
     from noduleflow.engine.patches import gather
-    from noduleflow.trainer.checkpoint import load_checkpoint
-
-    from noduleflow.trainer.checkpoint import shipped_checkpoint
+    from noduleflow.trainer.checkpoint import load_checkpoint, shipped_checkpoint
 
     # the PyTorch checkpoint the package was exported from (shipped for the default model)
     ckpt = checkpoint or shipped_checkpoint(1)

@@ -38,7 +38,6 @@ def cuda_package(out: Path) -> tuple[Path, float]:
     the shipped checkpoints -> (folder, seconds)."""
     from noduleflow.engine.package import default_package_path
     from noduleflow.export.aoti import export_aoti
-
     from noduleflow.trainer.checkpoint import shipped_checkpoint
 
     t = time.perf_counter()

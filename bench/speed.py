@@ -408,10 +408,10 @@ def stage1_checkpoint(package, checkpoint=None) -> Path:
     """``checkpoint`` (default: the shipped package's stage-1 checkpoint), checked to be a model of
     ``package``'s architecture (the baseline and the compiled graph stand for the package's graphs)."""
     from noduleflow.engine import ConfigError
-    from noduleflow.trainer.checkpoint import checkpoint_architecture, shipped_checkpoint
+    from noduleflow.trainer.checkpoint import read_config, shipped_checkpoint
 
     ckpt = Path(checkpoint) if checkpoint else shipped_checkpoint(1)
-    arch, want = checkpoint_architecture(ckpt), package.manifest.architecture
+    arch, want = read_config(ckpt)["model"], package.manifest.architecture
     if arch != want:
         raise ConfigError(f"checkpoint {ckpt} is a {arch}, package {package.manifest.model_id} a {want}: pass the "
                           f"checkpoint its graphs were exported from (--checkpoint), or --no-baseline")

@@ -21,13 +21,20 @@ def shipped_checkpoint(stage: int = 1) -> Path:
     return Path(__file__).resolve().parent / "checkpoints" / name / "best.safetensors"
 
 
-def checkpoint_architecture(path) -> str:
-    """The model name a checkpoint's JSON records (no torch needed)."""
+def _files(path) -> tuple[Path, Path]:
+    """(weights, JSON config) of a checkpoint given as its .safetensors file or its folder."""
     p = Path(path)
-    js = (p / "best.json") if p.is_dir() else p.with_suffix(".json")
-    if not js.is_file():
-        raise ConfigError(f"checkpoint needs {js.name} beside it: {js} not found")
-    return json.loads(js.read_text())["model"]
+    if p.is_dir():
+        p = p / "model.safetensors"
+    return p, p.with_suffix(".json")
+
+
+def read_config(path) -> dict:
+    """A checkpoint's JSON config (model name, kwargs, training settings) without loading weights or torch."""
+    _, cfg_path = _files(path)
+    if not cfg_path.is_file():
+        raise ConfigError(f"checkpoint needs {cfg_path.name} in {cfg_path.parent}")
+    return json.loads(cfg_path.read_text())
 
 
 def save_checkpoint(out_dir, model, config: dict, name: str = "model") -> Path:
@@ -48,13 +55,10 @@ def load_checkpoint(path):
 
     from .models import build_model
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    cfg_path = p.with_suffix(".json")
+    p, cfg_path = _files(path)
     if not p.exists() or not cfg_path.exists():
         raise ConfigError(f"checkpoint needs {p.name} and {cfg_path.name} in {p.parent}")
-    config = json.loads(cfg_path.read_text())
+    config = read_config(p)
     model = build_model(config["model"], **config.get("model_kwargs", {}))
     model.load_state_dict(load_file(str(p)))
     return model.eval(), config

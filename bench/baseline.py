@@ -36,4 +36,5 @@ def seed_style(vol, checkpoint, centres_world) -> dict:
         for p in patches:
             model(torch.from_numpy(p[None]))
     t_inf = time.perf_counter() - t0
-    return {"mask_s": t_mask, "resample_s": t_resample, "points_per_s": len(idx) / t_inf, "mask_voxels": int(mask.sum())}
+    return {"mask_s": t_mask, "resample_s": t_resample, "points_per_s": len(idx) / t_inf,
+            "mask_voxels": int(mask.sum())}

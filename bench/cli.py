@@ -1,14 +1,20 @@
-"""`noduleflow bench ...`: one module per benchmark, each with `register(subparsers)`."""
+"""`noduleflow bench ...`: one module per benchmark, each with ``register(subparsers)`` and a
+``build_parser`` that declares its options once, for ``noduleflow bench X`` and for
+``python -m noduleflow.bench.X`` alike (`common.standalone`)."""
 from __future__ import annotations
 
 import importlib
 
+# Order is the order in `noduleflow bench --help`.
 BENCH_MODULES: list[str] = [
-    "noduleflow.bench.froc_cli",
+    "noduleflow.bench.froc",
     "noduleflow.bench.accuracy",
-    "noduleflow.bench.preprocess_cli",
-    "noduleflow.bench.load_cli",
-    "noduleflow.bench.speed_cli",
+    "noduleflow.bench.preprocess",
+    "noduleflow.bench.load",
+    "noduleflow.bench.speed",
+    "noduleflow.bench.memory",
+    "noduleflow.bench.cold_start",
+    "noduleflow.bench.ort_settings",
     "noduleflow.bench.serve_load",
     "noduleflow.bench.gpu",
 ]

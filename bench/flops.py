@@ -8,9 +8,9 @@ over every position it computes, including positions a later crop or floor pooli
 - `layers_from_onnx`: the spatial layers of a dense graph (Conv, MaxPool/AveragePool, Slice
   crops, Concat/Add joins) in graph order, enough to map output regions back to input regions.
 - `region_flops`: FLOPs of one dense output block (the graph run on the smallest input giving it).
-- `work_done`: FLOPs of what `Detector._score_dense` runs for a set of candidate centres: one
+- `work_done`: FLOPs of what `engine.scoring.score_dense` runs for a set of candidate centres: one
   graph run per tile on the bounding box of the tile's output points (the engine's own tiling,
-  `engine.detector.dense_tiles`).
+  `engine.scoring.dense_tiles`).
 - `needed_work`: FLOPs of only what the needed output points require, each layer's positions
   computed once however many needed points share them.
 - `peak`: float32 FLOP/s of a large numpy matmul and of a 64 -> 64 3^3 convolution (and the dense
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from noduleflow.engine.detector import dense_tiles  # noqa: F401  (the engine's tiling, counted here)
 from noduleflow.engine.errors import ConfigError
+from noduleflow.engine.scoring import dense_tiles
 
 # ops that keep every spatial position where it is (elementwise, per position across channels)
 POINTWISE = frozenset({
@@ -320,7 +320,9 @@ def _forward(graph: DenseLayers, in_shape, strict: bool = True) -> dict[str, np.
 
 def _smallest_input(graph: DenseLayers, want: np.ndarray) -> np.ndarray:
     """Per axis, the smallest input on which the graph gives at least ``want`` output points."""
-    out = lambda n: _forward(graph, n, strict=False)[graph.output]  # noqa: E731 (non-decreasing in n)
+    def out(n):  # non-decreasing in n
+        return _forward(graph, n, strict=False)[graph.output]
+
     hi = np.ones(3, np.int64)
     while (out(hi) < want).any():
         hi = np.where(out(hi) < want, hi * 2, hi)
@@ -336,7 +338,7 @@ def _smallest_input(graph: DenseLayers, want: np.ndarray) -> np.ndarray:
 
 def input_shape_for(graph: DenseLayers, out_shape_zyx) -> np.ndarray:
     """The input (3,) the graph runs on for an ``out_shape_zyx`` output block: with the graph's
-    contract (``graph.tile``), (n - 1) stride + patch per axis, the tile `Detector._score_dense` feeds
+    contract (``graph.tile``), (n - 1) stride + patch per axis, the tile `engine.scoring.score_dense` feeds
     (checked to give exactly that block); without it, the largest input giving exactly that block
     (for 3D-1 the same tile: its floor poolings give the same block on a few voxels less, which it
     would not read; a network whose receptive field is shorter than the patch, as 3D-E's, gives the
@@ -377,7 +379,7 @@ def region_flops(graph: DenseLayers, out_shape_zyx) -> int:
 
 # -- the engine's tiles ---------------------------------------------------------------------------------
 def work_done(graph: DenseLayers, contract, centres_zyx, volume_shape, tile_out: int) -> int:
-    """FLOPs `Detector._score_dense` runs for ``centres_zyx`` on a ``volume_shape`` lung box: the
+    """FLOPs `engine.scoring.score_dense` runs for ``centres_zyx`` on a ``volume_shape`` lung box: the
     sum over its tiles (`dense_tiles`) of one graph run on the tile's input box, i.e. every
     output point of each tile's bounding box and each tile's own halo, overlaps with neighbouring
     tiles computed again."""
@@ -511,7 +513,7 @@ def _grid_block(contract, centres_zyx, volume_shape):
     if not len(idx):
         return None
     if (idx < 0).any() or (idx >= n_out).any():
-        raise ConfigError(f"centres outside the dense output grid {n_out.tolist()} (see Detector.grid_centres)")
+        raise ConfigError(f"centres outside the dense output grid {n_out.tolist()} (see engine.scoring.grid_centres)")
     o0 = idx.min(0)
     block = np.zeros(tuple(idx.max(0) - o0 + 1), bool)
     local = idx - o0
@@ -646,7 +648,7 @@ def peak(seconds_budget: float = 8.0, graph: DenseLayers | None = None, *, matmu
         x = rng.uniform(size=(1, layer.cin, conv_side, conv_side, conv_side)).astype(np.float32)
         y = sess.run(None, {"x": x})[0]  # warm-up: allocations, kernel choice
         conv_flops = layer.flops_per_position * int(np.prod(y.shape[2:]))
-        t_conv = _best_of(lambda: sess.run(None, {"x": x}), part)
+        t_conv = _best_of(lambda sess=sess, x=x: sess.run(None, {"x": x}), part)
         rates = {"onnxruntime": conv_flops / t_conv / 1e9}
         if has_ov:  # the other CPU backend: the faster one is the peak
             model = core.read_model(conv_onnx, b"")
@@ -707,8 +709,9 @@ def merge_peaks(peaks: list[dict]) -> dict:
     bf = [p["conv3d_bf16_gflops"] for p in peaks if p.get("conv3d_bf16_gflops")]
     out["conv3d_bf16_gflops"] = max(bf) if bf else None
     out["seconds"] = sum(p["seconds"] for p in peaks)
-    out["measurements"] = [{"matmul_gflops": p["matmul_gflops"], "conv3d_gflops_by_runtime": p["conv3d_gflops_by_runtime"],
-                            "conv3d_bf16_gflops": p.get("conv3d_bf16_gflops")} for p in peaks]
+    out["measurements"] = [{"matmul_gflops": p["matmul_gflops"],
+                             "conv3d_gflops_by_runtime": p["conv3d_gflops_by_runtime"],
+                             "conv3d_bf16_gflops": p.get("conv3d_bf16_gflops")} for p in peaks]
     return out
 
 

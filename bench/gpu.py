@@ -1,6 +1,7 @@
-"""The GPU pipeline, DICOM in to candidates out, against the CPU in the same run.
+"""`noduleflow bench gpu`: the GPU pipeline, DICOM in to candidates out, against the CPU in the same run.
 
-    python -m noduleflow.bench.gpu --out DIR [--scans 5] [--package PKG] [--cpu-backend auto]
+    noduleflow bench gpu [--out DIR] [--scans 5] [--package PKG] [--cpu-backend auto]
+    python -m noduleflow.bench.gpu ...   (the same options)
 
 On a machine with a CUDA GPU (PyTorch built for CUDA, numba-cuda):
 1. the shipped package with its patch and stage-2 networks compiled for the GPU by AOTInductor
@@ -31,6 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from noduleflow.engine.errors import ConfigError
+
+from .common import machine, phantom_series, standalone
+
+HELP = "the GPU pipeline, DICOM in to candidates out, against the CPU (needs a GPU)"
+DESCRIPTION = ("The GPU pipeline, DICOM in to candidates out, against the CPU in the same run: the shipped networks "
+               "exported for CUDA, phantom scans as DICOM, stage by stage on the GPU and the CPU backend, scans/s one "
+               "at a time and two in flight; writes gpu.json/.md.")
 
 
 def cuda_package(out: Path) -> tuple[Path, float]:
@@ -88,7 +96,6 @@ def in_flight(det, scans) -> float:
 
 def run(out_dir: Path, n_scans: int = 5, package=None, backend: str = "torch-compiled", cpu_backend: str = "auto",
         seed0: int = 700, z_extent_mm: float = 300.0, spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None) -> dict:
-    from noduleflow.bench.speed import machine, phantom_series
     from noduleflow.engine.backends import AUTO_ORDER
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.errors import BackendUnavailableError
@@ -156,7 +163,8 @@ def run(out_dir: Path, n_scans: int = 5, package=None, backend: str = "torch-com
             cpu.close()
     walls = [r["wall_s"] for r in per]
     res.update(per_scan=per, scan_s_median=statistics.median(walls),
-               stage_s_median={k: statistics.median(r["stages_s"].get(k, 0.0) for r in per) for k in per[0]["stages_s"]},
+               stage_s_median={k: statistics.median(r["stages_s"].get(k, 0.0) for r in per)
+                               for k in per[0]["stages_s"]},
                scans_per_s_one_at_a_time=n_scans / seq, scans_per_s_two_in_flight=n_scans / flight)
     if cpu is not None:
         res["cpu_scan_s_median"] = statistics.median(r["cpu_wall_s"] for r in per)
@@ -170,7 +178,8 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     lines = ["# GPU pipeline: DICOM in, candidates out", "",
              f"Device: {m.get('gpu') or 'no GPU (script check only: no GPU figure)'}"
-             + (f" (compute {m['gpu_capability']}, {m['gpu_memory_gib']} GiB, CUDA {m['cuda']})" if m.get("gpu") else "")
+             + (f" (compute {m['gpu_capability']}, {m['gpu_memory_gib']} GiB, CUDA {m['cuda']})"
+                if m.get("gpu") else "")
              + f"; CPU {m['cpu']}, {m['cores']} cores; torch {m.get('torch')}, numba {m['numba']}, "
                f"onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino')}.",
              f"Backend {r['backend']}; the scan preprocessed on the device: {r['preprocess_on_device']}. "
@@ -179,7 +188,8 @@ def markdown(r: dict) -> str:
     if "export_s" in r:
         lines.append(f"- AOTInductor export of the patch and stage-2 networks for CUDA: {r['export_s']:.1f} s")
     lines += [f"- detector open: {r['open_s']:.2f} s; first scan (one-off costs): {r['first_scan_s']:.2f} s",
-              f"- stage-2 logits against ONNX Runtime (CPU) on {r['stage2_parity_patches']} context patches: max |diff| "
+              f"- stage-2 logits against ONNX Runtime (CPU) on {r['stage2_parity_patches']} context patches: "
+              "max |diff| "
               f"{r['stage2_parity_max_abs_logit']}",
               f"- per scan, warm, load to candidates (median): **{r['scan_s_median']:.3f} s**",
               f"- scans/s: {r['scans_per_s_one_at_a_time']:.2f} one at a time, {r['scans_per_s_two_in_flight']:.2f} "
@@ -201,40 +211,30 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _arguments(ap) -> None:
-    ap.add_argument("--scans", type=int, default=5, help="phantom scans (>= 2; the first pays one-off costs)")
-    ap.add_argument("--package", help="a package exported with --torch-compiled on this GPU (default: the shipped "
-                                      "one, compiled for CUDA here)")
-    ap.add_argument("--backend", default="torch-compiled", help="the GPU backend (default torch-compiled)")
-    ap.add_argument("--cpu-backend", default="auto", help="the CPU backend it is compared with (default: auto's CPU "
-                                                          "choice)")
-    ap.add_argument("--out", default="bench-gpu", help="output folder (default ./bench-gpu)")
-
-
-def _run(a, ap) -> int:
-    try:
-        r = run(Path(a.out), a.scans, a.package, a.backend, a.cpu_backend)
-    except ConfigError as exc:
-        ap.exit(2, f"error: {exc}\n")
-    print(markdown(r))
-    return 0
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `noduleflow bench gpu` (and of ``python -m noduleflow.bench.gpu``)."""
+    p.add_argument("--scans", type=int, default=5, help="phantom scans (>= 2; the first pays one-off costs)")
+    p.add_argument("--package", help="a package exported with --torch-compiled on this GPU (default: the shipped "
+                                     "one, compiled for CUDA here)")
+    p.add_argument("--backend", default="torch-compiled", help="the GPU backend (default torch-compiled)")
+    p.add_argument("--cpu-backend", default="auto", help="the CPU backend it is compared with (default: auto's CPU "
+                                                         "choice)")
+    p.add_argument("--out", default="bench-gpu", help="output folder (default ./bench-gpu)")
+    p.set_defaults(func=command)
+    return p
 
 
 def register(sub) -> None:
-    """`noduleflow bench gpu`."""
-    p = sub.add_parser("gpu", help="the GPU pipeline, DICOM in to candidates out, against the CPU (needs a GPU)",
-                       description="The GPU pipeline, DICOM in to candidates out, against the CPU in the same run: "
-                                   "the shipped networks exported for CUDA, phantom scans as DICOM, "
-                                   "stage by stage on the GPU and the CPU backend, scans/s one at a time and two "
-                                   "in flight; writes gpu.json/.md.")
-    _arguments(p)
-    p.set_defaults(func=lambda a: _run(a, p))
+    build_parser(sub.add_parser("gpu", help=HELP, description=DESCRIPTION))
+
+
+def command(args: argparse.Namespace) -> int:
+    print(markdown(run(Path(args.out), args.scans, args.package, args.backend, args.cpu_backend)))
+    return 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.gpu", description=__doc__.splitlines()[0])
-    _arguments(ap)
-    return _run(ap.parse_args(argv), ap)
+    return standalone(build_parser, "gpu", DESCRIPTION, argv)
 
 
 if __name__ == "__main__":

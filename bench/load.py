@@ -1,6 +1,8 @@
-"""DICOM series load time: engine.io.load_volume against SimpleITK's ImageSeriesReader.
+"""`noduleflow bench load`: DICOM series load time, engine.io.load_volume against SimpleITK's
+ImageSeriesReader.
 
-    python -m noduleflow.bench.load [--shape 300 512 512] [--repeats 3] [--out bench/results]
+    noduleflow bench load [--shape 300 512 512] [--repeats 3] [--workers N] [--out DIR]
+    python -m noduleflow.bench.load ...   (the same options)
 
 A phantom (512 x 512 x 300 by default) is written as a DICOM series (one file per
 slice, shuffled names, int16 stored values) into a temporary folder; both readers
@@ -20,14 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import machine, standalone
+
 log = logging.getLogger(__name__)
+HELP = "DICOM load time vs SimpleITK ImageSeriesReader (512x512x300 phantom)"
+DESCRIPTION = ("Write a phantom as a DICOM series and time engine.io.load_volume against SimpleITK's "
+               "ImageSeriesReader on the same files (warm, best of N); writes load.json.")
 
 
 def versions() -> dict:
+    """`common.machine` with the DICOM readers' versions (pydicom, SimpleITK)."""
     import pydicom
     import SimpleITK as sitk
-
-    from noduleflow.bench.speed import machine
 
     return {**machine(), "pydicom": pydicom.__version__, "SimpleITK": sitk.Version_VersionString()}
 
@@ -64,7 +70,7 @@ def run(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int 
         nbytes = sum(f.stat().st_size for f in files)
         # warm-up: page cache, imports, thread pool start
         t0 = time.perf_counter()
-        ours_first = load_volume(folder, workers=workers)
+        load_volume(folder, workers=workers)
         t_ours_first = time.perf_counter() - t0
         t0 = time.perf_counter()
         sitk_load(folder)
@@ -96,22 +102,33 @@ def summary(r: dict) -> str:
             f"{r['speedup_vs_simpleitk']:.2f}x SimpleITK; voxel-equal: {r['voxel_equal']}")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=None, help="decode threads for load_volume (default: its own)")
-    ap.add_argument("--out", default="bench-load", help="folder for load.json (default ./bench-load)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    cmd = "python -m noduleflow.bench.load" + ("" if tuple(args.shape) == (300, 512, 512) else
-                                    " --shape " + " ".join(map(str, args.shape)))
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `noduleflow bench load` (and of ``python -m noduleflow.bench.load``)."""
+    p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=None, help="decode threads for load_volume (default: its own)")
+    p.add_argument("--out", default="bench-load", help="folder for load.json (default ./bench-load)")
+    p.set_defaults(func=command)
+    return p
+
+
+def register(sub) -> None:
+    build_parser(sub.add_parser("load", help=HELP, description=DESCRIPTION))
+
+
+def command(args: argparse.Namespace) -> int:
+    cmd = "noduleflow bench load" + ("" if tuple(args.shape) == (300, 512, 512) else
+                                     " --shape " + " ".join(map(str, args.shape)))
     r = run(tuple(args.shape), repeats=args.repeats, workers=args.workers, command=cmd)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "load.json").write_text(json.dumps(r, indent=1))
     print(summary(r))
     return 0
+
+
+def main(argv=None) -> int:
+    return standalone(build_parser, "load", DESCRIPTION, argv)
 
 
 if __name__ == "__main__":

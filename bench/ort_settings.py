@@ -1,8 +1,11 @@
-"""ONNX Runtime CPU session settings for the 3-D graphs, measured: ``python -m noduleflow.bench.ort_settings``.
+"""`noduleflow bench ort-settings`: ONNX Runtime CPU session settings for the 3-D graphs, measured.
+
+    noduleflow bench ort-settings [--model PKG] [--repeats 3] [--out DIR]
+    python -m noduleflow.bench.ort_settings ...   (the same options)
 
 Times the dense graph on one engine-sized tile and the patch graph on one batch under
 intra-op thread counts, graph optimisation levels and the CPU memory arena on/off,
-best of N, in one run; writes bench/results/ort_settings.json. The engine's defaults
+best of N, in one run; writes ort_settings.json/.md. The engine's defaults
 (engine/backends/onnxruntime.py) follow this measurement.
 """
 from __future__ import annotations
@@ -16,11 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import machine, standalone, write_report
+
+HELP = "ONNX Runtime CPU threads / graph optimisation / arena, measured"
+DESCRIPTION = ("Time dense.onnx on one engine-sized tile and patch.onnx on one batch under each intra-op thread "
+               "count, graph optimisation level and arena setting; writes ort_settings.json/.md.")
+
 
 def measure(package=None, repeats: int = 3, tile: int = 24) -> dict:
     import onnxruntime as ort
 
-    from noduleflow.bench.speed import machine
     from noduleflow.engine.package import ModelPackage, default_package_path
 
     pkg = ModelPackage.load(package or default_package_path())
@@ -65,21 +73,34 @@ def measure(package=None, repeats: int = 3, tile: int = 24) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default="bench-ort-settings",
-                    help="folder for ort_settings.json")
-    a = ap.parse_args(argv)
-    res = measure(a.model, a.repeats)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "ort_settings.json").write_text(json.dumps(res, indent=2))
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `noduleflow bench ort-settings` (and of ``python -m noduleflow.bench.ort_settings``)."""
+    p.add_argument("--model", help="model package (default: the shipped one)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each setting (best of)")
+    p.add_argument("--out", default="bench-ort-settings", help="output folder (default ./bench-ort-settings)")
+    p.set_defaults(func=command)
+    return p
+
+
+def register(sub) -> None:
+    build_parser(sub.add_parser("ort-settings", help=HELP, description=DESCRIPTION))
+
+
+def command(args: argparse.Namespace) -> int:
+    res = measure(args.model, args.repeats)
+    lines = [f"# ONNX Runtime CPU session settings, {res['model_id']}", "",
+             f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, onnxruntime "
+             f"{res['machine']['onnxruntime']}; best of {res['repeats']}.", ""]
     for g in ("dense.onnx", "patch.onnx"):
         f = res[f"fastest_{g}"]
-        print(f"{g}: fastest {f['opt_level']}, {f['intra_op_threads']} threads, arena {f['cpu_mem_arena']}: "
-              f"{f['best_s']:.3f} s ({res[f'speedup_{g}_fastest_vs_basic_1thread']:.2f}x vs basic/1 thread)")
+        lines.append(f"- {g}: fastest {f['opt_level']}, {f['intra_op_threads']} threads, arena {f['cpu_mem_arena']}: "
+                     f"{f['best_s']:.3f} s ({res[f'speedup_{g}_fastest_vs_basic_1thread']:.2f}x vs basic/1 thread)")
+    write_report(Path(args.out), "ort_settings", res, "\n".join(lines) + "\n")
     return 0
+
+
+def main(argv=None) -> int:
+    return standalone(build_parser, "ort_settings", DESCRIPTION, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The numba preprocessing kernels against their references, in one run, on one phantom scan.
+"""`noduleflow bench preprocess`: the numba preprocessing kernels against their references, in
+one run, on one phantom scan.
 
-    python -m noduleflow.bench.preprocess [--shape 300 512 512] [--repeats 3] [--ref-repeats 1]
-                               [--dice-scans 10] [--resample-slices 100 200 300]
-                               [--realct ../shared/realct] [--baseline-commit REV] [--out bench/results]
+    noduleflow bench preprocess [--shape 300 512 512] [--repeats 3] [--ref-repeats 1]
+                                [--dice-scans 10] [--resample-slices 100 200 300]
+                                [--realct ../shared/realct] [--baseline-commit REV] [--out DIR]
+    python -m noduleflow.bench.preprocess ...   (the same options)
 
 On one phantom (512 x 512 x 300, spacing (1.0, 0.7, 0.7) mm by default):
   - lung mask: engine.lung_mask vs bench.reference.lung_mask (scipy.ndimage + skimage, the
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -43,7 +44,15 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .common import standalone, write_report
+from .load import versions
+
+HELP = "numba kernels vs scipy/skimage/SimpleITK references (512x512x300 phantom)"
+DESCRIPTION = ("Time the lung mask, crop + resampling (and whole-scan resampling at several sizes), connected "
+               "components, candidate rules and patch gather against their reference implementations in one run "
+               "(numba first call apart from warm runs), the lung-mask Dice on phantoms, and the mask and "
+               "resampling on the real scan in ../shared/realct when present; writes preprocess.json and "
+               "preprocess.md.")
 
 
 def _best(fn, repeats: int):
@@ -122,9 +131,9 @@ def kernels(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: 
     # lung mask: the default parameters, and the detection pipeline's (3 mm dilation)
     mask = None
     for key, p in (("lung_mask", LungMaskParams()), ("lung_mask_dilate3", PreprocessSpec().lung)):
-        first, _ = _first(lambda: lung_mask(vol, p))
-        ours, m = _best(lambda: lung_mask(vol, p), repeats)
-        ref, rmask = _best(lambda: reference.lung_mask(vol, p), ref_repeats)
+        first, _ = _first(lambda p=p: lung_mask(vol, p))
+        ours, m = _best(lambda p=p: lung_mask(vol, p), repeats)
+        ref, rmask = _best(lambda p=p: reference.lung_mask(vol, p), ref_repeats)
         res[key] = {"params": asdict(p), "grid_factors_zyx": list(grid_factors(vol.spacing_zyx_mm, p.grid_mm)),
                     "first_s": first, "ours_s": ours, "reference_s": ref, "speedup": ref / ours, "goal": 20.0,
                     "dice_vs_reference": dice(m, rmask), "dice_vs_truth": dice(m, ph.lung_mask)}
@@ -158,10 +167,11 @@ def kernels(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: 
 
     # candidates on the 1 mm volume
     res["candidates"] = {}
-    for name, rules in (("default", CandidateRules()), ("seed_box", CandidateRules(center_min_hu=100.0, box_min_hu=0.0))):
-        first, _ = _first(lambda: candidates(v1.hu, m1, rules))
-        ours, c = _best(lambda: candidates(v1.hu, m1, rules), repeats)
-        ref, rc = _best(lambda: reference.candidates(v1.hu, m1, rules), ref_repeats)
+    seed_box = CandidateRules(center_min_hu=100.0, box_min_hu=0.0)
+    for name, rules in (("default", CandidateRules()), ("seed_box", seed_box)):
+        first, _ = _first(lambda rules=rules: candidates(v1.hu, m1, rules))
+        ours, c = _best(lambda rules=rules: candidates(v1.hu, m1, rules), repeats)
+        ref, rc = _best(lambda rules=rules: reference.candidates(v1.hu, m1, rules), ref_repeats)
         res["candidates"][name] = {"rules": {"stride": rules.stride, "center_min_hu": rules.center_min_hu,
                                              "box_min_hu": rules.box_min_hu},
                                    "first_s": first, "ours_s": ours, "reference_s": ref, "speedup": ref / ours,
@@ -276,8 +286,8 @@ def realct(path: Path, repeats: int, ref_repeats: int, baseline=None, baseline_r
                  "spacing_zyx_mm": [round(x, 4) for x in vol.spacing_zyx_mm]}
     for key, p in (("lung_mask", LungMaskParams()), ("lung_mask_dilate3", PreprocessSpec().lung)):
         lung_mask(vol, p)
-        ours, m = _best(lambda: lung_mask(vol, p), repeats)
-        ref, rmask = _best(lambda: reference.lung_mask(vol, p), ref_repeats)
+        ours, m = _best(lambda p=p: lung_mask(vol, p), repeats)
+        ref, rmask = _best(lambda p=p: reference.lung_mask(vol, p), ref_repeats)
         row = {"ours_s": ours, "reference_s": ref, "speedup": ref / ours, "dice_vs_reference": dice(m, rmask)}
         if baseline is not None:
             row["dice_vs_baseline"] = dice(m, baseline.lung_mask(vol, dilate_mm=p.dilate_mm))
@@ -350,10 +360,11 @@ def markdown(r: dict) -> str:
                  f"{rs['first_s']:.2f} | {rs['ours_s']:.3f} | {rs['simpleitk_linear_s']:.3f} | "
                  f"{rs['speedup_vs_simpleitk']:.1f}x | >= 3x |")
     if "scipy_zoom_order3_s" in rs:
-        lines.append(f"| (same) | scipy.ndimage.zoom order 3 | | {rs['ours_s']:.3f} | {rs['scipy_zoom_order3_s']:.3f} | "
-                     f"{rs['speedup_vs_zoom']:.1f}x | >= 20x |")
+        lines.append(f"| (same) | scipy.ndimage.zoom order 3 | | {rs['ours_s']:.3f} | "
+                     f"{rs['scipy_zoom_order3_s']:.3f} | {rs['speedup_vs_zoom']:.1f}x | >= 20x |")
     for x in k.get("resample_sizes", []):
-        lines.append(f"| whole scan 512x512x{x['in_shape_zyx'][0]} -> 1 mm ({'x'.join(map(str, x['out_shape_zyx'][::-1]))}) "
+        out_xyz = "x".join(map(str, x["out_shape_zyx"][::-1]))
+        lines.append(f"| whole scan 512x512x{x['in_shape_zyx'][0]} -> 1 mm ({out_xyz}) "
                      f"| SimpleITK ResampleImageFilter linear | | {x['ours_s']:.3f} | {x['simpleitk_linear_s']:.3f} | "
                      f"{x['speedup_vs_simpleitk']:.1f}x | >= 3x |")
     lines.append(f"| CCL (HU < -320, {cc['components']} components) | scipy.ndimage.label | {cc['first_s']:.2f} | "
@@ -361,28 +372,33 @@ def markdown(r: dict) -> str:
     if "ccl_runs" in k:
         c = k["ccl_runs"]
         lines.append(f"| CCL as x runs (RunComponents: sizes, border, boxes; no label image) | scipy.ndimage.label | "
-                     f"{c['first_s']:.2f} | {c['ours_s']:.3f} | {c['scipy_ndimage_label_s']:.3f} | {c['speedup']:.1f}x | |")
+                     f"{c['first_s']:.2f} | {c['ours_s']:.3f} | {c['scipy_ndimage_label_s']:.3f} | "
+                     f"{c['speedup']:.1f}x | |")
     for name, c in k["candidates"].items():
         lines.append(f"| candidates ({name}: stride {c['rules']['stride']}, centre >= {c['rules']['center_min_hu']:.0f}"
                      f"{'' if c['rules']['box_min_hu'] is None else ', box min >= 0'}; {c['n']} found) | "
-                     f"noduleflow.bench.reference.candidates | {c['first_s']:.2f} | {c['ours_s']:.4f} | {c['reference_s']:.4f} | "
-                     f"{c['speedup']:.1f}x | |")
-    lines += [f"| patch gather ({g['patches']} x 41^3 float32, {g['bytes_written'] / 1e6:.0f} MB) | np.copyto same bytes "
-              f"| {g['first_s']:.2f} | {g['ours_s']:.4f} ({g['ours_GBps']:.2f} GB/s) | {g['copyto_s']:.4f} "
+                     f"noduleflow.bench.reference.candidates | {c['first_s']:.2f} | {c['ours_s']:.4f} | "
+                     f"{c['reference_s']:.4f} | {c['speedup']:.1f}x | |")
+    lines += [f"| patch gather ({g['patches']} x 41^3 float32, {g['bytes_written'] / 1e6:.0f} MB) | "
+              f"np.copyto same bytes | {g['first_s']:.2f} | {g['ours_s']:.4f} ({g['ours_GBps']:.2f} GB/s) | "
+              f"{g['copyto_s']:.4f} "
               f"({g['copyto_GBps']:.2f} GB/s) | {g['fraction_of_copyto']:.2f}x of copyto | |",
               f"| (same) | bench.reference.gather | | {g['ours_s']:.4f} | {g['reference_s']:.4f} | "
               f"{g['speedup_vs_reference']:.1f}x | |", ""]
     lm, lm3 = k["lung_mask"], k["lung_mask_dilate3"]
+    max_diff = max([rs["max_abs_diff_hu_vs_simpleitk_interior"]]
+                   + [x["max_abs_diff_hu_vs_simpleitk_interior"] for x in k.get("resample_sizes", [])])
     lines += [f"Quality: lung mask Dice vs the reference (same algorithm on every voxel) {lm['dice_vs_reference']:.4f} "
               f"(3 mm dilation: {lm3['dice_vs_reference']:.4f}); vs the phantom's true mask {lm['dice_vs_truth']:.4f}; "
               f"topology grid {lm['grid_factors_zyx']} voxels per block; resampling max |ours - SimpleITK| on interior "
-              f"voxels {max([rs['max_abs_diff_hu_vs_simpleitk_interior']] + [x['max_abs_diff_hu_vs_simpleitk_interior'] for x in k.get('resample_sizes', [])]):.2f} HU; "
+              f"voxels {max_diff:.2f} HU; "
               f"candidates equal to the reference: {all(c['equal_to_reference'] for c in k['candidates'].values())}."]
     rc = r.get("realct")
     if rc:
         lines += ["", f"Real scan ({Path(rc['path']).name}, {'x'.join(map(str, rc['shape_zyx'][::-1]))} at "
                       f"{tuple(rc['spacing_zyx_mm'])} mm; anatomy and timing only, never tuned on):", "",
-                  "| kernel | reference | | ours warm s | reference s | ratio | goal |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "| kernel | reference | | ours warm s | reference s | ratio | goal |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
         lines += _mask_rows(rc, " (real scan)")
         x = rc["resample"]
         lines.append(f"| whole scan -> 1 mm (real scan) | SimpleITK ResampleImageFilter linear | | {x['ours_s']:.3f} | "
@@ -390,8 +406,9 @@ def markdown(r: dict) -> str:
         lines += ["", "Real-scan lung mask Dice vs the reference: " + ", ".join(
             f"{key} {rc[key]['dice_vs_reference']:.4f}" for key in ("lung_mask", "lung_mask_dilate3"))]
         if "dice_vs_baseline" in rc["lung_mask"]:
-            lines.append(f"Real-scan Dice vs the baseline commit's mask ({r['baseline_commit']}, full resolution): " + ", ".join(
-                f"{key} {rc[key]['dice_vs_baseline']:.4f}" for key in ("lung_mask", "lung_mask_dilate3"))
+            lines.append(f"Real-scan Dice vs the baseline commit's mask ({r['baseline_commit']}, full resolution): "
+                         + ", ".join(f"{key} {rc[key]['dice_vs_baseline']:.4f}"
+                                     for key in ("lung_mask", "lung_mask_dilate3"))
                 + "; peak RSS growth of one warm call, MB (fresh process each): " + ", ".join(
                 f"{key} {rc[key]['peak_rss_growth_mb']}" for key in ("lung_mask", "lung_mask_dilate3")))
     if r.get("dice"):
@@ -402,7 +419,8 @@ def markdown(r: dict) -> str:
                       + ", ".join(f"{c} {v:.4f}" for c, v in d["by_case_min"].items())
                       + (f"; min Dice vs the baseline commit's mask ({r['baseline_commit']}): "
                          f"{d['min_dice_vs_baseline']:.4f} (goal >= 0.99)" if base else ""), "",
-                  "| seed | case | shape zyx | spacing zyx mm | Dice vs truth |" + (" vs baseline | vs baseline, 3 mm dilation |" if base else ""),
+                  "| seed | case | shape zyx | spacing zyx mm | Dice vs truth |"
+                  + (" vs baseline | vs baseline, 3 mm dilation |" if base else ""),
                   "|---:|---|---|---|---:|" + ("---:|---:|" if base else "")]
         lines += [f"| {x['seed']} | {x['case']} | {x['shape_zyx']} | {x['spacing_zyx_mm']} | {x['dice']:.4f} |"
                   + (f" {x['dice_vs_baseline']:.4f} | {x['dice_vs_baseline_dilate3']:.4f} |" if base else "")
@@ -421,8 +439,6 @@ def run(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int 
         resample_slices=(100, 200, 300), realct_path: Path | None = None, baseline_commit: str | None = None,
         command: str = "python -m noduleflow.bench.preprocess") -> dict:
     import numba
-
-    from noduleflow.bench.load import versions
 
     m = {**versions(), "numba_threads": numba.get_num_threads()}
     for mod in ("scipy", "skimage"):
@@ -445,23 +461,30 @@ def run(shape_zyx=(300, 512, 512), spacing_zyx_mm=(1.0, 0.7, 0.7), repeats: int 
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
-    ap.add_argument("--repeats", type=int, default=3, help="warm runs of ours (best of)")
-    ap.add_argument("--ref-repeats", type=int, default=1, help="runs of each reference (best of)")
-    ap.add_argument("--dice-scans", type=int, default=10, help="default-size phantoms for the Dice study (0: skip)")
-    ap.add_argument("--resample-slices", type=int, nargs="*", default=[100, 200, 300],
-                    help="whole-scan resampling at 512 x 512 x N for each N (the phantom's first N slices)")
-    ap.add_argument("--realct", default=None, help="a real DICOM series folder (default: ../shared/realct if present; "
-                                                   "'none' to skip)")
-    ap.add_argument("--baseline-commit", default=None,
-                    help="git revision whose engine lung mask ours is compared with (Dice, peak memory)")
-    ap.add_argument("--out", default="bench-preprocess", help="output folder (default ./bench-preprocess)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    cmd = "python -m noduleflow.bench.preprocess" + ("" if tuple(args.shape) == (300, 512, 512) else
-                                          " --shape " + " ".join(map(str, args.shape)))
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `noduleflow bench preprocess` (and of ``python -m noduleflow.bench.preprocess``)."""
+    p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
+    p.add_argument("--repeats", type=int, default=3, help="warm runs of ours (best of)")
+    p.add_argument("--ref-repeats", type=int, default=1, help="runs of each reference (best of)")
+    p.add_argument("--dice-scans", type=int, default=10, help="default-size phantoms for the Dice study (0: skip)")
+    p.add_argument("--resample-slices", type=int, nargs="*", default=[100, 200, 300],
+                   help="whole-scan resampling at 512 x 512 x N for each N (the phantom's first N slices)")
+    p.add_argument("--realct", default=None, help="a real DICOM series folder (default: ../shared/realct if present; "
+                                                  "'none' to skip)")
+    p.add_argument("--baseline-commit", default=None,
+                   help="git revision whose engine lung mask ours is compared with (Dice, peak memory)")
+    p.add_argument("--out", default="bench-preprocess", help="output folder (default ./bench-preprocess)")
+    p.set_defaults(func=command)
+    return p
+
+
+def register(sub) -> None:
+    build_parser(sub.add_parser("preprocess", help=HELP, description=DESCRIPTION))
+
+
+def command(args: argparse.Namespace) -> int:
+    cmd = "noduleflow bench preprocess" + ("" if tuple(args.shape) == (300, 512, 512) else
+                                           " --shape " + " ".join(map(str, args.shape)))
     for name, default in (("repeats", 3), ("ref_repeats", 1), ("dice_scans", 10)):
         if getattr(args, name) != default:
             cmd += f" --{name.replace('_', '-')} {getattr(args, name)}"
@@ -475,13 +498,12 @@ def main(argv=None) -> int:
     r = run(tuple(args.shape), repeats=args.repeats, ref_repeats=args.ref_repeats, dice_scans=args.dice_scans,
             resample_slices=tuple(args.resample_slices), realct_path=realct_path,
             baseline_commit=args.baseline_commit, command=cmd)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "preprocess.json").write_text(json.dumps(r, indent=1))
-    md = markdown(r)
-    (out / "preprocess.md").write_text(md)
-    print(md)
+    write_report(Path(args.out), "preprocess", r, markdown(r))
     return 0
+
+
+def main(argv=None) -> int:
+    return standalone(build_parser, "preprocess", DESCRIPTION, argv)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def lung_mask(volume: Volume, params: LungMaskParams = LungMaskParams()) -> np.n
     if len(order) > 2 and sizes[order[1]] >= params.second_lung_ratio * sizes[order[0]]:
         keep.append(order[1])
     lung = np.isin(labels, keep)
-    fill = lambda m: np.stack([ndimage.binary_fill_holes(s) for s in m])  # noqa: E731
+    def fill(m):  # slice by slice
+        return np.stack([ndimage.binary_fill_holes(s) for s in m])
+
     filled = mask = fill(lung)
     if params.close_mm > 0:
         r = [int(round(params.close_mm / s)) for s in volume.spacing_zyx_mm]

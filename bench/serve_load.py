@@ -17,38 +17,38 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .common import machine, standalone, write_report
+
 SHAPE = (60, 112, 112)
 SPACING = (2.5, 2.0, 2.0)
+HELP = "load + SIGKILL/restart test of `noduleflow serve` (exactly one result per series)"
+DESCRIPTION = ("Write N phantom series, start `noduleflow serve` as a subprocess, send the series from several "
+               "concurrent clients (pynetdicom threads and dcmtk storescu processes), SIGKILL the service while it "
+               "processes a series, restart it, and check that every series has exactly one result. Writes "
+               "serve_load.json/.md.")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("serve-load", help="load + SIGKILL/restart test of `noduleflow serve` (exactly one result "
-                                          "per series)",
-                       description="Write N phantom series, start `noduleflow serve` as a subprocess, send the "
-                                   "series from several concurrent clients (pynetdicom threads and dcmtk storescu "
-                                   "processes), SIGKILL the service while it processes a series, restart it, and "
-                                   "check that every series has exactly one result. Writes serve_load.json/.md.")
-    p.add_argument("--series", type=int, default=20)
-    p.add_argument("--clients", type=int, default=4)
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `noduleflow bench serve-load` (and of ``python -m noduleflow.bench.serve_load``)."""
+    p.add_argument("--series", type=int, default=20, help="phantom series sent (default 20)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     p.add_argument("--kill-after", type=int, default=3, help="SIGKILL once this many series are done and one is "
                                                              "processing (-1: never)")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one)")
     p.add_argument("--out", default="bench-serve-load", help="output folder (default ./bench-serve-load)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=command)
+    return p
 
 
-def _run(a) -> int:
-    from noduleflow.engine.extras import require_extra
-
-    require_extra("serve", "noduleflow bench serve-load")
-    return main(["--series", str(a.series), "--clients", str(a.clients), "--kill-after", str(a.kill_after),
-                 "--out", a.out] + (["--workdir", a.workdir] if a.workdir else []))
+def register(sub) -> None:
+    build_parser(sub.add_parser("serve-load", help=HELP, description=DESCRIPTION))
 
 
 def find_dcmtk(tool: str) -> str | None:
@@ -73,7 +73,7 @@ class ServiceProcess:
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
 
-    def start(self, timeout: float = 300.0) -> "ServiceProcess":
+    def start(self, timeout: float = 300.0) -> ServiceProcess:
         cmd = [sys.executable, "-m", "noduleflow.cli", "serve", "--spool", str(self.spool), "--port", "0",
                "--quiet-period", str(self.quiet_s), "--no-png"]
         for ae in self.allow_ae:
@@ -300,7 +300,8 @@ def run_load(workdir, n_series: int = 20, clients: int = 4, kill_after: int = 3,
     return report
 
 
-def _markdown(r: dict) -> str:
+def markdown(r: dict) -> str:
+    """The report of a `run_load` result (with its machine)."""
     lines = ["# `noduleflow serve` under load, SIGKILLed mid-processing and restarted", "",
              f"Machine: {r['machine'].get('cpu')} ({r['machine'].get('cores')} cores), Python "
              f"{r['machine'].get('python')}, pynetdicom {r['machine'].get('pynetdicom')}, highdicom "
@@ -322,31 +323,23 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    import tempfile
+def command(args: argparse.Namespace) -> int:
+    from noduleflow.engine.extras import require_extra
 
+    require_extra("serve", "noduleflow bench serve-load")
     import highdicom
     import pynetdicom
 
-    from noduleflow.bench.speed import machine
-
-    ap = argparse.ArgumentParser(prog="python -m noduleflow.bench.serve_load")
-    ap.add_argument("--series", type=int, default=20)
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--kill-after", type=int, default=3)
-    ap.add_argument("--workdir")
-    ap.add_argument("--out", default="bench-serve-load", help="output folder (default ./bench-serve-load)")
-    a = ap.parse_args(argv)
-    work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="nf-serve-load-"))
-    r = run_load(work, a.series, a.clients, a.kill_after)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="nf-serve-load-"))
+    r = run_load(work, args.series, args.clients, args.kill_after)
     r["machine"] = {**machine(), "pynetdicom": pynetdicom.__version__, "highdicom": highdicom.__version__,
                     "storescu": find_dcmtk("storescu")}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_load.json").write_text(json.dumps(r, indent=1))
-    (out / "serve_load.md").write_text(_markdown(r))
-    print(_markdown(r))
+    write_report(Path(args.out), "serve_load", r, markdown(r))
     return 0 if r["ok"] else 1
+
+
+def main(argv=None) -> int:
+    return standalone(build_parser, "serve_load", DESCRIPTION, argv)
 
 
 if __name__ == "__main__":

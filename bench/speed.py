@@ -1,6 +1,8 @@
-"""Throughput of the whole pipeline on phantom DICOM series, against the seed-style baseline.
+"""`noduleflow bench speed`: throughput of the whole pipeline on phantom DICOM series, against
+the seed-style baseline.
 
-    python -m noduleflow.bench.speed [--scans 5] [--model PKG] [--subset 1500] [--out bench/results]
+    noduleflow bench speed [--scans 5] [--model PKG] [--subset 1500] [--out DIR]
+    python -m noduleflow.bench.speed ...   (the same options)
 
 Per scan (512 x 512 x ~200 phantom, written as DICOM): wall time of each stage in dense
 mode (load, mask, resample, candidates, inference, clustering), and, on a random subset
@@ -22,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
-import os
-import platform
 import resource
 import shutil
 import statistics
@@ -35,61 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import machine, phantom_series, standalone
+from .speed_report import markdown, plot_stages
+
 TILES = (8, 16, 24, 32, 48)
 BATCHES = (1, 8, 32, 64, 128)
-
-
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
-def machine() -> dict:
-    """CPU, cores and versions, as far as installed (onnxruntime, openvino, torch: None when not),
-    and the GPU PyTorch sees (name, compute capability, memory, CUDA version), or None."""
-    import numba
-
-    model, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first processor's lines
-            if line.startswith("model name") and model is None:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    cpu = model or platform.processor() or platform.machine()
-    # what decides the kernels the runtimes pick (one "AMD EPYC" may have AVX2 only, another
-    # AVX-512 with bfloat16 and VNNI): named beside the model
-    features = [f for f in CPU_FEATURES if f in flags]
-    info = {"cpu": f"{cpu} ({', '.join(features)})" if features else cpu, "cpu_model": cpu,
-            "cpu_features": features, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "gpu": None}
-    for mod in ("onnxruntime", "openvino", "torch"):
-        info[mod] = __import__(mod).__version__.split("-")[0] if importlib.util.find_spec(mod) else None
-    if info["torch"] is not None:
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            info.update(gpu=p.name, gpu_capability=f"{p.major}.{p.minor}",
-                        gpu_memory_gib=round(p.total_memory / 2 ** 30, 1), cuda=torch.version.cuda)
-    return info
-
-
-def phantom_series(folder: Path, n: int, seed0: int = 500, z_extent_mm: float = 300.0,
-                   spacing_zyx_mm=(1.5, 0.7, 0.7), shape_zyx=None) -> list[Path]:
-    """``n`` phantom chest CTs (seeds ``seed0``...; by default 300 mm at 1.5 x 0.7 x 0.7 mm, about
-    200 x 512 x 512) written as DICOM series ``folder``/s0, s1, ...; their folders."""
-    from noduleflow.engine.io.dicom_write import write_dicom_series
-    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
-
-    out = []
-    for i in range(n):
-        ph = generate_phantom(seed0 + i, params=PhantomParams(z_extent_mm=z_extent_mm),
-                              spacing_zyx_mm=tuple(spacing_zyx_mm), shape_zyx=shape_zyx)
-        write_dicom_series(ph.volume, folder / f"s{i}", seed=i)
-        out.append(folder / f"s{i}")
-    return out
+HELP = "whole-scan throughput, CPU backends side by side, dense vs patch, seed-style baseline"
+DESCRIPTION = ("Write phantom chest CTs (about 200x512x512) as DICOM series and time the pipeline stage by stage "
+               "(the default two-stage detection and the dense stage 1 alone); compare the installed CPU backends "
+               "(ONNX Runtime, OpenVINO) on the same scan; compare, on the same grid points, dense scoring, patch "
+               "scoring with and without the overlapped gather, and the seed-style baseline (scipy zoom + "
+               "scipy/skimage mask + one patch at a time in PyTorch eager; needs the train extra). Writes "
+               "speed_cpu.json/.md.")
 
 
 def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, baseline: bool = True,
@@ -126,7 +82,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     # the default detection of a two-stage package: stage 1 (the contract's generator) + stage 2
     two = Detector(package, backend=backend) if dense.package.has_stage2 else None
     scans, per, grids = [], [], []
-    from noduleflow.engine.patches import PatchProducer
+    from noduleflow.engine.patches import Normalisation, PatchProducer
 
     with tempfile.TemporaryDirectory() as tmp:
         scans = phantom_series(Path(tmp), n_scans, seed0, z_extent_mm, spacing_zyx_mm, shape_zyx)
@@ -141,15 +97,16 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
             d = dense.detect(s)
             vol = load_volume(s)
             pre = preprocess(vol, dense.spec)
-            centres = dense.grid_centres(pre)
+            centres = dense.scorer.centres(pre)
             # counted after the loop, so that the counting cannot raise the per-scan peak RSS
             grids.append((centres, tuple(pre.volume.shape), d.timings_s["inference"]))
             sub = centres[rng.choice(len(centres), min(subset, len(centres)), replace=False)]
             t0 = time.perf_counter()
-            patch.score(pre, sub)
+            patch.scorer(pre.volume.hu, sub)
             t_stream = time.perf_counter() - t0
             t0 = time.perf_counter()
-            for _, b in PatchProducer(pre.volume.hu, sub, patch.config.batch_size, patch.norm, overlap=False):
+            norm = Normalisation(*patch.contract.hu_window, pad_hu=patch.contract.pad_hu)
+            for _, b in PatchProducer(pre.volume.hu, sub, patch.config.batch_size, norm, overlap=False):
                 patch.backend.infer(b)
             t_serial = time.perf_counter() - t0
             row = {"scan": i, "shape_zyx": list(vol.shape), "lung_box_1mm": list(pre.volume.shape),
@@ -177,7 +134,10 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
         tiles = tile_sweep(package, pre, centres, backend=backend)
         sweep = backend_sweep(package, pre, sub[:256], batches, compiled, checkpoint, Path(tmp))
     totals = [r["stages_s"]["total"] for r in per]
-    med = lambda k: statistics.median(r[k] for r in per)  # noqa: E731
+
+    def med(k):
+        return statistics.median(r[k] for r in per)
+
     res = {
         "machine": machine(), "model_id": dense.package.manifest.model_id, "n_scans": n_scans,
         "backend": dense.backend.name, "stage2_backend": two.stage2_backend.name if two is not None else None,
@@ -198,6 +158,7 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     if two is not None:
         st = per[0]["two_stage_stages_s"]
         res["two_stage"] = {
+            "stage1": dataclasses.asdict(two.contract.stage1),
             "stage2": dataclasses.asdict(two.contract.stage2),
             "scan_s_median": statistics.median(r["two_stage_stages_s"]["total"] for r in per),
             "stage_s_median": {k: statistics.median(r["two_stage_stages_s"][k] for r in per) for k in st},
@@ -221,8 +182,6 @@ def run(n_scans: int, package, subset: int, out_dir: Path, seed0: int = 500, bas
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "speed_cpu.json").write_text(json.dumps(res, indent=2))
     (out_dir / "speed_cpu.md").write_text(markdown(res))
-    from noduleflow.bench.plots import plot_stages
-
     plot_stages(res, out_dir / "speed_cpu_stages.png")
     return res
 
@@ -238,11 +197,11 @@ def stage2_streams(package, two, pre, repeats: int = 3) -> dict:
     with Detector(package, backend="onnxruntime-cpu") as many, \
             Detector(package, backend="onnxruntime-cpu", backend_options={"streams": 1}) as one:
         for det in (many, one):  # warm-up at these shapes
-            det.score_stage2(pre, c[:8])
+            det.stage2_scorer(pre, c[:8])
         for _ in range(repeats):
             for key, det in (("default", many), ("one", one)):
                 t = time.perf_counter()
-                det.score_stage2(pre, c)
+                det.stage2_scorer(pre, c)
                 times[key].append(time.perf_counter() - t)
         n_streams = int(many.stage2_backend.streams)
     a, b = statistics.median(times["default"]), statistics.median(times["one"])
@@ -297,9 +256,9 @@ def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
                                                                    backend_options=o))
             for n, (b, o) in variants.items()}
     cands = dets[names[0]][0].stage1(pre).centres_zyx if pkg.has_stage2 else None
-    jobs = {"scan": lambda d: d[0].detect(scan), "dense_pass": lambda d: d[1].score(pre, grid_centres)}
+    jobs = {"scan": lambda d: d[0].detect(scan), "dense_pass": lambda d: d[1].scorer(pre.volume.hu, grid_centres)}
     if cands is not None:
-        jobs["stage2"] = lambda d: d[0].score_stage2(pre, cands)
+        jobs["stage2"] = lambda d: d[0].stage2_scorer(pre, cands)
     runs = {n: [j for j in jobs if j != "dense_pass" or dets[n][1] is not None] for n in dets}
     times = {n: {j: [] for j in runs[n]} for n in dets}
     for n in dets:  # warm-up: first runs, shapes
@@ -328,18 +287,13 @@ def cpu_backends(package, scan, pre, grid_centres, repeats: int = 3) -> dict:
     return out
 
 
-def stage2_runs(n: int, flips: int, top: int) -> int:
-    """Network runs stage 2 makes for ``n`` candidates: the first view for each, the other flips for
-    the best ``top`` (all when 0)."""
-    return n + (flips - 1) * (min(top, n) if top > 0 else n)
-
-
 def stage2_accounting(two, per, pk) -> dict:
     """Stage 2's achieved GFLOP/s over all scans: per-patch convolution FLOPs of stage2.onnx
     (`flops.patch_graph_flops`) x network runs / stage-2 seconds (context patches and flips
     included), against the peak measured in this run. All of it is needed work (one run per
     candidate and view)."""
     from noduleflow.bench import flops as fl
+    from noduleflow.trainer.evaluate.stage2_tuning import stage2_runs
 
     st2 = two.contract.stage2
     p = two.contract.patch_size
@@ -456,195 +410,50 @@ def tile_sweep(package, pre, centres, tiles=TILES, backend: str = "onnxruntime-c
     rows = []
     for t in tiles:
         d = Detector(package, backend=backend, config=DetectorConfig(mode="dense", tile_out=t))
-        d.score(pre, centres[:1])  # warm-up: session, first allocation
+        d.scorer(pre.volume.hu, centres[:1])  # warm-up: session, first allocation
         t0 = time.perf_counter()
-        d.score(pre, centres)
+        d.scorer(pre.volume.hu, centres)
         side = d.contract.dense_stride * (t - 1) + d.contract.patch_size
         rows.append({"tile_out": t, "tile_side_voxels": side, "seconds": time.perf_counter() - t0})
         d.close()
     return rows
 
 
-def markdown(r: dict) -> str:
-    m = r["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m.get('gpu')}; onnxruntime {m['onnxruntime']}, "
-             f"openvino {m.get('openvino')}, numba {m['numba']}, torch {m.get('torch')}. Model {r['model_id']}. "
-             f"{r['n_scans']} phantom scans. Backend: {r.get('backend', 'onnxruntime-cpu')}"
-             + (f" (stage 2: {r['stage2_backend']})" if r.get("stage2_backend") else "") + ".",
-             "", "| stage | median s |", "|---|---:|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in r["stage_s_median"].items()]
-    t = r.get("two_stage")
-    if t:
-        lines += ["", f"Default detection, stage 1 ({t['stage2']['generator']}, at most "
-                  f"{t['stage2']['max_candidates']} candidates"
-                  + (f" + {t['stage2']['subsolid_candidates']} subsolid" if t['stage2'].get('subsolid_candidates') else "")
-                  + (f" + {t['stage2']['wall_candidates']} pleural" if t['stage2'].get('wall_candidates') else "")
-                  + f") + stage 2 ({t['stage2']['tta_flips']} flip view(s)"
-                  + (f" for the best {t['stage2']['tta_top']}" if t['stage2'].get('tta_top') else "") + "), "
-                  f"median {t['stage1_candidates_median']:.0f} candidates scored:", "", "| stage | median s |",
-                  "|---|---:|"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in t["stage_s_median"].items()]
-        lines += ["", f"- whole scan, two stages (warm): median {t['scan_s_median']:.1f} s, "
-                  f"{t['over_stage1_only_median']:.2f}x the stage-1-only scan below (same scans, same run)"]
-        f2 = t.get("stage2_flops")
-        if f2:
-            lines.append(f"- stage 2: {f2['network_runs']} network runs of {f2['per_patch_gflop']:.3f} GFLOP in "
-                         f"{f2['seconds']:.2f} s (all scans, context patches included; {f2.get('streams', 1)} "
-                         f"batch(es) at once) = {f2['gflops']:.1f} GFLOP/s"
-                         + (f", {100 * f2['over_matmul_peak']:.0f} % of the matmul peak, "
-                            f"{100 * f2['over_conv3d_peak']:.0f} % of the conv3d peak (all of it needed work)"
-                            if "over_matmul_peak" in f2 else ""))
-        sm = t.get("stage2_streams")
-        if sm:
-            lines.append(f"- ONNX Runtime's stage 2 of the last scan's {sm['candidates']} candidates: {sm['streams']} batches at once, "
-                         f"one thread each, {sm['seconds_default']:.2f} s; one batch at a time over every core "
-                         f"{sm['seconds_one_stream']:.2f} s: {sm['one_stream_over_default']:.2f}x "
-                         f"(median of {len(sm['runs_s']['default'])}, alternating)")
-    lines += _backend_lines(r)
-    lines += ["", f"- whole scan (dense, stage 1 only, warm): median {r['scan_s_median']:.1f} s, p95 {r['scan_s_p95']:.1f} s, "
-              f"{r['scans_per_s']:.3f} scans/s",
-              f"- cold start: model load {r['cold_start']['model_load_s']:.2f} s, first scan "
-              f"{r['cold_start']['first_scan_s']:.1f} s",
-              f"- dense vs patch (streaming), same grid points: {r['dense_over_patch_stream']:.1f}x points/s",
-              f"- patch streaming vs serial gather: {r['stream_over_serial']:.2f}x"]
-    if r.get("patch_backend_batch_sweep"):
-        lines.append("- patch scoring, points/s by backend and batch: " + "; ".join(
-            f"{x['backend']} b{x['batch']}: {x['points_per_s']:.0f}" for x in r["patch_backend_batch_sweep"]))
-    if "peak_rss_mb" in r:
-        lines.append(f"- peak host RSS of the benchmark process: {r['peak_rss_mb']:.0f} MB")
-        if r["per_scan"] and "peak_rss_mb_after" in r["per_scan"][0]:
-            lines.append("- peak RSS (high-water mark) after each stage of the first scan, MB: " + ", ".join(
-                f"{k} {v:.0f}" for k, v in r["per_scan"][0]["peak_rss_mb_after"].items()))
-    if r.get("dense_tile_sweep"):
-        best = min(r["dense_tile_sweep"], key=lambda x: x["seconds"])
-        lines.append("- dense tile size (output points per axis -> seconds for the last scan's grid): " +
-                     ", ".join(f"{x['tile_out']}: {x['seconds']:.2f}" for x in r["dense_tile_sweep"]) +
-                     f" (fastest {best['tile_out']})")
-    lines += _flops_lines(r) + _mask_and_rss_lines(r)
-    if "mask_speedup_vs_reference" in r:
-        rs = r["resample_vs_simpleitk"]
-        lines += [f"- lung mask (the first scan's mask stage) vs the scipy/skimage reference with the same "
-                  f"parameters (`bench.reference.lung_mask`, full resolution): {r['mask_speedup_vs_reference']:.1f}x "
-                  f"(goal 20x)",
-                  f"- resampling the whole first scan ({' x '.join(map(str, rs['in_shape_zyx']))}) to 1 mm vs SimpleITK "
-                  f"linear on the same grid: {rs['speedup_vs_simpleitk']:.1f}x (goal 3x; best of 3 against best of "
-                  f"3; max |HU difference| inside {rs['max_abs_diff_hu_vs_simpleitk_interior']:.1f})"]
-    if "baseline" in r:
-        lines += [f"- mask + resampling vs seed-style (scipy zoom cubic, scipy/skimage mask): "
-                  f"{r['resample_and_mask_speedup_vs_baseline']:.1f}x",
-                  f"- dense scoring vs one patch at a time in PyTorch eager: "
-                  f"{r['dense_over_baseline_points_per_s']:.0f}x points/s",
-                  f"- whole scan vs seed-style pipeline (extrapolated from the measured per-point rate): "
-                  f"{r['scan_speedup_vs_baseline']:.0f}x"]
-    lines.append("\nAbsolute times on a shared 2-core machine are indicative only; the ratios are the result.")
-    return "\n".join(lines) + "\n"
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `noduleflow bench speed` (and of ``python -m noduleflow.bench.speed``)."""
+    p.add_argument("--scans", type=int, default=5, help="phantom scans (median over them)")
+    p.add_argument("--model", help="model package (default: the shipped one)")
+    p.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
+    p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline (no torch needed)")
+    p.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
+    p.add_argument("--checkpoint", help="the PyTorch checkpoint --model's stage-1 graphs were exported from (the "
+                                        "baseline and --compiled run it; default: the shipped package's)")
+    p.add_argument("--backend", default="auto", help="backend of every detection (default auto, as `detect`); the "
+                   "installed CPU backends are compared side by side on the last scan either way")
+    p.add_argument("--out", default="bench-speed", help="output folder (default ./bench-speed)")
+    p.set_defaults(func=command)
+    return p
 
 
-def _backend_lines(r: dict) -> list[str]:
-    b = r.get("cpu_backends")
-    if not b or len(b["backends"]) < 2:
-        return []
-    what = {"scan": "whole scan (load to candidates)",
-            "stage2": f"stage 2 ({b['stage2_candidates']} candidates)",
-            "dense_pass": f"dense pass ({b['grid_points']} grid points)"}
-    lines = [f"- CPU backends on the last scan (median of {len(next(iter(b['runs_s'].values()))['scan'])}, alternating):"]
-    for job, label in what.items():
-        if job not in b["median_s"][b["backends"][0]]:
-            continue
-        times = ", ".join(f"{n} {b['median_s'][n][job]:.2f} s" for n in b["backends"] if job in b["median_s"][n])
-        ups = "; ".join(f"{n} {v[job]:.2f}x" for n, v in b["speedup_over_onnxruntime"].items()
-                        if n != "onnxruntime-cpu" and job in v)
-        lines.append(f"  - {label}: {times}; over onnxruntime-cpu: {ups}")
-    for prec, label in (("int8", "stage 2's INT8 graph, `--precision int8`"),
-                        ("bf16", "the same graphs in bfloat16, `--precision bf16`")):
-        q = b.get(f"{prec}_over_fp32_openvino")
-        if q:
-            lines.append(f"  - openvino-cpu-{prec} ({label}) over openvino-cpu: "
-                         + "; ".join(f"{what[j].split(' (')[0]} {v:.2f}x" for j, v in q.items()))
-    return lines
+def register(sub) -> None:
+    build_parser(sub.add_parser("speed", help=HELP, description=DESCRIPTION))
 
 
-def _peak_measurements(pk: dict) -> str:
-    """", the highest of N measurements (...)" for a merged peak (`flops.merge_peaks`), else ""."""
-    ms = pk.get("measurements") or []
-    if len(ms) < 2:
-        return ""
-    return (f"; the highest of {len(ms)} measurements, at the start and the end of the run: matmul "
-            + "/".join(f"{m['matmul_gflops']:.0f}" for m in ms) + ", conv3d "
-            + "/".join(f"{max(m['conv3d_gflops_by_runtime'].values()):.0f}" for m in ms)
-            + ("" if not ms[0].get("conv3d_bf16_gflops") else ", bf16 conv3d "
-               + "/".join(f"{m['conv3d_bf16_gflops']:.0f}" if m.get("conv3d_bf16_gflops") else "-" for m in ms)))
+def command(args: argparse.Namespace) -> int:
+    from noduleflow.engine.extras import require_extra
 
-
-def _flops_lines(r: dict) -> list[str]:
-    f = r.get("flops")
-    if not f:
-        return []
-    a, pk = f["all_scans"], f["peak"]
-    pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
-    lines = [
-        f"- dense pass FLOPs (convolutions, 2 per multiply-add; all scans, tile {f['tile_out']}): work done "
-        f"{a['gflop_done']:.1f} GFLOP, needed {a['gflop_needed']:.1f} GFLOP, needed/done {a['needed_over_done']:.2f} "
-        f"(receptive fields alone {a['gflop_needed_receptive']:.1f} GFLOP; per patch {f['per_patch_gflop']:.3f}, "
-        f"{f['per_patch_receptive_gflop']:.3f} by receptive field)",
-        f"- float32 peak measured in this run: matmul {pk['matmul_gflops']:.0f} GFLOP/s (numpy {pk['matmul_n']}^2), "
-        f"conv3d {pk['conv3d_gflops']:.0f} GFLOP/s ({pk.get('conv3d_runtime', 'onnxruntime')}, {pk['conv3d']}, "
-        f"{pk['threads']} threads" + "".join(f"; {k} {v:.0f}" for k, v in pk.get("conv3d_gflops_by_runtime", {}).items())
-        + ")" + _peak_measurements(pk),
-        f"- achieved/peak on work done ({r.get('backend', 'onnxruntime-cpu')}): {a['gflops_done']:.1f} GFLOP/s in "
-        f"{a['seconds']:.2f} s of inference = "
-        f"{pct(a['done_over_matmul_peak'])} of matmul, {pct(a['done_over_conv3d_peak'])} of conv3d",
-        f"- achieved/peak on needed work: {a['gflops_needed']:.1f} GFLOP/s = {pct(a['needed_over_matmul_peak'])} of "
-        f"matmul, {pct(a['needed_over_conv3d_peak'])} of conv3d"]
-    if pk.get("conv3d_bf16_gflops"):
-        lines.append(f"- bfloat16 conv3d peak measured in this run (OpenVINO, same Conv): {pk['conv3d_bf16_gflops']:.0f} "
-                     "GFLOP/s")
-    for name, v in (f.get("last_scan_by_variant") or {}).items():
-        bf = name.endswith("-bf16")
-        lines.append(f"- last scan's dense pass, {name} (median of the CPU-backend comparison, {v['seconds']:.2f} s): "
-                     f"on work done {pct(v['done_over_conv3d_peak'])}, on needed work "
-                     f"{pct(v['needed_over_conv3d_peak'])} of the {'bf16' if bf else 'float32'} conv3d peak"
-                     + ("" if bf else f" ({pct(v['needed_over_matmul_peak'])} of matmul)"))
-    return lines
-
-
-def _mask_and_rss_lines(r: dict) -> list[str]:
-    lines = []
-    runs = [("one stage", r.get("stage_s_median") or {})]
-    if r.get("two_stage"):
-        runs.append(("two stages", r["two_stage"].get("stage_s_median") or {}))
-    share = [f"{name} {100 * s['mask'] / s['total']:.0f} % ({s['mask']:.2f} of {s['total']:.2f} s)"
-             for name, s in runs if "mask" in s and s.get("total")]
-    if share:
-        lines.append("- lung mask share of the whole scan (median mask s / median total s): " + "; ".join(share))
-    rss = []
-    for name, key in (("one stage", "peak_rss_mb_after"), ("two stages", "two_stage_peak_rss_mb_after")):
-        v = [max(x[key].values()) for x in r.get("per_scan") or [] if x.get(key)]
-        if v:
-            rss.append(f"{name} median {statistics.median(v):.0f}, max {max(v):.0f}")
-    if rss:
-        lines.append("- peak RSS at the end of each scan's detection, MB (the process's high-water mark: it never "
-                     "falls from scan to scan, and each scan's two-stage run follows its one-stage run): " +
-                     "; ".join(rss))
-    return lines
+    require_extra("bench", "noduleflow bench speed")
+    if not args.no_baseline:
+        require_extra("train", "noduleflow bench speed's seed-style baseline (--no-baseline skips it)")
+    if args.compiled:
+        require_extra("export", "noduleflow bench speed --compiled")
+    print(markdown(run(args.scans, args.model, args.subset, Path(args.out), baseline=not args.no_baseline,
+                       compiled=args.compiled, backend=args.backend, checkpoint=args.checkpoint)))
+    return 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scans", type=int, default=5)
-    ap.add_argument("--model", help="model package (default: the shipped one)")
-    ap.add_argument("--subset", type=int, default=1500, help="grid points scored in patch mode per scan")
-    ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--compiled", action="store_true", help="also time an AOTInductor patch graph (needs torch)")
-    ap.add_argument("--checkpoint", help="the PyTorch checkpoint --model's stage-1 graphs were exported from "
-                                         "(default: the shipped package's)")
-    ap.add_argument("--backend", default="auto", help="backend of every detection (default auto, as `detect`); "
-                    "the CPU backends installed are compared side by side on the last scan either way")
-    ap.add_argument("--out", default="bench-speed", help="output folder (default ./bench-speed)")
-    a = ap.parse_args(argv)
-    print(markdown(run(a.scans, a.model, a.subset, Path(a.out), baseline=not a.no_baseline, compiled=a.compiled,
-                       backend=a.backend, checkpoint=a.checkpoint)))
-    return 0
+    return standalone(build_parser, "speed", DESCRIPTION, argv)
 
 
 if __name__ == "__main__":

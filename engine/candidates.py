@@ -2,8 +2,8 @@
 
 The seed's rules ("centre inside the lung, centre above 100 HU, the minimum of the
 5x5x5 box around it above 0") read as HU would discard ground-glass and most small
-solid nodules. The defaults here were chosen by measurement on phantom scans
-(bench/candidate_rules.py, table in bench/results/candidate_rules.md): the
+solid nodules. The defaults here were chosen by the measured recall of nodule centres
+against the number of candidates on tuning phantoms (the trainer's candidate-rules evaluation): the
 grid point must lie in the (dilated) lung mask and its centre voxel must be denser
 than aerated lung; the box rule is kept as an option.
 """

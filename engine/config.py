@@ -6,8 +6,13 @@ from dataclasses import dataclass, field, fields, replace
 
 from .errors import ConfigError
 
-# The dense pass's default tile edge (output grid points): `bench speed`'s tile sweep and the
-# 600-slice peak RSS (bench/results/README.md) chose it; TensorRT's dense profile follows it.
+# The HU window mapped to [0, 1] (seed 001's DSB2017 preprocessing): the contract's default and
+# the window of the centre refinement (`engine.postprocess.refine_centre`).
+HU_WINDOW = (-1000.0, 400.0)
+
+# The dense pass's default tile edge (output grid points): the fastest tile of `bench speed`'s tile
+# sweep that keeps a 600-slice scan's peak memory well under 2 GB (larger tiles cost hundreds of MB
+# more); TensorRT's dense profile follows it.
 DENSE_TILE_OUT = 32
 
 
@@ -58,18 +63,15 @@ class DetectorConfig:
     top_k: int = _opt(15, "candidates kept per scan")
     threshold: float = _opt(0.0, "drop candidates below this probability")
     clustering: str = _opt("components", "components: connected components of the grid points with p >= "
-                                         "--component-min-prob, the list filled by radius NMS below it (the "
-                                         "better FROC on held-out phantoms, bench/results/clustering.md); nms: "
+                                         "--component-min-prob, the list filled by radius NMS below it; nms: "
                                          "greedy radius NMS")
     component_min_prob: float = _opt(0.9, "components: grid points at or above this probability are joined "
-                                          "(0.9 beat 0.5 on tuning phantoms 2100-2109: "
-                                          "bench/results/component_threshold/)")
+                                          "(chosen on tuning phantoms)")
     nms_radius_mm: float = _opt(10.0, "one candidate per this radius (NMS)")
     merge_radius_mm: float = _opt(5.0, "grid points within this radius are merged into a candidate's centre "
                                        "(NMS)", cli=False)
-    tile_out: int = _opt(DENSE_TILE_OUT, "dense mode: tile edge in output grid points (32: 1.3-1.5x tile 24 "
-                                         "on OpenVINO and ONNX Runtime, +115-200 MB on a 600-slice scan; 48 "
-                                         "reaches 2 GB there)")
+    tile_out: int = _opt(DENSE_TILE_OUT, "dense mode: tile edge in output grid points (larger tiles are "
+                                         "faster and take more memory)")
     batch_size: int = _opt(64, "patch mode: patches per batch")
     refine: bool = _opt(True, "move each centre onto the strongest image blob within 3 mm")
     in_mask: bool = _opt(True, "drop candidates whose final centre lies outside the lung mask")
@@ -94,7 +96,7 @@ class DetectorConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def replace(self, **changes) -> "DetectorConfig":
+    def replace(self, **changes) -> DetectorConfig:
         """A copy with ``changes``; an unknown setting is a ConfigError naming it."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:

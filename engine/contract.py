@@ -14,34 +14,24 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .config import CandidateRules
+from .config import HU_WINDOW, CandidateRules
 from .errors import ConfigError
+from .postprocess import sigmoid
 from .preprocess import PreprocessSpec
 
 PATCH_SIZE = 41            # voxels per axis: the receptive field of every network of seed 000
-HU_WINDOW = (-1000.0, 400.0)
 NORMALISATIONS = ("window_to_unit",)
+# stage 1's candidate generators (`Stage1Spec.generator`): the one tuple of their names
 STAGE1_GENERATORS = ("cnn", "blobs", "union")
 
 
 @dataclass(frozen=True)
-class Stage2Spec:
-    """Stage 2 of a two-stage package (false-positive reduction, ``stage2.onnx``).
+class Stage1Spec:
+    """Stage 1 of a two-stage package: candidates for recall (`engine.stage1.stage1_candidates`).
 
-    Stage 1 (`engine.stage1`) proposes up to ``max_candidates`` candidates per scan with
-    ``generator`` (the dense CNN's clustered peaks, Hessian blobs with responses of at least
-    ``blob_min_response``, or their union); stage 2 scores each on ``channels`` multi-scale
-    context patches (`engine.context.ContextVolume`: the contract's patch at 1 mm, then at 2 mm),
-    the mean logit over the first ``tta_flips`` of the 8 axis flips (1, 2, 4 or 8; order of
-    `engine.context.flips8`, identity first). Ranked by that, a candidate within ``dedup_factor``
-    x the larger extent radius of it and a better-ranked one is the same lesion and dropped (0:
-    off). The final probability is
-    ``sigmoid(calibration_scale * logit + calibration_bias)`` (Platt scaling, fitted on
-    validation phantoms; 1 and 0: uncalibrated).
-
-    ``tta_top`` (0: every candidate): the flips after the first only for the ``tta_top``
-    candidates with the highest first-view logits; the others keep their first-view logit (they
-    rank far below the ones that matter, and the extra views cost one network run each).
+    Up to ``max_candidates`` candidates per scan from ``generator``: the dense CNN's clustered peaks
+    ("cnn"), Hessian blobs with responses of at least ``blob_min_response`` ("blobs"), or their
+    union; one candidate per lesion, merged by the lesion's extent.
 
     ``subsolid_candidates`` (0: off) more candidates come from a second blob pass for subsolid
     (ground-glass) lesions, appended after the first ``max_candidates``: voxels denser than
@@ -58,15 +48,9 @@ class Stage2Spec:
     (`engine.stage1.wall_blobs`): the chest wall is gone and a small solid nodule on it is a
     ball on dark lung, where the first pass saw the Hessian of a bump on a plate."""
 
-    channels: int = 2
     generator: str = "union"
     max_candidates: int = 150
     blob_min_response: float = 20.0
-    tta_flips: int = 8
-    dedup_factor: float = 1.5
-    calibration_scale: float = 1.0
-    calibration_bias: float = 0.0
-    tta_top: int = 0
     subsolid_candidates: int = 0
     subsolid_solid_hu: float = -400.0
     subsolid_fill_hu: float = -850.0
@@ -78,49 +62,101 @@ class Stage2Spec:
     wall_band_mm: float = 12.0
 
     def __post_init__(self) -> None:
+        if self.generator not in STAGE1_GENERATORS:
+            raise ConfigError(f"stage1.generator must be one of {STAGE1_GENERATORS}, got {self.generator!r}")
+        if not _is_int(self.max_candidates) or not 1 <= self.max_candidates <= 2000:
+            raise ConfigError(f"stage1.max_candidates must be an integer in [1, 2000], got {self.max_candidates!r}")
+        if not _is_number(self.blob_min_response) or self.blob_min_response < 0:
+            raise ConfigError(f"stage1.blob_min_response must be a number >= 0, got {self.blob_min_response!r}")
+        if not _is_int(self.subsolid_candidates) or not 0 <= self.subsolid_candidates <= 1000:
+            raise ConfigError(f"stage1.subsolid_candidates must be an integer in [0, 1000], got "
+                              f"{self.subsolid_candidates!r}")
+        for name in ("subsolid_solid_hu", "subsolid_fill_hu"):
+            v = getattr(self, name)
+            if not _is_number(v) or not -1024 <= v <= 400:
+                raise ConfigError(f"stage1.{name} must be a number in [-1024, 400] HU, got {v!r}")
+        if self.subsolid_fill_hu >= self.subsolid_solid_hu:
+            raise ConfigError(f"stage1.subsolid_fill_hu ({self.subsolid_fill_hu}) must be below "
+                              f"subsolid_solid_hu ({self.subsolid_solid_hu})")
+        if not _is_number(self.subsolid_min_response) or self.subsolid_min_response < 0:
+            raise ConfigError(f"stage1.subsolid_min_response must be a number >= 0, got {self.subsolid_min_response!r}")
+        if not _is_int(self.wall_candidates) or not 0 <= self.wall_candidates <= 1000:
+            raise ConfigError(f"stage1.wall_candidates must be an integer in [0, 1000], got {self.wall_candidates!r}")
+        for name in ("wall_close_mm", "wall_shrink_mm", "wall_band_mm"):
+            v = getattr(self, name)
+            if not _is_number(v) or not 0 <= v <= 30:
+                raise ConfigError(f"stage1.{name} must be a number in [0, 30] mm, got {v!r}")
+        if not _is_number(self.wall_fill_hu) or not -1024 <= self.wall_fill_hu <= 400:
+            raise ConfigError(f"stage1.wall_fill_hu must be a number in [-1024, 400] HU, got {self.wall_fill_hu!r}")
+
+    @property
+    def uses_cnn(self) -> bool:
+        """Whether this stage 1 runs the dense CNN (the blob generator alone does not)."""
+        return self.generator != "blobs"
+
+
+@dataclass(frozen=True)
+class Stage2Spec:
+    """Stage 2 of a two-stage package (false-positive reduction, ``stage2.onnx``): each stage-1
+    candidate is scored on ``channels`` multi-scale context patches (`engine.context.ContextVolume`:
+    the contract's patch at 1 mm, then at 2 mm), the mean logit over the first ``tta_flips`` of the
+    8 axis flips (1, 2, 4 or 8; order of `engine.context.flips8`, identity first). Ranked by that, a
+    candidate within ``dedup_factor`` x the larger extent radius of it and a better-ranked one is
+    the same lesion and dropped (0: off). The final probability is
+    ``sigmoid(calibration_scale * logit + calibration_bias)`` (Platt scaling, fitted on
+    validation phantoms; 1 and 0: uncalibrated).
+
+    ``tta_top`` (0: every candidate): the flips after the first only for the ``tta_top``
+    candidates with the highest first-view logits; the others keep their first-view logit (they
+    rank far below the ones that matter, and the extra views cost one network run each)."""
+
+    channels: int = 2
+    tta_flips: int = 8
+    dedup_factor: float = 1.5
+    calibration_scale: float = 1.0
+    calibration_bias: float = 0.0
+    tta_top: int = 0
+
+    def __post_init__(self) -> None:
         if not _is_int(self.channels) or not 1 <= self.channels <= 4:
             raise ConfigError(f"stage2.channels must be an integer in [1, 4], got {self.channels!r}")
-        if self.generator not in STAGE1_GENERATORS:
-            raise ConfigError(f"stage2.generator must be one of {STAGE1_GENERATORS}, got {self.generator!r}")
-        if not _is_int(self.max_candidates) or not 1 <= self.max_candidates <= 2000:
-            raise ConfigError(f"stage2.max_candidates must be an integer in [1, 2000], got {self.max_candidates!r}")
-        if not _is_number(self.blob_min_response) or self.blob_min_response < 0:
-            raise ConfigError(f"stage2.blob_min_response must be a number >= 0, got {self.blob_min_response!r}")
         if not _is_int(self.tta_flips) or self.tta_flips not in (1, 2, 4, 8):
             raise ConfigError(f"stage2.tta_flips must be 1, 2, 4 or 8, got {self.tta_flips!r}")
         if not _is_number(self.dedup_factor) or not 0 <= self.dedup_factor <= 5:
             raise ConfigError(f"stage2.dedup_factor must be in [0, 5], got {self.dedup_factor!r}")
         if not _is_int(self.tta_top) or not 0 <= self.tta_top <= 2000:
             raise ConfigError(f"stage2.tta_top must be an integer in [0, 2000], got {self.tta_top!r}")
-        if not _is_int(self.subsolid_candidates) or not 0 <= self.subsolid_candidates <= 1000:
-            raise ConfigError(f"stage2.subsolid_candidates must be an integer in [0, 1000], got "
-                              f"{self.subsolid_candidates!r}")
-        for name in ("subsolid_solid_hu", "subsolid_fill_hu"):
-            v = getattr(self, name)
-            if not _is_number(v) or not -1024 <= v <= 400:
-                raise ConfigError(f"stage2.{name} must be a number in [-1024, 400] HU, got {v!r}")
-        if self.subsolid_fill_hu >= self.subsolid_solid_hu:
-            raise ConfigError(f"stage2.subsolid_fill_hu ({self.subsolid_fill_hu}) must be below "
-                              f"subsolid_solid_hu ({self.subsolid_solid_hu})")
-        if not _is_number(self.subsolid_min_response) or self.subsolid_min_response < 0:
-            raise ConfigError(f"stage2.subsolid_min_response must be a number >= 0, got {self.subsolid_min_response!r}")
-        if not _is_int(self.wall_candidates) or not 0 <= self.wall_candidates <= 1000:
-            raise ConfigError(f"stage2.wall_candidates must be an integer in [0, 1000], got {self.wall_candidates!r}")
-        for name in ("wall_close_mm", "wall_shrink_mm", "wall_band_mm"):
-            v = getattr(self, name)
-            if not _is_number(v) or not 0 <= v <= 30:
-                raise ConfigError(f"stage2.{name} must be a number in [0, 30] mm, got {v!r}")
-        if not _is_number(self.wall_fill_hu) or not -1024 <= self.wall_fill_hu <= 400:
-            raise ConfigError(f"stage2.wall_fill_hu must be a number in [-1024, 400] HU, got {self.wall_fill_hu!r}")
         if not _is_number(self.calibration_scale) or not 0 < self.calibration_scale <= 100:
             raise ConfigError(f"stage2.calibration_scale must be in (0, 100], got {self.calibration_scale!r}")
         if not _is_number(self.calibration_bias) or not -100 <= self.calibration_bias <= 100:
             raise ConfigError(f"stage2.calibration_bias must be in [-100, 100], got {self.calibration_bias!r}")
 
     def calibrate(self, logits):
-        """Calibrated probabilities of stage-2 logits."""
+        """Calibrated probabilities of stage-2 logits (float64). The calibrated logit is clipped to
+        [-60, 60]: beyond that the probability is 0 or 1 to float64 precision anyway."""
         z = self.calibration_scale * np.asarray(logits, dtype=np.float64) + self.calibration_bias
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+        return sigmoid(np.clip(z, -60.0, 60.0))
+
+
+def split_stage_settings(raw: dict) -> tuple[Stage1Spec, Stage2Spec]:
+    """A two-stage package's stage settings -> (Stage1Spec, Stage2Spec), from either form:
+    ``{"stage1": {...}, "stage2": {...}}`` (the contract's blocks, manifest format 3), or one flat
+    object holding both (a format-2 manifest's ``stage2`` block; a ``--stage2-spec`` file written
+    before stage 1 had its own block). Keys starting with "_" (notes such as a fit record) are
+    ignored; ConfigError names an unknown key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"stage settings must be an object, got {type(raw).__name__}")
+    raw = {k: v for k, v in raw.items() if not str(k).startswith("_")}
+    if set(raw) <= {"stage1", "stage2"} and all(isinstance(v, dict) for v in raw.values()):
+        flat = {**raw.get("stage1", {}), **raw.get("stage2", {})}
+    else:
+        flat = raw
+    s1, s2 = set(Stage1Spec.__dataclass_fields__), set(Stage2Spec.__dataclass_fields__)
+    unknown = sorted(set(flat) - s1 - s2)
+    if unknown:
+        raise ConfigError(f"unknown stage settings {unknown}; known: {sorted(s1 | s2)}")
+    return (Stage1Spec(**{k: v for k, v in flat.items() if k in s1}),
+            Stage2Spec(**{k: v for k, v in flat.items() if k in s2}))
 
 
 @dataclass(frozen=True)
@@ -136,7 +172,13 @@ class InputContract:
         the window starting at input voxel ``stride * i``, centred at ``offset + stride * i``
         (offset = patch_size // 2; None: no dense graph).
     preprocess: lung mask, crop margin and target spacing (`PreprocessSpec`).
-    candidate_rules: which grid points are scored (`CandidateRules`).
+    candidate_rules: which grid points the dense CNN scores at detection (`CandidateRules`). The
+        trainer does not sample its patches with these rules: it cuts positives at the findings
+        and negatives on a finer grid of its own (`trainer.data.sampling.SamplingSpec`), so that
+        the network also sees the background between the detector's grid points.
+    stage1, stage2: a two-stage package's candidate generator (`Stage1Spec`) and false-positive
+        reduction (`Stage2Spec`), both or neither (None: the dense CNN alone, clustered by the
+        detector's settings).
     """
     patch_size: int = PATCH_SIZE
     hu_window: tuple[float, float] = HU_WINDOW
@@ -147,6 +189,7 @@ class InputContract:
     dense_offset: int | None = None
     preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec())
     candidate_rules: CandidateRules = CandidateRules(stride=4, center_min_hu=-650.0, reach=2)
+    stage1: Stage1Spec | None = None
     stage2: Stage2Spec | None = None
 
     def __post_init__(self) -> None:
@@ -185,15 +228,20 @@ class InputContract:
             raise ConfigError(f"preprocess.margin_mm must be in [0, 200] mm, got {self.preprocess.margin_mm!r}")
         if not isinstance(self.candidate_rules, CandidateRules):
             raise ConfigError(f"candidate_rules must be CandidateRules, got {type(self.candidate_rules).__name__}")
+        if self.stage1 is not None and not isinstance(self.stage1, Stage1Spec):
+            raise ConfigError(f"stage1 must be a Stage1Spec or null, got {type(self.stage1).__name__}")
         if self.stage2 is not None and not isinstance(self.stage2, Stage2Spec):
             raise ConfigError(f"stage2 must be a Stage2Spec or null, got {type(self.stage2).__name__}")
+        if (self.stage1 is None) != (self.stage2 is None):
+            raise ConfigError(f"stage1 and stage2 come together (a two-stage package), got stage1 "
+                              f"{'set' if self.stage1 else 'null'} and stage2 {'set' if self.stage2 else 'null'}")
 
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d) -> "InputContract":
+    def from_dict(cls, d) -> InputContract:
         """From the manifest's JSON; ConfigError names any unknown or mistyped key."""
         if not isinstance(d, dict):
             raise ConfigError(f"contract must be a JSON object, got {type(d).__name__}")
@@ -218,12 +266,13 @@ class InputContract:
                 d["candidate_rules"] = CandidateRules(**rules)
             except TypeError as exc:
                 raise ConfigError(f"candidate_rules: {exc}") from None
-        if d.get("stage2") is not None:
-            st2 = d["stage2"]
-            if not isinstance(st2, dict) or set(st2) - set(Stage2Spec.__dataclass_fields__):
-                raise ConfigError(f"stage2 must be an object with keys among "
-                                  f"{sorted(Stage2Spec.__dataclass_fields__)}, got {st2!r}")
-            d["stage2"] = Stage2Spec(**st2)
+        for key, spec in (("stage1", Stage1Spec), ("stage2", Stage2Spec)):
+            if d.get(key) is not None:
+                block = d[key]
+                if not isinstance(block, dict) or set(block) - set(spec.__dataclass_fields__):
+                    raise ConfigError(f"{key} must be an object with keys among "
+                                      f"{sorted(spec.__dataclass_fields__)}, got {block!r}")
+                d[key] = spec(**block)
         if isinstance(d.get("hu_window"), list):
             d["hu_window"] = tuple(d["hu_window"])
         return cls(**d)

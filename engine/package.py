@@ -16,28 +16,36 @@
 The engine refuses, with a message that says why: an unknown format version; a manifest that
 is not a JSON object of the expected types and ranges; a file entry that is not a plain name
 inside the package folder, not a regular file (symlinks, devices, FIFOs), too large, missing
-or not matching its hash. Version 1 manifests (top-level contract fields) are still read.
+or not matching its hash; an ONNX graph whose tensors keep their data in external files (ONNX
+external data) unless each such file is itself listed, and so hashed, in the manifest
+(`external_data_locations`). Older manifests are still read, with a log line saying so: version 1
+(top-level contract fields) and version 2 (stage 1's settings inside the contract's ``stage2``
+block; version 3 gives them their own ``stage1`` block).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .contract import InputContract
+from .contract import InputContract, split_stage_settings
 from .errors import ConfigError, PackageError
+from .fileio import atomic_write
 
-FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILE_BYTES = 4 << 30           # a graph of this product is a few MB; 4 GiB is far beyond any
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+log = logging.getLogger(__name__)
 
 
 def printable(text) -> str:
@@ -74,7 +82,7 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, raw, where: str = "manifest") -> "Manifest":
+    def from_dict(cls, raw, where: str = "manifest") -> Manifest:
         """Validate a manifest's JSON (any format version this engine reads); PackageError says
         what is wrong, naming the field and its value."""
         if not isinstance(raw, dict):
@@ -84,6 +92,9 @@ class Manifest:
             raise PackageError(f"{where}: package format version {printable(repr(version))} is not supported; "
                                f"this engine reads versions {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}")
         raw = _from_v1(raw) if version == 1 else dict(raw)
+        if version in (1, 2):
+            raw = _from_v2(raw, where)
+            log.info("%s: package format version %s read as version %s", where, version, FORMAT_VERSION)
         unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:
             raise PackageError(f"{where}: unknown manifest fields {printable(unknown)} for format version {version}")
@@ -129,6 +140,18 @@ def _from_v1(raw: dict) -> dict:
     return raw
 
 
+def _from_v2(raw: dict, where: str) -> dict:
+    """A version-2 manifest (stage 1's settings inside ``contract.stage2``) in version-3 form."""
+    contract = raw.get("contract")
+    if not isinstance(contract, dict) or not isinstance(contract.get("stage2"), dict) or "stage1" in contract:
+        return raw
+    try:
+        stage1, stage2 = split_stage_settings(contract["stage2"])
+    except (ConfigError, TypeError) as exc:
+        raise PackageError(f"{where}: invalid contract: stage2: {printable(exc)}") from None
+    return {**raw, "contract": {**contract, "stage1": asdict(stage1), "stage2": asdict(stage2)}}
+
+
 def write_manifest(folder, manifest: Manifest) -> Manifest:
     """Hash every file of ``folder`` (but the manifest) into ``manifest`` and write it, once.
     -> the manifest as written."""
@@ -139,9 +162,7 @@ def write_manifest(folder, manifest: Manifest) -> Manifest:
              if p.is_file() and not p.is_symlink() and p.name != "manifest.json"}
     m = Manifest(**{**manifest.__dict__, "files": files, "format_version": FORMAT_VERSION,
                     "engine_version": manifest.engine_version or __version__})
-    tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(m.to_json())
-    os.replace(tmp, folder / "manifest.json")
+    atomic_write(folder / "manifest.json", m.to_json())
     return m
 
 
@@ -183,7 +204,7 @@ class ModelPackage:
         return "dense.onnx" in self.manifest.files and self.contract.dense_stride is not None
 
     @classmethod
-    def load(cls, path, verify_hashes: bool = True) -> "ModelPackage":
+    def load(cls, path, verify_hashes: bool = True) -> ModelPackage:
         """Open and verify a package folder; PackageError says exactly what is wrong."""
         folder = Path(path)
         where = printable(folder.name or folder)
@@ -212,7 +233,121 @@ class ModelPackage:
                 if actual != digest:
                     raise PackageError(f"{where}: {name} does not match its manifest hash "
                                        f"(manifest {digest[:12]}..., file {actual[:12]}...)")
+        for name in m.files:
+            if name.endswith(".onnx"):
+                _check_external_data(folder / name, m.files, where)
         return cls(folder, m)
+
+
+# -- ONNX external data ------------------------------------------------------------------------------
+# A graph may keep a tensor's values in another file (TensorProto.data_location = EXTERNAL, the file
+# named by its external_data entry "location"); ONNX Runtime and OpenVINO then read that file
+# from beside the graph. Such a file escapes the manifest's hashes unless it is listed itself. The
+# engine needs no `onnx` package to see this (it is not a runtime dependency): the few messages
+# that can hold a tensor are walked with a minimal protobuf reader, every other field is skipped.
+# field number -> message kind, per message kind (onnx.proto3)
+_ONNX_CHILDREN = {
+    "model": {7: "graph", 20: "training", 25: "function"},        # graph, training_info, functions
+    "training": {1: "graph", 2: "graph"},                          # initialization, algorithm
+    "function": {7: "node", 11: "attribute"},                      # node, attribute_proto
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},               # node, initializer, sparse_initializer
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},                          # values, indices
+}
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
+_MAX_ONNX_DEPTH = 64
+
+
+def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def _proto_fields(buf: bytes, start: int, end: int):
+    """(field number, wire type, value) of one protobuf message in ``buf[start:end]``; the value of
+    a length-delimited field is its (start, end) span, of a varint its integer, else None."""
+    i = start
+    while i < end:
+        key, i = _varint(buf, i, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i, end)
+            yield number, wire, value
+        elif wire == 2:
+            n, i = _varint(buf, i, end)
+            if i + n > end:
+                raise ValueError(f"field {number} runs past its message")
+            yield number, wire, (i, i + n)
+            i += n
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            yield number, wire, None
+        else:
+            raise ValueError(f"wire type {wire} (field {number}) is not used by ONNX")
+    if i != end:
+        raise ValueError("a field runs past the end of its message")
+
+
+def _tensor_locations(buf: bytes, start: int, end: int, found: list) -> None:
+    external, locations = False, []
+    for number, wire, value in _proto_fields(buf, start, end):
+        if number == _TENSOR_DATA_LOCATION and wire == 0:
+            external = value == _EXTERNAL
+        elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
+            entry = {k: bytes(buf[v[0]:v[1]]) for k, w, v in _proto_fields(buf, *value) if w == 2}
+            if entry.get(1) == b"location":
+                locations.append(entry.get(2, b"").decode("utf-8", "replace"))
+    if external and not locations:
+        locations.append("")  # EXTERNAL with no file named: refused like any unlisted file
+    found.extend(locations)
+
+
+def _walk(buf: bytes, start: int, end: int, kind: str, depth: int, found: list) -> None:
+    if depth > _MAX_ONNX_DEPTH:
+        raise ValueError(f"subgraphs nested more than {_MAX_ONNX_DEPTH} deep")
+    if kind == "tensor":
+        _tensor_locations(buf, start, end, found)
+        return
+    children = _ONNX_CHILDREN[kind]
+    for number, wire, value in _proto_fields(buf, start, end):
+        child = children.get(number)
+        if child is not None and wire == 2:
+            _walk(buf, *value, child, depth + 1, found)
+
+
+def external_data_locations(data: bytes) -> list[str]:
+    """Every external-data file named by a tensor of the ONNX model ``data`` (a serialised
+    ModelProto): initializers, sparse initializers, node attributes (Constant values), and those of
+    subgraphs (If/Loop/Scan bodies), functions and training graphs. A tensor marked EXTERNAL with
+    no file named gives ``""``. ValueError if ``data`` is not a well-formed protobuf message."""
+    found: list[str] = []
+    _walk(data, 0, len(data), "model", 0, found)
+    return found
+
+
+def _check_external_data(path: Path, files: dict, where: str) -> None:
+    """Refuse a graph whose external data is not made of files listed (so hashed) in the manifest."""
+    try:
+        locations = external_data_locations(path.read_bytes())
+    except OSError as exc:
+        raise PackageError(f"{where}: cannot read {path.name} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise PackageError(f"{where}: {path.name} is not a well-formed ONNX graph ({printable(exc)})") from None
+    unlisted = sorted({loc for loc in locations if loc not in files or loc == "manifest.json"})
+    if unlisted:
+        names = ", ".join(printable(repr(n))[:80] for n in unlisted[:5])
+        raise PackageError(f"{where}: {path.name} reads tensor data from external file(s) {names} that the "
+                           "manifest does not list and hash; list every external-data file in the manifest's "
+                           "files (or save the graph with its weights inside)")
 
 
 def default_package_path() -> Path:

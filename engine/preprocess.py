@@ -26,7 +26,7 @@ class PreprocessSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
+    def from_dict(cls, d: dict) -> PreprocessSpec:
         d = dict(d)
         lung = LungMaskParams(**d.pop("lung", {}))
         return cls(target_spacing_zyx_mm=tuple(d.pop("target_spacing_zyx_mm", (1.0, 1.0, 1.0))), lung=lung, **d)

@@ -29,7 +29,7 @@ from numba import config as _numba_config
 from numba import cuda
 
 from .errors import ConfigError
-from .resample import _axis_table, grid_for, grow_box
+from .resample import axis_table, grid_for, grow_box
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
@@ -284,7 +284,7 @@ def resample_device(d_src, spacing_zyx_mm, bbox, spacing_out, order: int):
         if d_src.dtype == np.bool_:
             raise ConfigError("trilinear resampling of a boolean mask: use order=0")
         tables = [cuda.to_device(t) for n_out, n_in, sc in zip(shape, crop_shape, scales)
-                  for t in _axis_table(n_out, n_in, sc)]
+                  for t in axis_table(n_out, n_in, sc)]
         _trilinear_k[blocks](d_src, z0, y0, x0, out, *tables, bool(np.issubdtype(d_src.dtype, np.integer)))
     else:
         raise ConfigError(f"order must be 0 (nearest) or 1 (trilinear), got {order}")

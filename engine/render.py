@@ -54,7 +54,7 @@ def plane_axes(volume: Volume, plane: str):
     return ra, ca, sr, sc, (_opposite(down), down, _opposite(right), right)
 
 
-def _plane(volume: Volume, axis: int, index: int) -> tuple[np.ndarray, float]:
+def slice_image(volume: Volume, axis: int, index: int) -> tuple[np.ndarray, float]:
     """A whole slice resampled to square pixels (nearest) so coronal/sagittal views are not
     squashed, superior at the top. Returns (uint8 image, mm per output pixel)."""
     hu = np.take(volume.hu, index, axis=axis)

@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .volume import Volume
 
 
-def _axis_table(n_out: int, n_in: int, scale: float):
+def axis_table(n_out: int, n_in: int, scale: float):
     """Per output index along one axis: the two input neighbours (int64) and the weight of the
     second (float32), i.e. continuous index i * scale clamped to the last input voxel."""
     f = np.arange(n_out, dtype=np.float64) * scale
@@ -101,7 +101,7 @@ def resample(volume: Volume, spacing_zyx_mm=(1.0, 1.0, 1.0), order: int = 1) -> 
         # integer input: rounded in the kernel, no float32 copy of the output (trilinear values
         # lie between their neighbours', so they fit the input's type)
         out = np.empty(shape, dtype=src.dtype if np.issubdtype(src.dtype, np.integer) else np.float32)
-        tables = [t for n_out, n_in, sc in zip(shape, src.shape, scales) for t in _axis_table(n_out, n_in, sc)]
+        tables = [t for n_out, n_in, sc in zip(shape, src.shape, scales) for t in axis_table(n_out, n_in, sc)]
         _trilinear(src if src.dtype != np.float64 else src.astype(np.float32), out, *tables, out.dtype != np.float32)
     return volume.with_array(out, spacing_zyx_mm=sp)
 

@@ -3,21 +3,36 @@
 `Detections.save(folder)` writes exactly what ``noduleflow detect`` writes for one series:
 ``candidates.csv`` (LUNA16 submission layout), ``<id>.json`` (candidates, stage timings,
 backend, model, engine version, warnings) and ``<id>.png`` (the candidates picture). Every file
-is written to a temporary name and renamed, so a reader never sees half a file, and every file
-name derived from the data passes through `safe_name`.
+name derived from the data passes through `safe_name`, and every value from the data written as
+text passes through `printable` (control characters replaced; JSON escapes its own).
+
+Results describe a patient, and a run's results belong together: they go through a
+`ResultFolder`, checked before any work (a folder this process can write, not a file), created
+0700, locked against a second process, and written all-or-nothing with files 0600 (every file to
+a temporary first, all renamed once all are whole: a full disk leaves nothing half-written).
 """
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from . import fileio
+from .errors import ConfigError, NoduleflowError
+from .package import printable
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600     # result files: the owner only
+FOLDER_MODE = 0o700   # folders this package creates for them
 
 CSV_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
 
@@ -120,16 +135,12 @@ class Detections(Sequence):
     def save(self, folder, png: bool = True, csv_file: bool = True, name: str | None = None) -> dict:
         """Write ``candidates.csv``, ``<name>.json`` and ``<name>.png`` into ``folder``
         (exactly what ``noduleflow detect`` writes for one series) -> {kind: path}.
-        ``name`` (default `name`, the sanitised series id) is passed through `safe_name`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        name = self.name if name is None else safe_name(name)
-        out = {"json": atomic_write(folder / f"{name}.json", self.to_json())}
-        if csv_file:
-            out["csv"] = atomic_write(folder / "candidates.csv", self.to_csv())
-        if png and self.volume is not None:
-            out["png"] = Path(folder / f"{name}.png")
-            self.plot(out["png"])
+        ``name`` (default `name`, the sanitised series id) is passed through `safe_name`. All
+        or nothing, through a `ResultFolder` (NoduleflowError, one line, when it cannot)."""
+        with ResultFolder(folder) as rf:
+            out = rf.add(self, name=name, png=png)
+            if csv_file:
+                out["csv"] = rf.add_csv(self.rows())
         return out
 
 
@@ -157,7 +168,7 @@ def csv_text(rows) -> str:
     w.writerow(CSV_HEADER + (("diameter_mm",) if with_d else ()))
     for r in rows:
         uid, x, y, z, p = r[:5]
-        cells = [uid, f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}"]
+        cells = [printable(uid), f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}"]
         if with_d:
             cells.append(f"{r[5]:.1f}" if len(r) > 5 and r[5] is not None else "")
         w.writerow(cells)
@@ -170,22 +181,157 @@ def write_candidates_csv(path, rows) -> Path:
 
 
 def atomic_write(path, data: str | bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk and rename it over
-    ``path``: a concurrent reader sees the old file or the new one, never a cut-off one. The file
-    is readable by its owner only (0600, from `tempfile.mkstemp`): results describe a patient."""
+    """`fileio.atomic_write` of a result file: a concurrent reader sees the old file or the new
+    one, never a cut-off one; missing folders are created 0700, and the file is readable by its
+    owner only (0600): results describe a patient."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    make_private_folder(path.parent)
+    return fileio.atomic_write(path, data, mode=FILE_MODE)
+
+
+def make_private_folder(folder) -> Path:
+    """Create ``folder`` and its missing parents, each 0700 whatever the umask (an existing folder
+    keeps its mode: it is the user's). ConfigError, one line, when ``folder`` or a parent is a
+    file or cannot be created. -> ``folder``."""
+    folder = Path(folder)
+    missing = []
+    p = folder
+    while not p.is_dir():
+        if p.exists() or p.is_symlink():
+            what = "a file" if p.is_file() else "not a folder"
+            raise ConfigError(f"output folder {printable(folder)}: {printable(p)} is {what}")
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for m in reversed(missing):
+        try:
+            os.mkdir(m, FOLDER_MODE)
+            os.chmod(m, FOLDER_MODE)   # the umask may have taken bits the owner needs
+        except FileExistsError:
+            if not m.is_dir():
+                raise ConfigError(f"output folder {printable(folder)}: {printable(m)} is not a folder") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot create output folder {printable(m)}: {_reason(exc)}") from None
+    return folder
+
+
+def _reason(exc: OSError) -> str:
+    code = errno.errorcode.get(exc.errno or 0, "")
+    return f"{exc.strerror or exc}" + (f" ({code})" if code else "")
+
+
+class ResultFolder:
+    """The folder one run writes its results into, written all-or-nothing by one process at a time.
+
+        with ResultFolder(out) as rf:          # checks and locks OUT now, before any detection
+            d = detector.detect(path)
+            rf.add(d)                          # <name>.json (+ <name>.png) written to temporaries
+            rf.add_csv(rows)                   # candidates.csv
+        # on leaving the block every file is renamed into place; on an exception none is, and no
+        # temporary is left behind
+
+    Opening it: ``folder`` and missing parents are created 0700 (`make_private_folder`); it must
+    be a folder this process can create files in (tried, not guessed from permission bits: root,
+    read-only mounts and ACLs all answer the same way); and another process holding it
+    (`fileio.FolderLock`) is refused at once, not waited for: two runs writing into one folder would
+    mix their ``candidates.csv``. Temporaries left by a killed run are removed once the lock is
+    held. Files are 0600. Any of these failing, or a write failing (a full disk), is a
+    NoduleflowError with one line that names the folder and the reason (ConfigError for the folder
+    itself), after every temporary of the run was removed.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self._lock: fileio.FolderLock | None = None
+        self._tx: fileio.Transaction | None = None
+        self.written: list[Path] = []
+
+    def open(self) -> ResultFolder:
+        where = printable(self.folder)
+        make_private_folder(self.folder)
+        lock = fileio.FolderLock(self.folder)
+        try:
+            lock.acquire()
+        except fileio.FolderLockedError as exc:
+            raise ConfigError(f"output folder {where} is in use by another noduleflow process "
+                              f"({printable(exc.holder)}): wait for it to finish or choose another output folder"
+                              ) from None
+        except OSError as exc:
+            raise ConfigError(f"output folder {where} is not writable: {_reason(exc)}") from None
+        try:
+            stale = fileio.remove_stale_temporaries(self.folder)
+            if stale:
+                log.info("removed %d temporary file(s) left in %s by an interrupted run", len(stale), where)
+            probe = fileio.write_new(fileio.temp_name(self.folder / "probe"), b"", mode=FILE_MODE)
+            probe.unlink()
+        except OSError as exc:
+            lock.release()
+            raise ConfigError(f"output folder {where} is not writable: {_reason(exc)}") from None
+        self._lock, self._tx = lock, fileio.Transaction(mode=FILE_MODE)
+        return self
+
+    def add(self, d: Detections, name: str | None = None, png: bool = True, truth=None,
+            max_candidates: int | None = None) -> dict:
+        """Stage ``d``'s ``<name>.json`` and, when ``png`` and ``d`` holds its volume, ``<name>.png``
+        (`Detections.plot` with ``truth`` and ``max_candidates``). ``name``: default ``d.name``,
+        passed through `safe_name`. -> {kind: final path}."""
+        name = d.name if name is None else safe_name(name)
+        out = {"json": self.write(f"{name}.json", d.to_json())}
+        if png and d.volume is not None:
+            img = d.plot(truth=truth, max_candidates=max_candidates)
+            out["png"] = self.write(f"{name}.png", _png_bytes(img))
+        return out
+
+    def add_csv(self, rows, name: str = "candidates.csv") -> Path:
+        """Stage the LUNA16 submission CSV of ``rows`` (`csv_text`). -> its final path."""
+        return self.write(name, csv_text(rows))
+
+    def write(self, name: str, data: str | bytes) -> Path:
+        """Stage the file ``name`` (a plain name in the folder). -> its final path. A failed write
+        discards the whole run's files (NoduleflowError)."""
+        if self._tx is None:
+            raise ValueError("the result folder is not open (use it as a context manager)")
+        if safe_name(name) != name:
+            raise ValueError(f"result file name {printable(name)!r} is not a plain file name")
+        try:
+            return self._tx.write(self.folder / name, data)
+        except OSError as exc:
+            self._abort()
+            raise NoduleflowError(f"cannot write {printable(name)} into {printable(self.folder)}: {_reason(exc)}; "
+                                  "nothing of this run was written") from None
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file into place and release the folder. -> the files written."""
+        if self._tx is None:
+            raise ValueError("the result folder is not open")
+        try:
+            self.written = self._tx.commit()
+        except OSError as exc:
+            self._abort()
+            raise NoduleflowError(f"cannot write results into {printable(self.folder)}: {_reason(exc)}") from None
+        self._close()
+        return self.written
+
+    def _abort(self) -> None:
+        if self._tx is not None:
+            self._tx.discard()
+        self._close()
+
+    def _close(self) -> None:
+        self._tx = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> ResultFolder:
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._tx is not None:
+            self.commit()
+        else:
+            self._abort()
 
 
 def _png_bytes(img) -> bytes:

@@ -15,58 +15,38 @@ the pleura (`wall_blobs`) append their candidates that are not already in the li
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .blobs import BlobParams, detect_blobs, window
+from .config import DetectorConfig
+from .contract import STAGE1_GENERATORS, Stage1Spec
 from .errors import ConfigError
 from .morphology import dilate, erode
+from .postprocess import cluster_scored
+from .scoring import GridScorer
 
-GENERATORS = ("cnn", "blobs", "union")
 MIN_RADIUS_MM = 2.5
 MAX_RADIUS_MM = 15.0
 SUBSOLID_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8, 4.0)
 WALL_SIGMAS_MM = (1.0, 1.4, 2.0)   # lesions up to ~7 mm: larger ones on the pleura are the first pass's
 
 
-@dataclass(frozen=True)
-class Stage1Params:
-    generator: str = "union"
-    max_candidates: int = 300
-    cnn_candidates: int = 300       # clustered CNN peaks considered (before the union's cap)
-    blob: BlobParams = BlobParams()
-    subsolid: int = 0               # more candidates from the subsolid pass (`subsolid_blobs`), appended
-    subsolid_solid_hu: float = -400.0
-    subsolid_fill_hu: float = -850.0
-    subsolid_blob: BlobParams = BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM, min_response=3.0)
-    wall: int = 0                   # more candidates from the pleural pass (`wall_blobs`), appended last
-    wall_close_mm: float = 4.0
-    wall_shrink_mm: float = 3.0
-    wall_fill_hu: float = -850.0
-    wall_band_mm: float = 12.0
+def blob_params(spec: Stage1Spec) -> BlobParams:
+    """The first blob pass's settings under ``spec``."""
+    return BlobParams(min_response=spec.blob_min_response)
 
-    @property
-    def wall_blob(self) -> BlobParams:
-        """The pleural pass's blob settings: the first pass's, at the fine scales only."""
-        return replace(self.blob, sigmas_mm=WALL_SIGMAS_MM)
 
-    @classmethod
-    def from_stage2(cls, st2) -> "Stage1Params":
-        """Stage 1 as a package's contract declares it (`engine.contract.Stage2Spec`)."""
-        return cls(generator=st2.generator, max_candidates=st2.max_candidates, cnn_candidates=st2.max_candidates,
-                   blob=BlobParams(min_response=st2.blob_min_response), subsolid=st2.subsolid_candidates,
-                   subsolid_solid_hu=st2.subsolid_solid_hu, subsolid_fill_hu=st2.subsolid_fill_hu,
-                   subsolid_blob=replace(cls.subsolid_blob, min_response=st2.subsolid_min_response),
-                   wall=st2.wall_candidates, wall_close_mm=st2.wall_close_mm, wall_shrink_mm=st2.wall_shrink_mm,
-                   wall_fill_hu=st2.wall_fill_hu, wall_band_mm=st2.wall_band_mm)
+def subsolid_params(spec: Stage1Spec) -> BlobParams:
+    """The subsolid pass's blob settings: scales up to 4 mm, its own response threshold."""
+    return BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM, min_response=spec.subsolid_min_response)
 
-    def __post_init__(self) -> None:
-        if self.generator not in GENERATORS:
-            raise ConfigError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
-        if self.max_candidates < 1 or self.cnn_candidates < 1:
-            raise ConfigError(f"max_candidates and cnn_candidates must be >= 1, got {self.max_candidates}, "
-                              f"{self.cnn_candidates}")
+
+def wall_params(spec: Stage1Spec) -> BlobParams:
+    """The pleural pass's blob settings: the first pass's, at the fine scales only."""
+    return replace(blob_params(spec), sigmas_mm=WALL_SIGMAS_MM)
 
 
 @dataclass(frozen=True)
@@ -85,7 +65,7 @@ class Stage1Candidates:
     def __len__(self) -> int:
         return len(self.radius_mm)
 
-    def head(self, n: int) -> "Stage1Candidates":
+    def head(self, n: int) -> Stage1Candidates:
         return Stage1Candidates(*(a[:n] for a in (self.centres_zyx, self.radius_mm, self.cnn_prob,
                                                    self.blob_response, self.source)))
 
@@ -144,11 +124,12 @@ def combine(cnn_centres, cnn_prob, cnn_radius, blob_centres, blob_response, blob
     blob_centres = np.asarray(blob_centres, np.float64).reshape(-1, 3)
     cnn_prob, cnn_radius = np.asarray(cnn_prob, np.float64), np.asarray(cnn_radius, np.float64)
     blob_response, blob_radius = np.asarray(blob_response, np.float64), np.asarray(blob_radius, np.float64)
-    if generator not in GENERATORS:
-        raise ConfigError(f"generator must be one of {GENERATORS}, got {generator!r}")
+    if generator not in STAGE1_GENERATORS:
+        raise ConfigError(f"generator must be one of {STAGE1_GENERATORS}, got {generator!r}")
     nan_c, nan_b = np.full(len(cnn_prob), np.nan), np.full(len(blob_response), np.nan)
     if generator == "cnn":
-        blob_centres, blob_radius, blob_response, nan_b = blob_centres[:0], blob_radius[:0], blob_response[:0], nan_b[:0]
+        blob_centres, blob_radius = blob_centres[:0], blob_radius[:0]
+        blob_response, nan_b = blob_response[:0], nan_b[:0]
     elif generator == "blobs":
         cnn_centres, cnn_radius, cnn_prob, nan_c = cnn_centres[:0], cnn_radius[:0], cnn_prob[:0], nan_c[:0]
     a_c, a_r, a_v = cnn_centres.copy(), cnn_radius.copy(), nan_c.copy()
@@ -168,36 +149,30 @@ def combine(cnn_centres, cnn_prob, cnn_radius, blob_centres, blob_response, blob
     return Stage1Candidates(cat_c[idx].reshape(-1, 3), cat_r[idx], cat_p[idx], cat_v[idx], src[idx])
 
 
-def cnn_peaks(det, pre, n: int, timings: dict | None = None):
-    """The dense CNN's clustered peaks of a preprocessed scan with ``det`` (a `Detector`), ranked:
-    (centres zyx (k, 3), probability (k,), extent radius mm (k,)), at most ``n``, without the
-    detector's per-candidate blob refinement (the union takes its centres from the blobs, and the
-    refinement costs ~0.1 s per candidate on a CPU). Each step is timed into ``timings``."""
-    import time
-
-    from .detector import _sigmoid
-
+def cnn_peaks(scorer: GridScorer, pre, n: int, config: DetectorConfig = DetectorConfig(),
+              timings: dict | None = None):
+    """The dense CNN's clustered peaks of a preprocessed scan, ranked: (centres zyx (k, 3),
+    probability (k,), extent radius mm (k,)), at most ``n``, clustered with ``config``'s settings
+    but without the per-candidate blob refinement (the union takes its centres from the blobs, and
+    the refinement costs ~0.1 s per candidate on a CPU). Each step is timed into ``timings``."""
     timings = {} if timings is None else timings
-    cfg = det.config.replace(top_k=n, refine=False)
-    centres, logits = det.score_grid(pre, timings)
+    grid = scorer.score_grid(pre, timings)
     t = time.perf_counter()
-    found = det.cluster(pre, centres, _sigmoid(logits), logits, config=cfg)
+    found = cluster_scored(grid, config.replace(top_k=n, refine=False, threshold=0.0), scorer.stride,
+                           scorer.contract.dense_stride or 0, pre.volume.hu, pre.mask)
     timings["clustering"] = time.perf_counter() - t
-    stride = det.contract.dense_stride or det.contract.candidate_rules.stride
-    return (np.array([f[0] for f in found], dtype=np.float64).reshape(-1, 3),
-            np.array([f[1] for f in found], dtype=np.float64),
-            component_radius_mm(np.array([f[2] for f in found]), stride))
+    return found.centres_zyx, found.prob, component_radius_mm(found.n_points, scorer.stride)
 
 
-def subsolid_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, solid_hu: float = -400.0, fill_hu: float = -850.0,
-                   params: BlobParams = BlobParams(sigmas_mm=SUBSOLID_SIGMAS_MM, min_response=3.0)):
-    """Blobs of subsolid (ground-glass) density: every voxel denser than ``solid_hu`` (chest wall,
-    vessels, solid tissue) set to ``fill_hu`` (aerated lung), then `detect_blobs`. A faint nodule
+def subsolid_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, spec: Stage1Spec = Stage1Spec()):
+    """Blobs of subsolid (ground-glass) density: every voxel denser than ``spec.subsolid_solid_hu``
+    (chest wall, vessels, solid tissue) set to ``spec.subsolid_fill_hu`` (aerated lung), then
+    `detect_blobs` with `subsolid_params`. A faint nodule
     attached to the pleura or a vessel loses its response in the first pass (the dense neighbour
     makes the Hessian plate- or tube-like); here it is a ball on dark lung. Solid lesions vanish
     from this pass (the first pass has them)."""
-    flat = window(hu_1mm, above=solid_hu, fill=fill_hu)
-    return detect_blobs(flat, mask_1mm, params)
+    flat = window(hu_1mm, above=spec.subsolid_solid_hu, fill=spec.subsolid_fill_hu)
+    return detect_blobs(flat, mask_1mm, subsolid_params(spec))
 
 
 def _box(mm: float) -> tuple[int, int, int]:
@@ -205,23 +180,23 @@ def _box(mm: float) -> tuple[int, int, int]:
     return (r, r, r)
 
 
-def wall_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, close_mm: float = 4.0, shrink_mm: float = 3.0,
-               fill_hu: float = -850.0, band_mm: float = 12.0,
-               params: BlobParams = BlobParams(sigmas_mm=WALL_SIGMAS_MM)):
-    """Blobs of lesions on the pleura: everything outside the lung is set to ``fill_hu`` (aerated
-    lung), then `detect_blobs` with peaks sought within ``band_mm`` of what was filled. "The lung"
-    is the mask closed by ``close_mm`` (a nodule sitting in an indentation of the lung's surface
-    stays inside) and shrunk by ``shrink_mm`` (the margin the preprocessing's mask was grown by:
+def wall_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, spec: Stage1Spec = Stage1Spec()):
+    """Blobs of lesions on the pleura: everything outside the lung is set to ``spec.wall_fill_hu``
+    (aerated lung), then `detect_blobs` with peaks sought within ``spec.wall_band_mm`` of what was
+    filled. "The lung" is the mask closed by ``spec.wall_close_mm`` (a nodule sitting in an
+    indentation of the lung's surface stays inside) and shrunk by ``spec.wall_shrink_mm`` (the
+    margin the preprocessing's mask was grown by:
     `engine.preprocess.PreprocessSpec`). In the first pass the chest wall beside a small nodule
     makes its Hessian plate-like (a bump on a plate); with the wall gone it is a ball on dark
     lung. Away from the wall this pass equals the first, hence the band; and only small lesions
     need it, hence the fine scales (`WALL_SIGMAS_MM`). Box structuring elements on the 1 mm grid."""
+    close_mm, band_mm = spec.wall_close_mm, spec.wall_band_mm
     mask = np.ascontiguousarray(mask_1mm, dtype=np.bool_)
     closed = dilate(mask, _box(close_mm)) if close_mm > 0 else mask
-    inner = erode(closed, _box(close_mm + shrink_mm))
-    flat = window(hu_1mm, fill=fill_hu, keep=inner)
+    inner = erode(closed, _box(close_mm + spec.wall_shrink_mm))
+    flat = window(hu_1mm, fill=spec.wall_fill_hu, keep=inner)
     band = mask & ~erode(inner, _box(band_mm)) if band_mm > 0 else mask
-    return detect_blobs(flat, band, params)
+    return detect_blobs(flat, band, wall_params(spec))
 
 
 def append_distinct(first: Stage1Candidates, centres, radius, response, n: int, source: int = 2) -> Stage1Candidates:
@@ -249,34 +224,35 @@ def append_distinct(first: Stage1Candidates, centres, radius, response, n: int, 
                             np.concatenate([first.source, np.full(len(a), source, np.int8)]))
 
 
-def stage1_candidates(det, pre, params: Stage1Params = Stage1Params(), timings: dict | None = None) -> Stage1Candidates:
-    """Stage-1 candidates of a preprocessed scan (``engine.preprocess.Preprocessed``) with the dense
-    CNN of ``det`` (a `Detector`) and/or the blob detector; each step timed into ``timings``."""
-    import time
-
+def stage1_candidates(pre, spec: Stage1Spec, scorer: GridScorer | None = None,
+                      config: DetectorConfig = DetectorConfig(), timings: dict | None = None) -> Stage1Candidates:
+    """Stage-1 candidates of a preprocessed scan (`engine.preprocess.Preprocessed`) as ``spec``
+    declares them: the dense CNN's peaks (``scorer``, clustered with ``config``; needed unless the
+    generator is "blobs") and/or the blob detector, then the subsolid and pleural passes; each step
+    timed into ``timings``."""
     timings = {} if timings is None else timings
     cc = np.zeros((0, 3))
     cp = cr = np.zeros(0)
-    if params.generator in ("cnn", "union"):
-        cc, cp, cr = cnn_peaks(det, pre, params.cnn_candidates, timings)
+    if spec.uses_cnn:
+        if scorer is None:
+            raise ConfigError(f"stage-1 generator {spec.generator!r} needs the dense CNN: pass a scorer")
+        cc, cp, cr = cnn_peaks(scorer, pre, spec.max_candidates, config, timings)
     bc = np.zeros((0, 3))
     br = bv = np.zeros(0)
-    if params.generator in ("blobs", "union"):
+    if spec.generator in ("blobs", "union"):
         t = time.perf_counter()
-        b = detect_blobs(pre.volume.hu, pre.mask, params.blob)
+        b = detect_blobs(pre.volume.hu, pre.mask, blob_params(spec))
         bc, br, bv = b.centres_zyx, b.radius_mm, b.response
         timings["blobs"] = time.perf_counter() - t
-    cand = combine(cc, cp, cr, bc, bv, br, params.generator, params.max_candidates)
-    if params.subsolid > 0:
+    cand = combine(cc, cp, cr, bc, bv, br, spec.generator, spec.max_candidates)
+    if spec.subsolid_candidates > 0:
         t = time.perf_counter()
-        g = subsolid_blobs(pre.volume.hu, pre.mask, params.subsolid_solid_hu, params.subsolid_fill_hu,
-                           params.subsolid_blob)
-        cand = append_distinct(cand, g.centres_zyx, g.radius_mm, g.response, params.subsolid)
+        g = subsolid_blobs(pre.volume.hu, pre.mask, spec)
+        cand = append_distinct(cand, g.centres_zyx, g.radius_mm, g.response, spec.subsolid_candidates)
         timings["subsolid"] = time.perf_counter() - t
-    if params.wall > 0:
+    if spec.wall_candidates > 0:
         t = time.perf_counter()
-        w = wall_blobs(pre.volume.hu, pre.mask, params.wall_close_mm, params.wall_shrink_mm, params.wall_fill_hu,
-                       params.wall_band_mm, params.wall_blob)
-        cand = append_distinct(cand, w.centres_zyx, w.radius_mm, w.response, params.wall, source=3)
+        w = wall_blobs(pre.volume.hu, pre.mask, spec)
+        cand = append_distinct(cand, w.centres_zyx, w.radius_mm, w.response, spec.wall_candidates, source=3)
         timings["wall"] = time.perf_counter() - t
     return cand

@@ -86,7 +86,7 @@ class Volume:
         idx_xyz = idx_xyz / np.asarray(self.spacing_xyz_mm)
         return idx_xyz[:, ::-1].reshape(np.shape(rel))
 
-    def with_array(self, hu: np.ndarray, **changes) -> "Volume":
+    def with_array(self, hu: np.ndarray, **changes) -> Volume:
         """A copy with another voxel array (and optionally other geometry fields)."""
         return replace(self, hu=hu, **changes)
 

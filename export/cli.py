@@ -17,8 +17,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--slim", action=argparse.BooleanOptionalAction, default=True,
                    help="clean the graphs up with onnxslim before the parity checks (default: on; "
-                        "fewer nodes and faster under ONNX Runtime, identical logits: "
-                        "bench/results/onnx_graph.md)")
+                        "fewer nodes, identical logits)")
     p.add_argument("--fp16", action="store_true",
                    help="also write patch_fp16.onnx (and dense_fp16.onnx): fp16 weights and activations, "
                         "fp32 inputs/outputs; their error against fp32 on phantom patches is printed and "
@@ -32,10 +31,11 @@ def register(sub) -> None:
                         "(checked against PyTorch) and declared in the contract, making a two-stage package "
                         "whose detection is stage 1 + stage 2")
     p.add_argument("--stage2-spec", metavar="JSON",
-                   help="with --stage2: a JSON file of the contract's stage-2 settings (engine.contract.Stage2Spec: "
-                        "generator, max_candidates, blob_min_response, tta_flips, calibration_scale, "
-                        "calibration_bias), e.g. the one python -m noduleflow.trainer.stage2_calibrate writes; "
-                        "default: Stage2Spec's defaults")
+                   help="with --stage2: a JSON file of the contract's stage settings, {\"stage1\": {...}, "
+                        "\"stage2\": {...}} (engine.contract.Stage1Spec: generator, max_candidates, the blob "
+                        "passes; Stage2Spec: tta_flips, calibration_scale, calibration_bias, ...), e.g. the one "
+                        "python -m noduleflow.trainer.stage2_calibrate writes (a flat object of both is read too); "
+                        "default: their defaults")
     p.add_argument("--tensorrt", choices=("fp32", "fp16", "int8"),
                    help="also build TensorRT plans for this GPU into OUT/trt/ (needs tensorrt; unverified)")
     p.add_argument("--torch-compiled", action="store_true",
@@ -52,24 +52,23 @@ def run(args: argparse.Namespace) -> int:
     require_extra("export", "noduleflow export")
     from noduleflow.export.package import export_package
 
-    spec = None
+    spec = (None, None)
     if args.stage2_spec:
         import json
 
         from noduleflow.engine import ConfigError
-        from noduleflow.engine.contract import Stage2Spec
+        from noduleflow.engine.contract import split_stage_settings
 
         if not args.stage2:
             raise ConfigError("--stage2-spec needs --stage2")
         try:
-            raw = json.loads(Path(args.stage2_spec).read_text())
-            spec = Stage2Spec(**{k: v for k, v in raw.items() if not k.startswith("_")})
+            spec = split_stage_settings(json.loads(Path(args.stage2_spec).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"--stage2-spec {args.stage2_spec}: {exc}") from None
 
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,
                             fp16=args.fp16, slim=args.slim, torch_compiled=args.torch_compiled, stage2=args.stage2,
-                            stage2_spec=spec, int8=args.int8)
+                            stage1_spec=spec[0], stage2_spec=spec[1], int8=args.int8)
     if args.tensorrt:
         from noduleflow.export.tensorrt_build import build_plan
 

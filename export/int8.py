@@ -3,7 +3,7 @@
 ``{graph}_int8.onnx`` beside ``{graph}.onnx``: per-channel int8 weights, uint8 activations, in
 ONNX's QDQ form (QuantizeLinear/DequantizeLinear pairs around each convolution), which both CPU
 backends read: OpenVINO's CPU plugin runs the quantized convolutions as int8 kernels (faster than
-fp32 on stage 2's graph; `python -m noduleflow.bench.int8`), ONNX Runtime's CPU provider runs them
+fp32 on stage 2's graph: `noduleflow bench speed` measures it), ONNX Runtime's CPU provider runs them
 too (slower there than fp32 on CPUs without VNNI). Calibration: context patches (stage 2) or
 patches (patch graph) of one phantom in no evaluation cohort, at its blob candidates (what stage 2
 scores) topped up with random lung points. The engine runs an INT8 graph only when asked
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from noduleflow.engine.errors import ConfigError
+from noduleflow.engine.postprocess import sigmoid
 
 GRAPHS = ("stage2", "patch")
 CALIBRATION_SEED = 21  # a phantom in no training, validation or evaluation cohort
@@ -87,7 +88,7 @@ def int8_error(fp32_path: Path, int8_path: Path, x: np.ndarray) -> dict:
     for p in (fp32_path, int8_path):
         s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
         ys.append(s.run(None, {s.get_inputs()[0].name: x})[0].astype(np.float64).reshape(-1))
-    prob = [1.0 / (1.0 + np.exp(-y)) for y in ys]
+    prob = [sigmoid(y) for y in ys]
     return {"max_abs_logit_diff": float(np.abs(ys[1] - ys[0]).max()),
             "max_abs_prob_diff": float(np.abs(prob[1] - prob[0]).max())}
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from noduleflow.engine import ConfigError, PackageError
 from noduleflow.engine.contract import PATCH_SIZE
+from noduleflow.engine.postprocess import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,5 @@ def fp16_error(fp32_path: Path, fp16_path: Path, x: np.ndarray, extra: np.ndarra
         outs.append(sess.run(None, feeds)[0].astype(np.float64))
     a, b = outs
 
-    def prob(z):
-        return 1.0 / (1.0 + np.exp(-z))
-
     return {"max_abs_logit_diff": float(np.abs(a - b).max()),
-            "max_abs_prob_diff": float(np.abs(prob(a) - prob(b)).max())}
+            "max_abs_prob_diff": float(np.abs(sigmoid(a) - sigmoid(b)).max())}

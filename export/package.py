@@ -4,20 +4,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from noduleflow.engine import ConfigError, PackageError
-from noduleflow.engine.contract import InputContract, Stage2Spec
+from noduleflow.engine.contract import InputContract, Stage1Spec, Stage2Spec
+from noduleflow.engine.fileio import atomic_dir
 from noduleflow.engine.package import FORMAT_VERSION, Manifest, ModelPackage, write_manifest
 from noduleflow.engine.preprocess import PreprocessSpec
 
-from .onnx_export import (export_dense, export_patch, export_stage2, fp16_error, parity_dense, parity_patch,
-                          parity_stage2, slim_graph, to_fp16)
+from .onnx_export import (
+    export_dense,
+    export_patch,
+    export_stage2,
+    fp16_error,
+    parity_dense,
+    parity_patch,
+    parity_stage2,
+    slim_graph,
+    to_fp16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +34,9 @@ PARITY_TOL = 1e-4
 
 def _sample_patches(contract: InputContract, n: int = 16, seed: int = 0) -> np.ndarray:
     """Random patches plus real phantom patches (lung, vessels, a nodule) for the parity check."""
-    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
-
     from noduleflow.engine.patches import Normalisation, gather
     from noduleflow.engine.preprocess import preprocess
+    from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
     rng = np.random.default_rng(seed)
     p = contract.patch_size
@@ -47,7 +54,8 @@ def _sample_patches(contract: InputContract, n: int = 16, seed: int = 0) -> np.n
 
 def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: bool = False,
                    fp16: bool = False, slim: bool = True, torch_compiled: bool = False,
-                   stage2: str | None = None, stage2_spec: Stage2Spec | None = None, int8: bool = False) -> dict:
+                   stage2: str | None = None, stage2_spec: Stage2Spec | None = None, int8: bool = False,
+                   stage1_spec: Stage1Spec | None = None) -> dict:
     """Export ``checkpoint`` (safetensors + json) to ``out_dir``; returns the parity report.
 
     Raises PackageError if ONNX Runtime and PyTorch disagree beyond 1e-4 on any logit.
@@ -57,16 +65,17 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     report and to ``manifest.export["fp16"]``. No tolerance is enforced: fp16 error is
     reported, not gated.
     ``slim``: run onnxslim on each graph right after export, so the parity checks below judge
-    the graph that ships (bench/results/onnx_graph.md has the measurement behind the default).
+    the graph that ships.
     ``torch_compiled``: also write ``patch.pt2`` (and with ``stage2``, ``stage2.pt2``; AOTInductor,
     for the GPU when PyTorch sees one, else the CPU) for the torch-compiled backend.
     ``stage2``: a stage-2 checkpoint (`trainer.stage2_train`, model ``ms-3d1``): written as
     ``stage2.onnx``, checked against PyTorch on phantom context patches like the patch graph, and
-    declared in the contract by ``stage2_spec`` (default: `Stage2Spec()`).
+    declared in the contract by ``stage1_spec`` and ``stage2_spec`` (defaults: `Stage1Spec()`,
+    `Stage2Spec()`).
     ``int8``: also write ``stage2_int8.onnx`` (a two-stage package; else ``patch_int8.onnx``):
     `export.int8`'s static quantization, calibrated on phantom patches; its error against fp32 on
     other phantom patches goes to the report and to ``manifest.export["int8"]`` (reported, not
-    gated: the held-out FROC is the measure, `python -m noduleflow.bench.int8`).
+    gated: the held-out FROC is the measure).
     The manifest is written once, at the end, over every file. The package is built in a staging
     folder beside ``out_dir`` and moved there only when complete: a failed export writes nothing.
     """
@@ -83,24 +92,17 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     # written into a staging folder beside the target and moved into place only when complete, so
     # a failed export leaves the previous package (or nothing) where the package goes
     final.parent.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    out.chmod(0o777 & ~umask)  # mkdtemp makes it private; a package folder is as readable as mkdir makes it
-    try:
+    # mode None: a package folder is as readable as mkdir makes it
+    with atomic_dir(final) as out:
         report = _write_package(model, config, name, contract, checkpoint, out, model_id, fp16, slim,
-                                torch_compiled, stage2_loaded, stage2_spec, int8)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    out.rename(final)
+                                torch_compiled, stage2_loaded, (stage1_spec, stage2_spec), int8)
+        if final.exists():
+            shutil.rmtree(final)
     return report
 
 
 def _write_package(model, config, name, contract, checkpoint, out: Path, model_id, fp16, slim, torch_compiled,
-                   stage2, stage2_spec, int8: bool = False) -> dict:
+                   stage2, stage_specs, int8: bool = False) -> dict:
     """`export_package`'s work, into the (staging) folder ``out``; ``stage2``: the loaded stage-2
     (model, config) or None."""
     import onnx
@@ -126,8 +128,8 @@ def _write_package(model, config, name, contract, checkpoint, out: Path, model_i
                                                              contract.dense_stride, loc, contract.patch_size)
     stage2_info = None
     if stage2:
-        spec, stage2_info = _export_stage2(stage2, stage2_spec, out, contract, pre, slim, report)
-        contract = dataclasses.replace(contract, stage2=spec)
+        spec, stage2_info = _export_stage2(stage2, stage_specs[1], out, contract, pre, slim, report)
+        contract = dataclasses.replace(contract, stage1=stage_specs[0] or Stage1Spec(), stage2=spec)
     bad = {k: v for k, v in report.items() if v > PARITY_TOL}
     if bad:
         raise PackageError(f"parity check failed (tolerance {PARITY_TOL}): {bad}")
@@ -186,7 +188,8 @@ def _stage2_checkpoint(checkpoint):
 def _export_stage2(stage2, spec: Stage2Spec | None, out: Path, contract: InputContract, pre, slim: bool,
                    report: dict) -> tuple[Stage2Spec, dict]:
     """Write ``stage2.onnx`` from a loaded stage-2 checkpoint (`_stage2_checkpoint`: model, config),
-    check it against PyTorch on context patches of the parity phantom (its nodules and random lung points) -> the contract's stage-2 block."""
+    check it against PyTorch on context patches of the parity phantom (its nodules and random lung
+    points) -> the contract's stage-2 block."""
     import onnx
 
     from noduleflow.engine.context import ContextVolume

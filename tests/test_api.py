@@ -141,7 +141,8 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 def test_public_api_is_lazy():
     r = subprocess.run([sys.executable, "-c", "import sys, noduleflow; "
-                        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'onnxruntime', 'torch')))"],
+                        "print(sorted(m for m in sys.modules "
+                        "if m.split('.')[0] in ('numba', 'onnxruntime', 'torch')))"],
                        capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
     assert set(noduleflow.__all__) >= {"Detector", "Detections", "load_volume", "lung_mask", "resample",

@@ -4,10 +4,10 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # repository folder -> the import package it installs as
@@ -115,3 +115,79 @@ def test_public_api(name):
 
     assert getattr(noduleflow, name) is not None
     assert name in noduleflow.__all__
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in _sources()}
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Package module -> the package modules it imports, counting every import statement, those
+    inside functions too (a function-level import is no way around a cycle)."""
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for _, mod in _imports(path):
+            # `from pkg import name` names a submodule when pkg.name is one
+            deps |= {m for m in (mod, *(f"{mod}.{n}" for n in _from_names(path, mod))) if m in mods and m != name}
+        graph[name] = deps
+    return graph
+
+
+def _from_names(path: Path, mod: str) -> list[str]:
+    return [a.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+            for a in node.names if node.module and mod.endswith(node.module)]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), sorted."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_module_graph())
+    assert not cycles, f"import cycles (imports inside functions count): {cycles}"
+
+
+def test_no_private_names_imported_from_another_module():
+    """A leading underscore means "this module's own": no module imports such a name from another
+    (dunders such as __version__ excepted)."""
+    bad = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name} from {node.module or '.'}"
+                        for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "\n".join(bad)

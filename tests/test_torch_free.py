@@ -13,7 +13,8 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_engine_import_does_not_load_torch():
-    mods = _modules_after("import noduleflow, noduleflow.engine.io, noduleflow.engine.detector, noduleflow.engine.backends.onnxruntime, noduleflow.cli")
+    mods = _modules_after("import noduleflow, noduleflow.engine.io, noduleflow.engine.detector, "
+                          "noduleflow.engine.backends.onnxruntime, noduleflow.cli")
     assert "noduleflow.engine.io" in mods
     assert not any(m == "torch" or m.startswith("torch.") for m in mods)
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 from noduleflow.engine import ConfigError
 
-
 # the checkpoints the shipped package (engine/models/default) was exported from
-SHIPPED_STAGE1 = "dense_e"   # patch.onnx, dense.onnx: 3D-E distilled from 3D-1 v6 (checkpoints/default)
+SHIPPED_STAGE1 = "stage1_3de"   # patch.onnx, dense.onnx: 3D-E distilled from 3D-1 v6 (stage1_3d1_v6)
 SHIPPED_STAGE2 = "stage2"    # stage2.onnx
 
 

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from .checkpoint import save_checkpoint
     from .data.cohort import cohort_seeds
     from .models import build_model
-    from .stage2_train import STAGE2_CONFIG, _files, _load, predict
+    from .stage2_train import STAGE2_CONFIG, load_examples, predict, present_files
     from .train import roc_auc
 
     ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.stage2_average", description=__doc__,
@@ -81,12 +81,12 @@ def main(argv=None) -> int:
     model.load_state_dict(average_state([load_file(c) for c in a.checkpoints]))
     seeds = [s for name in a.train_seeds for s in cohort_seeds(name)]
     rng = np.random.default_rng(0)
-    present = _files(a.data, seeds)
+    present = present_files(a.data, seeds)
     if not present:
         raise SystemExit(f"no training data for {a.train_seeds} in {a.data[0]}")
     pick = sorted(rng.choice(present, min(a.bn_scans, len(present)), replace=False).tolist())
-    x, y, _ = _load(a.data, pick)
-    xv, yv, _ = _load(a.data, cohort_seeds("validation"))
+    x, y, _ = load_examples(a.data, pick)
+    xv, yv, _ = load_examples(a.data, cohort_seeds("validation"))
     auc_mean_bn = roc_auc(yv, predict(model, xv))
     recompute_bn(model, x, y, a.bn_batches)
     auc = roc_auc(yv, predict(model, xv))

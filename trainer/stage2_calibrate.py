@@ -7,9 +7,10 @@ averaged over the flips the contract asks for, uncalibrated); each stage-1 candi
 as the stage-2 training data are (`trainer.data.stage2.label_candidates`: 1 within a nodule's
 radius, 0 farther than radius + 3 mm from every finding, the ones between left out), and
 ``p = sigmoid(a * logit + b)`` is fitted by maximum likelihood (Newton's method). Writes the
-package's stage-2 spec with ``calibration_scale`` = a and ``calibration_bias`` = b, plus a
-``_fit`` record (candidates, positives, expected calibration error before and after on these
-scans), for ``noduleflow export --stage2-spec``. The held-out cohort is never used here.
+package's stage settings (``{"stage1": ..., "stage2": ...}``, the contract's blocks) with stage 2's
+``calibration_scale`` = a and ``calibration_bias`` = b, plus a ``_fit`` record (candidates,
+positives, expected calibration error before and after on these scans), for ``noduleflow export
+--stage2-spec``. The held-out cohort is never used here.
 """
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from noduleflow.engine.detector import Detector
+from noduleflow.engine.postprocess import sigmoid
+
+from .data.cohort import CohortCache, cohort_seeds
+from .data.stage2 import label_candidates
 
 
 def platt(logits: np.ndarray, labels: np.ndarray, iters: int = 100, ridge: float = 1e-6) -> tuple[float, float]:
@@ -39,7 +47,7 @@ def platt(logits: np.ndarray, labels: np.ndarray, iters: int = 100, ridge: float
     w = np.array([0.0, np.log(y.mean() / (1 - y.mean()))])
     f = nll(w)
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -60, 60)))
+        p = sigmoid(np.clip(X @ w, -60, 60))
         g = X.T @ (p - y) + ridge * w
         H = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
         step = np.linalg.solve(H, g)
@@ -72,11 +80,9 @@ def expected_calibration_error(prob: np.ndarray, labels: np.ndarray, bins: int =
 
 def candidate_logits(det, scan):
     """Stage-1 candidates of a `CohortScan` and their uncalibrated stage-2 logits, with labels."""
-    from .data.stage2 import label_candidates
-
     pre = scan.pre
     cand = det.stage1(pre)
-    logits = det.score_stage2(pre, cand.centres_zyx)
+    logits = det.stage2_scorer(pre, cand.centres_zyx)
     vol = pre.volume
 
     def zyxr(xyzd):
@@ -89,12 +95,6 @@ def candidate_logits(det, scan):
 
 
 def main(argv=None) -> int:
-    from tqdm import tqdm
-
-    from noduleflow.engine.detector import Detector
-
-    from .data.cohort import CohortCache, cohort_seeds
-
     ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.stage2_calibrate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a two-stage model package (noduleflow export --stage2)")
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     if a.cohort in ("heldout", "tuning"):
         raise SystemExit(f"calibrate on validation phantoms, not on the {a.cohort} cohort")
     det = Detector(a.model, stages="2")
-    spec = det.contract.stage2  # its stage 1 and flips; score_stage2 gives uncalibrated logits
+    spec = det.contract.stage2  # its flips; the stage-2 scorer gives uncalibrated logits
     seeds = cohort_seeds(a.cohort)
     cache = CohortCache()
     zs, ys = [], []
@@ -114,9 +114,11 @@ def main(argv=None) -> int:
         ys.append(y[y >= 0])
     z, y = np.concatenate(zs), np.concatenate(ys)
     scale, bias = platt(z, y)
-    raw = 1 / (1 + np.exp(-z))
-    cal = 1 / (1 + np.exp(-(scale * z + bias)))
-    out = {**dataclasses.asdict(spec), "calibration_scale": round(scale, 6), "calibration_bias": round(bias, 6),
+    raw = sigmoid(z)
+    cal = sigmoid(scale * z + bias)
+    out = {"stage1": dataclasses.asdict(det.contract.stage1),
+           "stage2": {**dataclasses.asdict(spec), "calibration_scale": round(scale, 6),
+                      "calibration_bias": round(bias, 6)},
            "_fit": {"package": det.package.manifest.model_id, "cohort": a.cohort, "seeds": [seeds[0], seeds[-1]],
                     "candidates": int(len(y)), "positives": int(y.sum()),
                     "ece_uncalibrated": expected_calibration_error(raw, y),

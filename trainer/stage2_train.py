@@ -85,12 +85,12 @@ def hard_pool(model, x, neg, k: int, score: int = 0, previous=None, rng=None) ->
     return top
 
 
-def _files(data_dirs, seeds):
+def present_files(data_dirs, seeds):
     """Seeds whose file exists in the first folder (the main data; supplements are optional)."""
     return [s for s in seeds if (Path(data_dirs[0]) / f"{s}.npz").exists()]
 
 
-def _load(data_dirs, seeds):
+def load_examples(data_dirs, seeds):
     from .data.stage2 import load_many
 
     return load_many([(d, [s for s in seeds if (Path(d) / f"{s}.npz").exists()]) for d in data_dirs])
@@ -109,9 +109,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.stage2_train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, nargs="+",
-                    help="stage-2 data folders (trainer.data.stage2); a scan's examples are taken from each that has it")
+                    help="stage-2 data folders (trainer.data.stage2); a scan's examples are taken from each "
+                         "that has it")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--init", default=str(Path(__file__).parent / "checkpoints" / "default" / "best.safetensors"),
+    ap.add_argument("--init", default=str(Path(__file__).parent / "checkpoints" / "stage1_3d1_v6" / "best.safetensors"),
                     help="stage-1 3D-1 weights to start from (default: the shipped v6)")
     ap.add_argument("--init-stage2", help="stage-2 weights to continue from (fine-tuning; instead of --init)")
     ap.add_argument("--train-seeds", nargs="+", default=["train"],
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--min-train-scans", type=int, default=8, help="wait until this many training scans exist")
     ap.add_argument("--hard-negatives", type=float, default=0.0,
                     help="fraction of each batch's negatives drawn from the highest-scoring ones (0: uniform)")
-    ap.add_argument("--hard-pool", type=int, default=2000, help="how many of the highest-scoring negatives form the pool")
+    ap.add_argument("--hard-pool", type=int, default=2000,
+                    help="how many of the highest-scoring negatives form the pool")
     ap.add_argument("--keep-epochs", action="store_true",
                     help="also keep every epoch's weights as epochN.safetensors (to compare them on the tuning cohort)")
     ap.add_argument("--rescore-every", type=int, default=2, help="epochs between scorings of the negatives")
@@ -146,11 +148,12 @@ def main(argv=None) -> int:
     val_seeds = cohort_seeds("validation")
     if set(train_seeds) & set(val_seeds):
         raise SystemExit(f"training and validation seeds overlap: {sorted(set(train_seeds) & set(val_seeds))[:5]}")
-    while len(_files(a.data, train_seeds)) < a.min_train_scans or len(_files(a.data, val_seeds)) < len(val_seeds):
-        log.info("waiting for data: %d train scans, %d/%d validation scans", len(_files(a.data, train_seeds)),
-                 len(_files(a.data, val_seeds)), len(val_seeds))
+    while (len(present_files(a.data, train_seeds)) < a.min_train_scans
+           or len(present_files(a.data, val_seeds)) < len(val_seeds)):
+        log.info("waiting for data: %d train scans, %d/%d validation scans", len(present_files(a.data, train_seeds)),
+                 len(present_files(a.data, val_seeds)), len(val_seeds))
         time.sleep(60)
-    xv, yv, _ = _load(a.data, val_seeds)
+    xv, yv, _ = load_examples(a.data, val_seeds)
     torch.manual_seed(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
@@ -190,8 +193,8 @@ def main(argv=None) -> int:
                 hard, hard_n = z["pool"], int(z["negatives"])
         for epoch in range(start, a.epochs):
             t0 = time.perf_counter()
-            seeds = _files(a.data, train_seeds)
-            x, y, _ = _load(a.data, seeds)
+            seeds = present_files(a.data, train_seeds)
+            x, y, _ = load_examples(a.data, seeds)
             pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
             half = a.batch_size // 2
             n_hard = int(round(a.hard_negatives * (a.batch_size - half)))

@@ -12,11 +12,11 @@ import json
 import logging
 import math
 import time
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
+import tomllib
 
 from noduleflow.engine import ConfigError
 
@@ -65,7 +65,7 @@ class TrainConfig:
             raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
 
     @classmethod
-    def from_toml(cls, path, **overrides) -> "TrainConfig":
+    def from_toml(cls, path, **overrides) -> TrainConfig:
         data = tomllib.loads(Path(path).read_text()).get("train", {}) if path else {}
         known = {f.name for f in fields(cls)}
         bad = set(data) - known

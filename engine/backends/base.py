@@ -1,12 +1,16 @@
 """The backend interface: open from a model package, ``infer(batch)``, ``close()``.
 
 Polygraphy-style: a backend is a context manager; the public ``infer`` validates the
-input (dtype, rank, fixed dimensions, batch limit) and the private ``_infer`` runs it.
+input (dtype, rank, fixed dimensions, batch limit) and the private ``_infer`` runs it. Every
+output, of ``infer`` and of ``infer_many`` (a backend's own too), is checked finite
+(`Backend.check_output`): a NaN logit would otherwise rank below every candidate and a scan would
+quietly get "0 candidates".
 """
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -84,6 +88,22 @@ class Backend(ABC):
         self.channels = int(channels)      # 1, or stage 2's context scales (contract.stage2.channels)
         self._closed = False
 
+    def __init_subclass__(cls, **kwargs):
+        # a backend that streams batches its own way (OpenVINO's infer requests) overrides
+        # `infer_many` and may never call `infer`: its results pass the same output check
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("infer_many")
+        if own is not None and not getattr(own, "_checks_outputs", False):
+            @functools.wraps(own)
+            def infer_many(self, batches, _own=own):
+                for y in _own(self, batches):
+                    yield self.check_output(y)
+
+            infer_many._checks_outputs = True
+            cls.infer_many = infer_many
+        if "infer" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} overrides Backend.infer; implement _infer (infer validates)")
+
     def __enter__(self):
         return self
 
@@ -99,7 +119,21 @@ class Backend(ABC):
         ``extra``: the location input of 3D-LOC packages ((N, 3) or (N, 3, D', H', W')).
         """
         self.check_batch(batch)
-        return self._infer(batch, extra)
+        return self.check_output(self._infer(batch, extra))
+
+    def check_output(self, y: np.ndarray) -> np.ndarray:
+        """``y`` (logits, any shape) if every value is finite; PackageError otherwise, one line
+        naming the graph and how many values are NaN / infinite. A broken graph or broken weights
+        (or a reduced precision that overflows) must fail the scan, never rank it as empty."""
+        y = np.asarray(y)
+        finite = np.isfinite(y)
+        if not finite.all():
+            n_nan = int(np.count_nonzero(np.isnan(y)))
+            n_inf = int(y.size - np.count_nonzero(finite)) - n_nan
+            raise PackageError(f"{self.name}: the {self.graph} graph gave non-finite logits ({n_nan} NaN, {n_inf} "
+                               f"infinite of {y.size}, output shape {tuple(y.shape)}, precision {self.precision}); "
+                               "its output is refused (a broken graph or weights, or a precision that overflows)")
+        return y
 
     def check_batch(self, batch) -> None:
         """Refuse what `infer` cannot run, naming the bad value: a closed backend, another dtype,
@@ -126,7 +160,7 @@ class Backend(ABC):
         several batches at once (`OnnxRuntimeBackend` with ``streams`` > 1) overlaps them; here
         they run one after another, each as soon as the stream yields it."""
         for b in batches:
-            yield self.infer(b)
+            yield self.infer(b)   # checked by infer
 
     @abstractmethod
     def _infer(self, batch: np.ndarray, extra: np.ndarray | None) -> np.ndarray: ...

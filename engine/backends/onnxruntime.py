@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, PackageError
 from ..package import ModelPackage
+from . import backend_info
 from .base import INT8_HINT, Backend, check_signature, graph_channels
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,9 @@ def default_streams(graph: str, device: str, threads: int) -> int:
     """How many batches `OnnxRuntimeBackend.infer_many` runs at once unless told: on the CPU, the
     stage-2 graph (a 0.19 GFLOP network on small multi-channel patches, whose later layers are too
     small to split well over cores) runs one single-threaded batch per core: on 2 cores the network
-    alone 1.3-1.4x the throughput of one batch split over both, stage 2 as a whole (gather and flips
-    included) 1.16x (`noduleflow bench speed` measures it). At most 4 streams, the threads shared
-    between them (measured on 2 cores only; each stream holds its own activations). The dense and
+    alone gives more throughput than one batch split over both (`noduleflow bench speed` measures
+    it). At most 4 streams, the threads shared between them (each stream holds its own
+    activations). The dense and
     patch graphs (large tiles, or a patch stream fed by its own gather thread) one batch over every
     core."""
     return max(1, min(threads, 4)) if device == "cpu" and graph == "stage2" else 1
@@ -74,8 +75,8 @@ class OnnxRuntimeBackend(Backend):
     is an error, not a silent fallback). ``threads``: intra-op threads (default: all cores).
     ``precision``: "fp32" runs ``{graph}.onnx``; "fp16" runs ``{graph}_fp16.onnx`` (written by
     ``noduleflow export --fp16``; fp32 inputs and outputs, so callers do not change), "int8"
-    ``{graph}_int8.onnx`` (``noduleflow export --int8``; slower than fp32 on CPUs without VNNI:
-    bench/results/int8_stage2_openvino); either is an error if the package has none.
+    ``{graph}_int8.onnx`` (``noduleflow export --int8``; slower than fp32 on CPUs without
+    VNNI); either is an error if the package has none.
     ``streams``: batches `infer_many` runs at once, each on ``threads // streams`` threads (default
     `default_streams`: one per core for stage 2 on the CPU, else 1); a single ``infer`` call then
     runs on that share of the cores."""
@@ -92,9 +93,11 @@ class OnnxRuntimeBackend(Backend):
         if wanted not in available_providers():
             raise BackendUnavailableError(f"ONNX Runtime has no {wanted} here (providers: "
                                           f"{', '.join(available_providers())}); install {INSTALL[device]}")
-        if precision not in ("fp32", "fp16", "int8"):
+        runs = backend_info(f"onnxruntime-{device}").precisions   # declared in the backend table
+        if precision not in runs:
             hint = " (bf16: the openvino-cpu backend, on a CPU with bfloat16)" if precision == "bf16" else ""
-            raise BackendUnavailableError(f"ONNX Runtime runs fp32, fp16 or int8, not {precision!r}{hint}")
+            raise BackendUnavailableError(f"ONNX Runtime runs {', '.join(runs[:-1])} or {runs[-1]}, not "
+                                          f"{precision!r}{hint}")
         fname = f"{graph}.onnx" if precision == "fp32" else f"{graph}_{precision}.onnx"
         path = package.file(fname)
         if path is None:
@@ -125,8 +128,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         if precision == "int8" and device == "cpu":
             log.warning("%s: ONNX Runtime's CPU provider runs INT8 graphs slower than fp32 on CPUs without "
-                        "VNNI (0.13x on an AVX2 EPYC, bench/results/int8_stage2_openvino); openvino-cpu runs "
-                        "the same graph faster than fp32", fname)
+                        "VNNI; openvino-cpu runs the same graph faster than fp32", fname)
         log.info("opened %s (%s) with %s", path.name, package.manifest.model_id, self.session.get_providers())
 
     def _infer(self, batch, extra):

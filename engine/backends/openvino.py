@@ -20,13 +20,14 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, PackageError
 from ..package import ModelPackage
+from . import backend_info
 from .base import INT8_HINT, Backend, check_signature, graph_channels
 
 log = logging.getLogger(__name__)
 
 
 CACHE_ENV = "NODULEFLOW_OPENVINO_CACHE"
-PRECISIONS = ("fp32", "int8", "bf16")
+PRECISIONS = backend_info("openvino-cpu").precisions   # declared in the backend table
 
 
 def cache_dir() -> Path | None:

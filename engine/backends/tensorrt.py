@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DENSE_TILE_OUT
 from ..errors import BackendUnavailableError, PackageError
 from ..package import ModelPackage
+from . import backend_info
 from .base import Backend, graph_channels
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = backend_info("tensorrt").precisions   # declared in the backend table
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class PlanKey:
 
     def filename(self) -> str:
         safe = lambda s: re.sub(r"[^A-Za-z0-9.]+", "-", s).strip("-")  # noqa: E731
-        return f"{self.graph}_{self.precision}_{safe(self.gpu)}_sm{safe(self.compute_capability)}_trt{safe(self.tensorrt)}.plan"
+        return (f"{self.graph}_{self.precision}_{safe(self.gpu)}_sm{safe(self.compute_capability)}"
+                f"_trt{safe(self.tensorrt)}.plan")
 
 
 def plan_path(package_dir, key: PlanKey) -> Path:
@@ -121,8 +124,6 @@ class TensorRTBackend(Backend):
         err, self._stream = cudart.cudaStreamCreate()
         _check(err)
         if max_tile is None:  # the engine's dense tile (`config.DENSE_TILE_OUT` output points), 4 voxels spare
-            from ..config import DENSE_TILE_OUT
-
             side = (package.contract.dense_stride or 4) * (DENSE_TILE_OUT - 1) + self.patch_size + 4
             max_tile = (side,) * 3
         n_in = max_batch * self.channels * self.patch_size ** 3 if graph != "dense" else int(np.prod(max_tile))

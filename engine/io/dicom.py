@@ -12,6 +12,14 @@ decoded, also in threads (pydicom and numpy release the GIL for the I/O and the 
 copies). Files that look like DICOM but cannot be parsed are never dropped silently:
 they are named in the error when the series has a gap, and otherwise recorded as a
 warning (they may have been its first or last slices).
+
+A volume is one acquisition of one patient: PatientID, StudyInstanceUID and
+FrameOfReferenceUID (required) must agree across the slices, as must orientation, pixel
+spacing and image size (`check_identity`); two acquisitions interleaved or repeated under
+one SeriesInstanceUID (told apart by AcquisitionNumber) are split, the largest is loaded
+and the others are named in a warning. After rescale the HU must be plausible for a CT
+(`checks.check_hu_plausible`). An empty SeriesInstanceUID is replaced by a generated one,
+so that every output carries the same id.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import numpy as np
 
 from ..errors import VolumeError
 from ..volume import Volume
-from .checks import check_shape, check_spacing
+from .checks import check_coordinates, check_hu_plausible, check_shape, check_spacing
 from .dicom_header import UNCOMPRESSED, SliceHeader, Unreadable, read_header
 from .image import INT16_MAX, INT16_MIN, to_int16_hu
 
@@ -99,8 +107,111 @@ def _several_series_warning(slices: list[SliceHeader], uid: str) -> list[str]:
             + (f" and {len(others) - 3} more" if len(others) > 3 else "")]
 
 
-def _validate_series(uid: str, members: list[SliceHeader]) -> tuple[list[SliceHeader], list[str]]:
-    """Check modality and values, drop localizers, refuse mixed geometry. Returns (slices, warnings)."""
+#: Attributes that must hold one value across a series: (keyword, SliceHeader field, what a mix is).
+_IDENTITY = (("PatientID", "patient_id", "patients"), ("StudyInstanceUID", "study_uid", "studies"),
+             ("FrameOfReferenceUID", "frame_uid", "frames of reference"))
+
+
+def _by(members: list[SliceHeader], attr: str) -> dict[str, list[SliceHeader]]:
+    groups: dict[str, list[SliceHeader]] = {}
+    for m in members:
+        groups.setdefault(getattr(m, attr), []).append(m)
+    return groups
+
+
+def _group_text(keyword: str, groups: dict[str, list[SliceHeader]], n: int = 3) -> str:
+    parts = []
+    for value, files in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:n]:
+        names = ", ".join(f.path.name for f in sorted(files, key=lambda f: f.path.name)[:2])
+        parts.append(f"{keyword} {value!r} in {len(files)} file(s) ({names}{', ...' if len(files) > 2 else ''})")
+    return " vs ".join(parts) + (f" and {len(groups) - n} more value(s)" if len(groups) > n else "")
+
+
+def check_identity(uid: str, members: list[SliceHeader]) -> None:
+    """Refuse a series that is not one patient, one study, one frame of reference.
+
+    One line names the differing values and files. A FrameOfReferenceUID is required
+    (Type 1 in CT Image Storage): without it no result can be tied to the patient's frame.
+    Exception: a FrameOfReferenceUID that differs on EVERY slice is an anonymiser's
+    per-instance rewrite (LIDC-IDRI scans carry it), not a mix of acquisitions: positions,
+    patient and study still agree, so it is accepted.
+    """
+    no_frame = [m for m in members if not m.frame_uid]
+    if no_frame:
+        raise VolumeError(f"series {uid}: {len(no_frame)} of {len(members)} file(s) have no FrameOfReferenceUID "
+                          f"(Type 1 in CT images; without it no finding can be placed in the patient's frame), "
+                          f"e.g. {no_frame[0].path.name}")
+    for keyword, attr, what in _IDENTITY:
+        groups = _by(members, attr)
+        if len(groups) < 2 or (attr == "frame_uid" and len(groups) == len(members) > 2):
+            continue
+        raise VolumeError(f"series {uid} mixes {what}: {_group_text(keyword, groups)}; a volume must be one "
+                          f"acquisition of one patient")
+
+
+def _acq_key(value: str):
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _split_acquisitions(uid: str, members: list[SliceHeader],
+                        acquisition: str | None) -> tuple[list[SliceHeader], list[str]]:
+    """Keep one acquisition when a series holds several over the same positions.
+
+    Grouped by AcquisitionNumber. Groups whose slice positions interleave or overlap
+    (two stacks 1.25 mm apart, a repeated scan) are separate acquisitions: the one with
+    the most slices is loaded (ties: the lowest AcquisitionNumber, i.e. the first) and a
+    warning names the others; ``acquisition`` picks one explicitly. Groups that follow
+    one another along the slice axis (step-and-shoot blocks, or one number per slice)
+    form one stack and are loaded together, as SimpleITK does.
+    """
+    groups = _by(members, "acquisition")
+    if acquisition is not None:
+        key = str(acquisition).strip()
+        if key not in groups:
+            raise VolumeError(f"series {uid}: no AcquisitionNumber {key!r}; present: "
+                              f"{', '.join(repr(k) for k in sorted(groups, key=_acq_key))}")
+        return groups[key], ([f"loaded AcquisitionNumber {key!r} of {len(groups)} acquisitions, as asked"]
+                             if len(groups) > 1 else [])
+    if len(groups) < 2:
+        return members, []
+    ref = members[0].orientation
+    normal = np.cross(ref[:3], ref[3:])
+    spans = sorted((float(min(np.dot(m.position, normal) for m in g)), float(max(np.dot(m.position, normal)
+                   for m in g)), k) for k, g in groups.items())
+    if all(nxt[0] > prev[1] + 1e-3 for prev, nxt in zip(spans, spans[1:])):
+        return members, []  # consecutive blocks along the slice axis: one stack
+    pick = min(groups, key=lambda k: (-len(groups[k]), _acq_key(k)))
+    desc = "; ".join(f"AcquisitionNumber {k!r}: {len(groups[k])} slices at {lo:.2f}..{hi:.2f} mm"
+                     for lo, hi, k in sorted(spans, key=lambda t: _acq_key(t[2])))
+    msg = (f"{len(groups)} acquisitions over overlapping slice positions in one series ({desc}); loaded "
+           f"AcquisitionNumber {pick!r} (most slices, then lowest number); pick another with "
+           f"load_dicom(..., acquisition=N)")
+    log.warning("series %s: %s", uid, msg)
+    return groups[pick], [msg]
+
+
+def _check_geometry(uid: str, members: list[SliceHeader]) -> None:
+    """One orientation, image size and pixel spacing across the slices (one line on a mix)."""
+    ref = members[0]
+    for m in members[1:]:
+        if not np.allclose(m.orientation, ref.orientation, atol=1e-4):
+            raise VolumeError(f"series {uid} mixes orientations: {ref.path.name} {ref.orientation} vs "
+                              f"{m.path.name} {m.orientation}")
+        if (m.rows, m.cols) != (ref.rows, ref.cols):
+            raise VolumeError(f"series {uid} mixes image sizes: {ref.path.name} {ref.rows}x{ref.cols} vs "
+                              f"{m.path.name} {m.rows}x{m.cols}")
+        if not np.allclose(m.pixel_spacing, ref.pixel_spacing, atol=1e-4):
+            raise VolumeError(f"series {uid} mixes pixel spacings: {ref.path.name} {list(ref.pixel_spacing)} vs "
+                              f"{m.path.name} {list(m.pixel_spacing)}")
+
+
+def _validate_series(uid: str, members: list[SliceHeader],
+                     acquisition: str | None = None) -> tuple[list[SliceHeader], list[str]]:
+    """Check modality, values and identity, drop localizers, keep one acquisition, refuse
+    mixed geometry. Returns (slices, warnings)."""
     warnings: list[str] = []
     modalities = {m.modality for m in members}
     if modalities != {"CT"}:
@@ -125,17 +236,10 @@ def _validate_series(uid: str, members: list[SliceHeader]) -> tuple[list[SliceHe
     no_ps = [m for m in members if m.pixel_spacing is None]
     if no_ps:
         raise VolumeError(f"{no_ps[0].path.name}: no PixelSpacing ({len(no_ps)} file(s) in series {uid})")
-    ref = members[0]
-    for m in members[1:]:
-        if not np.allclose(m.orientation, ref.orientation, atol=1e-4):
-            raise VolumeError(f"series {uid} mixes orientations: {ref.path.name} {ref.orientation} vs "
-                              f"{m.path.name} {m.orientation}")
-        if (m.rows, m.cols) != (ref.rows, ref.cols):
-            raise VolumeError(f"series {uid} mixes image sizes: {ref.path.name} {ref.rows}x{ref.cols} vs "
-                              f"{m.path.name} {m.rows}x{m.cols}")
-        if not np.allclose(m.pixel_spacing, ref.pixel_spacing, atol=1e-4):
-            raise VolumeError(f"series {uid} mixes pixel spacings: {ref.path.name} {list(ref.pixel_spacing)} vs "
-                              f"{m.path.name} {list(m.pixel_spacing)}")
+    check_identity(uid, members)
+    members, split = _split_acquisitions(uid, members, acquisition)
+    warnings += split
+    _check_geometry(uid, members)
     return members, warnings
 
 
@@ -222,7 +326,8 @@ def _decode_failure(s: SliceHeader, exc: Exception) -> VolumeError:
                            f"pixel data decoder; convert the series to an uncompressed or JPEG transfer syntax")
     if ts and ts not in UNCOMPRESSED and ("missing dependencies" in text or "plugin" in text.lower()):
         return VolumeError(f"{s.path.name}: {_decoder_hint(ts)}")
-    return VolumeError(f"{s.path.name}: cannot decode pixel data: {text.splitlines()[0] if text else type(exc).__name__}")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return VolumeError(f"{s.path.name}: cannot decode pixel data: {first}")
 
 
 def _decode(s: SliceHeader) -> np.ndarray:
@@ -306,16 +411,28 @@ def _unreadable_warning(uid: str, unreadable: list[Unreadable]) -> str:
     return msg
 
 
+def _generated_uid(members: list[SliceHeader]) -> str:
+    """A stable DICOM UID for a series whose SeriesInstanceUID is empty (same files, same id)."""
+    from pydicom.uid import generate_uid
+
+    sops = sorted(str(m.ds.get("SOPInstanceUID", "") or m.path.name) for m in members)
+    return generate_uid(entropy_srcs=["noduleflow-empty-series-uid", *sops])
+
+
 def load_dicom(path: Path, series_uid: str | None = None, *, tolerance_mm: float | None = None,
-               workers: int | None = None) -> Volume:
-    """Load one CT series from a DICOM file or folder tree. See module docstring."""
+               workers: int | None = None, acquisition: str | int | None = None) -> Volume:
+    """Load one CT series from a DICOM file or folder tree. See module docstring.
+
+    ``acquisition``: the AcquisitionNumber to load when the series holds several
+    acquisitions over the same positions (default: the one with the most slices, warned).
+    """
     tolerance_mm = DEFAULT_TOLERANCE_MM if tolerance_mm is None else float(tolerance_mm)
     if not tolerance_mm >= 0:
         raise VolumeError(f"tolerance_mm must be >= 0, got {tolerance_mm}")
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     slices, unreadable = _scan_files(Path(path), workers)
     uid, members = _choose_series(slices, series_uid)
-    members, warnings = _validate_series(uid, members)
+    members, warnings = _validate_series(uid, members, None if acquisition is None else str(acquisition))
     if series_uid is None:  # chosen by rank, not asked for: say so in the output too
         warnings[:0] = _several_series_warning(slices, uid)
     _refuse_own_unreadable(uid, unreadable)
@@ -331,6 +448,15 @@ def load_dicom(path: Path, series_uid: str | None = None, *, tolerance_mm: float
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(fill, range(len(members))))
 
+    for w in check_hu_plausible(f"series {uid or '(empty SeriesInstanceUID)'}", hu):
+        log.warning("%s", w)
+        warnings.append(w)
+    if not uid:
+        # an empty SeriesInstanceUID would give an empty seriesuid column while file names get a
+        # generated id: one id, made here, is used everywhere downstream (CSV, JSON, file names)
+        uid = _generated_uid(members)
+        warnings.append(f"empty SeriesInstanceUID; the series is called {uid}")
+        log.warning("%s", warnings[-1])
     dy, dx = members[0].pixel_spacing  # PixelSpacing = (row spacing, column spacing)
     direction = np.stack([row, col, normal], axis=1)  # columns: x (along a row), y, z
     sop = members[0].sop_class
@@ -340,7 +466,7 @@ def load_dicom(path: Path, series_uid: str | None = None, *, tolerance_mm: float
     return Volume(
         hu=hu,
         spacing_zyx_mm=(dz, dy, dx),
-        origin_xyz_mm=tuple(float(v) for v in members[0].position),
+        origin_xyz_mm=check_coordinates(f"series {uid}", "ImagePositionPatient", members[0].position),
         direction=tuple(direction.ravel()),
         series_uid=uid,
         meta={

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VolumeError
-from .checks import SPACING_RANGE_MM, check_finite, check_orthonormal
+from .checks import MAX_ABS_COORD_MM, SPACING_RANGE_MM, check_finite, check_orthonormal
 
 #: Suffixes under which a file that pydicom rejects is still reported as a broken slice
 #: (files without these are taken for unrelated files: README, XML, thumbnails).
@@ -81,6 +81,11 @@ class SliceHeader:
     slope: float
     intercept: float
     problems: tuple[str, ...] = field(default=())
+    # identity: one volume must be one acquisition of one patient (checked across slices)
+    patient_id: str = ""
+    study_uid: str = ""
+    frame_uid: str = ""  # FrameOfReferenceUID; "" when absent (Type 1 in CT: refused at load)
+    acquisition: str = ""  # AcquisitionNumber as written ("" when absent)
 
     @property
     def is_localizer(self) -> bool:
@@ -139,6 +144,9 @@ def _check(problems: list[str], fn, *args):
 
 def _geometry(ds, name: str, problems: list[str]):
     pos = _check(problems, _numbers, ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", name)
+    if pos is not None and any(abs(v) > MAX_ABS_COORD_MM for v in pos):
+        problems.append(f"ImagePositionPatient {list(pos)} mm lies beyond +-{MAX_ABS_COORD_MM:g} mm: not a "
+                        f"patient position")
     iop = _check(problems, _numbers, ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", name)
     if iop is not None:
         try:
@@ -215,7 +223,15 @@ def _parse(path: Path, ds) -> SliceHeader | Unreadable | None:
         sop_class=sop, transfer_syntax=ts, position=pos, orientation=iop, pixel_spacing=ps,
         rows=rows, cols=cols, frames=frames, bits_allocated=bits, bits_stored=ints["BitsStored"],
         pixel_representation=ints["PixelRepresentation"], samples_per_pixel=ints["SamplesPerPixel"],
-        slope=slope, intercept=intercept, problems=tuple(problems))
+        slope=slope, intercept=intercept, problems=tuple(problems),
+        patient_id=_text(ds, "PatientID"), study_uid=_text(ds, "StudyInstanceUID"),
+        frame_uid=_text(ds, "FrameOfReferenceUID"), acquisition=_text(ds, "AcquisitionNumber"))
+
+
+def _text(ds, keyword: str) -> str:
+    """A string attribute as written, stripped ("" when absent or empty)."""
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
 
 
 def read_header(path: Path) -> SliceHeader | Unreadable | None:
@@ -232,7 +248,9 @@ def read_header(path: Path) -> SliceHeader | Unreadable | None:
     try:
         ds = pydicom.dcmread(str(path), defer_size="4 KB")
     except InvalidDicomError as exc:
-        if path.suffix.lower() in DICOM_SUFFIXES:
+        # Judged by content, not by name: a file without a .dcm suffix that is DICOM with its
+        # preamble cut off (or only its preamble left) gets the treatment a .dcm file gets
+        if path.suffix.lower() in DICOM_SUFFIXES or _looks_like_dicom(path, size):
             return Unreadable(path, f"not a valid DICOM file of {size} bytes: {_first_line(exc)}")
         return None  # not DICOM: folders often hold other files
     except _PARSE_ERRORS as exc:
@@ -241,6 +259,32 @@ def read_header(path: Path) -> SliceHeader | Unreadable | None:
         return _parse(path, ds)
     except _PARSE_ERRORS as exc:  # an element pydicom cannot convert (unknown VR, wrong length...)
         return Unreadable(path, f"corrupt DICOM header: {type(exc).__name__}: {_first_line(exc)}", _series_of(ds))
+
+
+#: Value representations, to recognise an explicit-VR element at the start of a file.
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF",
+        b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN",
+        b"UR", b"US", b"UT", b"UV"}
+
+
+def _looks_like_dicom(path: Path, size: int) -> bool:
+    """Content sniffing for a file pydicom refused: a cut-off preamble (nothing but NUL
+    bytes, fewer than the 132 of preamble + "DICM"), or a data set without its preamble
+    (starting with "DICM", or with a group 0002/0008 element: explicit VR, or implicit VR
+    of sane length)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    if (size < 132 and head and not head.strip(b"\0")) or head.startswith(b"DICM"):
+        return True
+    if len(head) < 8:
+        return False
+    group, _elem = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008):
+        return False
+    return head[4:6] in _VRS or struct.unpack("<I", head[4:8])[0] < 1024
 
 
 def _first_line(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ def write_dicom_series(volume: Volume, out_dir, *, series_uid: str | None = None
     UIDs are derived from ``seed`` so a cohort is reproducible.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     if pixel_representation not in (0, 1):
         raise ConfigError(f"pixel_representation must be 0 (unsigned) or 1 (signed), got {pixel_representation}")

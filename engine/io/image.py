@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import VolumeError
 from ..volume import Volume
-from .checks import check_finite, check_orthonormal, check_shape, check_spacing
+from .checks import check_coordinates, check_finite, check_hu_plausible, check_orthonormal, check_shape, check_spacing
 from .image_headers import check_metaimage, check_nifti
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _check_info(path: Path, reader) -> None:
                           f"{reader.GetNumberOfComponents()} components per voxel")
     check_shape(path.name, tuple(reader.GetSize())[::-1])
     check_spacing(path.name, "voxel spacing", reader.GetSpacing())
-    check_finite(path.name, "origin", reader.GetOrigin())
+    check_coordinates(path.name, "origin", reader.GetOrigin())
     direction = check_finite(path.name, "direction", reader.GetDirection())
     check_orthonormal(path.name, "direction", np.asarray(direction).reshape(3, 3))
 
@@ -79,12 +79,16 @@ def load_image(path: Path) -> Volume:
     arr = sitk.GetArrayFromImage(img)  # (z, y, x)
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise VolumeError(f"{path.name}: {int(np.count_nonzero(~np.isfinite(arr)))} voxel(s) are NaN or infinite")
+    hu = to_int16_hu(arr)
+    for w in check_hu_plausible(path.name, hu):
+        log.warning("%s", w)
+        warnings.append(w)
     return Volume(
-        hu=to_int16_hu(arr),
+        hu=hu,
         spacing_zyx_mm=tuple(img.GetSpacing())[::-1],
         origin_xyz_mm=tuple(img.GetOrigin()),
         direction=tuple(img.GetDirection()),
-        series_uid=_stem(path),
+        series_uid=_stem(path) or path.name,  # never empty: the CSV and the JSON carry this id
         meta={"source": str(path), "format": path.suffix.lower().lstrip("."), "warnings": warnings},
     )
 

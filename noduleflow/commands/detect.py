@@ -18,8 +18,11 @@ def register(sub) -> None:
                     "Writes OUT/candidates.csv (LUNA16 submission layout, all scans), "
                     "OUT/<seriesuid>.json (candidates, stage timings, backend, model, warnings) and "
                     "OUT/<seriesuid>.png (an overview of the lungs with every candidate, and three planes "
-                    "through each). Files are written whole (temporary name, then rename). A series that "
-                    "fails is reported and skipped; the exit code is 1 if any failed.")
+                    "through each). OUT is checked before anything is detected (a folder this user can "
+                    "write; created 0700) and locked: a second process given the same OUT refuses at "
+                    "once. Results are written at the end, all together (temporary names, then renames; "
+                    "files 0600): a write that fails, e.g. a full disk, leaves none of them. A series "
+                    "that fails is reported and skipped; the exit code is 1 if any failed.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     add_model_options(p)
     add_detector_options(p)
@@ -29,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                    help="load the next series in the background while the current one is detected (one "
                         "more scan in memory). Default: when the scoring runs on a GPU; on the CPU the "
-                        "detection already keeps every core busy (1.0x measured on 2 cores)")
+                        "detection already keeps every core busy")
     p.set_defaults(func=run)
 
 
@@ -65,47 +68,52 @@ def run(args: argparse.Namespace) -> int:
     from noduleflow.engine.io import load_volume
     from noduleflow.engine.jitclock import compile_note
     from noduleflow.engine.package import printable
-    from noduleflow.engine.results import write_candidates_csv
+    from noduleflow.engine.results import ResultFolder
 
     out = Path(args.out)
-    det = Detector(args.model, backend=args.backend, config=detector_config(args),
-                   backend_options=backend_options(args))
-    how = f"two stages (stage 1: {det.contract.stage2.generator})" if det.two_stage else f"mode {det.config.mode}"
-    print(f"model {det.package.manifest.model_id} ({det.package.manifest.architecture}), backend {det.backend_name}, "
-          f"{how}, ready in {det.cold_start_s:.2f} s")
-    rows, failed, seen = [], 0, {}
-    jobs = expand(args.paths, args.series)
-    loads = det.loading(jobs, lambda job: load_volume(job[0], series_uid=job[1]), args.prefetch)
-    for item in tqdm(loads, total=len(jobs), desc="detect", unit="scan", disable=len(jobs) < 2):
-        d = None  # the previous scan's volume freed before this one's detection (the next is loading)
-        path, uid = item.job
-        try:
-            if item.error is not None:
-                raise item.error
-            d = det.detect(item.value, keep_preprocessed=not args.no_png, load_s=item.seconds)
-        except NoduleflowError as exc:
-            failed += 1
-            print(f"FAILED {path}{' ' + uid if uid else ''}: {exc}", file=sys.stderr)
-            continue
-        except Exception as exc:  # a bug must not cost the other scans their results
-            failed += 1
-            log.debug("traceback of %s", path, exc_info=True)
-            print(f"FAILED {path}{' ' + uid if uid else ''}: internal error {type(exc).__name__}: {exc} "
-                  "(-vv shows the traceback)", file=sys.stderr)
-            continue
-        # two inputs with one id (a/ct.nii.gz and b/ct.nii.gz are both "ct"): keep both, say so
-        n = seen.get(d.name, 0)
-        seen[d.name] = n + 1
-        name = d.name if n == 0 else f"{d.name}-{n + 1}"
-        if n:
-            print(f"note: {path} repeats series id {printable(d.series_uid)!r}: written as {name}", file=sys.stderr)
-        d.save(out, png=not args.no_png, csv_file=False, name=name)
-        rows += [(name if n else r[0], *r[1:]) for r in d.rows()]
-        for w in d.meta.get("warnings", []):
-            print(f"warning: {path}: {printable(w)}", file=sys.stderr)
-        print(f"{printable(d.series_uid)}: {len(d)} candidates, top p={d[0].prob if len(d) else 0:.3f}; "
-              + " ".join(f"{k} {v:.2f}s" for k, v in d.timings_s.items()) + compile_note(d.meta))
-    write_candidates_csv(out / "candidates.csv", rows)
-    print(f"wrote {out / 'candidates.csv'} ({len(rows)} candidates from {len(jobs) - failed} scans)"
+    # OUT first: an unusable or busy folder fails in a moment, not after the whole detection
+    with ResultFolder(out) as results:
+        det = Detector(args.model, backend=args.backend, config=detector_config(args),
+                       backend_options=backend_options(args))
+        how = f"two stages (stage 1: {det.contract.stage1.generator})" if det.two_stage \
+            else f"mode {det.config.mode}"
+        print(f"model {det.package.manifest.model_id} ({det.package.manifest.architecture}), backend "
+              f"{det.backend_name}, {how}, ready in {det.cold_start_s:.2f} s")
+        rows, failed, seen = [], 0, {}
+        jobs = expand(args.paths, args.series)
+        loads = det.loading(jobs, lambda job: load_volume(job[0], series_uid=job[1]), args.prefetch)
+        for item in tqdm(loads, total=len(jobs), desc="detect", unit="scan", disable=len(jobs) < 2):
+            d = None  # the previous scan's volume freed before this one's detection (the next is loading)
+            path, uid = item.job
+            where = printable(f"{path}{' ' + uid if uid else ''}")
+            try:
+                if item.error is not None:
+                    raise item.error
+                d = det.detect(item.value, keep_preprocessed=not args.no_png, load_s=item.seconds)
+            except NoduleflowError as exc:
+                failed += 1
+                print(f"FAILED {where}: {printable(exc)}", file=sys.stderr)
+                continue
+            except Exception as exc:  # a bug must not cost the other scans their results
+                failed += 1
+                log.debug("traceback of %s", where, exc_info=True)
+                print(f"FAILED {where}: internal error {type(exc).__name__}: {printable(exc)} "
+                      "(-vv shows the traceback)", file=sys.stderr)
+                continue
+            # two inputs with one id (a/ct.nii.gz and b/ct.nii.gz are both "ct"): keep both, say so
+            n = seen.get(d.name, 0)
+            seen[d.name] = n + 1
+            name = d.name if n == 0 else f"{d.name}-{n + 1}"
+            if n:
+                print(f"note: {printable(path)} repeats series id {printable(d.series_uid)!r}: written as {name}",
+                      file=sys.stderr)
+            results.add(d, name=name, png=not args.no_png)
+            rows += [(name if n else r[0], *r[1:]) for r in d.rows()]
+            for w in d.meta.get("warnings", []):
+                print(f"warning: {printable(path)}: {printable(w)}", file=sys.stderr)
+            print(f"{printable(d.series_uid)}: {len(d)} candidates, top p={d[0].prob if len(d) else 0:.3f}; "
+                  + " ".join(f"{k} {v:.2f}s" for k, v in d.timings_s.items()) + compile_note(d.meta))
+        results.add_csv(rows)
+    print(f"wrote {printable(out / 'candidates.csv')} ({len(rows)} candidates from {len(jobs) - failed} scans)"
           + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0

@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from noduleflow.engine.io import load_volume
+    from noduleflow.engine.package import printable
 
     vol = load_volume(args.path, series_uid=args.series)
     info = vol.describe()
@@ -29,12 +30,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     fmt = lambda xs: "(" + ", ".join(f"{x:.4g}" for x in xs) + ")"  # noqa: E731
-    print(f"series_uid      {info['series_uid']}")
+    # values from the file are printed through `printable`: a UID must not drive the terminal
+    print(f"series_uid      {printable(info['series_uid'])}")
     print(f"shape (z,y,x)   {tuple(info['shape_zyx'])}")
     print(f"spacing (z,y,x) {fmt(info['spacing_zyx_mm'])} mm")
     print(f"origin (x,y,z)  {fmt(info['origin_xyz_mm'])} mm")
     print(f"direction       {fmt(info['direction'])}")
     print(f"HU min/mean/max {info['hu_min']:.0f} / {info['hu_mean']:.1f} / {info['hu_max']:.0f}")
     for w in info["warnings"]:
-        print(f"warning         {w}")
+        print(f"warning         {printable(w)}")
     return 0

@@ -15,11 +15,13 @@ folder (`Spool`), so a killed service resumes where it stopped:
 
 Every move between states is one ``rename`` of a directory (atomic on one filesystem), every
 instance is written to a temporary file, fsynced and renamed before the sender hears
-"success", and everything is 0600 in 0700 folders (`files`). Modules: `instance` (what may
-enter), `completeness` (is a series whole), `spool`, `scp` (the DICOM side), `service`
-(threads and supervision), `sr`. The network parts need the ``serve`` extra (pynetdicom,
-highdicom).
+"success", and everything is 0600 in 0700 folders (`files`). Modules: `config` (the settings,
+from which the command's options are generated), `instance` (what may enter), `completeness`
+(is a series whole, one patient), `spool`, `status` (what ``--status`` reads), `guard` (timeouts and
+size caps on every read from a connection), `scp` (the DICOM side), `service` (threads and supervision), `sr`.
+The network parts need the ``serve`` extra (pynetdicom, highdicom).
 """
-from .spool import SeriesState, Spool, SpoolError, SpoolFullError, validate_instance, valid_uid
+from .config import ServeConfig
+from .spool import SeriesState, Spool, SpoolError, SpoolFullError, valid_uid, validate_instance
 
-__all__ = ["SeriesState", "Spool", "SpoolError", "SpoolFullError", "validate_instance", "valid_uid"]
+__all__ = ["SeriesState", "ServeConfig", "Spool", "SpoolError", "SpoolFullError", "validate_instance", "valid_uid"]

@@ -14,6 +14,14 @@ reported as not complete.
 What this cannot see: slices missing at either end (the positions of the slices present are
 still evenly spaced). The service covers that case by how the transfer ended (an association
 that was aborted or cut off marks its series interrupted, see `Service`), never by timing.
+One patient, one study, one frame of reference: the instances of a series must agree on
+PatientID, StudyInstanceUID and FrameOfReferenceUID (`check_identity`); a series that mixes
+them is a wrong answer about a person and is never processed (`Completeness.identity`).
+(The engine's loader has no such check yet; this one reads the same headers.) A
+FrameOfReferenceUID that differs on every instance is let through: it is what a
+de-identification that replaces each UID independently leaves (every slice of LIDC-IDRI has
+its own), not two frames mixed.
+
 Every other defect (mixed orientations, uneven spacing, a non-CT slice) is left to the loader,
 which fails the series with its reason when it is processed.
 """
@@ -39,6 +47,31 @@ class Completeness:
     # complete False: only the InstanceNumbers have a hole (positions even): it may be a quirk of
     # the numbering, so after the wait the series is processed, reported as not complete.
     gap: bool = False
+    # "" when every instance agrees on IDENTITY_KEYS, else what differs (never processed)
+    identity: str = ""
+
+
+#: Attributes every instance of one series must share: one patient, one study, one frame of reference.
+IDENTITY_KEYS = ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID")
+
+
+def check_identity(headers) -> str:
+    """"" when the headers (`SliceHeader`s) agree on `IDENTITY_KEYS`, else one line naming the
+    first attribute that differs, its values (a few, with how many files and one file each)."""
+    for key in IDENTITY_KEYS:
+        groups: dict[str, list] = {}
+        for h in headers:
+            groups.setdefault(str(h.ds.get(key, "") or ""), []).append(h.path)
+        if len(groups) > 1 and key == "FrameOfReferenceUID" and len(groups) == len(headers) > 2:
+            # one frame of reference per instance is a de-identification artefact (every slice of
+            # LIDC-IDRI has its own), not two acquisitions mixed: PatientID and study still agree
+            continue
+        if len(groups) > 1:
+            parts = [f"{v[:64]!r} in {len(p)} file(s) (e.g. {Path(p[0]).name})"
+                     for v, p in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:3]]
+            return f"{key} differs across the series: {', '.join(parts)}" + \
+                (f" and {len(groups) - 3} more value(s)" if len(groups) > 3 else "")
+    return ""
 
 
 def check_series(folder: Path, tolerance_mm: float | None = None) -> Completeness:
@@ -48,8 +81,12 @@ def check_series(folder: Path, tolerance_mm: float | None = None) -> Completenes
 
     tol = DEFAULT_TOLERANCE_MM if tolerance_mm is None else float(tolerance_mm)
     files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if Path(folder).is_dir() else []
-    headers = [h for h in map(read_header, files) if isinstance(h, SliceHeader) and not h.is_localizer]
+    readable = [h for h in map(read_header, files) if isinstance(h, SliceHeader)]
+    headers = [h for h in readable if not h.is_localizer]
     n = len(files)
+    mixed = check_identity(readable)
+    if mixed:
+        return Completeness(False, mixed, n, gap=True, identity=mixed)
     if not headers:
         return Completeness(False, "no readable CT slice", n, gap=True)
     located = [h for h in headers if h.position is not None and h.orientation is not None]

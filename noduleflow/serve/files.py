@@ -1,27 +1,19 @@
-"""Private, atomic file writing for the spool.
+"""Private files and folders for the spool.
 
 The spool holds patient data (images, reports, logs naming series), so every folder it
 creates is 0700 and every file 0600 whatever the process umask: modes are set explicitly
 (``os.open`` with a mode, then ``fchmod``/``chmod``) because a umask only ever removes bits and
-a permissive one (0o000, 0o002) would leave the data readable by other local users.
+a permissive one (0o000, 0o002) would leave the data readable by other local users. Files are
+written atomically by `noduleflow.engine.fileio` with ``mode=FILE_MODE``.
 """
 from __future__ import annotations
 
 import os
 import stat
-import uuid
 from pathlib import Path
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def mkdir_private(path: Path) -> Path:
@@ -50,23 +42,6 @@ def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     return fd
 
 
-def write_tmp(data: bytes, tmp_dir: Path) -> Path:
-    """``data`` in a new fsynced 0600 file in ``tmp_dir`` (on the destination's filesystem)."""
-    tmp = Path(tmp_dir) / f"{uuid.uuid4().hex}.part"
-    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """temp file in ``tmp_dir`` -> fsync -> rename onto ``path`` -> fsync dir (0600)."""
-    os.replace(write_tmp(data, tmp_dir), path)
-    fsync_dir(Path(path).parent)
-
-
 def make_private(path: Path) -> None:
     """0600 for a file, 0700 for a folder and everything under it (files moved in from elsewhere)."""
     path = Path(path)
@@ -78,5 +53,4 @@ def make_private(path: Path) -> None:
         os.chmod(path, FILE_MODE)
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "fsync_dir", "make_private", "mkdir_private", "open_private", "write_atomic",
-           "write_tmp"]
+__all__ = ["DIR_MODE", "FILE_MODE", "make_private", "mkdir_private", "open_private"]

@@ -3,6 +3,7 @@ complete pixel data. Names on disk come only from UIDs that passed `valid_uid`."
 from __future__ import annotations
 
 import enum
+import math
 import re
 
 from ..engine.errors import NoduleflowError
@@ -38,10 +39,34 @@ def valid_uid(value) -> bool:
     return 0 < len(s) <= 64 and bool(_UID.match(s))
 
 
+#: Type 1 attributes the outputs need, beyond the UIDs: name -> (values, must be > 0)
+_GEOMETRY = {"ImagePositionPatient": (3, False), "ImageOrientationPatient": (6, False), "PixelSpacing": (2, True)}
+
+
+def _check_type1(ds) -> None:
+    """Refuse, at reception, what the SR and the loader would only find missing after detection:
+    FrameOfReferenceUID (the SR's points are in that frame) and the slice geometry."""
+    v = ds.get("FrameOfReferenceUID")
+    if not valid_uid(v):
+        raise SpoolError("FrameOfReferenceUID missing or invalid (Type 1 in CT; the SR needs it): "
+                         f"{str(v or '')[:80]!r}")
+    for key, (count, positive) in _GEOMETRY.items():
+        raw = ds.get(key)
+        try:
+            values = [float(x) for x in raw] if raw is not None else []
+        except (TypeError, ValueError):
+            values = []
+        ok = len(values) == count and all(math.isfinite(x) and (x > 0 or not positive) for x in values)
+        if not ok:
+            raise SpoolError(f"{key} missing or invalid (Type 1 in CT, {count} {'positive ' if positive else ''}"
+                             f"numbers): {str(raw)[:80]!r}")
+
+
 def validate_instance(ds, transfer_syntax: str | None = None, affected_sop_uid: str | None = None) -> tuple[str, str]:
-    """Check that ``ds`` (a pydicom Dataset) is a single-frame CT image with usable UIDs and
-    complete pixel data. Returns (SeriesInstanceUID, SOPInstanceUID); raises SpoolError
-    naming what is wrong."""
+    """Check that ``ds`` (a pydicom Dataset) is a single-frame CT image with usable UIDs, the
+    Type 1 attributes the outputs need (FrameOfReferenceUID, ImagePositionPatient,
+    ImageOrientationPatient, PixelSpacing) and complete pixel data. Returns (SeriesInstanceUID,
+    SOPInstanceUID); raises SpoolError naming what is wrong."""
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class != CT_IMAGE_STORAGE:
         raise SpoolError(f"SOP class {sop_class or '(none)'} is not CT Image Storage ({CT_IMAGE_STORAGE})")
@@ -57,6 +82,7 @@ def validate_instance(ds, transfer_syntax: str | None = None, affected_sop_uid: 
     if affected_sop_uid is not None and str(affected_sop_uid) != uids["SOPInstanceUID"]:
         raise SpoolError(f"SOPInstanceUID {uids['SOPInstanceUID']} differs from the request's "
                          f"AffectedSOPInstanceUID {affected_sop_uid}")
+    _check_type1(ds)
     if "PixelData" not in ds:
         raise SpoolError("no PixelData")
     if transfer_syntax is None and getattr(ds, "file_meta", None) is not None:

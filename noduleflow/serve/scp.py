@@ -8,6 +8,15 @@ nothing is closed after ``acse_timeout_s`` (pynetdicom's default is 30 s: 20 idl
 then locked a real sender out for that long), an association silent for ``network_timeout_s``
 is aborted, and a DIMSE exchange waits at most ``dimse_timeout_s``.
 
+Below pynetdicom, every connection is a `guard.GuardedSocket`: a PDU must arrive whole in
+time and no larger than the negotiated maximum (the association request: within
+``acse_timeout_s`` of connecting, at most 64 kB), and an address may have at most
+``max_pending_per_host`` connections that have not yet sent their association request.
+
+A refused instance is answered with its failure status and an ErrorComment saying why, and
+recorded in its series (`Spool.refuse`), which then cannot be reported complete until the
+instance arrives.
+
 Every association that stores instances is followed to its end: released normally, the
 series it carried may complete after the quiet period; aborted or cut off, they are marked
 interrupted (`Spool.transfer`) and wait for a resend instead.
@@ -19,7 +28,8 @@ import logging
 import socketserver
 import threading
 
-from .spool import SpoolError, SpoolFullError, validate_instance
+from .guard import PDU_SLACK_BYTES, ConnectionGuard, ConnectionLimits
+from .spool import SpoolError, SpoolFullError, valid_uid, validate_instance
 
 log = logging.getLogger("noduleflow.serve")
 
@@ -29,6 +39,7 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 CT_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
+MAX_PDU_BYTES = 16382   # the maximum PDU length this service announces (pynetdicom's default)
 
 
 class StorageSCP:
@@ -41,6 +52,9 @@ class StorageSCP:
         self.port: int | None = None
         self._open: dict[int, set[str]] = {}    # id(association) -> series it stored into
         self._lock = threading.Lock()
+        self.guard = ConnectionGuard(ConnectionLimits(
+            request_timeout_s=cfg.acse_timeout_s, pdu_timeout_s=cfg.pdu_timeout_s,
+            max_pdu_bytes=MAX_PDU_BYTES + PDU_SLACK_BYTES, max_pending_per_host=cfg.max_pending_per_host))
 
     def receiving(self) -> set[str]:
         """Series with an association that stored into them still open."""
@@ -52,18 +66,27 @@ class StorageSCP:
         from pynetdicom.sop_class import CTImageStorage, Verification
         from pynetdicom.transport import ThreadedAssociationServer
 
+        guard = self.guard
+
         class _Server(ThreadedAssociationServer):
+            def get_request(self):   # every connection reads through the guard (timeouts, PDU cap)
+                sock, address = super().get_request()
+                return guard.adopt(sock, address), address
+
             def verify_request(self, request, client_address):   # socketserver hook, before any PDU
-                if not networks:
-                    return True
-                try:
-                    addr = ipaddress.ip_address(client_address[0])
-                except ValueError:
-                    addr = None
-                ok = addr is not None and any(addr in n for n in networks)
-                if not ok:
-                    log.warning("refused connection from %s: address not in --allow-host", client_address[0])
-                return ok
+                if networks:
+                    try:
+                        addr = ipaddress.ip_address(client_address[0])
+                    except ValueError:
+                        addr = None
+                    if addr is None or not any(addr in n for n in networks):
+                        log.warning("refused connection from %s: address not in --allow-host", client_address[0])
+                        return False
+                return guard.admit(request)
+
+            def service_actions(self):   # every poll of the accept loop (0.5 s)
+                super().service_actions()
+                guard.sweep()
 
             def shutdown(self):   # made by make_server, not start_server: the AE does not list it
                 socketserver.BaseServer.shutdown(self)
@@ -75,6 +98,7 @@ class StorageSCP:
         ae.acse_timeout = cfg.acse_timeout_s
         ae.dimse_timeout = cfg.dimse_timeout_s
         ae.network_timeout = cfg.network_timeout_s
+        ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.require_called_aet = True        # an association addressed to another AE is not for us
         ae.add_supported_context(CTImageStorage, CT_SYNTAXES)
         ae.add_supported_context(Verification)
@@ -112,13 +136,13 @@ class StorageSCP:
     def _on_echo(self, event) -> int:
         return STATUS_SUCCESS
 
-    def _on_store(self, event) -> int:
+    def _on_store(self, event):
+        """Returns the C-STORE status: 0x0000, or a failure status with an ErrorComment saying why."""
         rq = event.assoc.requestor
         who = f"{rq.ae_title}@{rq.address}"
         if not self.accepting():
-            log.error("refused an instance from %s: the detection worker is down (see --status); "
-                      "status 0xA700, the sender should retry later", who)
-            return STATUS_OUT_OF_RESOURCES
+            return self._refuse(event, who, STATUS_OUT_OF_RESOURCES,
+                                "the detection worker is down (see --status); retry later", logging.ERROR)
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
@@ -128,18 +152,37 @@ class StorageSCP:
                 self._open.setdefault(id(event.assoc), set()).add(series)
             self.spool.store(event.encoded_dataset(), series, sop, source=who, sending=True)
         except SpoolFullError as exc:
-            log.error("refused an instance from %s: %s", who, exc)
-            return STATUS_OUT_OF_RESOURCES
+            return self._refuse(event, who, STATUS_OUT_OF_RESOURCES, str(exc), logging.ERROR)
         except SpoolError as exc:
-            log.warning("refused an instance from %s: %s", who, exc)
-            return STATUS_DATASET_MISMATCH
+            return self._refuse(event, who, STATUS_DATASET_MISMATCH, str(exc))
         except OSError as exc:   # the disk failed under us: the sender should keep it and retry
-            log.error("refused an instance from %s: cannot store it (%s)", who, exc)
-            return STATUS_OUT_OF_RESOURCES
+            return self._refuse(event, who, STATUS_OUT_OF_RESOURCES, f"cannot store it ({exc})", logging.ERROR)
         except Exception as exc:   # undecodable data set: refuse it, keep serving
-            log.warning("refused an instance from %s: cannot read it (%s: %s)", who, type(exc).__name__, exc)
-            return STATUS_CANNOT_UNDERSTAND
+            return self._refuse(event, who, STATUS_CANNOT_UNDERSTAND, f"cannot read it ({type(exc).__name__}: {exc})")
         return STATUS_SUCCESS
+
+    def _refuse(self, event, who: str, status: int, reason: str, level: int = logging.WARNING):
+        """Log a refused instance, record it in its series (when its UIDs can be read: a series
+        with a refused instance is never reported complete), and build the failure status."""
+        from pydicom import Dataset
+
+        series = sop = None
+        try:
+            ds = event.dataset
+            series, sop = str(ds.get("SeriesInstanceUID", "")), str(event.request.AffectedSOPInstanceUID or "")
+        except Exception:   # an undecodable data set has no series to record the refusal in
+            pass
+        log.log(level, "refused an instance from %s: %s (status 0x%04X%s)", who, reason, status,
+                ", the sender should retry later" if status == STATUS_OUT_OF_RESOURCES else "")
+        if series and sop and valid_uid(series) and valid_uid(sop):
+            try:
+                self.spool.refuse(series, sop, f"0x{status:04X} {reason}")
+            except (OSError, SpoolError) as exc:
+                log.error("series %s: could not record the refused instance %s: %s", series, sop, exc)
+        rsp = Dataset()
+        rsp.Status = status
+        rsp.ErrorComment = reason.replace("\\", "/")[:64]   # LO: at most 64 characters
+        return rsp
 
     def _end(self, event, how: str) -> None:
         with self._lock:

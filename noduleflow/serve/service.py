@@ -14,131 +14,38 @@ is recovered by `Spool.recover` at the next start.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import json
 import logging
 import os
 import queue
 import re
 import shutil
+import stat
 import threading
 import time
 import traceback
 import uuid
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.errors import ConfigError, NoduleflowError
-from .files import make_private, open_private
-from .scp import (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS,
-                  StorageSCP)
+from ..engine.errors import NoduleflowError
+from .completeness import check_series
+from .config import ServeConfig, allowed_networks, parse_destination
+from .files import open_private
+from .scp import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, StorageSCP
 from .spool import SeriesState, Spool, SpoolError, SpoolFullError, validate_instance
+from .sr import write_sr
 
 log = logging.getLogger("noduleflow.serve")
 
-_AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")   # printable ASCII without backslash, 1-16 chars
-
-
-def parse_destination(value: str) -> tuple[str, str, int]:
-    """'AET@host:port' -> (aet, host, port)."""
-    m = re.match(r"^([^@]{1,16})@(.+):(\d{1,5})$", value or "")
-    if not m or not _AE.match(m.group(1).strip() or "") or not 0 < int(m.group(3)) < 65536:
-        raise ConfigError(f"--forward {value!r}: expected AET@host:port, e.g. PACS@10.0.0.5:104")
-    return m.group(1).strip(), m.group(2), int(m.group(3))
-
-
-def _networks(values) -> tuple:
-    nets = []
-    for v in values:
-        try:
-            nets.append(ipaddress.ip_network(v, strict=False))
-        except ValueError:
-            raise ConfigError(f"--allow-host {v!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)") \
-                from None
-    return tuple(nets)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    spool: Path
-    host: str = "127.0.0.1"
-    port: int = 11112
-    ae_title: str = "NODULEFLOW"
-    allow_ae: tuple[str, ...] = ()        # calling AE titles accepted; empty: any (only with allow_any_ae
-    allow_any_ae: bool = False            # or a loopback host)
-    allow_hosts: tuple[str, ...] = ()     # peer addresses/networks accepted; empty: any
-    network: bool = True                  # run the SCP (False: folder watch only)
-    quiet_s: float = 10.0                 # a series is complete after this long without an instance
-    incomplete_s: float = 600.0           # a gapped or cut-off series waits this long for the rest
-    poll_s: float = 0.5
-    watch: Path | None = None
-    watch_settle_s: float = 2.0           # a dropped file is taken once unchanged for this long
-    model: str | None = None
-    backend: str = "auto"
-    precision: str | None = None          # None: the backend's own; fp32, int8, bf16 or fp16
-    detection: object = None              # a DetectorConfig (None: its defaults)
-    png: bool = True
-    keep_instances: bool = False          # keep a done series' instances for good (failed ones always are)
-    retain_s: float = 3600.0              # else drop them this long after it is done (a late instance
-                                          # within it merges with them into a new version)
-    max_attempts: int = 3                 # a series interrupted this often by a dying service is failed
-    forward: str | None = None            # AET@host:port to C-STORE each SR to
-    forward_retries: int = 3
-    forward_backoff_s: float = 2.0
-    min_free_mb: float = 256.0
-    stop_timeout_s: float = 120.0         # graceful stop waits this long for the running series
-    max_associations: int = 16            # simultaneous connections, idle ones included
-    acse_timeout_s: float = 5.0           # a connection must send its A-ASSOCIATE-RQ within this
-    dimse_timeout_s: float = 30.0         # one DIMSE message exchange
-    network_timeout_s: float = 60.0       # an association silent this long is aborted
-    restart_backoff_s: float = 1.0        # a failed thread loop is retried after 1, 2, 4... s
-    restart_backoff_max_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= int(self.port) < 65536:
-            raise ConfigError(f"--port {self.port} is not a TCP port (0-65535)")
-        for t in (self.ae_title, *self.allow_ae):
-            if not _AE.match(t or ""):
-                raise ConfigError(f"AE title {t!r} must be 1-16 printable ASCII characters without '\\'")
-        if self.quiet_s <= 0 or self.poll_s <= 0 or self.watch_settle_s < 0:
-            raise ConfigError(f"--quiet-period must be > 0 (got {self.quiet_s})")
-        if not self.incomplete_s >= self.quiet_s:
-            raise ConfigError(f"--incomplete-wait must be >= --quiet-period {self.quiet_s} (got {self.incomplete_s})")
-        if self.max_attempts < 1 or self.forward_retries < 1:
-            raise ConfigError("--max-attempts and --forward-retries must be >= 1")
-        if not self.retain_s >= 0:
-            raise ConfigError(f"--retain-instances must be >= 0 seconds (got {self.retain_s})")
-        if self.max_associations < 1:
-            raise ConfigError(f"--max-associations must be >= 1 (got {self.max_associations})")
-        for name, option in (("acse_timeout_s", "--acse-timeout"), ("dimse_timeout_s", "dimse_timeout_s"),
-                             ("network_timeout_s", "--network-timeout"), ("restart_backoff_s", "restart_backoff_s")):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{option} must be > 0 seconds (got {getattr(self, name)})")
-        _networks(self.allow_hosts)
-        if self.forward:
-            parse_destination(self.forward)
-        if not self.network and self.watch is None:
-            raise ConfigError("nothing to serve: --no-network needs --watch DIR")
-        if self.network and not self.allow_ae and not self.allow_any_ae and not _is_loopback(self.host):
-            raise ConfigError(f"listening on {self.host} needs --allow-ae TITLE (repeatable) or, knowingly, "
-                              f"--allow-any-ae")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+#: A watched file larger than this is not read (a CT instance is a few MB at most).
+MAX_WATCHED_BYTES = 256 * 2 ** 20
 
 
 class Service:
     def __init__(self, cfg: ServeConfig, detector=None) -> None:
         self.cfg = cfg
-        self.spool = Spool(cfg.spool)
-        self.spool.min_free_mb = cfg.min_free_mb
+        self.spool = Spool(cfg.spool, min_free_mb=cfg.min_free_mb)
         self.detector = detector
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
@@ -152,11 +59,12 @@ class Service:
         self._info: dict = {}
         self._steps: dict[str, tuple] = {}
         self._watch_seen: dict = {}
+        self._watch_skipped: set = set()    # watched paths already warned about (links, oversize, disk full)
         self.port: int | None = None
         self._started = 0.0
 
     # -- life cycle ---------------------------------------------------------------------------
-    def start(self) -> "Service":
+    def start(self) -> Service:
         self.spool.lock()
         self._started = time.time()
         log_path = self.spool.root / "serve.log"
@@ -170,7 +78,7 @@ class Service:
         if any(counts.values()):
             log.info("recovered the spool: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
         if self.detector is None:
-            from ..engine.detector import Detector
+            from ..engine.detector import Detector  # numba and the backends: only when serving
 
             opts = {} if self.cfg.precision is None else {"precision": self.cfg.precision}
             self.detector = Detector(self.cfg.model, backend=self.cfg.backend, config=self.cfg.detection,
@@ -188,7 +96,7 @@ class Service:
         self._spawn("complete", self._completion_step)
         if self.cfg.network:   # after the worker: instances are refused while it is not running
             self._scp = StorageSCP(self.cfg, self.spool, accepting=self.accepting)
-            self.port = self._scp.start(_networks(self.cfg.allow_hosts))
+            self.port = self._scp.start(allowed_networks(self.cfg.allow_hosts))
         if self.cfg.forward:
             for s in self.spool.series([SeriesState.DONE]):
                 if not s.record.get("forwarded") and (self.spool.results_dir(s.uid) / "sr.dcm").exists():
@@ -245,9 +153,9 @@ class Service:
         self._set_health(name, "up")
         t = threading.Thread(target=self._supervised, args=(name, step, on_restart), name=f"noduleflow-{name}",
                              daemon=True)
-        self._threads[name] = t
         self._steps[name] = (step, on_restart)
         t.start()
+        self._threads[name] = t   # after start(): the watchdog must never see it "not alive" before it ran
 
     def _supervised(self, name: str, step, on_restart) -> None:
         """Run ``step`` until stopped; an exception marks the thread down, is logged, and the
@@ -338,9 +246,6 @@ class Service:
         """Detect one complete series; True if it was processed (done or failed) by this call."""
         import pydicom
 
-        from .completeness import check_series
-        from .sr import write_sr
-
         with self._busy:
             d = self.spool.claim(uid)
             if d is None:
@@ -353,10 +258,13 @@ class Service:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir(mode=0o700)
                 inst = d / "instances"
-                whole = check_series(inst)
+                whole = check_series(inst)   # identity and gaps, again: before any processing
+                if whole.identity:
+                    raise SpoolError(f"identity: {whole.identity}")
                 if whole.gap:   # the queue never takes a gapped series; never report one, complete or not
                     raise SpoolError(f"series {uid} is incomplete: {whole.reason}")
-                complete = whole.complete and rec.get("complete") is not False
+                # COMPLETE only what the service can vouch for: whole, not cut off, nothing refused
+                complete = whole.complete and rec.get("complete") is not False and not rec.get("refused")
                 det = self.detector.detect(inst, series_uid=uid, keep_preprocessed=self.cfg.png)
                 t = time.perf_counter()
                 det.save(partial, png=self.cfg.png)
@@ -437,33 +345,65 @@ class Service:
 
     def scan_watch(self, seen: dict) -> dict:
         """One pass over the watched folder: take every file unchanged since the last pass and
-        for ``watch_settle_s``; return the new (size, mtime) memory. Hidden files are skipped
-        (uploads in progress)."""
+        for ``watch_settle_s``; return the new (size, mtime) memory. Hidden files and folders are
+        skipped (uploads in progress); symbolic links are never followed (a link to a file
+        elsewhere is left alone, with one warning), nor is anything but a regular file taken."""
         now = time.time()
         current = {}
-        for f in sorted(Path(self.cfg.watch).rglob("*")):
-            if f.name.startswith(".") or not f.is_file():
-                continue
-            try:
-                st = f.stat()
-            except FileNotFoundError:
-                continue
-            key = (st.st_size, st.st_mtime_ns)
-            if seen.get(f) == key and now - st.st_mtime >= self.cfg.watch_settle_s:
-                self.ingest_file(f)
-            else:
-                current[f] = key
+        root = Path(self.cfg.watch)
+        for folder, dirs, names in os.walk(root, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))   # os.walk lists links to folders
+            for name in sorted(names):                                   # here, and never enters them
+                f = Path(folder) / name
+                if name.startswith("."):
+                    continue
+                try:
+                    st = os.lstat(f)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    if f not in self._watch_skipped:
+                        self._watch_skipped.add(f)
+                        log.warning("watched folder: %s is %s, not a regular file: left alone", f,
+                                    "a symbolic link" if stat.S_ISLNK(st.st_mode) else "special")
+                    continue
+                key = (st.st_size, st.st_mtime_ns)
+                if seen.get(f) == key and now - st.st_mtime >= self.cfg.watch_settle_s:
+                    self.ingest_file(f)
+                else:
+                    current[f] = key
         return current
 
+    def _read_watched(self, f: Path) -> bytes:
+        """The bytes of a watched regular file, opened without following a link (one swapped in
+        after the scan is refused with ELOOP) and checked to be a regular file on its descriptor."""
+        fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{f} is not a regular file")
+            if st.st_size > MAX_WATCHED_BYTES:
+                raise OSError(f"{f} is {st.st_size} bytes, above the {MAX_WATCHED_BYTES}-byte limit for one "
+                                 f"CT instance")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
     def ingest_file(self, f: Path) -> bool:
-        """Validate and spool one dropped file, then delete it; a bad file moves to SPOOL/rejected/
-        with its reason; with the spool full it stays where it is (tried again later)."""
+        """Validate and spool one dropped file, then delete it; a bad file is copied into
+        SPOOL/rejected/ with its reason and deleted; with the spool full it stays where it is
+        (tried again later). Nothing in the watched folder is ever chmod-ed or followed: the
+        service changes only the files it writes into the spool."""
         import io
 
         import pydicom
 
+        data = b""
         try:
-            data = f.read_bytes()
+            data = self._read_watched(f)
             ds = pydicom.dcmread(io.BytesIO(data))
             series, sop = validate_instance(ds)
             if getattr(ds, "preamble", None) is None or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
@@ -471,20 +411,29 @@ class Service:
                 ds.save_as(buf, enforce_file_format=True)
                 data = buf.getvalue()
             self.spool.store(data, series, sop, source=f"watch:{f.name}")
-        except (SpoolFullError, OSError) as exc:   # a full or failing disk: the file waits where it is
-            log.error("watched file %s left in place: %s", f, exc)
+        except (SpoolFullError, OSError) as exc:   # a full or failing disk, a link: the file waits where it is
+            if f not in self._watch_skipped:
+                log.error("watched file %s left in place: %s", f, exc)
+            self._watch_skipped.add(f)
             return False
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SpoolError) else str(exc)
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", f.name)[-80:]
             dest = self.spool.root / "rejected" / f"{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:8]}_{safe}"
-            shutil.move(str(f), dest)
-            make_private(dest)
+            self.spool.write_file(dest, data)   # a copy the service owns (0600), never the dropped file itself
             self.spool.write_file(Path(str(dest) + ".reason.txt"), f"{f}\n{reason}\n".encode())
-            log.warning("rejected watched file %s: %s (moved to %s)", f, reason, dest)
+            _unlink(f)                            # unlink never follows a link
+            log.warning("rejected watched file %s: %s (copied to %s)", f, reason, dest)
             return False
-        f.unlink()
+        _unlink(f)
         return True
+
+
+def _unlink(f: Path) -> None:
+    try:
+        os.unlink(f)
+    except FileNotFoundError:   # removed meanwhile by whoever dropped it
+        pass
 
 
 __all__ = ["ServeConfig", "Service", "parse_destination", "STATUS_CANNOT_UNDERSTAND", "STATUS_DATASET_MISMATCH",

@@ -17,10 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.fileio import atomic_write, fsync_dir, temp_name, write_new
 from .completeness import Completeness, check_series
-from .files import fsync_dir, make_private, mkdir_private, open_private, write_atomic, write_tmp
-from .instance import (CT_IMAGE_STORAGE, STATES, SeriesState, SpoolError, SpoolFullError, valid_uid,
-                       validate_instance)
+from .config import ServeConfig
+from .files import FILE_MODE, make_private, mkdir_private, open_private
+from .instance import CT_IMAGE_STORAGE, STATES, SeriesState, SpoolError, SpoolFullError, valid_uid, validate_instance
+from .status import spool_status
 
 log = logging.getLogger("noduleflow.serve")
 
@@ -36,7 +38,8 @@ class SeriesInfo:
 
 # Record keys copied from an event's details to the top of series.json (the series' current state).
 _RECORD_KEYS = ("error", "attempts", "instances", "timings_s", "forwarded", "forward_error", "candidates", "top_prob",
-                "version", "complete", "incomplete", "interrupted", "receiving", "duplicates", "extent_mm")
+                "version", "complete", "incomplete", "interrupted", "receiving", "duplicates", "extent_mm", "identity",
+                "refused")
 
 
 class Spool:
@@ -46,10 +49,9 @@ class Spool:
     version n + 1 in received/, holding the earlier instances still kept plus the new ones;
     once processed, its results replace version n's (moved to SPOOL/superseded/)."""
 
-    min_free_mb: float = 256.0   # instances are refused (out of resources) below this much free disk
-
-    def __init__(self, root) -> None:
+    def __init__(self, root, min_free_mb: float = ServeConfig.min_free_mb) -> None:
         self.root = Path(root)
+        self.min_free_mb = min_free_mb   # instances are refused (out of resources) below this much free disk
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._checked: dict[str, tuple] = {}   # uid -> (mtime, count, Completeness): headers read once
@@ -58,6 +60,9 @@ class Spool:
         for d in (*(s.value for s in STATES), "results", "superseded", "late", "rejected", "tmp"):
             mkdir_private(self.root / d)
         self.tmp = self.root / "tmp"
+        # series whose record lists refused instances not received since (re-read only for those)
+        self._refused: set[str] = {d.name for s in STATES for d in (self.root / s.value).iterdir()
+                                   if self.read_record(d).get("refused")}
 
     # -- single service per spool ---------------------------------------------------------
     def lock(self) -> None:
@@ -112,14 +117,22 @@ class Spool:
             return {}
 
     def write_file(self, path: Path, data: bytes) -> None:
-        """Any file the service writes into the spool: atomic and 0600."""
-        write_atomic(Path(path), data, self.tmp)
+        """Any file the service writes into the spool: atomic and 0600 (its temporary in SPOOL/tmp,
+        which `recover` empties: a killed write leaves nothing in a series folder)."""
+        atomic_write(path, data, mode=FILE_MODE, tmp_dir=self.tmp)
 
-    def event(self, series_dir: Path, name: str, *, quiet: bool = False, **detail) -> dict:
-        """Append an event to the series' record (series.json) and the log."""
+    def event(self, series_dir: Path, name: str, *, quiet: bool = False, record: dict | None = None,
+              **detail) -> dict:
+        """Append an event to the series' record (series.json) and the log; ``record``: keys set
+        at the top of the record only (not repeated in the event)."""
         with self._lock:
             rec = self.read_record(series_dir)
             rec.setdefault("events", []).append({"t": round(time.time(), 3), "event": name, **detail})
+            for k, v in (record or {}).items():
+                if v is None:
+                    rec.pop(k, None)
+                else:
+                    rec[k] = v
             for k, v in detail.items():
                 if k not in _RECORD_KEYS:
                     continue
@@ -154,7 +167,7 @@ class Spool:
         if not (valid_uid(series_uid) and valid_uid(sop_uid)):
             raise SpoolError(f"refusing to store UIDs {series_uid[:80]!r}/{sop_uid[:80]!r}")
         self.check_free_space(len(data))
-        tmp = write_tmp(data, self.tmp)
+        tmp = write_new(temp_name(f"{sop_uid}.dcm", self.tmp), data, mode=FILE_MODE)
         try:
             with self._lock:
                 state = self.state_of(series_uid)
@@ -192,10 +205,49 @@ class Spool:
                     self._marked_receiving.add(series_uid)
                 os.replace(tmp, dest)
                 fsync_dir(dest.parent)
+                if series_uid in self._refused:
+                    self._resolve_refusal(received, sop_uid)
                 return dest
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+    def refuse(self, series_uid: str, sop_uid: str, reason: str) -> None:
+        """Record that instance ``sop_uid`` of the series was refused (out of resources, a missing
+        Type 1 attribute...): until it arrives, the series cannot be reported complete (after
+        ``--incomplete-wait`` it is processed, marked PARTIAL). A series the service does not hold
+        yet is created (empty) to carry the record; one queued goes back to receiving; one being
+        processed, done or failed is not changed (the instance would start a new version)."""
+        if not (valid_uid(series_uid) and valid_uid(sop_uid)):
+            raise SpoolError(f"refusing to record UIDs {series_uid[:80]!r}/{sop_uid[:80]!r}")
+        with self._lock:
+            state = self.state_of(series_uid)
+            if state in (SeriesState.PROCESSING, SeriesState.DONE, SeriesState.FAILED):
+                log.warning("series %s (%s): instance %s refused: %s", series_uid, state.value, sop_uid, reason)
+                return
+            received = self.dir(SeriesState.RECEIVED, series_uid)
+            if state == SeriesState.COMPLETE:
+                os.rename(self.dir(state, series_uid), received)
+                fsync_dir(received.parent)
+                self.event(received, "receiving_again", complete=None)
+            elif state is None:
+                mkdir_private(received / "instances")
+                fsync_dir(received.parent)
+                self.event(received, "received", source="(refused instance)", version=1)
+            if (received / "instances" / f"{sop_uid}.dcm").exists():
+                return   # a copy is held: the refusal of a resend takes nothing away
+            refused = dict(self.read_record(received).get("refused") or {})
+            refused[sop_uid] = reason[:300]
+            self._refused.add(series_uid)
+            self.event(received, "refused", record={"refused": refused}, sop_instance_uid=sop_uid, reason=reason)
+
+    def _resolve_refusal(self, series_dir: Path, sop_uid: str) -> None:
+        refused = dict(self.read_record(series_dir).get("refused") or {})
+        if refused.pop(sop_uid, None) is not None:
+            self.event(series_dir, "refusal_resolved", quiet=True, record={"refused": refused or None},
+                       sop_instance_uid=sop_uid)
+        if not refused:
+            self._refused.discard(series_dir.name)
 
     def _duplicate(self, series_dir: Path, held: Path, data: bytes, source: str) -> Path:
         same = held.stat().st_size == len(data) and held.read_bytes() == data
@@ -315,6 +367,16 @@ class Spool:
                     continue
                 rec = self.read_record(d)
                 c = self._whole(uid, inst, last, rec)
+                if c.identity:   # two patients, studies or frames in one series: never processed
+                    self._checked.pop(uid, None)
+                    self.event(d, "identity_refused", identity=c.identity)
+                    self.fail(uid, f"identity: {c.identity}", state=SeriesState.RECEIVED)
+                    continue
+                refused = rec.get("refused") or {}
+                if refused and c.complete:
+                    c = Completeness(False, f"{len(refused)} instance(s) refused and not received since "
+                                            f"(e.g. {next(iter(refused.values()))[:120]})", c.instances,
+                                     c.positions_mm)
                 if not c.complete and idle >= incomplete_s and c.gap:
                     self._checked.pop(uid, None)
                     self.fail(uid, f"incomplete: {c.reason}; nothing arrived for {idle:.0f} s "
@@ -338,7 +400,7 @@ class Spool:
                 why = [c.reason] if not c.complete else []
                 why += ["its sender was cut off and did not resume"] if interrupted else []
                 self.event(dest, "complete", instances=c.instances, complete=whole, incomplete=None,
-                           extent_mm=ext, **({"reason": "; ".join(why)} if why else {}))
+                           extent_mm=ext, identity="consistent", **({"reason": "; ".join(why)} if why else {}))
                 done.append(uid)
         return done
 
@@ -528,30 +590,8 @@ class Spool:
         return out
 
     def status(self) -> dict:
-        """A summary of the spool for `noduleflow serve --status`."""
-        series = self.series()
-        info = {}
-        p = self.root / "serve.json"
-        if p.exists():
-            try:
-                info = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError):
-                info = {}
-        running = self.service_running()
-        late = {d.name: sum(1 for _ in d.iterdir()) for d in (self.root / "late").iterdir()}
-        keys = ("version", "complete", "incomplete", "interrupted", "duplicates", "error", "timings_s", "forwarded")
-        return {
-            "spool": str(self.root),
-            "running": running,
-            "service": info,
-            # a dead service's last word on its threads is history, not health
-            "health": info.get("health") if running else None,
-            "counts": {s.value: sum(1 for x in series if x.state == s) for s in STATES},
-            "series": [{"series_uid": x.uid, "state": x.state.value, "instances": x.instances,
-                        "idle_s": round(x.age_s, 1), **{k: x.record.get(k) for k in keys}} for x in series],
-            "late_instances": late,
-            "rejected_files": sum(1 for f in (self.root / "rejected").iterdir() if not f.name.endswith(".reason.txt")),
-        }
+        """A summary of the spool for `noduleflow serve --status` (`status.spool_status`)."""
+        return spool_status(self)
 
 
 __all__ = ["CT_IMAGE_STORAGE", "STATES", "SeriesInfo", "SeriesState", "Spool", "SpoolError", "SpoolFullError",

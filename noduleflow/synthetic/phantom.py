@@ -13,40 +13,53 @@ calcified; round, ellipsoid, lobulated; isolated, juxta-pleural, juxta-vascular.
 partial-volume blur, correlated low-dose noise and a circular field of view padded
 with -2048 HU.
 
+The parts are drawn by `phantom_anatomy`, `phantom_lesions` and `phantom_confounders`, on the
+grid, tissue values and helpers of `phantom_base`.
+
+Generators (``generate_phantom(..., generator=...)``): ``"default"`` is the phantom above, bit for
+bit what it always was (every cached cohort is made with it). ``"wide"`` (`phantom_base.WIDE`)
+draws every knob far wider for training: pixel 0.5-0.95 mm, slices 0.6-3 mm with a box slice
+profile wider than the spacing on half the scans, noise 5-60 HU with a drawn in-plane correlation
+length (Gaussian, partly band-passed) and a drawn kernel, -2048/-3024/-1024 padding outside a
+circular FOV of drawn size, patient size, parenchyma and texture, vessel trees and bronchi beside
+the vessels; lesions of every kind (ground glass -800 to -450 HU), shape (round, ellipsoid,
+lobulated, spiculated, cavitary, irregular), size and attachment, wall-attached ones partly in the
+wall's place. ``"heldout"`` (`phantom_base.HELDOUT`, never trained on) has its own noise texture,
+reconstruction, slice profile, lesion shape model and anatomy; its docstring lists how it differs.
+
 Synthetic phantoms are a regression signal for the pipeline, not clinical evidence.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from pydicom.uid import generate_uid
 
 from noduleflow.engine import ConfigError, Volume
 
-#: Quantiles (0, 5, ..., 100 %) of the 1,186 nodule diameters (mm) in LUNA16's
-#: annotations.csv (Setio et al. 2017, from LIDC-IDRI, CC BY 3.0).
-LUNA16_DIAMETER_QUANTILES_MM = np.array([
-    3.25, 4.09, 4.4, 4.67, 4.9, 5.11, 5.31, 5.63, 5.9, 6.17, 6.43,
-    6.87, 7.3, 7.92, 8.72, 9.7, 11.07, 12.86, 15.48, 18.95, 32.27])
+from .phantom_anatomy import Anatomy, draw_anatomy_style
+from .phantom_base import (
+    GENERATORS,
+    HELDOUT,
+    KINDS,
+    LOCATIONS,
+    SHAPES,
+    WIDE,
+    GeneratorConfig,
+    Grid,
+    Nodule,
+    blur3,
+    resolve_generator,
+)
+from .phantom_confounders import add_confounders
+from .phantom_lesions import place_findings, place_findings_variant
 
-KINDS = ("solid", "part_solid", "ground_glass", "calcified")
-SHAPES = ("round", "ellipsoid", "lobulated")
-LOCATIONS = ("isolated", "juxta_pleural", "juxta_vascular")
+__all__ = ["GENERATORS", "HELDOUT", "KINDS", "LOCATIONS", "PAD_HU", "RECON_KERNELS", "SHAPES", "WIDE",
+           "GeneratorConfig", "Nodule", "Phantom", "PhantomParams", "generate_phantom", "slice_profile"]
 
-LUNG_HU = -850.0
-FAT_HU, MUSCLE_HU, SOFT_HU, BLOOD_HU, BONE_HU = -100.0, 45.0, 35.0, 40.0, 450.0
-PAD_HU = -2048
-
-
-@dataclass(frozen=True)
-class Nodule:
-    """A finding: world centre (x, y, z) mm, diameter mm, and what it is."""
-
-    center_xyz_mm: tuple[float, float, float]
-    diameter_mm: float
-    kind: str = "solid"
-    shape: str = "round"
-    location: str = "isolated"
+PAD_HU = -2048  # outside the circular field of view
 
 
 # Reconstruction kernels: what the scanner's filter does to edges and to the noise's texture.
@@ -96,54 +109,6 @@ class Phantom:
     meta: dict = field(default_factory=dict)
 
 
-def _smoothstep_inside(d_mm: np.ndarray, width_mm: float) -> np.ndarray:
-    """Fraction inside for signed distance d (negative inside), with a soft edge (partial volume)."""
-    return np.clip(0.5 - d_mm / max(width_mm, 1e-3), 0.0, 1.0)
-
-
-def _blur3(a: np.ndarray, axes=(0, 1, 2)) -> np.ndarray:
-    """In-place-ish separable [1, 2, 1]/4 blur along the given axes (float32)."""
-    for ax in axes:
-        if a.shape[ax] < 3:
-            continue
-        s = [slice(None)] * 3
-        lo, mid, hi = list(s), list(s), list(s)
-        lo[ax], mid[ax], hi[ax] = slice(0, -2), slice(1, -1), slice(2, None)
-        inner = 0.25 * a[tuple(lo)] + 0.5 * a[tuple(mid)] + 0.25 * a[tuple(hi)]
-        a[tuple(mid)] = inner
-    return a
-
-
-class _Grid:
-    """The scan's voxel grid in patient mm."""
-
-    def __init__(self, shape, spacing, origin):
-        self.shape, self.spacing, self.origin = shape, np.asarray(spacing, float), np.asarray(origin, float)
-        nz, ny, nx = shape
-        self.z = origin[2] + spacing[0] * np.arange(nz)
-        self.y = origin[1] + spacing[1] * np.arange(ny)
-        self.x = origin[0] + spacing[2] * np.arange(nx)
-
-    def index_range(self, axis: int, lo_mm: float, hi_mm: float) -> slice:
-        coords = (self.z, self.y, self.x)[axis]
-        step = self.spacing[axis]
-        i0 = int(np.floor((lo_mm - coords[0]) / step))
-        i1 = int(np.ceil((hi_mm - coords[0]) / step)) + 1
-        n = len(coords)
-        return slice(min(max(i0, 0), n), min(max(i1, 0), n))
-
-    def box(self, lo_xyz, hi_xyz):
-        return (self.index_range(0, lo_xyz[2], hi_xyz[2]),
-                self.index_range(1, lo_xyz[1], hi_xyz[1]),
-                self.index_range(2, lo_xyz[0], hi_xyz[0]))
-
-    def coords(self, box):
-        return (self.z[box[0]][:, None, None], self.y[box[1]][None, :, None], self.x[box[2]][None, None, :])
-
-    def index_of(self, xyz):
-        return np.round((np.asarray(xyz)[::-1] - self.origin[::-1]) / self.spacing).astype(int)
-
-
 def _draw_spacing(rng, shape_zyx, spacing_zyx_mm, params):
     if spacing_zyx_mm is None:
         dxy = float(rng.uniform(0.6, 0.9))
@@ -160,7 +125,7 @@ def _draw_spacing(rng, shape_zyx, spacing_zyx_mm, params):
 
 
 def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
-                     params: PhantomParams | None = None) -> Phantom:
+                     params: PhantomParams | None = None, generator: str | GeneratorConfig | None = None) -> Phantom:
     """Make one synthetic chest CT.
 
     Args:
@@ -168,6 +133,10 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
         shape_zyx: voxel grid (z, y, x); default 512x512 in-plane and a 250-330 mm scan length.
         spacing_zyx_mm: voxel size; default 0.6-0.9 mm in plane, 1-2.5 mm slices.
         params: generator knobs, see `PhantomParams`.
+        generator: ``None`` / ``"default"`` (the original phantom, unchanged), ``"wide"``, ``"heldout"``
+            or a `GeneratorConfig` (see the module docstring). The variants draw their scan settings
+            from their own stream (``default_rng([seed, 3501])``); ``params.kernel`` must stay
+            "standard" for them (they draw the kernel: set ``GeneratorConfig.kernels`` to fix it).
 
     Returns:
         `Phantom` with an int16 HU `Volume` (identity direction, scanner-like origin),
@@ -175,6 +144,9 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
         findings (< 3 mm), all in world mm.
     """
     params = params or PhantomParams()
+    cfg = resolve_generator(generator)
+    if cfg is not None:
+        return _generate_variant(seed, shape_zyx, spacing_zyx_mm, params, cfg)
     rng = np.random.default_rng(seed)
     shape, spacing = _draw_spacing(rng, shape_zyx, spacing_zyx_mm, params)
     nz, ny, nx = shape
@@ -184,26 +156,20 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
     origin = (-(nx - 1) / 2 * spacing[2] + float(rng.uniform(-5, 5)),
               -(ny - 1) / 2 * spacing[1] + float(rng.uniform(-5, 5)) - 15 * scale,
               float(rng.uniform(-400, -100)))
-    grid = _Grid(shape, spacing, origin)
+    grid = Grid(shape, spacing, origin)
     z_top = grid.z[-1]
     z0 = grid.z[0]
 
-    from .phantom_anatomy import Anatomy
-
     anat = Anatomy(rng, grid, scale, z0, z_top, params)
     hu, lung = anat.render()
-    from .phantom_lesions import place_findings
-
     nodules, excluded = place_findings(rng, grid, hu, lung, anat, params)
     confounders = []
     if params.confounders:  # their own random stream: phantoms without them are unchanged
-        from .phantom_confounders import add_confounders
-
         confounders = add_confounders(seed, grid, hu, lung, anat, params.confounders)
 
     # Partial-volume blur and correlated low-dose noise (shaped by the reconstruction kernel), then
     # the field of view.
-    _blur3(hu, axes=(1, 2))
+    blur3(hu, axes=(1, 2))
     sigma = params.noise_hu if params.noise_hu is not None else float(rng.uniform(15, 40))
     noise = rng.standard_normal(hu.shape, dtype=np.float32)
     # The standard noise is the draw blurred by [1,2,1]/4 along y and x and scaled by sigma / 0.6124:
@@ -211,14 +177,14 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
     # 0.375 / 0.6124 = 0.61 x sigma (left as it is: every cohort was made with it).
     std_noise = sigma * 0.375 / 0.6124
     if params.kernel == "sharp":
-        hu += np.float32(0.8) * (hu - _blur3(hu.copy(), axes=(1, 2)))
+        hu += np.float32(0.8) * (hu - blur3(hu.copy(), axes=(1, 2)))
         hu += noise * np.float32(1.5 * std_noise)                 # grainy: uncorrelated in plane
     else:
-        _blur3(noise, axes=(1, 2))
+        blur3(noise, axes=(1, 2))
         if params.kernel == "smooth":
             for _ in range(2):
-                _blur3(hu, axes=(1, 2))
-                _blur3(noise, axes=(1, 2))
+                blur3(hu, axes=(1, 2))
+                blur3(noise, axes=(1, 2))
             noise *= np.float32(0.375 / 0.2256)  # [1,2,1]/4 three times per axis keeps 0.2256, not 0.375
         hu += noise * np.float32(sigma / 0.6124)
     yy = grid.y[:, None] - (origin[1] + (ny - 1) / 2 * spacing[1])
@@ -228,11 +194,219 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
     out = np.clip(np.rint(hu), -3024, 3071).astype(np.int16)
     lung[:, outside] = False
 
-    from pydicom.uid import generate_uid
-
     vol = Volume(out, spacing, origin, series_uid=generate_uid(entropy_srcs=["noduleflow-phantom", str(seed)]),
                  meta={"source": f"phantom seed={seed}", "format": "phantom"})
     return Phantom(vol, lung, tuple(nodules), tuple(excluded),
                    meta={"seed": seed, "noise_hu": sigma, "scale": scale, "len_z_mm": len_z,
                          "touching_lungs": params.touching_lungs, "one_lung": params.one_lung,
                          "confounders": confounders, "kernel": params.kernel})
+
+
+# -- the wide and held-out generators -----------------------------------------------------------------
+
+def slice_profile(spacing_mm: float, thickness_mm: float, kind: str = "box") -> np.ndarray:
+    """Weights (float64, odd length, sum 1) that turn slices sampled every ``spacing_mm`` into slices
+    ``thickness_mm`` thick: a box of that width (``"box"``: each tap its overlap with the box) or a
+    Gaussian of that FWHM (``"gaussian"``). ``[1.0]`` when the thickness does not exceed the spacing."""
+    if spacing_mm <= 0 or thickness_mm <= 0:
+        raise ConfigError(f"spacing and thickness must be > 0 mm, got {spacing_mm}, {thickness_mm}")
+    if thickness_mm <= spacing_mm * (1 + 1e-6):
+        return np.ones(1)
+    if kind == "box":
+        half = int(np.ceil(thickness_mm / (2 * spacing_mm) - 0.5))
+        k = np.arange(-half, half + 1) * spacing_mm
+        t = thickness_mm / 2
+        w = np.clip(np.minimum(k + spacing_mm / 2, t) - np.maximum(k - spacing_mm / 2, -t), 0, None)
+    elif kind == "gaussian":
+        sigma = thickness_mm / 2.3548
+        half = int(np.ceil(3 * sigma / spacing_mm))
+        w = np.exp(-0.5 * (np.arange(-half, half + 1) * spacing_mm / sigma) ** 2)
+    else:
+        raise ConfigError(f"slice profile must be 'box' or 'gaussian', got {kind!r}")
+    return w / w.sum()
+
+
+def _convolve_axis(a: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
+    """``a`` (float32) convolved with the odd-length weights ``w`` along ``axis`` (edges repeated)."""
+    half = len(w) // 2
+    if half == 0:
+        return a
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (half, half)
+    src = np.pad(a, pad, mode="edge")
+    out = np.zeros_like(a)
+    n = a.shape[axis]
+    for i, wi in enumerate(w):
+        sl = [slice(None)] * a.ndim
+        sl[axis] = slice(i, i + n)
+        out += np.float32(wi) * src[tuple(sl)]
+    return out
+
+
+def _gaussian_taps(sigma_vox: float) -> np.ndarray:
+    if sigma_vox < 0.2:
+        return np.ones(1)
+    half = int(np.ceil(3 * sigma_vox))
+    w = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_vox) ** 2)
+    return w / w.sum()
+
+
+def _gaussian_in_plane(a: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
+    for axis in (1, 2):
+        a = _convolve_axis(a, _gaussian_taps(sigma_mm / spacing[axis]), axis)
+    return a
+
+
+def _unit_std(a: np.ndarray) -> np.ndarray:
+    a *= np.float32(1.0 / max(float(a[:, ::4, ::4].std()), 1e-6))
+    return a
+
+
+def _filtered_noise(rng, shape, spacing, amp, profile) -> np.ndarray:
+    """Unit-std noise: white noise filtered in plane by the transfer function ``amp`` ((ny, nx // 2 + 1),
+    over `np.fft.rfft2`'s frequencies), 32 slices at a time, then the slice profile along z."""
+    nz, ny, nx = shape
+    out = np.empty(shape, np.float32)
+    for z0 in range(0, nz, 32):
+        white = rng.standard_normal((min(32, nz - z0), ny, nx), dtype=np.float32)
+        out[z0:z0 + 32] = np.fft.irfft2(np.fft.rfft2(white) * amp, s=(ny, nx)).astype(np.float32)
+    return _unit_std(_convolve_axis(_unit_std(out), profile, 0))
+
+
+def _frequencies(shape, spacing):
+    """In-plane spatial frequencies (cycles/mm) of `np.fft.rfft2`: fy (ny, 1), fx (1, nx // 2 + 1)."""
+    return np.fft.fftfreq(shape[1], spacing[1])[:, None], np.fft.rfftfreq(shape[2], spacing[2])[None, :]
+
+
+def _wide_noise(rng, shape, spacing, corr_mm: float, band: float, profile) -> np.ndarray:
+    """The wide generator's noise (unit std): white noise low-passed in plane by a Gaussian of
+    ``corr_mm``, minus ``band`` x a 2.5 times wider one (a CT-like dip at low frequencies)."""
+    fy, fx = _frequencies(shape, spacing)
+    f2 = fx ** 2 + fy ** 2
+    amp = np.exp(-2 * np.pi ** 2 * corr_mm ** 2 * f2) - band * np.exp(-2 * np.pi ** 2 * (2.5 * corr_mm) ** 2 * f2)
+    return _filtered_noise(rng, shape, spacing, amp.astype(np.float32), profile)
+
+
+def _heldout_noise(rng, shape, spacing, corr_mm, ratio, angle, profile) -> np.ndarray:
+    """The held-out generator's noise (unit std): a ramp noise-power spectrum |f| exp(-(f/fc)^2),
+    fc = 0.25 / corr_mm cycles per mm, anisotropic in plane (frequencies along ``angle`` scaled by
+    ``ratio``)."""
+    fy, fx = _frequencies(shape, spacing)
+    fu = fx * np.cos(angle) + fy * np.sin(angle)
+    fv = -fx * np.sin(angle) + fy * np.cos(angle)
+    f = np.sqrt((fu * ratio) ** 2 + fv ** 2)
+    amp = np.sqrt(f) * np.exp(-0.5 * (f / (0.25 / corr_mm)) ** 2)
+    return _filtered_noise(rng, shape, spacing, amp.astype(np.float32), profile)
+
+
+def _streaks(rng, grid, centre_xy, sigma_hu: float) -> np.ndarray:
+    """Photon-starvation streaks (HU, float32): per 8 mm slab, 3-8 bright or dark lines of 0.6-1.5 mm
+    through the spine, near horizontal (within 25 degrees), amplitude 0.6-1.5 x the noise std."""
+    out = np.zeros(grid.shape, np.float32)
+    X, Y = grid.x[None, :] - centre_xy[0], grid.y[:, None] - centre_xy[1]
+    slab = max(1, int(round(8.0 / grid.spacing[0])))
+    for z0 in range(0, grid.shape[0], slab):
+        pattern = np.zeros((grid.shape[1], grid.shape[2]), np.float32)
+        for _ in range(int(rng.integers(3, 9))):
+            a = np.deg2rad(rng.uniform(-25, 25))
+            off = rng.uniform(-15, 15)
+            dist = np.abs(-X * np.sin(a) + Y * np.cos(a) - off)
+            width = rng.uniform(0.6, 1.5)
+            pattern += np.float32(rng.choice([-1, 1]) * rng.uniform(0.6, 1.5) * sigma_hu) * \
+                np.exp(-0.5 * (dist / width) ** 2).astype(np.float32)
+        out[z0:z0 + slab] = pattern
+    return out
+
+
+def _draw_scan(rv, cfg: GeneratorConfig, shape_zyx, spacing_zyx_mm, params) -> dict:
+    """The scan-level draws of a variant generator, always all of them in one order (so overriding
+    one leaves the others unchanged)."""
+    u = rv.uniform
+    d = {"dxy": u(*cfg.in_plane_mm), "dz": u(*cfg.slice_spacing_mm), "thick": u() < cfg.thick_slice_p,
+         "ratio": u(*cfg.thickness_ratio), "z_extent": u(250, 330), "noise": u(*cfg.noise_hu),
+         "corr": u(*cfg.noise_corr_mm), "band": u(0.0, 0.6), "kernel": str(rv.choice(cfg.kernels)),
+         "pad": int(rv.choice(cfg.pad_hu)), "fov": u(*cfg.fov_fraction), "scale": u(*cfg.patient_scale),
+         "aniso": u(1.5, 3.0), "angle": u(0, np.pi), "blur_mm": u(0.35, 0.8), "gain": u(0.2, 1.0)}
+    spacing = (d["dz"], d["dxy"], d["dxy"]) if spacing_zyx_mm is None else tuple(float(v) for v in spacing_zyx_mm)
+    if shape_zyx is None:
+        shape_zyx = (int(round((params.z_extent_mm or d["z_extent"]) / spacing[0])), 512, 512)
+    shape = tuple(int(v) for v in shape_zyx)
+    if len(shape) != 3 or min(shape) < 8:
+        raise ConfigError(f"shape_zyx must be 3 sizes >= 8, got {shape_zyx}")
+    d["shape"], d["spacing"] = shape, spacing
+    d["thickness"] = min(max(spacing[0], 3.0), spacing[0] * d["ratio"]) if d["thick"] else spacing[0]
+    d["sigma"] = params.noise_hu if params.noise_hu is not None else d["noise"]
+    return d
+
+
+def _uid_tag(cfg: GeneratorConfig) -> str:
+    if cfg in (WIDE, HELDOUT):
+        return cfg.family
+    return hashlib.sha256(repr(cfg).encode()).hexdigest()[:16]
+
+
+def _generate_variant(seed: int, shape_zyx, spacing_zyx_mm, params: PhantomParams, cfg: GeneratorConfig) -> Phantom:
+    """`generate_phantom` for the wide and held-out generators."""
+    if params.kernel != "standard":
+        raise ConfigError(f"the {cfg.family} generator draws its kernel (GeneratorConfig.kernels); "
+                          f"PhantomParams.kernel must stay 'standard', got {params.kernel!r}")
+    rv = np.random.default_rng([int(seed), 3501])
+    rng = np.random.default_rng(seed)
+    d = _draw_scan(rv, cfg, shape_zyx, spacing_zyx_mm, params)
+    style = draw_anatomy_style(rv, cfg.family)
+    shape, spacing = d["shape"], d["spacing"]
+    nz, ny, nx = shape
+    fov_x, fov_y = nx * spacing[2], ny * spacing[1]
+    scale = min(1.0, 0.9 * min(fov_x / 340.0, fov_y / 280.0)) * d["scale"]
+    origin = (-(nx - 1) / 2 * spacing[2] + float(rng.uniform(-5, 5)),
+              -(ny - 1) / 2 * spacing[1] + float(rng.uniform(-5, 5)) - 15 * scale,
+              float(rng.uniform(-400, -100)))
+    grid = Grid(shape, spacing, origin)
+    anat = Anatomy(rng, grid, scale, grid.z[0], grid.z[-1], params, style)
+    hu, lung = anat.render()
+    nodules, excluded, records = place_findings_variant(rng, grid, hu, lung, anat, params, cfg)
+    confounders = add_confounders(seed, grid, hu, lung, anat, params.confounders) if params.confounders else []
+
+    heldout = cfg.family == "heldout"
+    profile = slice_profile(spacing[0], d["thickness"], "gaussian" if heldout else "box")
+    sigma = float(d["sigma"])
+    if heldout:  # Gaussian blur, Gaussian slice profile, unsharp mask, ramp noise and streaks
+        hu = _convolve_axis(_gaussian_in_plane(hu, d["blur_mm"], spacing), profile, 0)
+        hu += np.float32(d["gain"]) * (hu - _gaussian_in_plane(hu, 1.0, spacing))
+        if sigma > 0:
+            hu += np.float32(sigma) * _heldout_noise(rv, shape, spacing, d["corr"], d["aniso"], d["angle"], profile)
+            hu += _streaks(rv, grid, anat.spine[:2], sigma)
+        kernel = "heldout"
+    else:  # the default's kernels, a box slice profile, Gaussian-correlated noise
+        blur3(hu, axes=(1, 2))
+        hu = _convolve_axis(hu, profile, 0)
+        kernel = d["kernel"]
+        if kernel == "sharp":
+            hu += np.float32(0.8) * (hu - blur3(hu.copy(), axes=(1, 2)))
+        elif kernel == "smooth":
+            for _ in range(2):
+                blur3(hu, axes=(1, 2))
+        if sigma > 0:
+            hu += np.float32(sigma) * _wide_noise(rv, shape, spacing, d["corr"], d["band"], profile)
+    yy = grid.y[:, None] - (origin[1] + (ny - 1) / 2 * spacing[1])
+    xx = grid.x[None, :] - (origin[0] + (nx - 1) / 2 * spacing[2])
+    fov_r = 0.5 * d["fov"] * min(fov_x, fov_y) - spacing[1]
+    outside = yy ** 2 + xx ** 2 > fov_r ** 2
+    hu[:, outside] = d["pad"]
+    out = np.clip(np.rint(hu), -3024, 3071).astype(np.int16)
+    lung[:, outside] = False
+
+    uid = generate_uid(entropy_srcs=["noduleflow-phantom", _uid_tag(cfg), str(seed)])
+    vol = Volume(out, spacing, origin, series_uid=uid,
+                 meta={"source": f"phantom generator={cfg.family} seed={seed}", "format": "phantom",
+                       "slice_thickness_mm": round(d["thickness"], 3)})
+    meta = {"seed": seed, "generator": cfg.family, "noise_hu": sigma, "scale": scale, "len_z_mm": nz * spacing[0],
+            "touching_lungs": params.touching_lungs, "one_lung": params.one_lung, "confounders": confounders,
+            "kernel": kernel, "slice_thickness_mm": d["thickness"], "slice_profile": "gaussian" if heldout else "box",
+            "noise_corr_mm": d["corr"], "pad_hu": d["pad"], "fov_radius_mm": fov_r, "lesions": records,
+            "anatomy": asdict(style)}
+    if heldout:
+        meta.update(noise_anisotropy=d["aniso"], blur_mm=d["blur_mm"], unsharp_gain=d["gain"])
+    else:
+        meta.update(noise_band=d["band"])
+    return Phantom(vol, lung, tuple(nodules), tuple(excluded), meta=meta)

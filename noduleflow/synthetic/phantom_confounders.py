@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .phantom import BLOOD_HU, SOFT_HU, _smoothstep_inside
+from .phantom_anatomy import Segment, render_capsule
+from .phantom_base import BLOOD_HU, SOFT_HU, random_rotation, smoothstep_inside
 
 KINDS = ("bifurcation", "fissure", "airway", "scar", "pleural_plaque")
 
@@ -38,25 +39,14 @@ def _ellipsoid(hu, grid, lung, centre, axes_mm, rot, value, edge, only_lung=True
     d = [x - c[0], y - c[1], z - c[2]]
     u = [(rot[0, i] * d[0] + rot[1, i] * d[1] + rot[2, i] * d[2]) / axes_mm[i] for i in range(3)]
     dist = (np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2) - 1.0) * float(min(axes_mm))
-    f = _smoothstep_inside(dist, edge)
+    f = smoothstep_inside(dist, edge)
     if only_lung:
         f = f * lung[box]
     _blend(hu, box, f, value)
 
 
-def _rotation(rng):
-    q = rng.standard_normal(4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
 def add_confounders(seed: int, grid, hu, lung, anat, n: int) -> list:
     """Draw ``n`` look-alikes of each kind (fissures: one per lung) into ``hu`` (float32, in place)."""
-    from .phantom_anatomy import Segment, render_capsule
-
     rng = np.random.default_rng([int(seed), 40503])
     edge = anat.edge
     out = []
@@ -97,7 +87,7 @@ def add_confounders(seed: int, grid, hu, lung, anat, n: int) -> list:
             sel = np.sign(X - anat.bx) == side
             for k, zk in enumerate(grid.z):  # slice by slice: a whole-volume float64 field is ~0.6 GB
                 d = np.abs((X - c[0]) * nrm[0] + (Y - c[1]) * nrm[1] + (zk - c[2]) * nrm[2]) - 0.5
-                f = (_smoothstep_inside(d, edge) * (lung[k] & sel)).astype(np.float32)
+                f = (smoothstep_inside(d, edge) * (lung[k] & sel)).astype(np.float32)
                 hu[k] += f * (value - hu[k])
             out.append(("fissure", tuple(float(v) for v in c), 1.0))
         # scars / atelectasis bands and pleural plaques near the pleura
@@ -107,7 +97,7 @@ def add_confounders(seed: int, grid, hu, lung, anat, n: int) -> list:
                 c = world[i]
                 if kind == "scar":
                     axes = np.array([rng.uniform(5, 12), rng.uniform(2, 4), rng.uniform(0.8, 1.5)])
-                    _ellipsoid(hu, grid, lung, c, axes, _rotation(rng), rng.uniform(-250, 0), edge)
+                    _ellipsoid(hu, grid, lung, c, axes, random_rotation(rng), rng.uniform(-250, 0), edge)
                 else:
                     axes = np.array([rng.uniform(6, 10), rng.uniform(6, 10), rng.uniform(1.5, 2.5)])
                     # flat against the wall: the thin axis along the outward normal (the sdf gradient)

@@ -4,23 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from noduleflow.engine import Volume
-
-from noduleflow.engine.render import _plane, draw_marker, three_plane_crops, window_u8  # noqa: F401
+from noduleflow.engine.render import draw_marker, slice_image, three_plane_crops
 
 
 def phantom_montage(phantom, out_path, max_nodules: int = 8) -> Path:
     """Full axial/coronal views plus three-plane crops through each nodule, as one PNG."""
-    from PIL import Image, ImageDraw
-
     vol = phantom.volume
     tiles = []
     nz = vol.shape[0]
     for frac in (0.35, 0.6, 0.8):
-        img, _ = _plane(vol, 0, int(frac * (nz - 1)))
+        img, _ = slice_image(vol, 0, int(frac * (nz - 1)))
         tiles.append(Image.fromarray(img).convert("RGB").resize((256, 256)))
-    cor, _ = _plane(vol, 1, int(vol.world_to_voxel(
+    cor, _ = slice_image(vol, 1, int(vol.world_to_voxel(
         [0, float(np.mean([n.center_xyz_mm[1] for n in phantom.nodules])) if phantom.nodules else 0, 0])[1]
         if phantom.nodules else vol.shape[1] // 2))
     tiles.append(Image.fromarray(cor).convert("RGB").resize((256, 256)))
@@ -53,8 +50,6 @@ def phantom_montage(phantom, out_path, max_nodules: int = 8) -> Path:
 def confounder_montage(phantom, out_path, per_kind: int = 2, half_mm: float = 25.0) -> Path:
     """Three-plane crops around the phantom's nodule look-alikes (``meta["confounders"]``), up to
     ``per_kind`` of each kind, one row each, labelled, as one PNG."""
-    from PIL import ImageDraw
-
     vol = phantom.volume
     rows, seen = [], {}
     for kind, centre, size in phantom.meta.get("confounders", []):
@@ -69,8 +64,6 @@ def confounder_montage(phantom, out_path, per_kind: int = 2, half_mm: float = 25
 
 def _save_grid(rows, columns: int, tile: int, out_path) -> Path:
     """Rows of ``tile`` x ``tile`` PIL images pasted on one black canvas, saved as a PNG."""
-    from PIL import Image
-
     canvas = Image.new("RGB", (columns * tile, max(1, len(rows)) * tile), (0, 0, 0))
     for j, row in enumerate(rows):
         for i, c in enumerate(row):
@@ -84,8 +77,6 @@ def _save_grid(rows, columns: int, tile: int, out_path) -> Path:
 def kernel_montage(phantoms: dict, out_path, max_nodules: int = 4, half_mm: float = 25.0) -> Path:
     """The same seed under each reconstruction kernel (``{kernel: Phantom}``): an axial crop
     around each of its first ``max_nodules`` nodules, one row per nodule, one column per kernel."""
-    from PIL import ImageDraw
-
     kernels = list(phantoms)
     first = phantoms[kernels[0]]
     rows = []

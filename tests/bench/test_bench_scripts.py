@@ -1,4 +1,5 @@
-"""The measurement scripts run end to end on tiny phantoms and produce their JSON keys (no timing asserts)."""
+"""The bench commands (and the candidate-rules sweep of trainer.evaluate) run end to end on tiny
+phantoms and produce their JSON keys (no timing asserts)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from noduleflow.bench import candidate_rules, load, preprocess
+from noduleflow.bench import load, preprocess
+from noduleflow.trainer.evaluate import candidate_rules
 
 TINY = dict(shape_zyx=(60, 96, 96), spacing_zyx_mm=(2.5, 2.0, 2.0))
 
@@ -153,25 +155,13 @@ def test_ort_settings_measures_every_combination(tiny_package):
         assert r[f"fastest_{g}"]["best_s"] == min(x["best_s"] for x in rows)
 
 
-def test_clustering_compares_the_variants_on_the_same_scores(tiny_package):
-    from noduleflow.bench import clustering
-
-    r = clustering.run(tiny_package, phantoms=2, seed=4100, keep=20,
-                       phantom_kwargs=dict(shape_zyx=(60, 112, 112), spacing_zyx_mm=(2.5, 2.0, 2.0)))
-    assert [x["variant"] for x in r["rows"]] == list(clustering.VARIANTS)
-    assert r["nodules"] > 0
-    for x in r["rows"]:
-        assert 0.0 <= x["cpm"] <= 1.0 and 0.0 <= x["sensitivity_all"] <= 1.0
-        assert x["candidates_per_scan"] <= 20
-    assert "| components + refine + in mask |" in clustering.markdown(r)
-
-
 def test_speed_cpu_backends_add_the_shipped_int8_stage2(tmp_path):
     """With the shipped two-stage package (it carries stage2_int8.onnx) and OpenVINO installed,
     the CPU-backend comparison adds openvino-cpu-int8 (scan and stage 2; its dense pass is fp32's,
     not run twice) and its ratio to openvino-cpu, reported in the markdown."""
     pytest.importorskip("openvino")
     from noduleflow.bench import speed
+    from noduleflow.bench.speed_report import backend_lines
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.io.dicom_write import write_dicom_series
     from noduleflow.engine.package import default_package_path
@@ -182,7 +172,7 @@ def test_speed_cpu_backends_add_the_shipped_int8_stage2(tmp_path):
     write_dicom_series(ph.volume, tmp_path / "scan")
     with Detector(stages="1", mode="dense") as d:
         pre = preprocess(ph.volume, d.spec)
-        centres = d.grid_centres(pre)
+        centres = d.scorer.centres(pre)
     from noduleflow.engine.backends.openvino import cpu_capabilities
 
     b = speed.cpu_backends(default_package_path(), tmp_path / "scan", pre, centres, repeats=1)
@@ -191,8 +181,9 @@ def test_speed_cpu_backends_add_the_shipped_int8_stage2(tmp_path):
     assert set(b["median_s"]["openvino-cpu-int8"]) == {"scan", "stage2"}
     assert set(b["median_s"]["openvino-cpu"]) == {"scan", "stage2", "dense_pass"}
     q = b["int8_over_fp32_openvino"]
-    assert q["stage2"] == pytest.approx(b["median_s"]["openvino-cpu"]["stage2"] / b["median_s"]["openvino-cpu-int8"]["stage2"])
-    text = "\n".join(speed._backend_lines({"cpu_backends": b}))
+    med = b["median_s"]
+    assert q["stage2"] == pytest.approx(med["openvino-cpu"]["stage2"] / med["openvino-cpu-int8"]["stage2"])
+    text = "\n".join(backend_lines({"cpu_backends": b}))
     assert "openvino-cpu-int8 (stage 2's INT8 graph" in text and "openvino-cpu-int8" in text.split("stage 2 (")[1]
     # a CPU with bfloat16 adds openvino-cpu-bf16: its dense pass as well (the same graphs in bf16)
     assert ("openvino-cpu-bf16" in b["backends"]) == bf16
@@ -209,20 +200,6 @@ def test_speed_cpu_backends_add_the_shipped_int8_stage2(tmp_path):
         assert acc["openvino-cpu-bf16"]["needed_over_conv3d_peak"] == pytest.approx(2.0 / t / 200.0)
         t = b["median_s"]["openvino-cpu"]["dense_pass"]
         assert acc["openvino-cpu"]["needed_over_conv3d_peak"] == pytest.approx(2.0 / t / 50.0)
-
-
-def test_cold_start_warm_twice_runs_each_precision():
-    """bench.cold_start's measured detection (also `noduleflow warmup`'s) on the shipped package,
-    fp32 and with stage 2 in INT8 (`--precision int8`); an INT8 graph the package lacks is refused."""
-    from noduleflow.bench.cold_start import warm_twice
-    from noduleflow.engine import PackageError
-
-    for precision in ("fp32", "int8"):
-        first, warm = warm_twice(warm_repeats=1, backend="onnxruntime-cpu", precision=precision,
-                                 shape_zyx=(48, 128, 128), spacing_zyx_mm=(5.0, 2.2, 2.2))
-        assert first > 0 and warm > 0
-    with pytest.raises(PackageError, match="dense_int8"):
-        warm_twice(warm_repeats=1, backend="onnxruntime-cpu", precision="int8", stages="1")
 
 
 def test_speed_checkpoint_must_be_the_packages_architecture(tiny_package):

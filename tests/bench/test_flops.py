@@ -1,14 +1,13 @@
 """bench.flops: the layer walk of a dense graph, FLOPs done and needed, the peak, the accounting."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from noduleflow.bench import flops as fl
 from noduleflow.engine import ConfigError
 from noduleflow.engine.package import ModelPackage, default_package_path
+from noduleflow.engine.scoring import score_dense
 
 
 @pytest.fixture(scope="module")
@@ -112,30 +111,24 @@ def test_all_points_of_a_block_need_exactly_the_block(pkg, graph):
 
 
 def test_work_done_tiles_are_what_the_engine_runs(pkg, graph):
-    from noduleflow.engine.detector import Detector
-
     k = pkg.contract
     rng = np.random.default_rng(7)
     hu = rng.integers(-1000, 400, size=(83, 97, 110)).astype(np.int16)
-    pre = SimpleNamespace(volume=SimpleNamespace(hu=hu, shape=hu.shape))
     c = _random_centres(k, hu.shape, 40, 3)
     for tile_out in (3, 4, 24):
-        det = Detector(pkg, mode="dense", stages="1", backend="onnxruntime-cpu", tile_out=tile_out)
         seen = []
 
-        def record(tile, extra=None):
+        def record(tile, extra=None, seen=seen):
             seen.append(np.array(tile[0, 0]))
             return np.zeros((1, *k.dense_output_shape(tile.shape[2:])), np.float32)
 
-        det.backend.infer = record
-        scores = det._score_dense(pre, c)
-        det.close()
+        scores = score_dense(record, k, hu, c, tile_out)
         assert np.isfinite(scores).all()
         boxes = list(fl.dense_tiles(k, c, hu.shape, tile_out))
         assert len(boxes) == len(seen) > (1 if tile_out < 24 else 0)
         covered = np.concatenate([sel for sel, *_ in boxes])
         assert sorted(covered.tolist()) == list(range(len(c)))
-        for got, (sel, o0, o1, a0, a1) in zip(seen, boxes):
+        for got, (_sel, _o0, _o1, a0, a1) in zip(seen, boxes):
             assert got.shape == tuple(a1 - a0)
             np.testing.assert_array_equal(got, k.normalise(hu[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]]))
         assert fl.work_done(graph, k, c, hu.shape, tile_out) == sum(fl.block_flops(graph, t.shape) for t in seen)
@@ -290,7 +283,7 @@ def test_accounting_arithmetic():
 
 
 def test_markdown_reports_flops_mask_share_and_rss():
-    from noduleflow.bench.speed import _flops_lines, _mask_and_rss_lines
+    from noduleflow.bench.speed_report import flops_lines, mask_and_rss_lines
 
     acc = fl.accounting(20e9, 5e9, 2.0, {"matmul_gflops": 100.0, "conv3d_gflops": 40.0})
     r = {"flops": {"tile_out": 24, "per_patch_gflop": 0.138, "per_patch_receptive_gflop": 0.095,
@@ -302,11 +295,11 @@ def test_markdown_reports_flops_mask_share_and_rss():
          "per_scan": [{"peak_rss_mb_after": {"load": 100.0, "clustering": 300.0},
                        "two_stage_peak_rss_mb_after": {"stage2": 400.0}},
                       {"peak_rss_mb_after": {"load": 500.0}, "two_stage_peak_rss_mb_after": {"stage2": 600.0}}]}
-    text = "\n".join(_flops_lines(r) + _mask_and_rss_lines(r))
+    text = "\n".join(flops_lines(r) + mask_and_rss_lines(r))
     assert "needed/done 0.25" in text and "10.0 GFLOP/s" in text and "10 % of matmul, 25 % of conv3d" in text
     assert "one stage 25 %" in text and "two stages 20 %" in text
     assert "one stage median 400, max 500" in text and "two stages median 500, max 600" in text
-    assert _flops_lines({}) == [] and _mask_and_rss_lines({}) == []
+    assert flops_lines({}) == [] and mask_and_rss_lines({}) == []
 
 
 def test_patch_graph_flops_agree_with_the_dense_count_and_count_input_channels():
@@ -326,7 +319,7 @@ def test_patch_graph_flops_agree_with_the_dense_count_and_count_input_channels()
 
 
 def test_stage2_runs():
-    from noduleflow.bench.speed import stage2_runs
+    from noduleflow.trainer.evaluate.stage2_tuning import stage2_runs
 
     assert stage2_runs(200, 2, 0) == 400
     assert stage2_runs(200, 4, 50) == 350
@@ -356,7 +349,7 @@ def test_merge_peaks_keeps_the_highest_of_each_figure():
     assert merge_peaks([b2, a2])["conv3d"] == "64->64 3x3x3 on 48^3"
     with pytest.raises(ConfigError):
         merge_peaks([])
-    from noduleflow.bench.speed import _peak_measurements
+    from noduleflow.bench.speed_report import peak_measurements
 
-    assert "the highest of 2 measurements" in _peak_measurements(m) and "matmul 150/189" in _peak_measurements(m)
-    assert "bf16 conv3d 198/-" in _peak_measurements(m) and _peak_measurements(merge_peaks([b])) == ""
+    assert "the highest of 2 measurements" in peak_measurements(m) and "matmul 150/189" in peak_measurements(m)
+    assert "bf16 conv3d 198/-" in peak_measurements(m) and peak_measurements(merge_peaks([b])) == ""

@@ -8,9 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from noduleflow.bench.froc import (FP_POINTS, Candidates, Findings, evaluate, read_candidates, read_findings,
-                        read_seriesuids, write_candidates_csv)
 from noduleflow.cli import main as cli
+from noduleflow.engine.results import write_candidates_csv
+from noduleflow.trainer.evaluate.froc import (
+    FP_POINTS,
+    Candidates,
+    Findings,
+    evaluate,
+    read_candidates,
+    read_findings,
+    read_seriesuids,
+)
 
 LUNA = Path(__file__).resolve().parents[3] / "shared" / "luna16"
 

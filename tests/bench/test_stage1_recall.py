@@ -1,6 +1,6 @@
 import numpy as np
 
-from noduleflow.bench.stage1_recall import evaluate_lists, hits
+from noduleflow.trainer.evaluate.stage1_recall import evaluate_lists, hits
 
 
 def test_hits_is_strictly_within_the_radius():

@@ -4,8 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from noduleflow.bench.strata import ScanResult, first_hit_rank, score_cohort, sensitivity_at_k, strata
 from noduleflow.engine import ConfigError
+from noduleflow.trainer.evaluate.strata import (
+    JUXTA_PLEURAL_STRATUM,
+    ScanResult,
+    first_hit_rank,
+    score_cohort,
+    sensitivity_at_k,
+    strata,
+)
 
 
 def _scan(uid, nodules, kinds, locs, xyz, prob):
@@ -54,3 +61,19 @@ def test_bad_input_is_a_config_error():
         _scan("a", [], [], [], [[0, 0, 0], [1, 1, 1]], [0.5])
     with pytest.raises(ConfigError, match="no scans"):
         score_cohort([])
+
+
+def test_juxta_pleural_band_and_shape_strata():
+    nod = [[0, 0, 0, 12], [50, 0, 0, 8], [90, 0, 0, 30.0], [0, 60, 0, 20]]
+    locs = ["juxta_pleural", "juxta_pleural", "juxta_pleural", "isolated"]
+    with_shapes = ScanResult("a", np.zeros((0, 3)), np.zeros(0), np.asarray(nod, float), ("solid",) * 4, tuple(locs),
+                             np.zeros((0, 4)), ("round", "lobulated", "spiculated", "round"))
+    st = strata([with_shapes])
+    assert st[JUXTA_PLEURAL_STRATUM][0].tolist() == [True, False, True, False]  # 10-30 mm inclusive, wall-attached
+    assert sum(m[0].astype(int) for k, m in st.items() if k.startswith("shape")).tolist() == [1, 1, 1, 1]
+    assert st["shape round"][0].tolist() == [True, False, False, True]
+    # findings that do not name shapes: no shape strata (rather than rows of zeros that read as "none")
+    assert not any(k.startswith("shape") for k in strata([_scan("b", nod, ["solid"] * 4, locs, [], [])]))
+    with pytest.raises(ConfigError, match="4 nodules but 1 shapes"):
+        ScanResult("c", np.zeros((0, 3)), np.zeros(0), np.asarray(nod, float), ("solid",) * 4, tuple(locs),
+                   np.zeros((0, 4)), ("round",))

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from noduleflow.engine import ConfigError
-from noduleflow.engine.blobs import BlobParams, _dot_response, _peaks, block_any2, block_mean2, detect_blobs, gaussian, merge_by_extent
+from noduleflow.engine.blobs import (
+    BlobParams,
+    _dot_response,
+    _peaks,
+    block_any2,
+    block_mean2,
+    detect_blobs,
+    gaussian,
+    merge_by_extent,
+)
 from noduleflow.engine.stage1 import combine, component_radius_mm
 
 

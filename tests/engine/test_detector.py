@@ -1,6 +1,7 @@
 """Backends and the Detector: dense == patch, world coordinates, outputs, bad input."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -11,8 +12,9 @@ import pytest
 
 from noduleflow.engine import BackendUnavailableError, ConfigError, Volume
 from noduleflow.engine.backends import open_backend
-from noduleflow.engine.detector import Detector, DetectorConfig, components, nms, refine_centre
+from noduleflow.engine.detector import Detector
 from noduleflow.engine.package import ModelPackage
+from noduleflow.engine.preprocess import preprocess
 from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
 
 SMALL = dict(shape_zyx=(70, 160, 160), spacing_zyx_mm=(3.5, 2.0, 2.0))
@@ -58,10 +60,11 @@ def test_dense_equals_patch_end_to_end(package, phantom, request):
     tiny_package = request.getfixturevalue(package)
     dense = Detector(tiny_package, mode="dense")
     patch = Detector(tiny_package, mode="patch")
-    centres, ld = dense.scores_at(phantom.volume)
+    pre = preprocess(phantom.volume, dense.spec)
+    centres = dense.scorer.centres(pre)
     sel = centres[np.random.default_rng(0).choice(len(centres), min(150, len(centres)), replace=False)]
-    _, ld_sel = dense.scores_at(phantom.volume, sel)
-    _, lp = patch.scores_at(phantom.volume, sel)
+    ld_sel = dense.scorer(pre.volume.hu, sel)
+    lp = patch.scorer(pre.volume.hu, sel)
     assert len(centres) > 100
     assert np.abs(ld_sel - lp).max() <= 1e-4
 
@@ -76,13 +79,18 @@ def test_detections_contract(tiny_package, phantom):
         assert d.timings_s[k] >= 0
     assert d.series_uid == phantom.volume.series_uid and d.backend == AUTO_CPU
     assert json.loads(d.to_json())["candidates"][0]["prob"] == d[0].prob
+    # provenance travels with the result: the package and its hash, the engine, every setting
+    prov = json.loads(d.to_json())["meta"]["provenance"]
+    assert prov["package_sha256"] == hashlib.sha256((tiny_package / "manifest.json").read_bytes()).hexdigest()
+    assert prov["package_id"] == d.model_id and prov["engine_version"] == d.engine_version
+    assert prov["settings"]["top_k"] == 7 and prov["settings"]["mode"] == "dense" and prov["backend"] == d.backend
 
 
 def test_two_stage_detector_opens_the_mode_graph_only_when_used(phantom):
     """The shipped two-stage model's stage 1 is the blob filter: a detection runs only stage 2's
     graph, and the mode's (dense) graph is opened on first use, not with the detector."""
     with Detector(backend="onnxruntime-cpu") as det:
-        assert det.two_stage and det.contract.stage2.generator == "blobs"
+        assert det.two_stage and det.contract.stage1.generator == "blobs"
         assert det._backend is None and det.stage2_backend.graph == "stage2"
         d = det.detect(phantom.volume)
         assert det._backend is None and d.backend == "onnxruntime-cpu" == det.backend_name
@@ -91,59 +99,6 @@ def test_two_stage_detector_opens_the_mode_graph_only_when_used(phantom):
         det.backend.infer(np.zeros((1, 1, 41, 41, 41), np.float32))
     with Detector(backend="onnxruntime-cpu", stages="1") as one:  # stage 1 alone needs it from the start
         assert one._backend is not None and one.backend_name == "onnxruntime-cpu"
-
-
-def test_nms_merges_and_suppresses():
-    pts = np.array([[0, 0, 0], [0, 0, 4], [0, 0, 30], [0, 0, 8]])
-    out = nms(pts, np.array([0.9, 0.9, 0.5, 0.2]), top_k=5, nms_radius=10, merge_radius=5)
-    assert len(out) == 2
-    np.testing.assert_allclose(out[0][0], [0, 0, 2])  # two equal peaks 4 mm apart: centre between
-    assert out[1][1] == 0.5
-
-
-def test_components_join_neighbours_on_the_grid_and_rank_by_peak():
-    # stride-4 lattice with offset 1: a run of three points, a lone point, a point below threshold
-    pts = np.array([[1, 1, 1], [1, 1, 5], [1, 1, 9], [21, 21, 21], [41, 41, 41], [1, 5, 13]])
-    probs = np.array([0.6, 0.9, 0.6, 0.95, 0.3, 0.7])
-    out = components(pts, probs, top_k=10, stride=4, min_prob=0.5)
-    # [1,5,13] touches the run only diagonally: not 6-connected, its own component
-    assert [round(p, 2) for _, p, _ in out] == [0.95, 0.9, 0.7]
-    assert [n for _, _, n in out] == [1, 3, 1]
-    np.testing.assert_allclose(out[0][0], [21, 21, 21])
-    w = probs[:3] ** 2
-    np.testing.assert_allclose(out[1][0], (pts[:3] * w[:, None]).sum(0) / w.sum())
-    assert components(pts, probs, top_k=1, stride=4)[0][1] == 0.95
-    assert components(pts, np.full(len(pts), 0.1), top_k=5, stride=4) == []
-    with pytest.raises(ConfigError, match="clustering"):
-        DetectorConfig(clustering="dbscan")
-
-
-@pytest.mark.parametrize("sigma", [1.0, 1.5, 3.0])
-def test_blob_smoothing_equals_scipy_gaussian(sigma):
-    from scipy import ndimage
-
-    from noduleflow.engine.detector import _smooth
-
-    a = np.random.default_rng(1).normal(size=(31, 29, 33))
-    ref = ndimage.gaussian_filter(a, sigma, mode="constant", truncate=3.0)
-    np.testing.assert_allclose(_smooth(a, sigma), ref, atol=1e-12)
-
-
-@pytest.mark.parametrize("wall", [False, True])
-def test_refine_centre_finds_the_ball_not_the_wall(wall):
-    z, y, x = np.mgrid[:41, :41, :41]
-    hu = np.full((41, 41, 41), -850, np.int16)
-    hu[(z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 9] = 40      # a 6 mm solid nodule
-    if wall:
-        hu[:, :, 24:] = 40                                            # chest wall touching it
-    got = refine_centre(hu, (21.0, 22.0, 21.4))
-    np.testing.assert_allclose(got, [20, 20, 20], atol=1.0)
-    # a density centroid over the same neighbourhood is pulled into the wall
-    if wall:
-        box = hu[9:34, 10:35, 9:34].astype(float) + 600
-        w = np.clip(box, 0, None)
-        cx = (x[9:34, 10:35, 9:34] * w).sum() / w.sum()
-        assert cx > 22
 
 
 class _SphereFinder:

@@ -9,8 +9,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from noduleflow.engine import Volume, VolumeError
 from noduleflow.cli import main as cli
+from noduleflow.engine import Volume, VolumeError
 from noduleflow.engine.io import load_volume
 from noduleflow.engine.io.dicom_write import write_dicom_series
 

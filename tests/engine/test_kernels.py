@@ -9,8 +9,7 @@ from noduleflow.engine import Volume
 from noduleflow.engine.candidates import CandidateRules, candidates
 from noduleflow.engine.ccl import component_boxes, component_stats, label
 from noduleflow.engine.lungmask import LungMaskParams, dice, grid_factors, lung_mask
-from noduleflow.engine.morphology import (block_mean, clear_blocks, close, dilate, erode, fill_holes_2d,
-                                          refine_blocks)
+from noduleflow.engine.morphology import block_mean, clear_blocks, close, dilate, erode, fill_holes_2d, refine_blocks
 from noduleflow.engine.patches import Normalisation, PatchProducer, gather
 from noduleflow.engine.resample import crop, lung_bbox, resample
 from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
@@ -123,7 +122,8 @@ def test_refine_and_clear_blocks_match_numpy(factors, origin):
     code = rng.integers(0, 3, [c - o for c, o in zip(cshape, origin)]).astype(np.uint8)
     full = np.zeros(cshape, np.uint8)
     full[origin[0]:, origin[1]:, origin[2]:] = code
-    up = full.repeat(factors[0], 0).repeat(factors[1], 1).repeat(factors[2], 2)[:hu.shape[0], :hu.shape[1], :hu.shape[2]]
+    up = full.repeat(factors[0], 0).repeat(factors[1], 1).repeat(factors[2], 2)
+    up = up[:hu.shape[0], :hu.shape[1], :hu.shape[2]]
     want = (up == 1) | ((up == 2) & (hu < -320))
     got = refine_blocks(hu, code, factors, -320.0, origin_zyx=origin)
     np.testing.assert_array_equal(got, want)

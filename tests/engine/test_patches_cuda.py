@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from cudasim import simulated
 
-
 CODE = r"""
 import numpy as np
 from noduleflow.engine.patches import gather
@@ -117,11 +116,11 @@ dev = Detector(backend="onnxruntime-cpu", backend_options={"streams": 1})
 dev.stage2_backend = HostCopy(dev.stage2_backend)
 pre = preprocess(vol, host.spec)
 c = host.stage1(pre).centres_zyx[:2]
-ctx = dev._context_volume(pre)
+ctx = dev.stage2_scorer.context_volume(pre)
 assert isinstance(ctx, DeviceContextVolume), type(ctx)
 which = np.arange(len(c))
-want = host._stage2_sums(host._context_volume(pre), c, which, 0, 2)  # the first two flips
-got = dev._stage2_sums(ctx, c, which, 0, 2)
+want = host.stage2_scorer._sums(host.stage2_scorer.context_volume(pre), c, which, 0, 2)  # the first two flips
+got = dev.stage2_scorer._sums(ctx, c, which, 0, 2)
 assert dev.stage2_backend.seen and all("Array" in t for t in dev.stage2_backend.seen), dev.stage2_backend.seen
 print(float(np.abs(want - got).max()))
 """

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from noduleflow.engine.blobs import BlobParams, detect_blobs
-from noduleflow.engine.contract import Stage2Spec
+from noduleflow.engine.contract import Stage1Spec
 from noduleflow.engine.errors import ConfigError
 from noduleflow.engine.stage1 import Stage1Candidates, append_distinct, subsolid_blobs
 
@@ -84,9 +84,9 @@ def test_append_distinct_skips_what_is_already_there_and_caps():
                                  {"subsolid_min_response": -1.0}, {"subsolid_solid_hu": "x"}])
 def test_contract_refuses_bad_subsolid_settings(bad):
     with pytest.raises(ConfigError, match="subsolid"):
-        Stage2Spec(**bad)
+        Stage1Spec(**bad)
 
 
 def test_contract_without_subsolid_settings_means_off():
-    assert Stage2Spec().subsolid_candidates == 0
-    assert Stage2Spec(subsolid_candidates=50).subsolid_candidates == 50
+    assert Stage1Spec().subsolid_candidates == 0
+    assert Stage1Spec(subsolid_candidates=50).subsolid_candidates == 50

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from noduleflow.engine.blobs import BlobParams, detect_blobs
-from noduleflow.engine.contract import Stage2Spec
+from noduleflow.engine.contract import Stage1Spec
 from noduleflow.engine.errors import ConfigError
-from noduleflow.engine.stage1 import WALL_SIGMAS_MM, Stage1Params, wall_blobs
+from noduleflow.engine.stage1 import WALL_SIGMAS_MM, wall_blobs, wall_params
 
 
 def _ball(shape, centre, r):
@@ -41,14 +41,16 @@ def test_wall_pass_finds_a_small_solid_nodule_on_the_pleura_the_first_pass_misse
     assert _near(first, isolated, r)
     # a bump on a plate: the first pass's peak sits on the wall's edge, outside the nodule's radius
     assert not _near(first, pleural, r)
-    params = BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=10.0)
-    wall = wall_blobs(hu, mask, params=params)
+    spec = Stage1Spec(blob_min_response=10.0)
+    params = wall_params(spec)
+    assert params == BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=10.0)
+    wall = wall_blobs(hu, mask, spec)
     assert _near(wall, pleural, r)
     # peaks are sought near the filled wall only: the isolated nodule, 32 mm from it, is the
     # first pass's
     assert not _near(wall, isolated, r)
     # with the band as wide as the volume, the isolated one is found with the first pass's response
-    everywhere = wall_blobs(hu, mask, band_mm=0, params=params)
+    everywhere = wall_blobs(hu, mask, Stage1Spec(blob_min_response=10.0, wall_band_mm=0))
     assert _near(everywhere, isolated, r)
     j = int(np.argmin(np.linalg.norm(everywhere.centres_zyx - isolated, axis=1)))
     same = detect_blobs(hu, mask, params)
@@ -61,19 +63,20 @@ def test_the_filled_wall_leaves_no_blob_of_its_own():
     # fill's edge is a plate, not a ball: no candidate
     hu, mask = _pleural_solid()[:2]
     hu = np.where(np.arange(hu.shape[2])[None, None, :] < 20, np.float32(40.0), np.float32(-850.0)) * np.ones_like(hu)
-    assert len(wall_blobs(hu, mask, params=BlobParams(sigmas_mm=WALL_SIGMAS_MM, min_response=10.0))) == 0
+    assert len(wall_blobs(hu, mask, Stage1Spec(blob_min_response=10.0))) == 0
 
 
 def test_contract_declares_the_wall_pass_and_stage1_reads_it():
-    st2 = Stage2Spec(wall_candidates=10, wall_close_mm=5.0, wall_band_mm=8.0)
-    p = Stage1Params.from_stage2(st2)
-    assert (p.wall, p.wall_close_mm, p.wall_shrink_mm, p.wall_band_mm, p.wall_fill_hu) == (10, 5.0, 3.0, 8.0, -850.0)
-    assert p.wall_blob.sigmas_mm == WALL_SIGMAS_MM and p.wall_blob.min_response == st2.blob_min_response
-    assert Stage2Spec().wall_candidates == 0 and Stage1Params.from_stage2(Stage2Spec()).wall == 0
+    st1 = Stage1Spec(wall_candidates=10, wall_close_mm=5.0, wall_band_mm=8.0)
+    assert (st1.wall_candidates, st1.wall_close_mm, st1.wall_shrink_mm, st1.wall_band_mm, st1.wall_fill_hu) == \
+        (10, 5.0, 3.0, 8.0, -850.0)
+    p = wall_params(st1)
+    assert p.sigmas_mm == WALL_SIGMAS_MM and p.min_response == st1.blob_min_response
+    assert Stage1Spec().wall_candidates == 0
 
 
 @pytest.mark.parametrize("bad", [{"wall_candidates": -1}, {"wall_candidates": 2.5}, {"wall_close_mm": -1.0},
                                  {"wall_band_mm": 99.0}, {"wall_fill_hu": 900.0}, {"wall_shrink_mm": "x"}])
 def test_contract_refuses_bad_wall_settings(bad):
     with pytest.raises(ConfigError, match="wall"):
-        Stage2Spec(**bad)
+        Stage1Spec(**bad)

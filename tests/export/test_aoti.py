@@ -52,7 +52,7 @@ def test_aoti_stage2_graph_scores_stage2_as_onnx(tmp_path):
     import torch
 
     from noduleflow.engine.backends import open_backend
-    from noduleflow.engine.contract import Stage2Spec
+    from noduleflow.engine.contract import Stage1Spec
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.package import ModelPackage
     from noduleflow.engine.preprocess import preprocess
@@ -65,7 +65,7 @@ def test_aoti_stage2_graph_scores_stage2_as_onnx(tmp_path):
     save_checkpoint(tmp_path / "s1", build_model("3d-1").eval(), {"model": "3d-1", "model_kwargs": {}}, "best")
     save_checkpoint(tmp_path / "s2", build_model("ms-3d1").eval(), {"model": "ms-3d1", "model_kwargs": {}}, "best")
     export_package(tmp_path / "s1" / "best.safetensors", tmp_path / "pkg", torch_compiled=True,
-                   stage2=str(tmp_path / "s2" / "best.safetensors"), stage2_spec=Stage2Spec(generator="blobs"))
+                   stage2=str(tmp_path / "s2" / "best.safetensors"), stage1_spec=Stage1Spec(generator="blobs"))
     pkg = ModelPackage.load(tmp_path / "pkg")
     assert {"patch.pt2", "stage2.pt2"} <= set(pkg.manifest.files) and pkg.manifest.export["aoti_device"] == "cpu"
     x = np.random.default_rng(1).uniform(size=(3, 2, 41, 41, 41)).astype(np.float32)
@@ -77,13 +77,14 @@ def test_aoti_stage2_graph_scores_stage2_as_onnx(tmp_path):
         open_backend(pkg, "torch-compiled", graph="stage2", device="cuda")
     vol = generate_phantom(4, params=PhantomParams(n_nodules=1), shape_zyx=(60, 128, 128),
                            spacing_zyx_mm=(3.0, 2.2, 2.2)).volume
-    # a detection whose stage 1 is the blob filter alone (as the shipped model's) opens no dense graph, which torch 2.13 cannot
+    # a detection whose stage 1 is the blob filter alone (as the shipped model's) opens no dense graph,
+    # which torch 2.13 cannot
     # compile: the torch-compiled backend runs it in the default mode
     a = Detector(pkg, backend="torch-compiled")
     b = Detector(pkg, backend="onnxruntime-cpu")
     pre = preprocess(vol, b.spec)
     c = b.stage1(pre).centres_zyx[:12]
-    assert len(c) and np.abs(a.score_stage2(pre, c) - b.score_stage2(pre, c)).max() <= 1e-4
+    assert len(c) and np.abs(a.stage2_scorer(pre, c) - b.stage2_scorer(pre, c)).max() <= 1e-4
     da, db = a.detect(vol), b.detect(vol)
     assert da.backend == "torch-compiled-cpu" and db.backend == "onnxruntime-cpu"
     assert [c.center_xyz_mm for c in da.candidates] == [c.center_xyz_mm for c in db.candidates]

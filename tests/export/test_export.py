@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from noduleflow.engine import PackageError
-from noduleflow.engine.package import ModelPackage
+from noduleflow.engine.package import FORMAT_VERSION, ModelPackage
 
 
 def test_package_contents_and_parity(tiny_package):
@@ -20,7 +20,7 @@ def test_package_contents_and_parity(tiny_package):
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(tiny_package / "patch.onnx")).metadata_props}
-    assert props["architecture"] == "3d-1" and props["package_format_version"] == "2"
+    assert props["architecture"] == "3d-1" and props["package_format_version"] == str(FORMAT_VERSION)
     from noduleflow.engine.contract import InputContract
 
     assert InputContract.from_dict(json.loads(props["contract"])) == m.contract  # the graph carries it too
@@ -132,8 +132,8 @@ def test_one_stage_export_int8_writes_the_patch_graph(tiny_package, tmp_path):
     assert int8.backend_name == "onnxruntime-cpu-int8"
     ph = generate_phantom(3, params=PhantomParams(n_nodules=1), shape_zyx=(60, 128, 128), spacing_zyx_mm=(4, 2.4, 2.4))
     pre = preprocess(ph.volume, fp32.spec)
-    c = fp32.grid_centres(pre)[:64]
-    a, b = fp32.score(pre, c), int8.score(pre, c)
+    c = fp32.scorer.centres(pre)[:64]
+    a, b = fp32.scorer(pre.volume.hu, c), int8.scorer(pre.volume.hu, c)
     assert len(c) == 64 and not np.array_equal(a, b) and np.abs(a - b).max() < 1.0
     with pytest.raises(PackageError, match=r"no dense_int8\.onnx \(noduleflow export --int8 writes stage2_int8"):
         Detector(out, mode="dense", backend="onnxruntime-cpu", backend_options={"precision": "int8"})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from noduleflow.engine import ConfigError, PackageError
-from noduleflow.engine.contract import InputContract, Stage2Spec
+from noduleflow.engine.contract import InputContract, Stage1Spec, Stage2Spec, split_stage_settings
 from noduleflow.engine.package import ModelPackage, write_manifest
 
 torch = pytest.importorskip("torch")
@@ -30,8 +30,9 @@ def two_stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_stage")
     save_checkpoint(root / "s1", build_model("3d-1").eval(), {"model": "3d-1", "model_kwargs": {}}, "best")
     save_checkpoint(root / "s2", build_model("ms-3d1").eval(), {"model": "ms-3d1", "model_kwargs": {}}, "best")
-    spec = {"generator": "union", "max_candidates": 40, "blob_min_response": 10.0, "tta_flips": 4,
-            "calibration_scale": 0.5, "calibration_bias": -1.0, "_note": "keys starting with _ are comments"}
+    spec = {"stage1": {"generator": "union", "max_candidates": 40, "blob_min_response": 10.0},
+            "stage2": {"tta_flips": 4, "calibration_scale": 0.5, "calibration_bias": -1.0},
+            "_note": "keys starting with _ are comments"}
     (root / "spec.json").write_text(json.dumps(spec))
     rc = main(["export", str(root / "s1" / "best.safetensors"), str(root / "pkg"), "--model-id", "test-2stage",
                "--stage2", str(root / "s2" / "best.safetensors"), "--stage2-spec", str(root / "spec.json")])
@@ -50,15 +51,14 @@ def phantom():
 def test_package_declares_both_stages(two_stage):
     pkg = ModelPackage.load(two_stage / "pkg")
     assert pkg.has_stage2 and {"patch.onnx", "dense.onnx", "stage2.onnx"} <= set(pkg.manifest.files)
-    st2 = pkg.contract.stage2
-    assert st2 == Stage2Spec(generator="union", max_candidates=40, blob_min_response=10.0, tta_flips=4,
-                             calibration_scale=0.5, calibration_bias=-1.0)
+    assert pkg.contract.stage1 == Stage1Spec(generator="union", max_candidates=40, blob_min_response=10.0)
+    assert pkg.contract.stage2 == Stage2Spec(tta_flips=4, calibration_scale=0.5, calibration_bias=-1.0)
     assert pkg.manifest.export["parity"]["stage2_max_abs_logit_diff"] <= 1e-4
     assert pkg.manifest.training["stage2"]["model"] == "ms-3d1"
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(two_stage / "pkg" / "stage2.onnx")).metadata_props}
-    assert json.loads(meta["contract"])["stage2"]["max_candidates"] == 40
+    assert json.loads(meta["contract"])["stage1"]["max_candidates"] == 40
 
 
 def test_stage_settings(two_stage, tmp_path):
@@ -75,7 +75,7 @@ def test_stage_settings(two_stage, tmp_path):
     shutil.copytree(two_stage / "pkg", pkg_dir)
     (pkg_dir / "stage2.onnx").unlink()
     m = ModelPackage.load(two_stage / "pkg").manifest
-    write_manifest(pkg_dir, dataclasses.replace(m, contract=dataclasses.replace(m.contract, stage2=None)))
+    write_manifest(pkg_dir, dataclasses.replace(m, contract=dataclasses.replace(m.contract, stage1=None, stage2=None)))
     with pytest.raises(ConfigError, match="no stage-2 graph"):
         Detector(pkg_dir, stages="2")
     assert not Detector(pkg_dir).two_stage
@@ -87,7 +87,9 @@ def test_detect_two_stage_scores_are_the_graphs(two_stage, phantom):
     import onnxruntime as ort
 
     from noduleflow.engine.context import ContextVolume
-    from noduleflow.engine.detector import Detector, lesion_order
+    from noduleflow.engine.detector import Detector
+    from noduleflow.engine.patches import Normalisation
+    from noduleflow.engine.postprocess import lesion_order
     from noduleflow.engine.preprocess import preprocess
 
     det = Detector(two_stage / "pkg", top_k=10)
@@ -103,7 +105,8 @@ def test_detect_two_stage_scores_are_the_graphs(two_stage, phantom):
     cand = det.stage1(pre)
     assert len(cand) == res.n_scored
     k = det.contract
-    x = ContextVolume(pre.volume.hu, det.norm, k.patch_size, 2).patches(cand.centres_zyx)
+    norm = Normalisation(*k.hu_window, pad_hu=k.pad_hu)
+    x = ContextVolume(pre.volume.hu, norm, k.patch_size, 2).patches(cand.centres_zyx)
     sess = ort.InferenceSession(str(two_stage / "pkg" / "stage2.onnx"), providers=["CPUExecutionProvider"])
     views = [np.ascontiguousarray(np.flip(x, tuple(2 + a for a in range(3) if f >> a & 1))) for f in range(4)]
     logit = np.mean([sess.run(None, {"patch": v})[0].reshape(-1) for v in views], axis=0)
@@ -135,8 +138,8 @@ def test_stage2_spec_and_file_come_together(two_stage, tmp_path):
     write_manifest(pkg_dir, m)  # rehashes: stage2.onnx is no longer listed, the contract still says stage 2
     with pytest.raises(PackageError, match="stage2"):
         ModelPackage.load(pkg_dir)
-    # the contract without stage 2: a one-stage package again
-    write_manifest(pkg_dir, dataclasses.replace(m, contract=dataclasses.replace(m.contract, stage2=None)))
+    # the contract without the stages: a one-stage package again
+    write_manifest(pkg_dir, dataclasses.replace(m, contract=dataclasses.replace(m.contract, stage1=None, stage2=None)))
     assert not ModelPackage.load(pkg_dir).has_stage2
 
 
@@ -155,22 +158,62 @@ def test_stage2_graph_in_the_patch_slot_is_refused(two_stage, tmp_path):
 
 @pytest.mark.parametrize("bad, match", [
     ({"channels": 0}, "channels"), ({"generator": "dots"}, "generator"), ({"max_candidates": 0}, "max_candidates"),
-    ({"blob_min_response": -1}, "blob_min_response"), ({"tta_flips": 3}, "tta_flips"), ({"tta_flips": True}, "tta_flips"),
+    ({"blob_min_response": -1}, "blob_min_response"), ({"tta_flips": 3}, "tta_flips"),
+    ({"tta_flips": True}, "tta_flips"),
     ({"tta_top": -1}, "tta_top"), ({"tta_top": 2.5}, "tta_top"),
     ({"calibration_scale": 0}, "calibration_scale"), ({"calibration_bias": float("nan")}, "calibration_bias"),
 ])
-def test_stage2_spec_rejects_bad_values(bad, match):
+def test_stage_specs_reject_bad_values(bad, match):
     with pytest.raises(ConfigError, match=match):
-        Stage2Spec(**bad)
+        split_stage_settings(bad)
 
 
-def test_contract_roundtrip_with_stage2():
-    k = InputContract(dense_stride=4, dense_offset=20, stage2=Stage2Spec(max_candidates=77))
+def test_contract_roundtrip_with_both_stages():
+    k = InputContract(dense_stride=4, dense_offset=20, stage1=Stage1Spec(max_candidates=77), stage2=Stage2Spec())
     assert InputContract.from_dict(json.loads(json.dumps(k.to_dict()))) == k
     with pytest.raises(ConfigError, match="stage2"):
-        InputContract.from_dict({"stage2": {"max_candidates": 5, "unknown": 1}})
+        InputContract.from_dict({"stage1": {}, "stage2": {"tta_flips": 4, "unknown": 1}})
+    # a stage-1 key in the stage-2 block: format 3 keeps them apart
+    with pytest.raises(ConfigError, match="stage2 must be an object with keys among"):
+        InputContract.from_dict({"stage1": {}, "stage2": {"max_candidates": 5}})
+    with pytest.raises(ConfigError, match="come together"):
+        InputContract(stage2=Stage2Spec())
     assert Stage2Spec(calibration_scale=2.0, calibration_bias=1.0).calibrate([0.0, -0.5]).tolist() == \
         pytest.approx([1 / (1 + np.exp(-1.0)), 0.5])
+
+
+def test_stage_settings_read_flat_or_by_stage():
+    """A flat object of both stages' keys (a format-2 manifest's stage2 block, an older
+    --stage2-spec file) reads as the two blocks do."""
+    flat = {"generator": "blobs", "max_candidates": 150, "subsolid_candidates": 50, "tta_top": 25,
+            "calibration_scale": 1.8, "_fit": {"note": "ignored"}}
+    nested = {"stage1": {"generator": "blobs", "max_candidates": 150, "subsolid_candidates": 50},
+              "stage2": {"tta_top": 25, "calibration_scale": 1.8}}
+    s1, s2 = split_stage_settings(flat)
+    assert (s1, s2) == split_stage_settings(nested)
+    assert s1.subsolid_candidates == 50 and s2.tta_top == 25 and s1.uses_cnn is False
+    with pytest.raises(ConfigError, match="unknown stage settings"):
+        split_stage_settings({"max_candidates": 5, "colour": "red"})
+
+
+def test_format2_manifest_reads_with_its_stage1_settings_split_out(tmp_path, caplog):
+    """The shipped package as format 2 wrote it (stage 1's settings inside contract.stage2) opens
+    with the same contract as format 3, and says it read an older format."""
+    import logging
+    import shutil
+
+    from noduleflow.engine.package import default_package_path
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(default_package_path(), pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["contract"]["stage2"] = {**m["contract"].pop("stage1"), **m["contract"]["stage2"]}
+    m["format_version"] = 2
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    with caplog.at_level(logging.INFO, logger="noduleflow.engine.package"):
+        old = ModelPackage.load(pkg)
+    assert old.contract == ModelPackage.load(default_package_path()).contract
+    assert "format version 2" in caplog.text
 
 
 def test_bench_speed_reports_both_stages(two_stage, tmp_path):
@@ -200,7 +243,7 @@ def test_bench_speed_reports_both_stages(two_stage, tmp_path):
 
 
 def test_lesion_order_keeps_one_candidate_per_lesion():
-    from noduleflow.engine.detector import lesion_order
+    from noduleflow.engine.postprocess import lesion_order
 
     c = np.array([[0, 0, 0], [5, 0, 0], [20, 0, 0], [22.5, 0, 0]], float)
     r = np.array([4.0, 2.0, 2.0, 1.0])
@@ -221,6 +264,7 @@ def test_tta_top_flips_only_the_best_by_the_first_view(two_stage, phantom, tmp_p
 
     from noduleflow.engine.context import ContextVolume
     from noduleflow.engine.detector import Detector
+    from noduleflow.engine.patches import Normalisation
     from noduleflow.engine.preprocess import preprocess
 
     pkg = tmp_path / "pkg"
@@ -233,10 +277,13 @@ def test_tta_top_flips_only_the_best_by_the_first_view(two_stage, phantom, tmp_p
     pre = preprocess(phantom.volume, det.spec)
     cand = det.stage1(pre)
     assert len(cand) > 5
-    got = det.score_stage2(pre, cand.centres_zyx)
-    x = ContextVolume(pre.volume.hu, det.norm, det.contract.patch_size, 2).patches(cand.centres_zyx)
+    got = det.stage2_scorer(pre, cand.centres_zyx)
+    k = det.contract
+    x = ContextVolume(pre.volume.hu, Normalisation(*k.hu_window, pad_hu=k.pad_hu), k.patch_size, 2).patches(
+        cand.centres_zyx)
     sess = ort.InferenceSession(str(pkg / "stage2.onnx"), providers=["CPUExecutionProvider"])
-    views = [sess.run(None, {"patch": np.ascontiguousarray(np.flip(x, tuple(2 + a for a in range(3) if f >> a & 1)))})[0]
+    views = [sess.run(None, {"patch": np.ascontiguousarray(np.flip(x, tuple(2 + a for a in range(3)
+                                                                          if f >> a & 1)))})[0]
              .reshape(-1) for f in range(4)]
     want = views[0].astype(np.float64).copy()
     best = np.argsort(-views[0], kind="stable")[:5]
@@ -246,13 +293,13 @@ def test_tta_top_flips_only_the_best_by_the_first_view(two_stage, phantom, tmp_p
 
 
 def test_stage2_select_ranks_as_the_engine_detects(two_stage, tmp_path):
-    """bench.stage2_select scores a package as `Detector.find` detects (same candidates, same
+    """trainer.evaluate.stage2_select scores a package as `Detector.find` detects (same candidates, same
     order), with stage 1 cached by its settings."""
-    from noduleflow.bench.accuracy_cohort import detect_package, scan_result
-    from noduleflow.bench.stage2_select import cached_stage1, evaluate, stage1_key
-    from noduleflow.bench.strata import score_cohort
     from noduleflow.engine.detector import Detector
     from noduleflow.trainer.data.cohort import CohortCache
+    from noduleflow.trainer.evaluate.cohort import detect_package
+    from noduleflow.trainer.evaluate.stage2_select import cached_stage1, evaluate, stage1_key
+    from noduleflow.trainer.evaluate.strata import scan_result, score_cohort
 
     cache = CohortCache(tmp_path / "cohorts", phantom_kwargs={"shape_zyx": (70, 140, 140),
                                                               "spacing_zyx_mm": (2.0, 1.6, 1.6)})
@@ -271,14 +318,14 @@ def test_stage2_select_ranks_as_the_engine_detects(two_stage, tmp_path):
 
 
 def test_stage2_tuning_rows_score_as_the_engine(two_stage, phantom, tmp_path):
-    """bench.stage2_tuning's variant (F flips for the best N by the first view), ranked from its
-    cache of all 8 flips, equals `Detector.score_stage2` of a package declaring F and N."""
+    """trainer.evaluate.stage2_tuning's variant (F flips for the best N by the first view), ranked from its
+    cache of all 8 flips, equals `Detector.stage2_scorer` of a package declaring F and N."""
     import shutil
 
-    from noduleflow.bench.stage2_tuning import rank, scan_scores
     from noduleflow.engine.detector import Detector
     from noduleflow.engine.preprocess import preprocess
     from noduleflow.trainer.data.cohort import CohortScan
+    from noduleflow.trainer.evaluate.stage2_tuning import rank, scan_scores
 
     det = Detector(two_stage / "pkg", stages="2")
     pre = preprocess(phantom.volume, det.spec)
@@ -291,7 +338,7 @@ def test_stage2_tuning_rows_score_as_the_engine(two_stage, phantom, tmp_path):
         m = json.loads((pkg / "manifest.json").read_text())
         m["contract"]["stage2"].update(tta_flips=flips, tta_top=top)
         (pkg / "manifest.json").write_text(json.dumps(m))
-        want = Detector(pkg, stages="2").score_stage2(pre, sc["centres"])
+        want = Detector(pkg, stages="2").stage2_scorer(pre, sc["centres"])
         assert np.allclose(rank(sc, len(sc["centres"]), flips, False, top), want, atol=1e-4), (flips, top)
 
 
@@ -344,45 +391,14 @@ def test_stage2_streams_run_batches_at_once_in_order(two_stage, phantom):
     assert [d.stage2_backend.streams for d in dets] == [1, 2]
     pre = preprocess(phantom.volume, dets[0].spec)
     cand = dets[0].stage1(pre)
-    a, b = (d.score_stage2(pre, cand.centres_zyx) for d in dets)
+    a, b = (d.stage2_scorer(pre, cand.centres_zyx) for d in dets)
     assert len(a) == len(cand) > 8 and np.allclose(a, b, atol=1e-5)
-
-
-def test_int8_stage2_package_scores_close_to_fp32(two_stage, phantom, tmp_path):
-    """bench.int8 quantizes the stage-2 graph (calibrated on context patches at stage 1's
-    candidates), times both ONNX Runtime formats against fp32, keeps the faster one, and a copy of
-    the package carrying it loads in the engine (its own id and hashes) and scores within the
-    quantization error it reported."""
-    pytest.importorskip("onnxruntime.quantization")
-    from noduleflow.bench.int8 import int8_package, measure
-    from noduleflow.engine.detector import Detector
-    from noduleflow.engine.preprocess import preprocess
-
-    res = measure(two_stage / "pkg", "stage2", keep=tmp_path)
-    rows = {"fp32", "int8_QDQ", "int8_QOperator"}
-    if importlib.util.find_spec("openvino") is not None:  # the QDQ graph on OpenVINO too
-        rows |= {"openvino_fp32", "openvino_int8_QDQ"}
-    assert res["graph"] == "stage2" and set(res["rows"]) == rows
-    assert res["kept_is_package_int8_graph"] is False  # this package has no stage2_int8.onnx
-    kept = res["rows"][res["int8_kept"]]
-    assert all(r["seconds"] > 0 for r in res["rows"].values())
-    assert 0 < kept["max_abs_logit_diff"] < 1.0
-    q = int8_package(two_stage / "pkg", tmp_path / "int8.onnx", tmp_path / "pkg_int8")
-    assert q.manifest.model_id == "test-2stage-int8s2"
-    assert (q.path / "stage2.onnx").read_bytes() == (tmp_path / "int8.onnx").read_bytes()
-    # ONNX Runtime, whose quantization bench.int8 measured (OpenVINO reads only the QDQ format)
-    fp32, int8 = (Detector(p, backend="onnxruntime-cpu") for p in (two_stage / "pkg", q.path))
-    pre = preprocess(phantom.volume, fp32.spec)
-    c = fp32.stage1(pre).centres_zyx
-    a, b = fp32.score_stage2(pre, c), int8.score_stage2(pre, c)
-    assert not np.array_equal(a, b)  # a different graph ran
-    assert np.abs(a - b).max() < 1.0 and np.corrcoef(a, b)[0, 1] > 0.9
 
 
 def test_export_int8_writes_a_calibrated_stage2_graph_the_cpu_backends_run(two_stage, phantom, tmp_path, capsys):
     """`export --int8` writes stage2_int8.onnx (hashed, the contract in its metadata, its error
     against fp32 in the manifest and printed); `export.int8.quantize` on the same calibration
-    patches makes it again byte for byte (what bench.int8 measures is what ships); precision
+    patches makes it again byte for byte (the calibration is reproducible); precision
     "int8" runs it on onnxruntime-cpu and openvino-cpu, named so, scoring close to fp32; a package
     without one refuses int8, naming the file and the export option."""
     pytest.importorskip("onnxruntime.quantization")
@@ -415,31 +431,14 @@ def test_export_int8_writes_a_calibrated_stage2_graph_the_cpu_backends_run(two_s
     fp32 = Detector(out, backend="onnxruntime-cpu")
     pre = preprocess(phantom.volume, fp32.spec)
     c = fp32.stage1(pre).centres_zyx
-    a = fp32.score_stage2(pre, c)
+    a = fp32.stage2_scorer(pre, c)
     for name in backends:
         det = Detector(out, backend=name, backend_options={"precision": "int8"})
         assert det.backend_name == f"{name}-int8" and det.stage2_backend.precision == "int8"
         assert det.backend.precision == "fp32"  # the precision is stage 2's: stage 1's CNN (union) stays fp32
-        b = det.score_stage2(pre, c)
+        b = det.stage2_scorer(pre, c)
         assert len(b) == len(c) > 8 and not np.array_equal(a, b)
         assert np.abs(a - b).max() < 1.0 and np.corrcoef(a, b)[0, 1] > 0.9
     for name in backends:
         with pytest.raises(PackageError, match=r"no stage2_int8\.onnx \(noduleflow export --int8 writes"):
             Detector(two_stage / "pkg", backend=name, backend_options={"precision": "int8"})
-
-
-def test_int8_scan_timing_alternates_and_reports(tmp_path):
-    """bench.int8's scan timing: the shipped package's fp32 and INT8 stage 2 on one backend, each
-    scan detected by both, alternating; medians, ratios and the top-15 agreement reported."""
-    from noduleflow.bench.int8 import markdown, scan_timing
-
-    t = scan_timing(None, "onnxruntime-cpu", scans=1, repeats=1, shape_zyx=(48, 128, 128),
-                    spacing_zyx_mm=(5.0, 2.2, 2.2))
-    assert t["backends"] == {"fp32": "onnxruntime-cpu", "int8": "onnxruntime-cpu-int8"}
-    assert all(len(v["total"]) == 1 and v["total"][0] >= v["stage2"][0] > 0 for v in t["runs_s"].values())
-    assert t["fp32_over_int8"]["stage2"] == pytest.approx(t["median_s"]["fp32"]["stage2"] / t["median_s"]["int8"]["stage2"])
-    (a,) = t["top15_agreement"]
-    assert 0 <= a["fp32_top15_in_int8"] <= a["n"] <= 15 and 0 <= a["int8_top15_in_fp32"] <= a["n"]
-    text = markdown({"graph": "stage2", "model_id": "m", "batch": 64, "onnxruntime": "x", "machine": {},
-                     "load_average": (0, 0, 0), "command": "c", "rows": {}, "scan_timing": t})
-    assert "| fp32 / INT8 |" in text and "onnxruntime-cpu-int8" in text

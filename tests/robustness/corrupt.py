@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 
 from noduleflow.engine import Volume, VolumeError
 from noduleflow.engine.io import load_volume

@@ -148,9 +148,11 @@ CASES = [
      "error", "gantry tilt"),
     ("ipp-all-equal", _hdr(ALL, setter(ImagePositionPatient=[0, 0, 0])), "error", "duplicate"),
     ("slices-100mm-apart", _hdr(ALL, lambda ds: setattr(ds, "ImagePositionPatient",
-                                                        [0, 0, 100.0 * int(ds.InstanceNumber)])), "error", "slice spacing"),
+                                                        [0, 0, 100.0 * int(ds.InstanceNumber)])),
+     "error", "slice spacing"),
     ("slices-0.01mm-apart", _hdr(ALL, lambda ds: setattr(ds, "ImagePositionPatient",
-                                                         [0, 0, 0.01 * int(ds.InstanceNumber)])), "error", "slice spacing"),
+                                                         [0, 0, 0.01 * int(ds.InstanceNumber)])),
+     "error", "slice spacing"),
     ("ps-one-value", _hdr(ALL, setter(PixelSpacing=["0.7"])), "error", "PixelSpacing must have 2 values"),
     ("ps-three-values", _hdr(ALL, setter(PixelSpacing=[0.7, 0.7, 0.7])), "error", "PixelSpacing must have 2 values"),
     ("ps-text", _hdr(ALL, lambda ds: raw(ds, "PixelSpacing", b"abc ")), "error", "PixelSpacing is not numeric"),
@@ -222,7 +224,8 @@ def test_dicom_variant(tmp_path, master_root, case, caplog):
     # pydicom's own logged decoder tracebacks never reach the user
     assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING], name
     got = ("warn" if result.meta["warnings"] else "volume") if isinstance(result, Volume) else "error"
-    assert got in expect.split("|"), f"{name}: expected {expect}, got {got}: {result if got == 'error' else result.meta}"
+    shown = result if got == "error" else result.meta
+    assert got in expect.split("|"), f"{name}: expected {expect}, got {got}: {shown}"
     text = str(result) if got == "error" else " ".join(result.meta["warnings"])
     if match and got != "volume":
         assert __import__("re").search(match, text), f"{name}: {text!r} does not match {match!r}"

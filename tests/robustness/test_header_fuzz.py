@@ -70,7 +70,8 @@ def _byte_mutation(rng: random.Random):
             for _ in range(r.randint(1, 8)):
                 data[r.randrange(132, end)] = r.randrange(256)
         elif kind in ("vr", "length"):
-            tags = [i for i in range(132, end - 8) if data[i + 1] in (0x00, 0x08, 0x20, 0x28) and data[i] in (0x08, 0x20, 0x28)
+            tags = [i for i in range(132, end - 8)
+                    if data[i + 1] in (0x00, 0x08, 0x20, 0x28) and data[i] in (0x08, 0x20, 0x28)
                     and chr(data[i + 4]).isupper() and chr(data[i + 5]).isupper()]
             if tags:
                 i = r.choice(tags)

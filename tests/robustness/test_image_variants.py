@@ -194,7 +194,8 @@ CASES = [
     ("nii-fifo", lambda f: (os.unlink(f / "scan.nii"), _fifo("scan.nii")(f))[1], "error", "not a regular file"),
     *[(f"{n}-pixdim-{label}", _nifti(n, pixdim={1: v}), "error", "pixdim.*range")
       for n in ("scan.nii", "scan.nii.gz")
-      for label, v in (("zero", 0.0), ("nan", float("nan")), ("negative", -2.0), ("huge", 1e30), ("inf", float("inf")))],
+      for label, v in (("zero", 0.0), ("nan", float("nan")), ("negative", -2.0), ("huge", 1e30),
+                       ("inf", float("inf")))],
     ("nii-pixdim-z-zero", _nifti("scan.nii", pixdim={3: 0.0}), "error", "pixdim"),
     ("nii-dim0-2", _nifti("scan.nii", dim={0: 2}), "error", "3-D"),
     ("nii-dim0-9", _nifti("scan.nii", dim={0: 9}), "error", "3-D"),
@@ -243,7 +244,8 @@ def test_image_variant(tmp_path, images, case):
     target = mutate(folder)
     result = outcome(target)
     got = ("warn" if result.meta["warnings"] else "volume") if isinstance(result, Volume) else "error"
-    assert got in expect.split("|"), f"{name}: expected {expect}, got {got}: {result if got == 'error' else result.describe()}"
+    shown = result if got == "error" else result.describe()
+    assert got in expect.split("|"), f"{name}: expected {expect}, got {got}: {shown}"
     if match and got == "error":
         assert re.search(match, str(result)), f"{name}: {str(result)!r} does not match {match!r}"
     if name.endswith("control"):

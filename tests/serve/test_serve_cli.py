@@ -40,3 +40,43 @@ def test_status_of_a_spool(tmp_path, capsys, series_pool):
     assert main(["serve", "--spool", str(tmp_path / "s"), "--status", "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["counts"]["received"] == 1 and st["series"][0]["instances"] == 1 and not st["running"]
+
+
+def _serve_parser():
+    """``noduleflow serve``'s parser alone (the other commands' options are not under test here)."""
+    import argparse
+
+    from noduleflow.commands import serve
+
+    parser = argparse.ArgumentParser(prog="noduleflow")
+    sub = parser.add_subparsers()
+    serve.register(sub)
+    return parser, sub.choices["serve"]
+
+
+def test_the_options_are_generated_from_serve_config(tmp_path):
+    import dataclasses
+
+    from noduleflow.commands.options import config_values
+    from noduleflow.serve import ServeConfig, Spool
+
+    parser, serve_parser = _serve_parser()
+    flat = " ".join(serve_parser.format_help().split())
+    cli = [f for f in dataclasses.fields(ServeConfig) if f.metadata.get("cli")]
+    assert {f.name for f in cli} >= {"host", "port", "quiet_s", "min_free_mb", "allow_hosts", "network", "png"}
+    for f in cli:
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        assert flag in flat, flag
+        if f.default not in (dataclasses.MISSING, None, ()):
+            shown = (flag if f.default else "--no-" + flag[2:]) if isinstance(f.default, bool) else f.default
+            assert f"(default {shown})" in flat.replace("- ", "-"), f.name
+    # what the options parse to when none is given is the dataclass's own defaults
+    args = parser.parse_args(["serve", "--spool", str(tmp_path)])
+    assert ServeConfig(**config_values(ServeConfig, args)) == ServeConfig(spool=tmp_path)
+    args = parser.parse_args(["serve", "--spool", str(tmp_path), "--allow-host", "10.0.0.5", "--allow-host",
+                              "10.0.1.0/24", "--no-network", "--watch", str(tmp_path / "in"), "--quiet-period", "3"])
+    cfg = ServeConfig(**config_values(ServeConfig, args))
+    assert (cfg.allow_hosts, cfg.network, cfg.watch, cfg.quiet_s) == (("10.0.0.5", "10.0.1.0/24"), False,
+                                                                      tmp_path / "in", 3.0)
+    # the spool's free-space floor is the config's, not a second default
+    assert Spool(tmp_path / "spool").min_free_mb == ServeConfig.min_free_mb == 256.0

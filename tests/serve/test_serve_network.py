@@ -10,8 +10,8 @@ import threading
 import pydicom
 import pytest
 
-from noduleflow.serve.sr import read_sr_points
 from noduleflow.serve.spool import SeriesState
+from noduleflow.serve.sr import read_sr_points
 
 from .conftest import SCU_AE, dcmtk, send, wait_for
 
@@ -137,7 +137,12 @@ def test_bad_input_is_refused_or_failed_with_a_reason_and_service_keeps_serving(
     statuses = send(svc.port, [mr, short, path_uid])
     assert statuses == [MISMATCH] * 3
     assert not (svc.spool.root.parent / "x").exists() and not (svc.spool.root / "x").exists()
-    assert not any((svc.spool.root / "received").iterdir())
+    # nothing stored; the two refusals with a valid series UID are recorded in that series (it
+    # cannot be COMPLETE until they are resent)
+    assert not any((svc.spool.root / "received").glob("*/instances/*"))
+    refused = svc.spool.read_record(svc.spool.current_dir(_uid(good)))["refused"]
+    assert sorted(refused) == sorted(str(pydicom.dcmread(good[i], stop_before_pixels=True).SOPInstanceUID)
+                                     for i in (3, 4))
     log = (svc.spool.root / "serve.log").read_text()
     assert "modality 'MR' is not CT" in log and "truncated" in log and "'../../x' is not a valid DICOM UID" in log
     assert "INTRUDER" in log and "rejected" in log
@@ -149,7 +154,7 @@ def test_bad_input_is_refused_or_failed_with_a_reason_and_service_keeps_serving(
         cut.write_bytes(good[6].read_bytes()[:-7000])
         subprocess.run([storescu, "-aet", "STORESCU", "-aec", "NODULEFLOW", "127.0.0.1", str(svc.port),
                         str(cut)], capture_output=True, text=True, timeout=60)
-        assert not any((svc.spool.root / "received").iterdir())
+        assert not any((svc.spool.root / "received").glob("*/instances/*"))
 
     # ...and the service still serves: echo, and a good series completes
     ae = AE(ae_title=SCU_AE)

@@ -107,7 +107,11 @@ def test_a_failing_worker_is_restarted_reported_and_instances_refused_meanwhile(
     assert "worker thread DOWN" in capsys.readouterr().out
     # while it is down, senders are told to keep their instances and retry
     assert send(svc.port, series_pool[1][:1]) == [OUT_OF_RESOURCES]
-    assert svc.spool.state_of(_uid(series_pool[1][0])) is None
+    # no image is held, but the refusal is recorded: that series cannot be reported COMPLETE until it is resent
+    other = _uid(series_pool[1][0])
+    assert svc.spool.state_of(other) == SeriesState.RECEIVED
+    assert not any((svc.spool.current_dir(other) / "instances").iterdir())
+    assert "worker is down" in next(iter(_record(svc, other)["refused"].values()))
 
     disk_full.clear()
     wait_for(lambda: svc.spool.state_of(uid) == SeriesState.DONE, timeout=240, what="the series after the restart")
@@ -117,6 +121,7 @@ def test_a_failing_worker_is_restarted_reported_and_instances_refused_meanwhile(
     assert h["restarts"] == 1
     assert svc.spool.status()["health"]["worker"]["state"] == "up"
     assert send(svc.port, series_pool[1][:1]) == [OK]
+    assert "refused" not in _record(svc, other)      # the resend resolved the refusal
     assert "worker thread failed" in (svc.spool.root / "serve.log").read_text()
 
 

@@ -60,8 +60,7 @@ def test_unknown_kernel_is_refused_with_its_name():
 
 
 def test_found_at_counts_hits_among_the_top_k():
-    from noduleflow.bench.kernel_robustness import found_at
-    from noduleflow.bench.strata import ScanResult
+    from noduleflow.trainer.evaluate.strata import ScanResult, found_at
 
     nod = np.array([[0, 0, 0, 10.0], [50, 0, 0, 6.0]])
     xyz = np.array([[100, 0, 0], [1, 1, 1], [51, 0, 0]], float)

@@ -1,15 +1,24 @@
 """Scan cache (hit / miss / invalidation) and the patch stream on small phantoms."""
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+import noduleflow.trainer.data.dataset as dataset_module
+import noduleflow.trainer.data.phantoms as phantoms_module
+import noduleflow.trainer.data.sources as sources_module
 from noduleflow.engine import ConfigError
 from noduleflow.engine.candidates import CandidateRules
 from noduleflow.engine.patches import gather
-from noduleflow.trainer.data.annotations import Finding
-from noduleflow.trainer.data.cache import CacheSpec, ScanCache
-from noduleflow.trainer.data.dataset import PatchStream, ScanSource, StreamSpec, with_hard_negatives
-from noduleflow.trainer.data.annotations import Candidate
 from noduleflow.synthetic.phantom import PhantomParams, generate_phantom
+from noduleflow.synthetic.synth import write_cohort
+from noduleflow.trainer.data.annotations import Candidate, Finding, read_findings
+from noduleflow.trainer.data.cache import CacheSpec, ScanCache
+from noduleflow.trainer.data.dataset import PatchStream, StreamSpec, to_patchset
+from noduleflow.trainer.data.patchset import PatchSet
+from noduleflow.trainer.data.sources import ScanSource, sources_from_folder, with_hard_negatives
 
 SMALL = dict(shape_zyx=(56, 128, 128), spacing_zyx_mm=(5.0, 2.5, 2.5))
 
@@ -97,7 +106,7 @@ def test_patch_stream_training(tmp_path, phantoms):
     p, y, loc = items[0]
     assert p.shape == (1, 41, 41, 41) and p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
     assert loc.shape == (3,) and loc.dtype == np.float32
-    assert all(((l >= 0) & (l <= 1)).all() for _, _, l in items)
+    assert all(((q >= 0) & (q <= 1)).all() for _, _, q in items)
     # a new epoch reshuffles; the same epoch repeats exactly
     first = stream.order()
     stream.set_epoch(1)
@@ -126,8 +135,6 @@ def test_patch_stream_eval_is_engine_gather_and_hard_negatives(tmp_path, phantom
     for k in (0, len(items) - 1):
         expect = gather(sc.volume.hu, idx.centre_zyx[k][None])[0]
         np.testing.assert_array_equal(items[k][0], expect)
-    from noduleflow.trainer.data.dataset import to_patchset
-
     ps = to_patchset(stream)
     assert len(ps) == len(items) and ps.patches.dtype == np.uint8 and ps.labels.tolist() == [y for _, y, _ in items]
     np.testing.assert_allclose(ps.patches[0] / 255.0, items[0][0], atol=0.5 / 255 + 1e-6)
@@ -149,10 +156,6 @@ def test_torch_wrapper(tmp_path, phantoms):
 
 @pytest.mark.parametrize("fmt", ["mhd", "dicom"])
 def test_synth_folder_sources(tmp_path, fmt):
-    from noduleflow.trainer.data.dataset import sources_from_folder
-    from noduleflow.trainer.data.annotations import read_findings
-    from noduleflow.synthetic.synth import write_cohort
-
     write_cohort(tmp_path, 2, seed=21, fmt=fmt, params=PhantomParams(n_nodules=2, n_excluded=1), progress=False,
                  **SMALL)
     src = sources_from_folder(tmp_path)
@@ -163,12 +166,15 @@ def test_synth_folder_sources(tmp_path, fmt):
 
 
 def test_data_modules_do_not_import_torch():
-    import json
-    import subprocess
-    import sys
-
-    code = ("import noduleflow.trainer.data.dataset, noduleflow.trainer.data.lidc, noduleflow.trainer.data.luna16, noduleflow.trainer.data.cache, sys, json; "
-            "print(json.dumps(sorted(sys.modules)))")
+    names = ", ".join(f"noduleflow.trainer.data.{m}" for m in
+                      ("dataset", "sources", "patchset", "phantoms", "lidc", "luna16", "cache"))
+    code = f"import {names}, sys, json; print(json.dumps(sorted(sys.modules)))"
     mods = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                      text=True).stdout.strip().splitlines()[-1])
     assert "noduleflow.trainer.data.dataset" in mods and "torch" not in mods
+
+
+def test_moved_names_stay_importable_from_their_old_modules():
+    for name in ("ScanSource", "sources_from_records", "with_hard_negatives", "sources_from_folder"):
+        assert getattr(dataset_module, name) is getattr(sources_module, name)
+    assert phantoms_module.PatchSet is PatchSet

@@ -9,6 +9,7 @@ from noduleflow.engine.volume import Volume
 from noduleflow.trainer.data.annotations import read_annotations, read_candidates, read_findings
 from noduleflow.trainer.data.lidc import LidcRules, discover_lidc, lidc_findings, parse_read_message
 from noduleflow.trainer.data.luna16 import read_luna16
+from noduleflow.trainer.data.sources import sources_from_records
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lidc_read_message.xml"
 
@@ -165,8 +166,6 @@ def test_lidc_convert_through_dicom(tmp_path):
 
 
 def test_luna16_sources(luna):
-    from noduleflow.trainer.data.dataset import sources_from_records
-
     train, val, _ = read_luna16(luna).split(val_folds=[1])
     src = sources_from_records(train)
     assert [s.scan_id for s in src] == ["1.2.3.1", "1.2.3.2"] and len(src[0].nodules) == 2

@@ -5,10 +5,21 @@ from scipy.ndimage import map_coordinates
 
 from noduleflow.engine import ConfigError
 from noduleflow.engine.patches import gather
-from noduleflow.trainer.data.augment import (AugmentSpec, random_transform, rotation_matrix, transformed_patch,
-                                  transformed_patch_reference, trilinear)
-from noduleflow.trainer.data.sampling import (balanced_batches, inside_any, negative_centres, positive_centres,
-                                   split_by_scan)
+from noduleflow.trainer.data.augment import (
+    AugmentSpec,
+    random_transform,
+    rotation_matrix,
+    transformed_patch,
+    transformed_patch_reference,
+    trilinear,
+)
+from noduleflow.trainer.data.sampling import (
+    balanced_batches,
+    inside_any,
+    negative_centres,
+    positive_centres,
+    split_by_scan,
+)
 
 
 def test_split_by_scan_disjoint_and_deterministic():

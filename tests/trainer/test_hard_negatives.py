@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from noduleflow.engine.preprocess import PreprocessSpec, preprocess
-from noduleflow.trainer.data.phantoms import phantom_hard_negatives
 from noduleflow.synthetic.phantom import generate_phantom
+from noduleflow.trainer.data.phantoms import phantom_hard_negatives
 
 TINY = dict(shape_zyx=(60, 112, 112), spacing_zyx_mm=(2.5, 2.0, 2.0))
 

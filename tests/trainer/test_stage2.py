@@ -97,23 +97,22 @@ def test_subsolid_supplement_keeps_only_that_pass_and_labels_it():
     ground-glass nodule (which only that pass finds) a positive, no jittered positives."""
     import numpy as np
 
-    from noduleflow.engine.blobs import BlobParams
-    from noduleflow.engine.stage1 import Stage1Params
+    from noduleflow.engine.contract import Stage1Spec
     from noduleflow.trainer.data.stage2 import Stage2DataSpec, scan_examples
 
     scan = _wall_scan(20.5, -600.0)
-    spec = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
-                                              blob=BlobParams(min_response=10.0), subsolid=50),
+    spec = Stage2DataSpec(stage1=Stage1Spec(generator="blobs", max_candidates=200, blob_min_response=10.0,
+                                            subsolid_candidates=50),
                           jittered_per_nodule=0, source=2)
     p, y, rank = scan_examples(None, scan, spec, np.random.default_rng(0))
     assert p.shape[1:] == (2, 41, 41, 41) and p.dtype == np.uint8
     assert y.sum() >= 1 and (rank >= 0).all()
     # every kept candidate comes after the first pass's list (the subsolid pass is appended)
-    first = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=200,
-                                               blob=BlobParams(min_response=10.0)), jittered_per_nodule=0)
+    first = Stage2DataSpec(stage1=Stage1Spec(generator="blobs", max_candidates=200, blob_min_response=10.0),
+                           jittered_per_nodule=0)
     from noduleflow.engine.stage1 import stage1_candidates
 
-    assert rank.min() >= len(stage1_candidates(None, scan.pre, first.stage1))
+    assert rank.min() >= len(stage1_candidates(scan.pre, first.stage1))
     _, y1, _ = scan_examples(None, scan, first, np.random.default_rng(0))
     assert y1.sum() == 1  # the first pass finds the solid nodule only
 
@@ -126,17 +125,17 @@ def test_wall_supplement_keeps_only_the_pleural_pass_and_labels_it():
     finds it at its centre, a positive."""
     import numpy as np
 
-    from noduleflow.engine.blobs import BlobParams
-    from noduleflow.engine.stage1 import Stage1Params
+    from noduleflow.engine.contract import Stage1Spec
     from noduleflow.trainer.data.stage2 import Stage2DataSpec, scan_examples
 
     scan = _wall_scan(21.0, 40.0)
-    s1 = Stage1Params(generator="blobs", max_candidates=1, blob=BlobParams(min_response=10.0), subsolid=50, wall=30)
+    s1 = Stage1Spec(generator="blobs", max_candidates=1, blob_min_response=10.0, subsolid_candidates=50,
+                    wall_candidates=30)
     p, y, rank = scan_examples(None, scan, Stage2DataSpec(stage1=s1, jittered_per_nodule=0, source=3),
                                np.random.default_rng(0))
     assert p.shape[1:] == (2, 41, 41, 41) and y.sum() == 1 and (rank >= 0).all()
-    first = Stage2DataSpec(stage1=Stage1Params(generator="blobs", max_candidates=1,
-                                               blob=BlobParams(min_response=10.0)), jittered_per_nodule=0)
+    first = Stage2DataSpec(stage1=Stage1Spec(generator="blobs", max_candidates=1, blob_min_response=10.0),
+                           jittered_per_nodule=0)
     _, y1, r1 = scan_examples(None, scan, first, np.random.default_rng(0))
     assert y1.sum() == 1 and rank.min() >= len(r1)  # the first pass: the isolated nodule; the pleural after
 

@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("torch")
 sitk = pytest.importorskip("SimpleITK")
 
-from noduleflow.engine import ConfigError  # noqa: E402
 from noduleflow.cli import main  # noqa: E402
-from noduleflow.trainer.commands.train import is_luna16_folder  # noqa: E402
+from noduleflow.engine import ConfigError  # noqa: E402
 from noduleflow.synthetic.phantom import PhantomParams, generate_phantom  # noqa: E402
+from noduleflow.trainer.commands.train import is_luna16_folder  # noqa: E402
 
 SMALL = dict(shape_zyx=(60, 112, 112), spacing_zyx_mm=(2.5, 2.0, 2.0))
 
@@ -151,8 +151,8 @@ def test_train_luna16_streams_respect_exclusions(luna, tmp_path):
 @pytest.mark.parametrize("flag, bad", [("--val-fold", "7"), ("--test-fold", "5")])
 def test_train_luna16_bad_fold(luna, tmp_path, capsys, flag, bad):
     root, _ = luna
-    from noduleflow.trainer.commands.train import run
     from noduleflow.cli import build_parser
+    from noduleflow.trainer.commands.train import run
 
     args = build_parser().parse_args(_args(root, tmp_path / "out", flag, bad))
     with pytest.raises(ConfigError, match=rf"folds \[{bad}\] not in .*has \[0, 1, 2\]"):
@@ -196,8 +196,9 @@ def test_train_luna16_dataloader_workers(luna, tmp_path):
 
 def test_luna16_toml_config(luna, tmp_path):
     """trainer/configs/luna16.toml parses; [data] folds are used when no option is given."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     from noduleflow.trainer.train import TrainConfig
 

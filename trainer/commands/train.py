@@ -27,8 +27,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--teacher", metavar="CKPT",
-                   help="distil from this trained checkpoint (e.g. trainer/checkpoints/default/best.safetensors): "
-                        "the loss mixes the labels with the teacher's logits on the same augmented batch")
+                   help="distil from this trained checkpoint (e.g. "
+                        "trainer/checkpoints/stage1_3d1_v6/best.safetensors): the loss mixes the labels with "
+                        "the teacher's logits on the same augmented batch")
     p.add_argument("--distill", type=float, metavar="W",
                    help="the teacher term's weight in the loss, 0-1 (with --teacher; e.g. 0.5)")
     p.add_argument("--hard-negatives", metavar="PKG", action="append",
@@ -262,8 +263,9 @@ def run(args: argparse.Namespace) -> int:
 
     require_extra("train", "noduleflow train")
     import json
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     from noduleflow.engine.preprocess import PreprocessSpec
     from noduleflow.trainer.train import TrainConfig, train

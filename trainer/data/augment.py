@@ -122,7 +122,8 @@ def _sample_patch(vol, centre, rot, out, lo, inv_range, pad_hu):
                 out[k, j, i] = min(max(v, 0.0), 1.0)
 
 
-def transformed_patch_reference(volume_hu: np.ndarray, centre_zyx, rotation: np.ndarray | None = None, shift_zyx=(0, 0, 0),
+def transformed_patch_reference(volume_hu: np.ndarray, centre_zyx, rotation: np.ndarray | None = None,
+                                shift_zyx=(0, 0, 0),
                       norm: Normalisation = Normalisation(), size: int = PATCH_SIZE) -> np.ndarray:
     """One patch float32 (1, size, size, size) in [0, 1]: output voxel at offset o from the patch
     centre samples the 1 mm volume at ``centre + shift + R @ o``: the content turns by R^-1 about

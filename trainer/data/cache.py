@@ -11,17 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from noduleflow.engine.candidates import CandidateRules, candidates
+from noduleflow.engine.fileio import TEMP_PREFIX, atomic_dir
 from noduleflow.engine.preprocess import PreprocessSpec, preprocess
 from noduleflow.engine.volume import Volume
 
@@ -91,34 +90,37 @@ class ScanCache:
         cand = candidates(pre.volume.hu, pre.mask, self.spec.rules)
         scan_dir = self.root / _safe(scan_id)
         scan_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=scan_dir))
+        final = self.entry_dir(scan_id)
         try:
-            np.save(tmp / "hu.npy", np.ascontiguousarray(pre.volume.hu, dtype=np.int16))
-            np.save(tmp / "mask.npy", np.ascontiguousarray(pre.mask, dtype=bool))
-            np.save(tmp / "candidates.npy", np.asarray(cand, dtype=np.int64).reshape(-1, 3))
-            v = pre.volume
-            meta = {"scan_id": scan_id, "series_uid": v.series_uid, "spacing_zyx_mm": list(v.spacing_zyx_mm),
-                    "origin_xyz_mm": list(v.origin_xyz_mm), "direction": list(v.direction),
-                    "bbox_native": [int(b) for b in pre.bbox_native], "spec_digest": self.digest,
-                    "spec": {"preprocess": self.spec.preprocess.to_dict(), "rules": asdict(self.spec.rules)}}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-            final = self.entry_dir(scan_id)
-            for stale in scan_dir.iterdir():
-                # other writers' temporary folders are theirs to finish
-                if stale.is_dir() and not stale.name.startswith(".tmp-") and stale.name != self.digest:
-                    log.info("cache: spec changed for %s, removing %s", scan_id, stale.name)
-                    shutil.rmtree(stale, ignore_errors=True)
-            if final.exists() and not (final / "meta.json").is_file():
-                shutil.rmtree(final, ignore_errors=True)  # a leftover without its meta: not valid
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                if not (final / "meta.json").is_file():
-                    raise
-                log.debug("cache: %s was written concurrently, keeping that entry", scan_id)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_dir(final, mode=0o700) as tmp:
+                self._fill(tmp, scan_id, pre, cand)
+                self._drop_stale(scan_dir, scan_id, final)
+        except FileExistsError:
+            if not (final / "meta.json").is_file():
+                raise
+            log.debug("cache: %s was written concurrently, keeping that entry", scan_id)
+
+    def _fill(self, folder: Path, scan_id: str, pre, cand) -> None:
+        """The entry's files, into the folder ``folder`` (not yet in place)."""
+        np.save(folder / "hu.npy", np.ascontiguousarray(pre.volume.hu, dtype=np.int16))
+        np.save(folder / "mask.npy", np.ascontiguousarray(pre.mask, dtype=bool))
+        np.save(folder / "candidates.npy", np.asarray(cand, dtype=np.int64).reshape(-1, 3))
+        v = pre.volume
+        meta = {"scan_id": scan_id, "series_uid": v.series_uid, "spacing_zyx_mm": list(v.spacing_zyx_mm),
+                "origin_xyz_mm": list(v.origin_xyz_mm), "direction": list(v.direction),
+                "bbox_native": [int(b) for b in pre.bbox_native], "spec_digest": self.digest,
+                "spec": {"preprocess": self.spec.preprocess.to_dict(), "rules": asdict(self.spec.rules)}}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+
+    def _drop_stale(self, scan_dir: Path, scan_id: str, final: Path) -> None:
+        """Remove the scan's entries of other specs, and a leftover ``final`` without its meta."""
+        for stale in scan_dir.iterdir():
+            # other writers' temporary folders are theirs to finish
+            if stale.is_dir() and not stale.name.startswith(TEMP_PREFIX) and stale.name != self.digest:
+                log.info("cache: spec changed for %s, removing %s", scan_id, stale.name)
+                shutil.rmtree(stale, ignore_errors=True)
+        if final.exists() and not (final / "meta.json").is_file():
+            shutil.rmtree(final, ignore_errors=True)  # a leftover without its meta: not valid
 
     def _read(self, scan_id: str) -> CachedScan:
         d = self.entry_dir(scan_id)

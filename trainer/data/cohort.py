@@ -28,14 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from noduleflow.engine import ConfigError
+from noduleflow.engine.fileio import atomic_dir
 from noduleflow.engine.preprocess import Preprocessed, PreprocessSpec, preprocess
 from noduleflow.engine.volume import Volume
 
@@ -139,34 +138,33 @@ class CohortCache:
         ph = generate_phantom(seed, **self.phantom_kwargs)
         pre = preprocess(ph.volume, self.spec)
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{seed}-", dir=self.dir))
+        final = self.dir / str(seed)
         try:
-            np.save(tmp / "hu.npy", np.ascontiguousarray(pre.volume.hu, dtype=np.int16))
-            np.save(tmp / "mask.npy", np.ascontiguousarray(pre.mask, dtype=bool))
-            v = pre.volume
+            with atomic_dir(final, mode=0o700) as tmp:
+                self._fill(tmp, seed, ph, pre)
+        except FileExistsError:
+            if not (final / "meta.json").is_file():
+                raise  # a concurrent writer's complete entry is as good as ours
 
-            def rec(n):
-                return {"center_xyz_mm": list(n.center_xyz_mm), "diameter_mm": n.diameter_mm, "kind": n.kind,
-                        "shape": n.shape, "location": n.location}
+    def _fill(self, folder: Path, seed: int, ph, pre) -> None:
+        """The entry's files, into the folder ``folder`` (not yet in place)."""
+        np.save(folder / "hu.npy", np.ascontiguousarray(pre.volume.hu, dtype=np.int16))
+        np.save(folder / "mask.npy", np.ascontiguousarray(pre.mask, dtype=bool))
+        v = pre.volume
 
-            meta = {"seed": seed, "series_uid": v.series_uid, "spacing_zyx_mm": list(v.spacing_zyx_mm),
-                    "origin_xyz_mm": list(v.origin_xyz_mm), "direction": list(v.direction),
-                    "bbox_native": [int(b) for b in pre.bbox_native],
-                    "native_shape_zyx": list(ph.volume.shape),
-                    "native_spacing_zyx_mm": list(ph.volume.spacing_zyx_mm),
-                    "phantom": {k: v for k, v in ph.meta.items() if isinstance(v, (int, float, bool, str))},
-                    "nodules": [rec(n) for n in ph.nodules], "excluded": [rec(n) for n in ph.excluded],
-                    "spec": self.spec.to_dict()}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-            final = self.dir / str(seed)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                if not (final / "meta.json").is_file():
-                    raise  # a concurrent writer's complete entry is as good as ours
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        def rec(n):
+            return {"center_xyz_mm": list(n.center_xyz_mm), "diameter_mm": n.diameter_mm, "kind": n.kind,
+                    "shape": n.shape, "location": n.location}
+
+        meta = {"seed": seed, "series_uid": v.series_uid, "spacing_zyx_mm": list(v.spacing_zyx_mm),
+                "origin_xyz_mm": list(v.origin_xyz_mm), "direction": list(v.direction),
+                "bbox_native": [int(b) for b in pre.bbox_native],
+                "native_shape_zyx": list(ph.volume.shape),
+                "native_spacing_zyx_mm": list(ph.volume.spacing_zyx_mm),
+                "phantom": {k: v for k, v in ph.meta.items() if isinstance(v, (int, float, bool, str))},
+                "nodules": [rec(n) for n in ph.nodules], "excluded": [rec(n) for n in ph.excluded],
+                "spec": self.spec.to_dict()}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
 
     def _read(self, seed: int) -> CohortScan:
         d = self.dir / str(seed)

@@ -10,35 +10,28 @@ each in [0, 1] (the 3D-LOC input). The torch wrapper lives in `trainer.data.torc
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from noduleflow.engine import ConfigError
 from noduleflow.engine.contract import PATCH_SIZE
 from noduleflow.engine.patches import Normalisation, gather
-from noduleflow.engine.volume import Volume
 
-from .annotations import Finding, as_xyzd
+from .annotations import as_xyzd
 from .augment import AugmentSpec, augmented_patch
 from .cache import CachedScan, ScanCache
+from .patchset import PatchSet
 from .sampling import balanced_batches, findings_to_voxels, negative_centres, positive_centres
+from .sources import ScanSource, sources_from_folder, sources_from_records, with_hard_negatives
+
+# The sources moved to `trainer.data.sources`; they stay importable from here.
+__all__ = ["PatchIndex", "PatchStream", "ScanSource", "StreamSpec", "sources_from_folder", "sources_from_records",
+           "to_patchset", "with_hard_negatives"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, eq=False)
-class ScanSource:
-    """One scan: how to load it and its findings (world mm). ``hard_negatives_xyz_mm``: a
-    previous model's false positives on this scan (world (x, y, z) mm)."""
-
-    scan_id: str
-    load: Callable[[], Volume]
-    nodules: tuple[Finding, ...] = ()
-    excluded: tuple[Finding, ...] = ()
-    hard_negatives_xyz_mm: tuple[tuple[float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,8 +91,6 @@ class PatchStream:
         return self._index
 
     def _build_index(self) -> PatchIndex:
-        from tqdm import tqdm
-
         parts = []
         for i, src in enumerate(tqdm(self.sources, desc="scans", unit="scan", disable=len(self.sources) < 4)):
             sc = self.scan(i)
@@ -158,45 +149,10 @@ class PatchStream:
         return self.iter_shard(0, 1)
 
 
-def sources_from_records(records) -> list[ScanSource]:
-    """`trainer.data.luna16.ScanRecord`s -> sources (images loaded by the engine's loader);
-    the records' candidates of class 0 are not used as hard negatives (they are ordinary
-    candidates of another detector); pass mined false positives explicitly."""
-    from noduleflow.engine.io import load_volume
-
-    return [ScanSource(r.series_uid, (lambda p=r.path: load_volume(p)), tuple(r.nodules), tuple(r.excluded))
-            for r in records]
-
-
-def with_hard_negatives(sources: list[ScanSource], candidates) -> list[ScanSource]:
-    """Attach a previous model's false positives (`Candidate`s, e.g. from `read_candidates` on
-    its detections CSV; class-1 rows are ignored) to the matching sources."""
-    from dataclasses import replace
-
-    by_uid: dict[str, list] = {}
-    for c in candidates:
-        if c.label == 0:
-            by_uid.setdefault(c.series_uid, []).append(tuple(c.center_xyz_mm))
-    return [replace(s, hard_negatives_xyz_mm=tuple(s.hard_negatives_xyz_mm) + tuple(by_uid.get(s.scan_id, ())))
-            for s in sources]
-
-
-def sources_from_folder(folder) -> list[ScanSource]:
-    """A cohort folder written by `noduleflow synth` (DICOM series folders or .mhd files plus
-    LUNA16-layout annotations.csv / annotations_excluded.csv)."""
-    from .phantoms import phantom_folder_sources
-
-    return phantom_folder_sources(Path(folder))
-
-
-def to_patchset(stream: PatchStream, progress: bool = False):
+def to_patchset(stream: PatchStream, progress: bool = False) -> PatchSet:
     """One pass of ``stream`` (its current epoch order) as an in-memory
-    `trainer.data.phantoms.PatchSet` (patches uint8 in 1/255 steps, ``scan`` = source index),
+    `trainer.data.patchset.PatchSet` (patches uint8 in 1/255 steps, ``scan`` = source index),
     the form the training loop takes."""
-    from tqdm import tqdm
-
-    from .phantoms import PatchSet
-
     order = stream.order()
     patches = np.empty((len(order), 1, *(PATCH_SIZE,) * 3), np.uint8)
     labels = np.empty(len(order), np.int8)

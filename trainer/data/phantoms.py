@@ -1,44 +1,30 @@
-"""Phantom cohorts as training data: generated in memory by seed, or read from a `synth` folder."""
+"""Phantom cohorts as training data: generated in memory by seed, or read from a `synth` folder,
+as `PatchSet`s (defined in `trainer.data.patchset`, importable from here too)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from noduleflow.engine import ConfigError
+from noduleflow.engine.detector import Detector
+from noduleflow.engine.io import load_volume
+from noduleflow.engine.patches import gather
+from noduleflow.engine.postprocess import sigmoid
 from noduleflow.engine.preprocess import PreprocessSpec, preprocess
+from noduleflow.synthetic.phantom import generate_phantom
 
 from .annotations import as_xyzd, read_annotations
+from .patchset import PatchSet
 from .sampling import SamplingSpec, sample_scan
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PatchSet:
-    patches: np.ndarray   # uint8 (N, 1, 41, 41, 41): [0, 1] window in 1/255 steps
-    labels: np.ndarray    # int8 (N,)
-    locations: np.ndarray  # float32 (N, 3)
-    scan: np.ndarray      # int32 (N,): index of the source scan (splits are by scan)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @staticmethod
-    def concat(parts: list["PatchSet"]) -> "PatchSet":
-        return PatchSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                          ("patches", "labels", "locations", "scan")))
-
-
 def phantom_patches(seeds, spec: PreprocessSpec = PreprocessSpec(), sampling: SamplingSpec = SamplingSpec(),
                     phantom_params=None, progress: bool = True) -> PatchSet:
     """Generate phantoms for ``seeds``, preprocess them with the engine, sample patches."""
-    from tqdm import tqdm
-
-    from noduleflow.synthetic.phantom import generate_phantom
-
     parts = []
     for i, seed in enumerate(tqdm(list(seeds), desc="phantoms", unit="scan", disable=not progress)):
         ph = generate_phantom(int(seed), params=phantom_params)
@@ -53,10 +39,6 @@ def folder_patches(folder, spec: PreprocessSpec = PreprocessSpec(), sampling: Sa
                    progress: bool = True, seed: int = 0) -> PatchSet:
     """A cohort folder as `noduleflow synth` writes it (or any folder of scans with a LUNA16-style
     annotations.csv): every DICOM series folder / .mhd under it."""
-    from tqdm import tqdm
-
-    from noduleflow.engine.io import load_volume
-
     folder = Path(folder)
     ann = read_annotations(folder / "annotations.csv")
     exc = read_annotations(folder / "annotations_excluded.csv")
@@ -81,19 +63,13 @@ def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float 
     farther than radius + 3 mm from every nodule and excluded finding (and above ``min_prob``)
     become negative patches. ``shape_zyx``/``spacing_zyx_mm``: phantom grid (default: drawn
     from the seed, as in training)."""
-    from tqdm import tqdm
-
-    from noduleflow.engine.detector import Detector
-    from noduleflow.engine.patches import gather
-    from noduleflow.synthetic.phantom import generate_phantom
-
     det = Detector(package, mode="dense")
     parts = []
     for i, seed in enumerate(tqdm(list(seeds), desc="mining", unit="scan", disable=not progress)):
         ph = generate_phantom(int(seed), shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm)
         pre = preprocess(ph.volume, spec)
-        centres = det.grid_centres(pre)
-        logits = det.score(pre, centres)
+        centres = det.scorer.centres(pre)
+        logits = det.scorer(pre.volume.hu, centres)
         vol = pre.volume
         find = np.concatenate([as_xyzd(ph.nodules), as_xyzd(ph.excluded)])
         if len(find):
@@ -102,7 +78,7 @@ def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float 
             far = (d > find[None, :, 3] / 2 + 3.0).all(1)
         else:
             far = np.ones(len(centres), bool)
-        prob = 1.0 / (1.0 + np.exp(-logits))
+        prob = sigmoid(logits)
         cand = np.flatnonzero(far & (prob >= min_prob))
         pick = cand[np.argsort(-prob[cand])[:per_scan]]
         c = centres[pick]
@@ -110,36 +86,3 @@ def phantom_hard_negatives(seeds, package, per_scan: int = 150, min_prob: float 
         loc = (c / np.maximum(np.asarray(vol.shape) - 1, 1)).astype(np.float32)
         parts.append(PatchSet(p, np.zeros(len(c), np.int8), loc, np.full(len(c), 10_000 + i, np.int32)))
     return PatchSet.concat(parts)
-
-
-def _series_uid(path: Path) -> str:
-    """Series UID without loading pixels: the .mhd stem (the engine's convention) or the
-    SeriesInstanceUID of the first DICOM file in the folder."""
-    if path.is_file():
-        return path.stem
-    import pydicom
-
-    first = next(iter(sorted(path.glob("*.dcm"))))
-    return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
-
-
-def phantom_folder_sources(folder) -> list:
-    """A `noduleflow synth` cohort folder -> `trainer.data.dataset.ScanSource` list (one per
-    DICOM series folder or .mhd; scan id = series UID)."""
-    from noduleflow.engine.io import load_volume
-
-    from .annotations import by_series, read_findings
-    from .dataset import ScanSource
-
-    folder = Path(folder)
-    if not (folder / "annotations.csv").is_file():
-        raise ConfigError(f"{folder}: annotations.csv missing (not a cohort folder?)")
-    ann = by_series(read_findings(folder / "annotations.csv"))
-    exc = by_series(read_findings(folder / "annotations_excluded.csv"))
-    scans = sorted([p for p in folder.glob("*.mhd")] +
-                   [p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.dcm"))])
-    out = []
-    for p in scans:
-        uid = _series_uid(p)
-        out.append(ScanSource(uid, (lambda p=p: load_volume(p)), tuple(ann.get(uid, ())), tuple(exc.get(uid, ()))))
-    return out

@@ -21,21 +21,24 @@ when present: an interrupted build resumes.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from noduleflow.engine.config import DetectorConfig
 from noduleflow.engine.context import ContextVolume
-from noduleflow.engine.stage1 import Stage1Params, stage1_candidates
+from noduleflow.engine.contract import Stage1Spec
+from noduleflow.engine.detector import Detector
+from noduleflow.engine.fileio import atomic_path
+from noduleflow.engine.stage1 import stage1_candidates
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Stage2DataSpec:
-    stage1: Stage1Params = field(default_factory=lambda: Stage1Params(max_candidates=150, cnn_candidates=150))
+    stage1: Stage1Spec = field(default_factory=lambda: Stage1Spec(max_candidates=150))
     negatives_per_scan: int = 100
     jittered_per_nodule: int = 6
     max_jitter_mm: float = 3.0
@@ -72,7 +75,9 @@ def scan_examples(det, scan, spec: Stage2DataSpec, rng: np.random.Generator):
         return np.c_[vol.world_to_voxel(xyzd[:, :3]).reshape(-1, 3), xyzd[:, 3] / 2.0]
 
     nod, exc = zyxr(scan.xyzd()), zyxr(scan.xyzd(excluded=True))
-    cand = stage1_candidates(det, pre, spec.stage1)
+    # the blob generator needs no network (``det`` may be None); the CNN's peaks are det's, clustered its way
+    scorer, config = (det.scorer, det.config) if spec.stage1.uses_cnn else (None, DetectorConfig())
+    cand = stage1_candidates(pre, spec.stage1, scorer, config)
     lab = label_candidates(cand.centres_zyx, nod, exc, spec.margin_mm)
     if spec.source is not None:
         lab[cand.source != spec.source] = -1
@@ -105,9 +110,8 @@ def build(det, cache, seeds, out_dir, spec: Stage2DataSpec = Stage2DataSpec(), p
         if path.exists():
             continue
         p, y, r = scan_examples(det, cache.get(s), spec, np.random.default_rng(int(s) + 104729))
-        tmp = out / f".{int(s)}.tmp.npz"
-        np.savez(tmp, patches=p, labels=y, rank=r, seed=np.int64(s))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, patches=p, labels=y, rank=r, seed=np.int64(s))
     return out
 
 
@@ -142,7 +146,6 @@ def main(argv=None) -> int:
     """``python -m noduleflow.trainer.data.stage2 --seeds train --out DIR [--reverse]``"""
     import argparse
 
-    from noduleflow.engine.detector import Detector
     from noduleflow.synthetic.phantom import RECON_KERNELS
 
     from .cohort import cohort_seeds, kernel_cache
@@ -160,29 +163,29 @@ def main(argv=None) -> int:
                          "blobs), labelled, no jittered positives: data for a stage 2 that sees that pass")
     ap.add_argument("--wall", type=int, default=0, metavar="N",
                     help="instead: only the candidates of stage 1's pleural pass (at most N per scan after 200 blobs "
-                         "and 50 subsolid ones), labelled, no jittered positives: data for a stage 2 that sees that pass")
+                         "and 50 subsolid ones), labelled, no jittered positives: data for a stage 2 that sees "
+                         "that pass")
     ap.add_argument("--generator", choices=("cnn", "blobs", "union"), default="union",
                     help="stage-1 generator whose candidates become the examples (default union, as v7/v8 were built)")
     ap.add_argument("--max-candidates", type=int, default=150, help="stage-1 cap (default 150)")
     ap.add_argument("--min-response", type=float, default=None,
-                    help="blob response threshold (default: engine.blobs.BlobParams' 20; the shipped model uses 10)")
+                    help="blob response threshold (default: engine.contract.Stage1Spec's)")
     a = ap.parse_args(argv)
     seeds = [s for name in a.seeds for s in cohort_seeds(name)]
     if a.reverse:
         seeds = seeds[::-1]
-    from noduleflow.engine.blobs import BlobParams
-
     if a.subsolid and a.wall:
         ap.error("--subsolid and --wall build different supplements: one at a time")
-    supplement = Stage1Params(generator="blobs", max_candidates=200, blob=BlobParams(min_response=10.0))
+    supplement = Stage1Spec(generator="blobs", max_candidates=200, blob_min_response=10.0)
     if a.subsolid:
-        spec = Stage2DataSpec(stage1=replace(supplement, subsolid=a.subsolid), jittered_per_nodule=0, source=2)
+        spec = Stage2DataSpec(stage1=replace(supplement, subsolid_candidates=a.subsolid), jittered_per_nodule=0,
+                              source=2)
     elif a.wall:
-        spec = Stage2DataSpec(stage1=replace(supplement, subsolid=50, wall=a.wall), jittered_per_nodule=0, source=3)
+        spec = Stage2DataSpec(stage1=replace(supplement, subsolid_candidates=50, wall_candidates=a.wall),
+                              jittered_per_nodule=0, source=3)
     else:
-        blob = BlobParams() if a.min_response is None else BlobParams(min_response=a.min_response)
-        spec = Stage2DataSpec(stage1=Stage1Params(generator=a.generator, max_candidates=a.max_candidates,
-                                                  cnn_candidates=a.max_candidates, blob=blob))
+        blob = {} if a.min_response is None else {"blob_min_response": a.min_response}
+        spec = Stage2DataSpec(stage1=Stage1Spec(generator=a.generator, max_candidates=a.max_candidates, **blob))
     build(Detector(a.model), kernel_cache(a.kernel), seeds, a.out, spec)
     return 0
 

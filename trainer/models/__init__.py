@@ -1,9 +1,9 @@
 """The seed's model zoo (seeds/000): 3D-1, 3D-2, 3D-LOC, 2.5D-1, 2.5D-2, 3D-ST; and 3D-E, a plain
 network with 3D-1's dense contract laid out for the dense pass's speed (`net3d.Net3DE`).
 
-All but the stage-2 ``ms-3d1`` ((N, 2, 41, 41, 41): 1 mm and 2 mm context) take (N, 1, 41, 41, 41) float32 patches in [0, 1] (1 mm voxels, HU window
-[-1000, 400]) and return (N,) logits. 3D-1, 3D-2, 3D-LOC and 3D-E are exactly fully
-convolutional (`dense_forward`); see `trainer.models.net3d`.
+All but the stage-2 ``ms-3d1`` ((N, 2, 41, 41, 41): 1 mm and 2 mm context) take (N, 1, 41, 41, 41)
+float32 patches in [0, 1] (1 mm voxels, HU window [-1000, 400]) and return (N,) logits. 3D-1, 3D-2,
+3D-LOC and 3D-E are exactly fully convolutional (`dense_forward`); see `trainer.models.net3d`.
 """
 from __future__ import annotations
 

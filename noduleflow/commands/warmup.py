@@ -32,9 +32,9 @@ def register(sub) -> None:
         "warmup", help="compile the engine's kernels once (the first detection after install is then warm)",
         description="Detects on a small synthetic scan twice and reports how long the first run took "
                     "(numba compiling the kernels, or loading them from its cache) and the second (warm). "
-                    "numba keeps the compiled kernels in its cache (beside the installed package, or in "
-                    "the user's cache folder when that is read-only; NUMBA_CACHE_DIR overrides), so this is "
-                    "paid once per install, not once per process.")
+                    "numba keeps the compiled kernels in the user's cache folder (~/.cache/noduleflow/numba, "
+                    "or $XDG_CACHE_HOME/noduleflow/numba; NUMBA_CACHE_DIR overrides), never inside the "
+                    "installed package, so this is paid once per user and install, not once per process.")
     p.add_argument("--model", help="model package folder (default: the shipped model)")
     p.set_defaults(func=run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pydicom
 import pytest
@@ -139,6 +140,13 @@ def test_a_missing_frame_of_reference_is_refused_at_c_store_with_the_reason(make
     assert "1 instance(s) refused" in capsys.readouterr().out
 
 
+def _quiet_now() -> float:
+    """A moment when the series just stored is quiet (idle past the 1 s quiet time) but still within
+    its 600 s incomplete wait: measured from now, not from when the test module was imported (a full
+    suite can run for longer than that wait before reaching these tests)."""
+    return time.time() + 5.0
+
+
 # -- completeness the service can vouch for --------------------------------------------------------
 def test_a_refused_instance_keeps_a_series_from_complete_until_it_arrives(tmp_path, series_pool):
     files = series_pool[1]
@@ -146,7 +154,7 @@ def test_a_refused_instance_keeps_a_series_from_complete_until_it_arrives(tmp_pa
     sp = Spool(tmp_path / "spool")
     _store(sp, files[:-1])
     sp.refuse(uid, _sop(files[-1]), "0xA700 spool below its free-space minimum")
-    assert sp.complete_quiet(1.0, now=NOW - 9_500, incomplete_s=600.0) == []   # waits for the resend
+    assert sp.complete_quiet(1.0, now=_quiet_now(), incomplete_s=600.0) == []   # waits for the resend
     rec = _record(sp, uid)
     assert "1 instance(s) refused" in rec["incomplete"] and sp.state_of(uid) == SeriesState.RECEIVED
     _store(sp, files[-1:])                       # the resend: the refusal is resolved
@@ -161,7 +169,7 @@ def test_a_refused_tail_never_resent_is_processed_as_partial_not_complete(tmp_pa
     _store(sp, files[:40])
     for f in files[40:]:
         sp.refuse(uid, _sop(f), "0xA700 spool below its free-space minimum")
-    assert sp.complete_quiet(1.0, now=NOW - 9_500, incomplete_s=600.0) == []
+    assert sp.complete_quiet(1.0, now=_quiet_now(), incomplete_s=600.0) == []
     assert sp.complete_quiet(1.0, now=NOW, incomplete_s=600.0) == [uid]     # after the wait: PARTIAL
     rec = _record(sp, uid)
     assert rec["complete"] is False and len(rec["refused"]) == 20
@@ -173,14 +181,14 @@ def test_a_gap_is_never_complete(tmp_path, series_pool):
     uid = _uid(files[0])
     sp = Spool(tmp_path / "spool")
     _store(sp, files[:25] + files[26:])
-    assert sp.complete_quiet(1.0, now=NOW - 9_500, incomplete_s=600.0) == []
+    assert sp.complete_quiet(1.0, now=_quiet_now(), incomplete_s=600.0) == []
     assert "slice(s) missing" in _record(sp, uid)["incomplete"]
     assert sp.complete_quiet(1.0, now=NOW, incomplete_s=600.0) == []          # after the wait: failed
     assert sp.state_of(uid) == SeriesState.FAILED and "complete" not in _record(sp, uid)
     # odd slices only: evenly spaced at twice the spacing, but InstanceNumbers have holes
     sp2 = Spool(tmp_path / "spool2")
     _store(sp2, files[::2])
-    assert sp2.complete_quiet(1.0, now=NOW - 9_500, incomplete_s=600.0) == []
+    assert sp2.complete_quiet(1.0, now=_quiet_now(), incomplete_s=600.0) == []
     assert "InstanceNumber" in _record(sp2, uid)["incomplete"]
     assert sp2.complete_quiet(1.0, now=NOW, incomplete_s=600.0) == [uid]
     assert _record(sp2, uid)["complete"] is False

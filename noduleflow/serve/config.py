@@ -113,6 +113,8 @@ class ServeConfig:
                                    flag="--pdu-timeout", group=NETWORK)
     max_pending_per_host: int = setting(4, "connections from one address that have not yet sent their association "
                                            "request; more are closed at once", group=NETWORK)
+    max_message_mb: float = setting(32.0, "abort an association whose DIMSE message (one instance: the sum of its "
+                                          "P-DATA fragments) exceeds this many MiB", group=NETWORK)
     dimse_timeout_s: float = setting(30.0, "one DIMSE message exchange", cli=False)
     network_timeout_s: float = setting(60.0, "abort an association silent for S s; its series then waits for a "
                                              "resend", flag="--network-timeout", group=NETWORK)
@@ -136,6 +138,8 @@ class ServeConfig:
             raise ConfigError(f"--retain-instances must be >= 0 seconds (got {self.retain_s})")
         if self.max_associations < 1:
             raise ConfigError(f"--max-associations must be >= 1 (got {self.max_associations})")
+        if not self.max_message_mb > 0:
+            raise ConfigError(f"--max-message-mb must be > 0 (got {self.max_message_mb})")
         if self.max_pending_per_host < 1:
             raise ConfigError(f"--max-pending-per-host must be >= 1 (got {self.max_pending_per_host})")
         for name, option in (("acse_timeout_s", "--acse-timeout"), ("dimse_timeout_s", "dimse_timeout_s"),

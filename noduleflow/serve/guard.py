@@ -15,8 +15,19 @@ header: type, reserved, 32-bit length) of the bytes it hands to pynetdicom and, 
   closes the connection, as for a connection lost);
 - checks the announced length before a byte of the body is read: above ``max_request_bytes``
   for the first PDU, or above the negotiated maximum plus slack for the others, the
-  connection is shut down (`ConnectionAbortedError`). Memory per connection is thus bounded
-  by the cap, before and after association.
+  connection is aborted;
+- follows the PDV items of every P-DATA-TF PDU and sums the fragments of the DIMSE message
+  they carry (its command set and its data set, each from its first fragment to the one
+  flagged last): above ``max_message_bytes`` the connection is aborted. pynetdicom gathers a
+  message's fragments in memory (`DIMSEMessage.decode_msg`: a ``BytesIO``; it has no size
+  limit nor a hook for one), so without this cap a peer could grow the process without bound
+  across many PDUs each within the PDU cap.
+
+Aborting is: a log line saying why, an A-ABORT PDU (source: service provider) sent to the peer,
+the connection shut down both ways and `ConnectionAbortedError` raised to pynetdicom, which
+then closes the association as a lost connection (its series is marked interrupted). Memory
+per connection is thus bounded by the caps, before and after association: at most one PDU
+header, one PDU being read and ``max_message_bytes`` of message held by pynetdicom.
 
 `ConnectionGuard` keeps the connections that have not yet delivered their A-ASSOCIATE-RQ
 ("unauthenticated": nobody has said who they are), refuses a new one from an address that
@@ -39,6 +50,18 @@ log = logging.getLogger("noduleflow.serve")
 HEADER_BYTES = 6
 #: Room above the negotiated maximum PDU length (that counts the PDVs only) for the PDV item headers.
 PDU_SLACK_BYTES = 1024
+#: PDV item header: item length (4 bytes, big endian, counting what follows), presentation
+#: context ID (1), message control header (1: bit 0 command/data set, bit 1 last fragment)
+PDV_HEADER_BYTES = 6
+P_DATA_TF = 0x04
+#: A-ABORT PDU reasons (PS3.8 9.3.8, source 2 = service provider)
+ABORT_NOT_SPECIFIED = 0x00
+ABORT_INVALID_PARAMETER = 0x06
+
+
+def a_abort_pdu(reason: int) -> bytes:
+    """An A-ABORT PDU from the service provider (source 2) with ``reason`` (10 bytes)."""
+    return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 2, reason)
 
 
 @dataclass(frozen=True)
@@ -49,6 +72,7 @@ class ConnectionLimits:
     max_request_bytes: int = 65536        # the A-ASSOCIATE-RQ (128 presentation contexts fit in ~20 kB)
     max_pdu_bytes: int = 16382 + PDU_SLACK_BYTES   # every later PDU
     max_pending_per_host: int = 4         # connections per address that have not sent their request
+    max_message_bytes: int = 32 * 2 ** 20  # one DIMSE message: the P-DATA fragments of its command + data set
 
 
 class GuardedSocket(socket.socket):
@@ -69,6 +93,10 @@ class GuardedSocket(socket.socket):
         g.pdus = 0                # PDUs received whole
         g._header = b""
         g._left = 0               # bytes of the current PDU body still to come
+        g._type = 0               # the current PDU's type
+        g._item = b""             # a PDV item header being read
+        g._item_left = 0          # bytes of the current PDV item's value still to come
+        g._message = [0, 0]       # bytes of the DIMSE message being received: [data set, command set]
         g._deadline = g.accepted + limits.request_timeout_s
         g.settimeout(limits.pdu_timeout_s)   # sends too: a peer that never reads cannot block a thread
         return g
@@ -108,10 +136,12 @@ class GuardedSocket(socket.socket):
         while i < n:
             if self._left:
                 take = min(self._left, n - i)
+                if self._type == P_DATA_TF and self.pdus:
+                    self._follow_pdv(data, i, take)
                 self._left -= take
                 i += take
                 if not self._left:
-                    self.pdus += 1
+                    self._end_pdu()
                 continue
             take = min(HEADER_BYTES - len(self._header), n - i)
             self._header += data[i:i + take]
@@ -122,13 +152,60 @@ class GuardedSocket(socket.socket):
             self._header = b""
             cap = self.limits.max_pdu_bytes if self.pdus else self.limits.max_request_bytes
             if length > cap:
-                why = (f"PDU type 0x{pdu_type:02X} announces {length} bytes, above the {cap}-byte limit "
-                       f"{'for an association request' if not self.pdus else '(negotiated maximum + slack)'}")
-                self._give_up(why)
-                raise ConnectionAbortedError(f"{self.peer}: {why}")
-            self._left = length
+                self._abort(f"PDU type 0x{pdu_type:02X} announces {length} bytes, above the {cap}-byte limit "
+                            f"{'for an association request' if not self.pdus else '(negotiated maximum + slack)'}",
+                            ABORT_INVALID_PARAMETER)
+            self._type, self._left = pdu_type, length
             if not length:
-                self.pdus += 1
+                self._end_pdu()
+
+    def _end_pdu(self) -> None:
+        self.pdus += 1
+        if self._item:
+            self._abort(f"P-DATA-TF PDU ends inside a PDV item header ({len(self._item)} of "
+                        f"{PDV_HEADER_BYTES} bytes)", ABORT_INVALID_PARAMETER)
+
+    def _follow_pdv(self, data: bytes, start: int, size: int) -> None:
+        """Follow the PDV items in ``data[start:start + size]`` (part of a P-DATA-TF body, of which
+        ``self._left`` bytes, these included, are still to come) and count the message's bytes."""
+        j, end = start, start + size
+        while j < end:
+            if self._item_left:
+                take = min(self._item_left, end - j)
+                self._item_left -= take
+                j += take
+                continue
+            take = min(PDV_HEADER_BYTES - len(self._item), end - j)
+            self._item += data[j:j + take]
+            j += take
+            if len(self._item) < PDV_HEADER_BYTES:
+                continue
+            length, _context, control = struct.unpack(">LBB", self._item)
+            self._item = b""
+            in_pdu = self._left - (j - start)      # bytes of this PDU after the item header
+            if length < 2 or length - 2 > in_pdu:
+                self._abort(f"PDV item length {length} is invalid (2 to {in_pdu + 2} bytes fit in its P-DATA-TF "
+                            f"PDU)", ABORT_INVALID_PARAMETER)
+            part = control & 1                     # 1: command set, 0: data set
+            self._message[part] += length - 2
+            total = sum(self._message)
+            if total > self.limits.max_message_bytes:
+                self._abort(f"DIMSE message reaches {total} bytes of P-DATA fragments, above the "
+                            f"{self.limits.max_message_bytes}-byte limit for one message", ABORT_NOT_SPECIFIED)
+            if control & 2:                        # its last fragment: the next one starts a new one
+                self._message[part] = 0
+            self._item_left = length - 2
+
+    def _abort(self, why: str, reason: int) -> None:
+        """Send an A-ABORT, shut the connection down, raise `ConnectionAbortedError`."""
+        log.warning("aborted connection from %s: %s", self.peer, why)
+        try:
+            self.settimeout(1.0)
+            super().sendall(a_abort_pdu(reason))
+        except OSError:   # the peer is gone or not reading: shutting down is what matters
+            pass
+        self.cut()
+        raise ConnectionAbortedError(f"{self.peer}: {why}")
 
     def _give_up(self, why: str) -> None:
         log.warning("closed connection from %s: %s", self.peer, why)
@@ -193,4 +270,5 @@ class ConnectionGuard:
             return out
 
 
-__all__ = ["ConnectionGuard", "ConnectionLimits", "GuardedSocket", "HEADER_BYTES", "PDU_SLACK_BYTES"]
+__all__ = ["ConnectionGuard", "ConnectionLimits", "GuardedSocket", "HEADER_BYTES", "PDU_SLACK_BYTES",
+           "a_abort_pdu"]

@@ -10,8 +10,10 @@ is aborted, and a DIMSE exchange waits at most ``dimse_timeout_s``.
 
 Below pynetdicom, every connection is a `guard.GuardedSocket`: a PDU must arrive whole in
 time and no larger than the negotiated maximum (the association request: within
-``acse_timeout_s`` of connecting, at most 64 kB), and an address may have at most
-``max_pending_per_host`` connections that have not yet sent their association request.
+``acse_timeout_s`` of connecting, at most 64 kB), one DIMSE message (an instance: the sum of
+its P-DATA fragments across PDUs) is at most ``max_message_mb`` (else an A-ABORT and a log
+line), and an address may have at most ``max_pending_per_host`` connections that have not yet
+sent their association request.
 
 A refused instance is answered with its failure status and an ErrorComment saying why, and
 recorded in its series (`Spool.refuse`), which then cannot be reported complete until the
@@ -54,7 +56,8 @@ class StorageSCP:
         self._lock = threading.Lock()
         self.guard = ConnectionGuard(ConnectionLimits(
             request_timeout_s=cfg.acse_timeout_s, pdu_timeout_s=cfg.pdu_timeout_s,
-            max_pdu_bytes=MAX_PDU_BYTES + PDU_SLACK_BYTES, max_pending_per_host=cfg.max_pending_per_host))
+            max_pdu_bytes=MAX_PDU_BYTES + PDU_SLACK_BYTES, max_pending_per_host=cfg.max_pending_per_host,
+            max_message_bytes=int(cfg.max_message_mb * 2 ** 20)))
 
     def receiving(self) -> set[str]:
         """Series with an association that stored into them still open."""

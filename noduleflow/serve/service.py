@@ -13,6 +13,7 @@ is recovered by `Spool.recover` at the next start.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -29,7 +30,7 @@ import warnings
 from pathlib import Path
 
 from ..engine.errors import NoduleflowError
-from .completeness import check_series
+from .completeness import check_series, lung_coverage
 from .config import ServeConfig, allowed_networks, parse_destination
 from .files import open_private
 from .scp import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, StorageSCP
@@ -111,7 +112,10 @@ class Service:
                       "limits": {"max_associations": self.cfg.max_associations,
                                  "acse_timeout_s": self.cfg.acse_timeout_s,
                                  "dimse_timeout_s": self.cfg.dimse_timeout_s,
-                                 "network_timeout_s": self.cfg.network_timeout_s}}
+                                 "network_timeout_s": self.cfg.network_timeout_s,
+                                 "pdu_timeout_s": self.cfg.pdu_timeout_s,
+                                 "max_pending_per_host": self.cfg.max_pending_per_host,
+                                 "max_message_mb": self.cfg.max_message_mb}}
         self._write_info()
         log.info("serving: spool %s%s%s", self.spool.root,
                  f", {self.cfg.ae_title} on {self.cfg.host}:{self.port}" if self.cfg.network else "",
@@ -265,7 +269,15 @@ class Service:
                     raise SpoolError(f"series {uid} is incomplete: {whole.reason}")
                 # COMPLETE only what the service can vouch for: whole, not cut off, nothing refused
                 complete = whole.complete and rec.get("complete") is not False and not rec.get("refused")
-                det = self.detector.detect(inst, series_uid=uid, keep_preprocessed=self.cfg.png)
+                # the lung mask is kept for the coverage check (and the PNG); the 1 mm lung box it
+                # lies on is computed anyway, so keeping it costs memory only until the SR is written
+                det = self.detector.detect(inst, series_uid=uid, keep_preprocessed=True)
+                coverage = lung_coverage(det)
+                if coverage:   # a scan that stops inside the chest: never COMPLETE (`completeness`)
+                    log.warning("series %s: %s", uid, coverage)
+                    complete = False
+                if not self.cfg.png:
+                    det = dataclasses.replace(det, preprocessed=None)
                 t = time.perf_counter()
                 det.save(partial, png=self.cfg.png)
                 evidence = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(inst.iterdir())]
@@ -276,7 +288,8 @@ class Service:
                     warnings.simplefilter("ignore", UserWarning)   # highdicom on single-part patient names
                     write_sr(det, evidence, partial / "sr.dcm", model_id=det.model_id,
                              engine_version=det.engine_version, complete=complete, previous=previous)
-                self.spool.publish(uid, partial, version, complete=complete, instances=whole.instances)
+                self.spool.publish(uid, partial, version, complete=complete, instances=whole.instances,
+                                   **({"coverage": coverage} if coverage else {}))
                 out_s = time.perf_counter() - t
             except Exception as exc:
                 # input errors say what is wrong in one line; anything else keeps its traceback
@@ -287,7 +300,8 @@ class Service:
                        "outputs": round(out_s, 3), "total": round(time.perf_counter() - t0, 3)}
             self.spool.finish(uid, timings_s=timings, candidates=len(det.candidates), version=version,
                               top_prob=round(det.candidates[0].prob, 4) if det.candidates else 0.0,
-                              forwarded=None, forward_error=None)
+                              forwarded=None, forward_error=None, complete=complete,
+                              coverage=coverage or "lungs inside the scan")
         if self.cfg.forward:
             self._forward_q.put(uid)
         return True

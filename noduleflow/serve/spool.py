@@ -39,7 +39,7 @@ class SeriesInfo:
 # Record keys copied from an event's details to the top of series.json (the series' current state).
 _RECORD_KEYS = ("error", "attempts", "instances", "timings_s", "forwarded", "forward_error", "candidates", "top_prob",
                 "version", "complete", "incomplete", "interrupted", "receiving", "duplicates", "extent_mm", "identity",
-                "refused")
+                "refused", "coverage")
 
 
 class Spool:
@@ -284,7 +284,7 @@ class Spool:
             (dest / stale).unlink(missing_ok=True)
         version = int(rec.get("version", 1)) + 1
         self.event(dest, "new_version", version=version, previous_state=state.value, reason=why,
-                   complete=None, incomplete=None, interrupted=None, receiving=None, error=None)
+                   complete=None, incomplete=None, interrupted=None, receiving=None, error=None, coverage=None)
         log.warning("series %s: %s after it was %s: receiving version %d (it will be processed again and "
                     "supersede version %d)", uid, why, state.value, version, version - 1)
         return dest
@@ -407,7 +407,7 @@ class Spool:
     def _whole(self, uid: str, inst: Path, mtime: float, rec: dict) -> Completeness:
         c = self.completeness(uid, inst, mtime)
         prev = rec.get("extent_mm")
-        if c.complete and prev and c.positions_mm and int(rec.get("version", 1)) > 1:
+        if not c.gap and prev and c.positions_mm and int(rec.get("version", 1)) > 1:
             # a new version must cover what the one it supersedes covered: results for part of a
             # scan must not replace results for all of it
             lo, hi = min(c.positions_mm), max(c.positions_mm)

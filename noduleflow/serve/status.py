@@ -20,7 +20,7 @@ def spool_status(spool) -> dict:
     running = spool.service_running()
     late = {d.name: sum(1 for _ in d.iterdir()) for d in (spool.root / "late").iterdir()}
     keys = ("version", "complete", "incomplete", "interrupted", "duplicates", "error", "timings_s", "forwarded",
-            "identity", "refused")
+            "identity", "refused", "coverage")
     return {
         "spool": str(spool.root),
         "running": running,

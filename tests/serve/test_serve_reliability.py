@@ -51,15 +51,18 @@ def test_a_partial_series_waits_and_a_late_remainder_supersedes_its_results(make
     assert "missing" in rec["incomplete"] and svc.spool.state_of(uid) == SeriesState.RECEIVED
     assert not svc.spool.results_dir(uid).exists()
 
-    # the missing slice: 40 whole slices, processed as version 1
+    # the missing slice: 40 slices without a gap, processed as version 1; its headers look whole, but
+    # the lungs reach its last slice (the scan's last third never came): PARTIAL, never COMPLETE
     assert send(svc.port, [files[30]]) == [OK]
     wait_for(lambda: svc.spool.results_version(uid) == 1 and svc.spool.state_of(uid) == SeriesState.DONE,
              timeout=240, what="version 1")
     res = svc.spool.results_dir(uid)
-    assert json.loads((res / "version.json").read_text()) == {"series_uid": uid, "version": 1, "complete": True,
-                                                               "instances": 40}
+    v1 = json.loads((res / "version.json").read_text())
+    assert {k: v1[k] for k in ("series_uid", "version", "complete", "instances")} == {
+        "series_uid": uid, "version": 1, "complete": False, "instances": 40}
+    assert "the lungs reach the last slice" in v1["coverage"]
     sr = pydicom.dcmread(res / "sr.dcm")
-    assert sr.PatientBirthDate == "" and sr.CompletionFlag == "COMPLETE"
+    assert sr.PatientBirthDate == "" and sr.CompletionFlag == "PARTIAL"
     assert "PredecessorDocumentsSequence" not in sr
 
     # the rest arrives after the series was processed: version 2, processed, supersedes version 1
@@ -67,7 +70,7 @@ def test_a_partial_series_waits_and_a_late_remainder_supersedes_its_results(make
     wait_for(lambda: svc.spool.results_version(uid) == 2 and svc.spool.state_of(uid) == SeriesState.DONE,
              timeout=240, what="version 2")
     v2 = json.loads((res / "version.json").read_text())
-    assert v2["version"] == 2 and v2["instances"] == 60 and v2["complete"] is True
+    assert v2["version"] == 2 and v2["instances"] == 60 and v2["complete"] is True and "coverage" not in v2
     sr2 = pydicom.dcmread(res / "sr.dcm")
     ev = sr2.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert len(ev.ReferencedSOPSequence) == 60

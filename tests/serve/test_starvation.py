@@ -16,94 +16,10 @@ import pytest
 from noduleflow.serve.guard import ConnectionGuard, ConnectionLimits, GuardedSocket
 from noduleflow.serve.spool import SeriesState
 
-from .conftest import SCU_AE, dcmtk, send, wait_for
+from .conftest import dcmtk, send, wait_for
+from .peers import MB, associate_rq, associated_socket, closed_by_peer, connect, echo, rss_bytes
 
 OK = 0x0000
-MB = 2 ** 20
-
-
-def _rss_bytes() -> int:
-    """Resident memory of this process: the in-process service's (Linux /proc)."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def _associate_rq(calling: str = SCU_AE) -> bytes:
-    """A whole, valid A-ASSOCIATE-RQ PDU (Verification) encoded by pynetdicom."""
-    from pynetdicom.pdu import A_ASSOCIATE_RQ
-    from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
-    from pynetdicom.presentation import build_context
-    from pynetdicom.sop_class import Verification
-
-    prim = A_ASSOCIATE()
-    prim.application_context_name = "1.2.840.10008.3.1.1.1"
-    prim.calling_ae_title, prim.called_ae_title = calling, "NODULEFLOW"
-    cx = build_context(Verification)
-    cx.context_id = 1
-    prim.presentation_context_definition_list = [cx]
-    ml = MaximumLengthNotification()
-    ml.maximum_length_received = 16382
-    ic = ImplementationClassUIDNotification()
-    ic.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.3.0.4"
-    prim.user_information = [ml, ic]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(prim)
-    return pdu.encode()
-
-
-def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(30)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    return s
-
-
-def _closed_by_peer(s: socket.socket, within_s: float) -> float | None:
-    """Seconds until the peer closed ``s`` (EOF or reset), None if still open after ``within_s``."""
-    t0 = time.monotonic()
-    s.settimeout(0.2)
-    while time.monotonic() - t0 < within_s:
-        try:
-            if not s.recv(65536):
-                return time.monotonic() - t0
-        except TimeoutError:
-            continue
-        except OSError:   # reset
-            return time.monotonic() - t0
-    return None
-
-
-def _associated(port: int) -> socket.socket:
-    """A raw connection with an association established (A-ASSOCIATE-AC read)."""
-    s = _connect(port)
-    s.sendall(_associate_rq())
-    header = b""
-    while len(header) < 6:
-        header += s.recv(6 - len(header))
-    assert header[0] == 0x02, f"expected an A-ASSOCIATE-AC, got PDU type 0x{header[0]:02X}"
-    body = struct.unpack(">L", header[2:])[0]
-    while body:
-        body -= len(s.recv(body))
-    return s
-
-
-def _echo(port: int, ae_title: str = SCU_AE) -> bool:
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
-
-    ae = AE(ae_title=ae_title)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 10
-    assoc = ae.associate("127.0.0.1", port, ae_title="NODULEFLOW")
-    if not assoc.is_established:
-        return False
-    try:
-        return int(assoc.send_c_echo().Status) == OK
-    finally:
-        assoc.release()
 
 
 # -- the guard on its own (socketpair) -----------------------------------------------------------
@@ -111,7 +27,7 @@ def test_a_half_sent_pdu_times_out_inside_the_pdu():
     a, b = socket.socketpair()
     g = GuardedSocket.adopt(a, "peer", ConnectionLimits(request_timeout_s=0.4, pdu_timeout_s=0.4))
     try:
-        b.sendall(_associate_rq()[:8])   # 8 bytes of an A-ASSOCIATE-RQ, then nothing
+        b.sendall(associate_rq()[:8])   # 8 bytes of an A-ASSOCIATE-RQ, then nothing
         assert len(g.recv(6)) == 6       # the header arrived...
         t0 = time.monotonic()
         with pytest.raises(TimeoutError):
@@ -133,7 +49,7 @@ def test_an_announced_length_above_the_cap_is_refused_before_the_body_is_read():
         # after the request, the cap is the negotiated maximum + slack
         a2, b2 = socket.socketpair()
         g2 = GuardedSocket.adopt(a2, "peer", ConnectionLimits(max_request_bytes=65536, max_pdu_bytes=20000))
-        rq = _associate_rq()
+        rq = associate_rq()
         b2.sendall(rq + struct.pack(">BBL", 0x04, 0, 20001))
         got = b""
         while len(got) < len(rq):
@@ -169,16 +85,16 @@ def test_the_guard_caps_pending_connections_per_address_and_sweeps_late_ones():
 # -- the running service --------------------------------------------------------------------------
 def test_32_half_open_and_32_idle_connections_do_not_keep_a_real_sender_out(make_service, series_pool):
     svc = make_service(acse_timeout_s=3.0, pdu_timeout_s=3.0)
-    rq = _associate_rq()
-    half_open = [_connect(svc.port, "127.0.0.2") for _ in range(32)]
-    idle = [_connect(svc.port, "127.0.0.3") for _ in range(32)]
+    rq = associate_rq()
+    half_open = [connect(svc.port, "127.0.0.2") for _ in range(32)]
+    idle = [connect(svc.port, "127.0.0.3") for _ in range(32)]
     try:
         for s in half_open:
             s.sendall(rq[:8])
         time.sleep(0.5)   # all accepted and read from
         # a real sender gets in at once, on its first try, while they are held
         t0 = time.monotonic()
-        assert _echo(svc.port)
+        assert echo(svc.port)
         files = series_pool[0][:5]
         assert send(svc.port, files) == [OK] * 5
         assert time.monotonic() - t0 < 20
@@ -189,7 +105,7 @@ def test_32_half_open_and_32_idle_connections_do_not_keep_a_real_sender_out(make
             assert r.returncode == 0, r.stderr
         # and every attacking connection is closed by the service: at once beyond the per-address
         # limit, the others at the request deadline
-        closed = [_closed_by_peer(s, 10.0) for s in half_open + idle]
+        closed = [closed_by_peer(s, 10.0) for s in half_open + idle]
         assert all(c is not None for c in closed), f"{sum(c is None for c in closed)} connection(s) still open"
     finally:
         for s in half_open + idle:
@@ -201,15 +117,15 @@ def test_32_half_open_and_32_idle_connections_do_not_keep_a_real_sender_out(make
 def test_half_open_connections_from_the_senders_own_address_expire(make_service):
     """No per-address limit helps when the attacker shares the sender's address: the deadline does."""
     svc = make_service(acse_timeout_s=1.5, max_associations=8)
-    rq = _associate_rq()
-    flood = [_connect(svc.port) for _ in range(16)]
+    rq = associate_rq()
+    flood = [connect(svc.port) for _ in range(16)]
     try:
         for s in flood:
             s.sendall(rq[:8])
         t0 = time.monotonic()
-        wait_for(lambda: _echo(svc.port), timeout=20, every=0.3, what="the sender to get in")
+        wait_for(lambda: echo(svc.port), timeout=20, every=0.3, what="the sender to get in")
         assert time.monotonic() - t0 < 15
-        assert all(_closed_by_peer(s, 5.0) is not None for s in flood)
+        assert all(closed_by_peer(s, 5.0) is not None for s in flood)
     finally:
         for s in flood:
             s.close()
@@ -217,25 +133,25 @@ def test_half_open_connections_from_the_senders_own_address_expire(make_service)
 
 def test_a_pdu_left_unfinished_after_association_is_cut_at_the_pdu_timeout(make_service):
     svc = make_service(pdu_timeout_s=1.0, network_timeout_s=60.0)
-    s = _associated(svc.port)
+    s = associated_socket(svc.port)
     try:
         s.sendall(struct.pack(">BBL", 0x04, 0, 1000) + b"\x00\x00")   # 8 bytes of a P-DATA-TF, then nothing
-        took = _closed_by_peer(s, 10.0)
+        took = closed_by_peer(s, 10.0)
         assert took is not None and took < 5.0
     finally:
         s.close()
-    assert _echo(svc.port)
+    assert echo(svc.port)
     assert "PDU not received whole in time" in (svc.spool.root / "serve.log").read_text()
 
 
 @pytest.mark.parametrize("associated", [False, True], ids=["before-association", "after-association"])
 def test_oversized_pdus_are_refused_and_memory_stays_bounded(make_service, associated):
     svc = make_service()
-    before = _rss_bytes()
+    before = rss_bytes()
     conns = []
     try:
         for _ in range(4):
-            s = _associated(svc.port) if associated else _connect(svc.port)
+            s = associated_socket(svc.port) if associated else connect(svc.port)
             s.sendall(struct.pack(">BBL", 0x04 if associated else 0x01, 0, 700 * MB))
             conns.append(s)
         sent = 0
@@ -247,11 +163,11 @@ def test_oversized_pdus_are_refused_and_memory_stays_bounded(make_service, assoc
                     sent += len(chunk)
             except OSError:
                 pass
-        assert all(_closed_by_peer(s, 10.0) is not None for s in conns)
+        assert all(closed_by_peer(s, 10.0) is not None for s in conns)
     finally:
         for s in conns:
             s.close()
-    after = _rss_bytes()
+    after = rss_bytes()
     # the service runs inside this test process: what it added is the growth (a pytest worker that ran
     # other tests first already holds their models and volumes, so the absolute bound applies only
     # to a process that started small)
@@ -259,7 +175,7 @@ def test_oversized_pdus_are_refused_and_memory_stays_bounded(make_service, assoc
     if before < 512 * MB:
         assert after < 1024 * MB, f"RSS {after / MB:.0f} MB"
     assert "above the" in (svc.spool.root / "serve.log").read_text()
-    assert _echo(svc.port)
+    assert echo(svc.port)
 
 
 # -- the watched folder ---------------------------------------------------------------------------

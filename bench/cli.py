@@ -17,6 +17,7 @@ BENCH_MODULES: list[str] = [
     "noduleflow.bench.ort_settings",
     "noduleflow.bench.serve_load",
     "noduleflow.bench.gpu",
+    "noduleflow.bench.characterise",
     "noduleflow.bench.batch",
 ]
 

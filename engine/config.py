@@ -75,6 +75,8 @@ class DetectorConfig:
     batch_size: int = _opt(64, "patch mode: patches per batch")
     refine: bool = _opt(True, "move each centre onto the strongest image blob within 3 mm")
     in_mask: bool = _opt(True, "drop candidates whose final centre lies outside the lung mask")
+    characterise_top: int = _opt(0, "segment, measure and type the top this many candidates (type, size, "
+                                    "Lung-RADS v2022 proposal; experimental, see the README); 0: none")
 
     def __post_init__(self) -> None:
         if self.stages not in STAGES:
@@ -85,6 +87,8 @@ class DetectorConfig:
             raise ConfigError(f"clustering must be one of {CLUSTERINGS}, got {self.clustering!r}")
         if not 0.0 < self.component_min_prob < 1.0:
             raise ConfigError(f"component_min_prob must be in (0, 1), got {self.component_min_prob}")
+        if self.characterise_top < 0:
+            raise ConfigError(f"characterise_top must be >= 0, got {self.characterise_top}")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if not 0.0 <= self.threshold < 1.0:

@@ -25,12 +25,13 @@ import logging
 import resource
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
 from . import __version__
 from .backends import open_backend
+from .characterise import characterise_scan
 from .config import DetectorConfig
 from .errors import ConfigError
 from .io import load_volume
@@ -243,6 +244,15 @@ class Detector:
         cands = tuple(Candidate(tuple(float(v) for v in pre.volume.voxel_to_world(c)), float(p), int(n),
                                 None if np.isnan(d) else float(d))
                       for c, p, n, d in zip(found.centres_zyx, found.prob, found.n_points, found.diameter_mm))
+        n_char = min(self.config.characterise_top, len(cands))
+        if n_char:   # the top candidates segmented and measured in the scan's own grid
+            t = time.perf_counter()
+            top = cands[:n_char]
+            fs = characterise_scan(vol, pre.volume, pre.mask, [c.center_xyz_mm for c in top],
+                                   size_hints_mm=[c.diameter_mm for c in top])
+            cands = tuple(replace(c, finding=f) for c, f in zip(top, fs)) + cands[n_char:]
+            timings["characterise"] = time.perf_counter() - t
+            rss["characterise"] = _peak_rss_mb()
         timings["total"] = sum(timings.values())
         return Detections(
             series_uid=vol.series_uid, candidates=cands, timings_s=timings, backend=self.backend_name,
@@ -253,6 +263,7 @@ class Detector:
                   "lung_box_1mm_zyx": list(pre.volume.shape), "source": vol.meta.get("source", ""),
                   "warnings": list(vol.meta.get("warnings", [])), "peak_rss_mb_after": rss,
                   # numba compiling kernels inside the stage times (a first run after install)
-                  "numba_compile_s": round(jit.seconds, 3), "numba_kernels_compiled": jit.kernels},
+                  "numba_compile_s": round(jit.seconds, 3), "numba_kernels_compiled": jit.kernels,
+                  "characterise_top": self.config.characterise_top},
             volume=vol, preprocessed=pre if keep_preprocessed else None,
         )

@@ -85,6 +85,42 @@ def crop(volume: Volume, center_zyx, plane: str, half_mm: float = 25.0, size_px:
     return out
 
 
+def finding_crop(volume: Volume, finding, center_zyx, plane: str, half_mm: float = 25.0,
+                 size_px: int = 128) -> np.ndarray:
+    """The characterised ``finding``'s mask (bool, size_px^2) on the same samples as `crop`."""
+    ra, ca, sr, sc, _ = plane_axes(volume, plane)
+    c = np.asarray(center_zyx, dtype=float)
+    other = ({0, 1, 2} - {ra, ca}).pop()
+    idx = int(np.clip(round(c[other]), 0, volume.shape[other] - 1)) - finding.offset_zyx[other]
+    t = np.linspace(-half_mm, half_mm, size_px)
+    r = np.round(c[ra] + sr * t / volume.spacing_zyx_mm[ra]).astype(int) - finding.offset_zyx[ra]
+    q = np.round(c[ca] + sc * t / volume.spacing_zyx_mm[ca]).astype(int) - finding.offset_zyx[ca]
+    m = finding.mask
+    out = np.zeros((size_px, size_px), dtype=bool)
+    if not 0 <= idx < m.shape[other]:
+        return out
+    ok = (r[:, None] >= 0) & (r[:, None] < m.shape[ra]) & (q[None] >= 0) & (q[None] < m.shape[ca])
+    sl = np.take(m, idx, axis=other)
+    out[ok] = sl[np.clip(r, 0, m.shape[ra] - 1)[:, None], np.clip(q, 0, m.shape[ca] - 1)[None]][ok]
+    return out
+
+
+def draw_contour(img, mask2d: np.ndarray, color=(60, 255, 120)) -> None:
+    """Paint the outline of a bool mask (the image's size) onto an RGB PIL image, in place."""
+    inner = mask2d.copy()
+    inner[1:-1, 1:-1] = mask2d[1:-1, 1:-1] & mask2d[:-2, 1:-1] & mask2d[2:, 1:-1] & mask2d[1:-1, :-2] & \
+        mask2d[1:-1, 2:]
+    edge = mask2d & ~inner
+    for y, x in np.argwhere(edge):
+        img.putpixel((int(x), int(y)), color)
+
+
+def _finding_label(f) -> str:
+    """Type, Lung-RADS mean diameter and the proposed category of a characterised finding."""
+    kind = {"part_solid": "part-solid", "ground_glass": "ground glass"}.get(f.type, f.type)
+    return f"{kind} {f.mean_diameter_mm:.1f}mm LR {f.lung_rads}"
+
+
 def three_plane_crops(volume: Volume, center_xyz_mm, half_mm: float = 25.0, size_px: int = 128):
     """Axial, coronal, sagittal crops (PIL 'L' images, size_px^2) centred on a world point."""
     from PIL import Image
@@ -219,7 +255,14 @@ def candidates_image(volume: Volume, det, truth=None, max_candidates: int | None
         for k, plane in enumerate(PLANES):
             im = Image.fromarray(window_u8(crop(volume, c_vox[i], plane, half_mm, size))).convert("RGB")
             px_per_mm = size / (2 * half_mm)
-            if c.diameter_mm:
+            f = getattr(c, "finding", None)
+            if f is not None and f.segmented:   # the segmentation's outline instead of a circle
+                draw_contour(im, finding_crop(volume, f, c_vox[i], plane, half_mm, size))
+                if k == 0:
+                    ImageDraw.Draw(im).text((3, 2), label, fill=(255, 255, 0))
+                if k == 1:
+                    ImageDraw.Draw(im).text((3, 2), _finding_label(f), fill=(120, 255, 160))
+            elif c.diameter_mm:
                 draw_marker(im, c.diameter_mm / 2 * px_per_mm + 1, label if k == 0 else None)
             else:
                 draw_marker(im, 5.0 * px_per_mm, label if k == 0 else None, dashed=True)

@@ -22,10 +22,12 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import fileio
+from .characterise.finding import Finding
+from .characterise.lungrads import ScanCategory, scan_category
 from .errors import ConfigError, NoduleflowError
 from .package import printable
 
@@ -35,6 +37,11 @@ FILE_MODE = 0o600     # result files: the owner only
 FOLDER_MODE = 0o700   # folders this package creates for them
 
 CSV_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
+# findings.csv: the LUNA16 columns, then the characterisation of each characterised candidate
+FINDINGS_HEADER = CSV_HEADER + (
+    "rank", "tracking_uid", "type", "mean_diameter_mm", "long_axis_mm", "short_axis_mm",
+    "solid_core_mean_diameter_mm", "volume_mm3", "mean_hu", "max_hu", "calcification", "spiculation",
+    "lobulation", "cavity", "juxta_pleural", "juxta_vascular", "side", "zone", "lung_rads")
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class Candidate:
     prob: float
     n_points: int = 1                  # scored grid points merged into this candidate
     diameter_mm: float | None = None   # estimated lesion diameter, when the detector estimates one
+    finding: Finding | None = None     # its characterisation (`engine.characterise`), when one ran
 
     @property
     def x(self) -> float:
@@ -104,9 +112,74 @@ class Detections(Sequence):
 
     # -- serialisation --------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("volume", "preprocessed")}
-        d["candidates"] = [asdict(c) for c in self.candidates]
+        bare = replace(self, candidates=(), volume=None, preprocessed=None)
+        d = {k: v for k, v in asdict(bare).items() if k not in ("volume", "preprocessed")}
+        d["candidates"] = [self._candidate_dict(i, c) for i, c in enumerate(self.candidates)]
+        lr = self.lung_rads
+        if lr is not None:
+            d["lung_rads"] = {**lr.to_dict(), "driver_rank": None if lr.driver is None else lr.driver + 1}
         return d
+
+    def _candidate_dict(self, i: int, c: Candidate) -> dict:
+        e = {k: v for k, v in asdict(replace(c, finding=None)).items() if k != "finding"}
+        if c.finding is not None:
+            e["tracking_id"] = f"finding {i + 1}"
+            e["tracking_uid"] = tracking_uid(self.series_uid, i, c.center_xyz_mm)
+            e["finding"] = c.finding.to_dict()
+        return e
+
+    # -- characterisation -------------------------------------------------------------
+    @property
+    def characterised(self) -> bool:
+        """Whether the findings were characterised (`Detector.detect` with ``characterise_top``)."""
+        return bool(self.meta.get("characterise_top")) or any(c.finding is not None for c in self.candidates)
+
+    @property
+    def lung_rads(self) -> ScanCategory | None:
+        """The scan's proposed Lung-RADS v2022 baseline category (`engine.characterise.lungrads`):
+        the highest of the characterised findings', ``driver`` its candidate index; "1" when none
+        was found. None when no characterisation ran. A proposal for a reader, not a diagnosis."""
+        if not self.characterised:
+            return None
+        return scan_category([c.finding.lung_rads if c.finding is not None and c.finding.segmented else None
+                              for c in self.candidates])
+
+    def findings_report(self) -> list[str]:
+        """Lines for a terminal: per characterised finding its rank, type, Lung-RADS mean diameter
+        (solid core), volume, place and proposed category; then the scan's proposal and what it is."""
+        lr = self.lung_rads
+        if lr is None:
+            return []
+        out = []
+        for i, c in enumerate(self.candidates, 1):
+            f = c.finding
+            if f is None:
+                continue
+            if not f.segmented:
+                out.append(f"  #{i} p={c.prob:.3f}: not segmented ({f.note})")
+                continue
+            core = f", solid core {f.solid_core_mean_diameter_mm:.1f} mm" if f.solid_core_mean_diameter_mm else ""
+            where = f", {f.location.side} {f.location.zone} zone" if f.location else ""
+            out.append(f"  #{i} p={c.prob:.3f}: {f.type}, mean diameter {f.mean_diameter_mm:.1f} mm{core}, "
+                       f"{f.volume_mm3:.0f} mm3{where}: Lung-RADS {f.lung_rads}")
+        drv = "" if lr.driver is None else f", driven by #{lr.driver + 1}"
+        out.append(f"  scan: Lung-RADS {lr.category}{drv}. {lr.note}.")
+        return out
+
+    def findings_rows(self) -> list[tuple]:
+        """One `FINDINGS_HEADER` row per characterised candidate (segmented or not)."""
+        out = []
+        for i, c in enumerate(self.candidates):
+            f = c.finding
+            if f is None:
+                continue
+            loc = f.location
+            out.append((self.series_uid, *c.center_xyz_mm, c.prob, i + 1,
+                        tracking_uid(self.series_uid, i, c.center_xyz_mm), f.type, f.mean_diameter_mm,
+                        f.long_axis_mm, f.short_axis_mm, f.solid_core_mean_diameter_mm, f.volume_mm3, f.mean_hu,
+                        f.max_hu, f.calcification, f.spiculation, f.lobulation, f.cavity, f.juxta_pleural,
+                        f.juxta_vascular, loc.side if loc else "", loc.zone if loc else "", f.lung_rads or ""))
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -141,7 +214,40 @@ class Detections(Sequence):
             out = rf.add(self, name=name, png=png)
             if csv_file:
                 out["csv"] = rf.add_csv(self.rows())
+                if self.characterised:
+                    out["findings_csv"] = rf.add_findings_csv(self.findings_rows())
         return out
+
+
+def tracking_uid(series_uid: str, index: int, center_xyz_mm) -> str:
+    """The DICOM UID that tracks finding ``index`` (0-based rank) of a series across reports (the
+    SR's TID 1500 tracking identifier, the result JSON's ``tracking_uid``): "2.25." and a
+    128-bit integer hashed from the series UID, the rank and the centre, so that the JSON and
+    the SR of one detection agree without sharing state."""
+    key = f"{series_uid}|{index}|" + ",".join(f"{float(v):.3f}" for v in center_xyz_mm)
+    return "2.25." + str(int(hashlib.sha256(key.encode()).hexdigest()[:32], 16))
+
+
+def findings_csv_text(rows) -> str:
+    """`Detections.findings_rows` rows (of one or more series) -> findings.csv text: the five LUNA16
+    columns first, then the characterisation (`FINDINGS_HEADER`)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FINDINGS_HEADER)
+    for r in rows:
+        uid, x, y, z, p = r[:5]
+        cells = [printable(uid), f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}"]
+        for v in r[5:]:
+            if v is None:
+                cells.append("")
+            elif isinstance(v, bool):
+                cells.append("1" if v else "0")
+            elif isinstance(v, float):
+                cells.append(f"{v:.2f}")
+            else:
+                cells.append(printable(str(v)))
+        w.writerow(cells)
+    return buf.getvalue()
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -286,6 +392,10 @@ class ResultFolder:
     def add_csv(self, rows, name: str = "candidates.csv") -> Path:
         """Stage the LUNA16 submission CSV of ``rows`` (`csv_text`). -> its final path."""
         return self.write(name, csv_text(rows))
+
+    def add_findings_csv(self, rows, name: str = "findings.csv") -> Path:
+        """Stage the findings CSV of ``rows`` (`findings_csv_text`). -> its final path."""
+        return self.write(name, findings_csv_text(rows))
 
     def write(self, name: str, data: str | bytes) -> Path:
         """Stage the file ``name`` (a plain name in the folder). -> its final path. A failed write

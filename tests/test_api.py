@@ -104,11 +104,13 @@ def test_cli_detection_options_come_from_the_config(command):
                                       *(["--spool", "s"] if command == "serve" else [])])
     from noduleflow.commands.options import detector_config
 
-    assert detector_config(args) == DetectorConfig()
+    # the demo characterises its findings by default; everything else is the config's default
+    own = {"characterise_top": 5} if command == "demo" else {}
+    assert detector_config(args) == DetectorConfig(**own)
     args = build_parser().parse_args([command, *(["x"] if command == "detect" else []),
                                       *(["--spool", "s"] if command == "serve" else []),
                                       "--top-k", "9", "--no-refine", "--component-min-prob", "0.7"])
-    assert detector_config(args) == DetectorConfig(top_k=9, refine=False, component_min_prob=0.7)
+    assert detector_config(args) == DetectorConfig(top_k=9, refine=False, component_min_prob=0.7, **own)
 
 
 @pytest.mark.parametrize("uid, expected", [("1.2.3", "1.2.3"), ("../../x", "_.._x"), ("a/b", "a_b"),

@@ -13,12 +13,14 @@ def register(sub) -> None:
                     "detects with the shipped default model (trained on phantoms: a demonstration, not "
                     "a clinical tool), prints the candidates beside the true nodules and the stage "
                     "timings, and writes what `detect` writes into OUT: candidates.csv, <seriesuid>.json and "
-                    "<seriesuid>.png (the true nodules named in the picture).")
+                    "<seriesuid>.png (the true nodules named in the picture). The top 5 findings are "
+                    "characterised (type, size, proposed Lung-RADS category; experimental) unless "
+                    "--characterise-top says otherwise.")
     p.add_argument("--out", default="noduleflow-demo", help="output folder (default ./noduleflow-demo)")
     p.add_argument("--seed", type=int, default=3, help="phantom seed (default 3)")
     p.add_argument("--nodules", type=int, default=4, help="nodules in the phantom (default 4)")
     add_model_options(p)
-    add_detector_options(p)
+    add_detector_options(p, defaults={"characterise_top": 5})
     p.set_defaults(func=run)
 
 
@@ -71,10 +73,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {'found' if j in hit else 'MISSED':6} ({x:7.1f}, {y:7.1f}, {z:7.1f}) {n.diameter_mm:5.1f} mm "
                   f"{n.kind}, {n.shape}, {n.location}")
         print(f"sensitivity at top-{det.config.top_k}: {len(hit)}/{len(ph.nodules)}")
+        if d.characterised:
+            print("\ncharacterised findings (type, Lung-RADS mean diameter, proposed category):")
+            for line in d.findings_report():
+                print(line)
         print("\nstage timings (s): " + "  ".join(f"{k} {v:.2f}" for k, v in d.timings_s.items())
               + f"  (model load {det.cold_start_s:.2f})" + compile_note(d.meta))
         written = results.add(d, truth=truth)  # what `detect` draws, with the true nodules named
         written["csv"] = results.add_csv(d.rows())
+        if d.characterised:
+            written["findings_csv"] = results.add_findings_csv(d.findings_rows())
     print("wrote " + ", ".join(str(p) for p in written.values()))
     print("Phantom data and a phantom-trained model: a demonstration of the pipeline, not a clinical result.")
     return 0

@@ -16,6 +16,8 @@ def register(sub) -> None:
         description="Detect lung-nodule candidates. Each PATH is a DICOM series folder, a folder tree "
                     "of several series (each one is detected), a DICOM file, or a .mhd/.mha/.nii.gz. "
                     "Writes OUT/candidates.csv (LUNA16 submission layout, all scans), "
+                    "OUT/findings.csv (the same columns, then each characterised finding's type, sizes, "
+                    "attributes, place and proposed Lung-RADS v2022 category), "
                     "OUT/<seriesuid>.json (candidates, stage timings, backend, model, warnings) and "
                     "OUT/<seriesuid>.png (an overview of the lungs with every candidate, and three planes "
                     "through each). OUT is checked before anything is detected (a folder this user can "
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             else f"mode {det.config.mode}"
         print(f"model {det.package.manifest.model_id} ({det.package.manifest.architecture}), backend "
               f"{det.backend_name}, {how}, ready in {det.cold_start_s:.2f} s")
-        rows, failed, seen = [], 0, {}
+        rows, finding_rows, failed, seen = [], [], 0, {}
         jobs = expand(args.paths, args.series)
         loads = det.loading(jobs, lambda job: load_volume(job[0], series_uid=job[1]), args.prefetch)
         for item in tqdm(loads, total=len(jobs), desc="detect", unit="scan", disable=len(jobs) < 2):
@@ -113,7 +115,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: {printable(path)}: {printable(w)}", file=sys.stderr)
             print(f"{printable(d.series_uid)}: {len(d)} candidates, top p={d[0].prob if len(d) else 0:.3f}; "
                   + " ".join(f"{k} {v:.2f}s" for k, v in d.timings_s.items()) + compile_note(d.meta))
+            for line in d.findings_report():
+                print(line)
+            finding_rows += [(name if n else r[0], *r[1:]) for r in d.findings_rows()]
         results.add_csv(rows)
+        if det.config.characterise_top:
+            results.add_findings_csv(finding_rows)
     print(f"wrote {printable(out / 'candidates.csv')} ({len(rows)} candidates from {len(jobs) - failed} scans)"
           + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0

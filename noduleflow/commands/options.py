@@ -48,13 +48,14 @@ def backend_options(args: argparse.Namespace) -> dict:
     return {} if p is None else {"precision": p}
 
 
-def add_config_options(parser, cls, groups: dict | None = None, choices=None) -> None:
+def add_config_options(parser, cls, groups: dict | None = None, choices=None, defaults: dict | None = None) -> None:
     """One option per CLI field of the frozen dataclass ``cls``, in the argument group its metadata
     ``group`` names (``groups``: name -> group; default ``parser``). bool fields become
     ``--name/--no-name``; ``tuple[str, ...]`` fields a repeatable option; a field without a
     default a required one. ``choices(name)``: the allowed values of a field, or None. Every
-    option's help ends with its default."""
+    option's help ends with its default; ``defaults``: field name -> this command's own default."""
     hints = typing.get_type_hints(cls)
+    own = defaults or {}
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli"):
             continue
@@ -72,10 +73,11 @@ def add_config_options(parser, cls, groups: dict | None = None, choices=None) ->
                                 metavar=f.metadata.get("metavar"), help=text)
             continue
         allowed = choices(f.name) if choices else None
-        required = f.default is dataclasses.MISSING
-        target.add_argument(flag, dest=f.name, type=kind, default=None if required else f.default,
+        default = own.get(f.name, f.default)
+        required = default is dataclasses.MISSING
+        target.add_argument(flag, dest=f.name, type=kind, default=None if required else default,
                             required=required, choices=allowed, metavar=_metavar(f, kind, allowed),
-                            help=text if required or f.default is None else f"{text} (default {f.default})")
+                            help=text if required or default is None else f"{text} (default {default})")
 
 
 def config_values(cls, args: argparse.Namespace) -> dict:
@@ -113,11 +115,13 @@ def _metavar(f: dataclasses.Field, kind, allowed) -> str | None:
     return "DIR" if kind is Path else None
 
 
-def add_detector_options(parser: argparse.ArgumentParser, title: str = "detection settings") -> None:
-    """One option per CLI field of `DetectorConfig`: ``--top-k``, ``--mode``, ``--no-refine``..."""
+def add_detector_options(parser: argparse.ArgumentParser, title: str = "detection settings",
+                         defaults: dict | None = None) -> None:
+    """One option per CLI field of `DetectorConfig`: ``--top-k``, ``--mode``, ``--no-refine``...
+    ``defaults``: this command's own defaults of some fields (name -> value)."""
     from noduleflow.engine.config import DetectorConfig
 
-    add_config_options(parser.add_argument_group(title), DetectorConfig, choices=_choices)
+    add_config_options(parser.add_argument_group(title), DetectorConfig, choices=_choices, defaults=defaults)
 
 
 def detector_config(args: argparse.Namespace):

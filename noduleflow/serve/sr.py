@@ -6,6 +6,14 @@ frame of reference, finding type "Nodule" (SCT 27925004), finding site "Lung", a
 model's probability as a measurement (DCM 122157 "Probability", unit "1"). A series with no
 candidate gets one TID 1501 group saying "Nodule: Absent". The source CT
 instances are the SR's evidence, so it references the series it was computed from.
+
+Characterised findings (`noduleflow.engine.characterise`) add, in their group: volume (mm3),
+long and short axis, the Lung-RADS mean diameter (Diameter, derivation Mean), the solid core's
+mean diameter (part-solid), mean and maximum HU, and qualitative evaluations (type, calcification,
+spiculation, lobulation, cavity, juxta-pleural, juxta-vascular, side, zone, the proposed Lung-RADS
+v2022 category) in the private scheme ``99NDF``. The tracking identifier is "finding N" with the
+UID of the result JSON (`engine.results.tracking_uid`), so a follow-up report can refer to it; the
+scan's proposed category and the note that it is for a reader to confirm go in a last group.
 """
 from __future__ import annotations
 
@@ -13,10 +21,13 @@ import copy
 import logging
 from pathlib import Path
 
+from noduleflow.engine.results import tracking_uid
+
 log = logging.getLogger("noduleflow.serve")
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SERIES_NUMBER = 9901   # SR series number; the SR is a derived series of its own
+PRIVATE_SCHEME = "99NDF"   # this project's codes for what SNOMED / DCM do not name (coding scheme 99*: private)
 
 # Patient and study attributes the SR copies from its evidence (highdicom reads them as
 # attributes). Type 2 in the CT and SR IODs: present but possibly empty, and often absent in
@@ -72,16 +83,39 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
         prob = hd.sr.Measurement(name=codes.DCM.Probability, value=float(round(c.prob, 6)),
                                  unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
         measurements = [prob]
-        if c.diameter_mm is not None:  # the detector's estimate (two-stage models: the stage-1 extent)
+        f = getattr(c, "finding", None)
+        characterised = f is not None and f.segmented
+        if c.diameter_mm is not None and not characterised:  # the detector's estimate (stage-1 extent)
             measurements.append(hd.sr.Measurement(name=codes.SCT.Diameter, value=float(round(c.diameter_mm, 1)),
                                                   unit=codes.UCUM.Millimeter, algorithm_id=algorithm))
+        qualitative = []
+        if characterised:
+            measurements += _finding_measurements(hd, codes, f, algorithm)
+            qualitative = _finding_evaluations(hd, f)
+        if f is not None:
+            tracking = hd.sr.TrackingIdentifier(uid=tracking_uid(detections.series_uid, i - 1, c.center_xyz_mm),
+                                                identifier=f"finding {i}")
+        else:
+            tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"candidate {i}")
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"candidate {i}"),
+            tracking_identifier=tracking,
             referenced_volume_surface=surface,
             finding_type=codes.SCT.Nodule,
             finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
             algorithm_id=algorithm,
-            measurements=measurements))
+            measurements=measurements,
+            qualitative_evaluations=qualitative or None))
+    lr = detections.lung_rads if hasattr(detections, "lung_rads") else None
+    if lr is not None:   # the scan's proposal, with the finding that drives it and what it is
+        driver = "none" if lr.driver is None else f"finding {lr.driver + 1}"
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=[detections.series_uid, "lung-rads"]), identifier="Lung-RADS"),
+            algorithm_id=algorithm,
+            qualitative_evaluations=[
+                _evaluation(hd, "LungRADS", "Lung-RADS v2022 category (proposal)", lr.category),
+                _evaluation(hd, "LungRADSDriver", "Finding that drives the category", driver),
+                _evaluation(hd, "Note", "Note", lr.note)]))
     if not groups:   # TID 1500 needs one group: say "Nodule: absent" for the series (TID 1501)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="no candidates"),
@@ -96,6 +130,49 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="noduleflow",
         series_description=f"noduleflow nodule candidates ({model_id})", is_complete=bool(complete),
         previous_versions=[previous] if previous is not None else None)
+
+
+def _code(hd, value: str, meaning: str):
+    return hd.sr.CodedConcept(value[:16], PRIVATE_SCHEME, meaning[:64])
+
+
+def _evaluation(hd, name: str, meaning: str, value: str):
+    """A TID 1500 qualitative evaluation in the private scheme: ``meaning`` = ``value``."""
+    return hd.sr.QualitativeEvaluation(_code(hd, name, meaning), _code(hd, str(value).replace(" ", "_"), str(value)))
+
+
+def _finding_measurements(hd, codes, f, algorithm) -> list:
+    mm, hu = codes.UCUM.Millimeter, codes.UCUM.HounsfieldUnit
+
+    def m(name, value, unit, derivation=None):
+        return hd.sr.Measurement(name=name, value=float(round(value, 2)), unit=unit, algorithm_id=algorithm,
+                                 derivation=derivation)
+
+    out = [m(codes.SCT.Volume, f.volume_mm3, codes.UCUM.CubicMillimeter),
+           m(codes.SCT.LongAxis, f.long_axis_mm, mm), m(codes.SCT.ShortAxis, f.short_axis_mm, mm),
+           m(codes.SCT.Diameter, f.mean_diameter_mm, mm, codes.SCT.Mean)]
+    if f.solid_core_mean_diameter_mm is not None:
+        out.append(m(_code(hd, "SolidCoreDiam", "Solid component mean diameter"), f.solid_core_mean_diameter_mm, mm))
+    out += [m(_code(hd, "MeanHU", "Mean attenuation"), f.mean_hu, hu),
+            m(_code(hd, "MaxHU", "Maximum attenuation"), f.max_hu, hu)]
+    return out
+
+
+def _finding_evaluations(hd, f) -> list:
+    yes = {True: "present", False: "absent"}
+    out = [_evaluation(hd, "NoduleType", "Nodule type", f.type),
+           _evaluation(hd, "Calcification", "Calcification", f.calcification),
+           _evaluation(hd, "Spiculation", "Spiculation", yes[f.spiculation]),
+           _evaluation(hd, "Lobulation", "Lobulation", yes[f.lobulation]),
+           _evaluation(hd, "Cavity", "Cavity", yes[f.cavity]),
+           _evaluation(hd, "JuxtaPleural", "Juxta-pleural", yes[f.juxta_pleural]),
+           _evaluation(hd, "JuxtaVascular", "Juxta-vascular", yes[f.juxta_vascular])]
+    if f.location is not None:
+        out += [_evaluation(hd, "Side", "Lung side", f.location.side),
+                _evaluation(hd, "Zone", "Lung zone", f.location.zone)]
+    if f.lung_rads is not None:
+        out.append(_evaluation(hd, "LungRADS", "Lung-RADS v2022 category (proposal)", f.lung_rads))
+    return out
 
 
 def write_sr(detections, evidence, path, **kw) -> Path:

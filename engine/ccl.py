@@ -8,6 +8,8 @@ skimage.measure.label / scipy.ndimage.label on the same mask (bench/preprocess.p
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -149,13 +151,10 @@ def _count_runs(values, thr):
     counts = np.zeros(nz * ny, dtype=np.int64)
     for z in prange(nz):
         for y in range(ny):
-            c = 0
-            inside = False
-            for x in range(nx):
-                b = values[z, y, x] < thr
-                if b and not inside:
-                    c += 1
-                inside = b
+            src = values[z, y]
+            c = np.int64(src[0] < thr)
+            for x in range(1, nx):  # starts of runs, without branches (vectorised)
+                c += (src[x] < thr) & (src[x - 1] >= thr)
             counts[z * ny + y] = c
     return counts
 
@@ -166,15 +165,17 @@ def _fill_runs(values, thr, row_start, starts, ends):
     for z in prange(nz):
         for y in range(ny):
             k = row_start[z * ny + y]
+            src = values[z, y]
             inside = False
             for x in range(nx):
-                b = values[z, y, x] < thr
-                if b and not inside:
-                    starts[k] = x
-                elif inside and not b:
-                    ends[k] = x
-                    k += 1
-                inside = b
+                b = src[x] < thr
+                if b != inside:  # one well-predicted branch per voxel: runs are long
+                    if b:
+                        starts[k] = x
+                    else:
+                        ends[k] = x
+                        k += 1
+                    inside = b
             if inside:
                 ends[k] = nx
 
@@ -247,6 +248,47 @@ def _paint_runs(row_start, starts, ends, comp, keep, ny, z0, y0, x0, out):
                         out[k, j, x] = True
 
 
+@njit(cache=True, parallel=True)
+def _count_in_blocks(row_start, starts, ends, comp, group, shape, factors, box, out):
+    """Per block of ``box``: the voxels of the runs of each group (``group[comp]``, 1..G) into
+    ``out[group - 1]``. A run's whole blocks go through a difference array per block row, so a long
+    run costs its two ends, not its length."""
+    nz, ny, nx = shape
+    fz, fy, fx = factors
+    k0, k1, j0, j1, i0, i1 = box
+    ng = out.shape[0]
+    xa, xb = i0 * fx, min(i1 * fx, nx)
+    nb = i1 - i0
+    for kk in prange(k1 - k0):
+        diff = np.zeros((ng, nb + 1), dtype=np.int32)
+        for jj in range(j1 - j0):
+            diff[:] = 0
+            for z in range((k0 + kk) * fz, min((k0 + kk) * fz + fz, nz)):
+                for y in range((j0 + jj) * fy, min((j0 + jj) * fy + fy, ny)):
+                    r = z * ny + y
+                    for q in range(row_start[r], row_start[r + 1]):
+                        g = group[comp[q]]
+                        if g == 0:
+                            continue
+                        x, e = max(starts[q], xa), min(ends[q], xb)
+                        if x >= e:
+                            continue
+                        a, b = (x - xa) // fx, (e - 1 - xa) // fx  # first and last block it touches
+                        if a == b:
+                            out[g - 1, kk, jj, a] += e - x
+                            continue
+                        out[g - 1, kk, jj, a] += (a + 1) * fx + xa - x
+                        out[g - 1, kk, jj, b] += e - (b * fx + xa)
+                        if b > a + 1:  # whole blocks a + 1 .. b - 1
+                            diff[g - 1, a + 1] += fx
+                            diff[g - 1, b] -= fx
+            for g in range(ng):
+                acc = 0
+                for i in range(nb):
+                    acc += diff[g, i]
+                    out[g, kk, jj, i] += acc
+
+
 class RunComponents:
     """6-connected components of ``values < threshold`` in a (z, y, x) array, labelled as x runs.
 
@@ -257,6 +299,9 @@ class RunComponents:
 
     def __init__(self, values: np.ndarray, threshold: float):
         values = np.ascontiguousarray(values)
+        if values.dtype == np.int16 and -32768 < threshold <= 32767:
+            # int16 ``v < threshold`` is ``v < ceil(threshold)``: compared in the scan's own lanes
+            threshold = np.int16(math.ceil(threshold))
         nz, ny, nx = self.shape = values.shape
         counts = _count_runs(values, threshold)
         self._row_start = np.zeros(nz * ny + 1, dtype=np.int64)
@@ -268,6 +313,30 @@ class RunComponents:
         parent = _union_runs(self._row_start, self._starts, self._ends, nz, ny)
         self._comp, self.n, self.sizes, self.border, self.boxes = _run_components(
             self._row_start, self._starts, self._ends, parent, nz, ny, nx)
+
+    def block_counts(self, group, factors_zyx, box) -> np.ndarray:
+        """int32 (G, box shape): per block of f_z x f_y x f_x voxels (the grid of
+        `engine.morphology.block_mean`) over ``box`` = (k0, k1, j0, j1, i0, i1) in block indices, how
+        many of its voxels belong to the components of each group; ``group``: int (n + 1,), each
+        component's group 1..G (0: none)."""
+        group = np.ascontiguousarray(group, dtype=np.int64)
+        box = tuple(int(v) for v in box)
+        out = np.zeros((max(int(group.max()), 1), box[1] - box[0], box[3] - box[2], box[5] - box[4]), dtype=np.int32)
+        _count_in_blocks(self._row_start, self._starts, self._ends, self._comp, group, self.shape,
+                         tuple(int(f) for f in factors_zyx), box, out)
+        return out
+
+    def component_at(self, z, y, x) -> np.ndarray:
+        """int64 ids of the components holding voxels (z, y, x) (int arrays of one shape; 0: none)."""
+        z, y, x = (np.asarray(v, dtype=np.int64).ravel() for v in (z, y, x))
+        out = np.zeros(z.shape, dtype=np.int64)
+        for t in range(z.size):
+            r = int(z[t]) * self.shape[1] + int(y[t])
+            lo, hi = int(self._row_start[r]), int(self._row_start[r + 1])
+            q = lo + int(np.searchsorted(self._ends[lo:hi], x[t], side="right"))
+            if q < hi and self._starts[q] <= x[t]:
+                out[t] = self._comp[q]
+        return out
 
     def mask(self, keep, box=None) -> np.ndarray:
         """Bool mask of the components in ``keep`` (ids), over ``box`` = (z0, z1, y0, y1, x0, x1)

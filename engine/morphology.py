@@ -13,6 +13,8 @@ voxels (`refine_blocks`): see engine/lungmask.py.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -214,6 +216,61 @@ def block_mean(hu: np.ndarray, factors_zyx) -> np.ndarray:
     out = np.empty(shape, dtype=np.float32)
     _block_mean(np.ascontiguousarray(hu, dtype=np.int16), fz, fy, fx, out)
     return out
+
+
+@njit(cache=True, parallel=True)
+def _block_stats(hu, fz, fy, fx, oz, oy, ox, thr, mean, count):
+    """`_block_mean` of the blocks from block (oz, oy, ox) on, and, in the same read of the scan, the
+    number of voxels below ``thr`` (int16: ``v < t`` for int16 ``v`` is ``v < ceil(threshold)``)."""
+    cz, cy, cx = mean.shape
+    nz, ny, nx = hu.shape
+    ya, yb, xa, xb = oy * fy, min((oy + cy) * fy, ny), ox * fx, min((ox + cx) * fx, nx)
+    for k in prange(cz):
+        z0, z1 = (oz + k) * fz, min((oz + k) * fz + fz, nz)
+        lines = np.zeros((cy, xb - xa), dtype=np.int32)
+        below = np.zeros((cy, xb - xa), dtype=np.int16)  # per column at most fz * fy <= 32767 voxels
+        for z in range(z0, z1):
+            for y in range(ya, yb):
+                line = lines[(y - ya) // fy]
+                bl = below[(y - ya) // fy]
+                src = hu[z, y, xa:xb]
+                for x in range(xb - xa):
+                    v = src[x]
+                    line[x] += v
+                    bl[x] += np.int16(v < thr)
+        for j in range(cy):
+            ny_b = min((oy + j) * fy + fy, ny) - (oy + j) * fy
+            for i in range(cx):
+                x0, x1 = i * fx, min(i * fx + fx, xb - xa)
+                s = np.int32(0)
+                c = np.int32(0)
+                for x in range(x0, x1):
+                    s += lines[j, x]
+                    c += below[j, x]
+                mean[k, j, i] = s / np.float32((z1 - z0) * ny_b * (x1 - x0))
+                count[k, j, i] = c
+
+
+def block_stats(hu: np.ndarray, factors_zyx, threshold_hu: float, box=None) -> tuple[np.ndarray, np.ndarray]:
+    """`block_mean` of int16 ``hu`` (z, y, x) and, from the same single read, the count of voxels below
+    ``threshold_hu`` in each block: (mean float32, count uint16), of shape ceil(n / f), or of the
+    blocks of ``box`` = (k0, k1, j0, j1, i0, i1) (block indices) only, reading no voxel outside it.
+    (The lung mask takes the count at its true-air threshold: the blocks of the airway's lumen.)"""
+    fz, fy, fx = (int(f) for f in factors_zyx)
+    if not 1 <= fz * fy * fx <= 65535 or fz * fy > 32767 or min(fz, fy, fx) < 1:
+        raise ConfigError(f"block factors must be >= 1 with at most 65535 voxels per block and 32767 per "
+                          f"column of a block, got {factors_zyx}")
+    full = tuple(-(-n // f) for n, f in zip(hu.shape, (fz, fy, fx)))
+    box = (0, full[0], 0, full[1], 0, full[2]) if box is None else tuple(int(v) for v in box)
+    if not all(0 <= box[2 * a] < box[2 * a + 1] <= full[a] for a in range(3)):
+        raise ConfigError(f"block box {box} is not inside the scan's blocks {full}")
+    shape = (box[1] - box[0], box[3] - box[2], box[5] - box[4])
+    mean = np.empty(shape, dtype=np.float32)
+    count = np.empty(shape, dtype=np.uint16)
+    # an int16 threshold keeps the comparison in the scan's own lanes (vectorised)
+    thr = np.int16(min(max(math.ceil(threshold_hu), -32768), 32767))
+    _block_stats(np.ascontiguousarray(hu, dtype=np.int16), fz, fy, fx, box[0], box[2], box[4], thr, mean, count)
+    return mean, count
 
 
 @njit(cache=True, parallel=True)

@@ -28,7 +28,11 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
         d = dict(d)
-        lung = LungMaskParams(**d.pop("lung", {}))
+        lung_d = dict(d.pop("lung", {}))
+        # a manifest written before the wall-lesion step (no such key) was trained and measured
+        # without it: keep its mask as it was
+        lung_d.setdefault("wall_lesion_mm", 0.0)
+        lung = LungMaskParams(**lung_d)
         return cls(target_spacing_zyx_mm=tuple(d.pop("target_spacing_zyx_mm", (1.0, 1.0, 1.0))), lung=lung, **d)
 
 

@@ -211,7 +211,7 @@ def load_substrate(path=DEFAULT_SUBSTRATE, params: HybridParams | None = None) -
     params = params or HybridParams()
     path = Path(path)
     vol = load_volume(path)
-    mask = lung_mask(vol, replace(PreprocessSpec().lung, dilate_mm=0.0))
+    mask = lung_mask(vol, replace(PreprocessSpec().lung, dilate_mm=0.0, wall_lesion_mm=0.0))
     sides = lung_sides(vol, mask)
     thick, thick_src = ((params.slice_thickness_mm, "set") if params.slice_thickness_mm
                         else _slice_thickness(path, vol))

@@ -26,7 +26,7 @@ from noduleflow.engine.volume import Volume
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the lung mask takes juxta-pleural lesions in and never loses lungs to its coarse grid
 
 
 @dataclass(frozen=True)

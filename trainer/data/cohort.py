@@ -49,7 +49,7 @@ COHORTS = {
     "tuning": range(4000, 4060),
     "heldout": range(5000, 5060),
 }
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the lung mask takes juxta-pleural lesions in and never loses lungs to its coarse grid
 
 
 def cohort_seeds(name_or_range: str) -> list[int]:

@@ -46,7 +46,12 @@ class Stage1Spec:
     shrunk by ``wall_shrink_mm``, the mask's own margin) is set to ``wall_fill_hu`` and blobs with
     responses of at least ``blob_min_response`` are sought within ``wall_band_mm`` of it
     (`engine.stage1.wall_blobs`): the chest wall is gone and a small solid nodule on it is a
-    ball on dark lung, where the first pass saw the Hessian of a bump on a plate."""
+    ball on dark lung, where the first pass saw the Hessian of a bump on a plate.
+
+    ``ggo_candidates`` (0: off) more candidates come from a fourth pass for ground-glass lesions,
+    appended last: regions of the parenchyma (voxels below ``ggo_dense_hu``) at least
+    ``ggo_min_contrast_hu`` denser than the parenchyma around them (`engine.ggo`), which the blob
+    passes rank below the vessel branchings or do not answer at all."""
 
     generator: str = "union"
     max_candidates: int = 150
@@ -60,6 +65,9 @@ class Stage1Spec:
     wall_shrink_mm: float = 3.0
     wall_fill_hu: float = -850.0
     wall_band_mm: float = 12.0
+    ggo_candidates: int = 0
+    ggo_dense_hu: float = -350.0
+    ggo_min_contrast_hu: float = 50.0
 
     def __post_init__(self) -> None:
         if self.generator not in STAGE1_GENERATORS:
@@ -88,6 +96,13 @@ class Stage1Spec:
                 raise ConfigError(f"stage1.{name} must be a number in [0, 30] mm, got {v!r}")
         if not _is_number(self.wall_fill_hu) or not -1024 <= self.wall_fill_hu <= 400:
             raise ConfigError(f"stage1.wall_fill_hu must be a number in [-1024, 400] HU, got {self.wall_fill_hu!r}")
+        if not _is_int(self.ggo_candidates) or not 0 <= self.ggo_candidates <= 1000:
+            raise ConfigError(f"stage1.ggo_candidates must be an integer in [0, 1000], got {self.ggo_candidates!r}")
+        if not _is_number(self.ggo_dense_hu) or not -900 <= self.ggo_dense_hu <= 0:
+            raise ConfigError(f"stage1.ggo_dense_hu must be a number in [-900, 0] HU, got {self.ggo_dense_hu!r}")
+        if not _is_number(self.ggo_min_contrast_hu) or not 0 < self.ggo_min_contrast_hu <= 500:
+            raise ConfigError(f"stage1.ggo_min_contrast_hu must be a number in (0, 500] HU, got "
+                              f"{self.ggo_min_contrast_hu!r}")
 
     @property
     def uses_cnn(self) -> bool:

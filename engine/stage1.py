@@ -10,8 +10,8 @@ the two ranked lists (CNN first, then the remaining blobs, one of each in turn) 
 candidate that falls inside one already kept: its rank is its position in that list.
 
 An optional second blob pass for subsolid lesions (`subsolid_blobs`) and a third for lesions on
-the pleura (`wall_blobs`) append their candidates that are not already in the list
-(`append_distinct`).
+the pleura (`wall_blobs`), and a fourth for ground-glass regions (`ggo_regions`, `engine.ggo`),
+append their candidates that are not already in the list (`append_distinct`).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .blobs import BlobParams, detect_blobs, window
 from .config import DetectorConfig
 from .contract import STAGE1_GENERATORS, Stage1Spec
 from .errors import ConfigError
+from .ggo import GroundGlassParams, ground_glass_regions
 from .morphology import dilate, erode
 from .postprocess import cluster_scored
 from .scoring import GridScorer
@@ -54,7 +55,8 @@ class Stage1Candidates:
     """Ranked candidates on the 1 mm grid: ``centres_zyx`` (n, 3) float64 voxels, ``radius_mm`` (n,),
     ``cnn_prob`` (n,) (the clustered CNN peak's probability; NaN for a blob no CNN peak overlaps),
     ``blob_response`` (n,) (NaN for a CNN peak no blob overlaps), ``source`` (n,) int8 (0: CNN
-    peak, possibly centred on its blob; 1: blob alone; 2: subsolid-pass blob; 3: pleural-pass blob)."""
+    peak, possibly centred on its blob; 1: blob alone; 2: subsolid-pass blob; 3: pleural-pass blob;
+    4: ground-glass region)."""
 
     centres_zyx: np.ndarray
     radius_mm: np.ndarray
@@ -175,6 +177,16 @@ def subsolid_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, spec: Stage1Spec = 
     return detect_blobs(flat, mask_1mm, subsolid_params(spec))
 
 
+def ggo_params(spec: Stage1Spec) -> GroundGlassParams:
+    """The ground-glass pass's settings from the stage-1 spec (the others at their defaults)."""
+    return GroundGlassParams(dense_hu=spec.ggo_dense_hu, min_contrast_hu=spec.ggo_min_contrast_hu)
+
+
+def ggo_regions(hu_1mm: np.ndarray, mask_1mm: np.ndarray, spec: Stage1Spec = Stage1Spec()):
+    """Ground-glass regions (`engine.ggo.ground_glass_regions`) with the settings of ``spec``."""
+    return ground_glass_regions(hu_1mm, mask_1mm, ggo_params(spec))
+
+
 def _box(mm: float) -> tuple[int, int, int]:
     r = int(round(mm))  # the 1 mm grid: voxels are mm
     return (r, r, r)
@@ -255,4 +267,9 @@ def stage1_candidates(pre, spec: Stage1Spec, scorer: GridScorer | None = None,
         w = wall_blobs(pre.volume.hu, pre.mask, spec)
         cand = append_distinct(cand, w.centres_zyx, w.radius_mm, w.response, spec.wall_candidates, source=3)
         timings["wall"] = time.perf_counter() - t
+    if spec.ggo_candidates > 0:
+        t = time.perf_counter()
+        g = ggo_regions(pre.volume.hu, pre.mask, spec)
+        cand = append_distinct(cand, g.centres_zyx, g.radius_mm, g.response, spec.ggo_candidates, source=4)
+        timings["ground_glass"] = time.perf_counter() - t
     return cand

@@ -4,7 +4,7 @@
 
 The package's own stages run on each validation scan (`Detector.stage1`, then the stage-2 graph
 averaged over the flips the contract asks for, uncalibrated); each stage-1 candidate is labelled
-as the stage-2 training data are (`trainer.data.stage2.label_candidates`: 1 within a nodule's
+as the stage-2 training data are (`trainer.data.labels.label_candidates`: 1 within a nodule's
 radius, 0 farther than radius + 3 mm from every finding, the ones between left out), and
 ``p = sigmoid(a * logit + b)`` is fitted by maximum likelihood (Newton's method). Writes the
 package's stage settings (``{"stage1": ..., "stage2": ...}``, the contract's blocks) with stage 2's
@@ -27,7 +27,7 @@ from noduleflow.engine.detector import Detector
 from noduleflow.engine.postprocess import sigmoid
 
 from .data.cohort import CohortCache, cohort_seeds
-from .data.stage2 import label_candidates
+from .data.labels import label_candidates
 
 
 def platt(logits: np.ndarray, labels: np.ndarray, iters: int = 100, ridge: float = 1e-6) -> tuple[float, float]:

@@ -10,6 +10,16 @@ Per scan (a `trainer.data.cohort.CohortScan`):
   moved by up to min(radius / 2, 3 mm), so that a nodule stage 1 missed still teaches stage 2;
 - patches from `engine.context.ContextVolume` (1 mm + 2 mm), stored as uint8 (1/255 steps).
 
+``--source DIR`` takes the scans of an evaluation-source folder instead of phantoms (the layout
+of `trainer.evaluate.sources`; its ``source.json`` must say ``"role": "training"``): with a
+``region`` in ``source.json`` (lesions inserted into one lung of a real scan,
+`noduleflow.synthetic.hybrid`), only candidates and nodules in that lung are used; the other lung
+is left out (its candidates labelled -1), since it may be an evaluation lung. ``--generator wide``
+makes the phantoms with the wide training generator (`noduleflow.synthetic`). ``--full`` uses the
+whole stage 1 of the next package (blobs, then the subsolid, pleural and ground-glass passes) and
+keeps, besides the first ``negatives_per_scan`` negatives, every negative of the supplementary
+passes (they rank after the first pass's, which would otherwise crowd them out).
+
 ``--subsolid N`` builds a supplement instead: only the candidates of stage 1's subsolid pass
 (`engine.stage1.subsolid_blobs`), labelled the same way, no jittered positives; ``--wall N`` the
 same for its pleural pass (`engine.stage1.wall_blobs`, after 200 blobs and 50 subsolid ones).
@@ -33,6 +43,8 @@ from noduleflow.engine.detector import Detector
 from noduleflow.engine.fileio import atomic_path
 from noduleflow.engine.stage1 import stage1_candidates
 
+from .labels import label_candidates
+
 log = logging.getLogger(__name__)
 
 
@@ -44,24 +56,12 @@ class Stage2DataSpec:
     max_jitter_mm: float = 3.0
     margin_mm: float = 3.0
     source: int | None = None       # keep only stage-1 candidates of this source (2: subsolid pass, 3: pleural pass)
+    supplement_negatives: bool = False  # also every negative of the passes after the first (source >= 2)
 
 
-def label_candidates(centres_zyx: np.ndarray, nodules_zyxr: np.ndarray, excluded_zyxr: np.ndarray,
-                     margin_mm: float = 3.0) -> np.ndarray:
-    """int8 (n,): 1 inside a nodule's radius, 0 farther than radius + margin from every nodule and
-    excluded finding, -1 otherwise (1 mm grid: voxels are mm)."""
-    lab = np.zeros(len(centres_zyx), np.int8)
-    if len(centres_zyx) == 0:
-        return lab
-    for f, inside_label in ((nodules_zyxr, 1), (excluded_zyxr, -1)):
-        if len(f) == 0:
-            continue
-        d = np.linalg.norm(centres_zyx[:, None, :] - f[None, :, :3], axis=-1)
-        near = (d <= f[None, :, 3] + margin_mm).any(1)
-        lab[near & (lab == 0)] = -1
-        if inside_label == 1:
-            lab[(d < f[None, :, 3]).any(1)] = 1
-    return lab
+# the whole stage 1 of the package after v14: the blobs, then the subsolid, pleural and ground-glass passes
+FULL_STAGE1 = Stage1Spec(generator="blobs", max_candidates=150, blob_min_response=10.0, subsolid_candidates=50,
+                         wall_candidates=10, ggo_candidates=25)
 
 
 def scan_examples(det, scan, spec: Stage2DataSpec, rng: np.random.Generator):
@@ -81,8 +81,14 @@ def scan_examples(det, scan, spec: Stage2DataSpec, rng: np.random.Generator):
     lab = label_candidates(cand.centres_zyx, nod, exc, spec.margin_mm)
     if spec.source is not None:
         lab[cand.source != spec.source] = -1
+    inside = getattr(scan, "inside", None)  # a source scan's usable region (world mm -> bool)
+    if inside is not None:
+        lab[~inside(vol.voxel_to_world(cand.centres_zyx).reshape(-1, 3))] = -1
+        nod = nod[inside(scan.xyzd()[:, :3])] if len(nod) else nod
     pos = np.flatnonzero(lab == 1)
     neg = np.flatnonzero(lab == 0)[:spec.negatives_per_scan]
+    if spec.supplement_negatives:
+        neg = np.union1d(neg, np.flatnonzero((lab == 0) & (cand.source >= 2)))
     centres = [cand.centres_zyx[pos], cand.centres_zyx[neg]]
     labels = [np.ones(len(pos), np.int8), np.zeros(len(neg), np.int8)]
     ranks = [pos.astype(np.int32), neg.astype(np.int32)]
@@ -97,6 +103,61 @@ def scan_examples(det, scan, spec: Stage2DataSpec, rng: np.random.Generator):
     c = np.concatenate(centres).reshape(-1, 3)
     p = ContextVolume(vol.hu).patches(c)
     return np.rint(p * 255).astype(np.uint8), np.concatenate(labels), np.concatenate(ranks)
+
+
+@dataclass(frozen=True, eq=False)
+class SourceTrainingScan:
+    """A scan of an evaluation-source folder as the builder reads a cohort scan: ``pre`` (the
+    preprocessed volume), ``xyzd`` (nodules, or excluded findings: (n, 4) world mm) and ``inside``
+    (world (n, 3) mm -> bool (n,): the part of the scan that may be trained on)."""
+
+    pre: object
+    nodules: np.ndarray
+    excluded: np.ndarray
+    split_x_mm: float | None = None
+    side: str | None = None
+
+    def xyzd(self, excluded: bool = False) -> np.ndarray:
+        return (self.excluded if excluded else self.nodules).reshape(-1, 4)
+
+    def inside(self, xyz_mm: np.ndarray) -> np.ndarray:
+        x = np.asarray(xyz_mm, np.float64).reshape(-1, 3)[:, 0]
+        if self.side is None:
+            return np.ones(len(x), bool)
+        # LPS: patient left is +x
+        return x > self.split_x_mm if self.side == "left" else x < self.split_x_mm
+
+
+class SourceScans:
+    """``get(i)``: scan ``i`` of an evaluation-source folder (role "training"), preprocessed with
+    ``spec``; its ``source.json`` region restricts it to one lung (`SourceTrainingScan.inside`)."""
+
+    def __init__(self, folder, spec):
+        from noduleflow.engine import ConfigError
+        from noduleflow.trainer.evaluate.sources import read_source
+
+        self.source = read_source(Path(folder).name, folder)
+        role = self.source.info.get("role")
+        if role != "training":
+            raise ConfigError(f"{folder}: source.json role is {role!r}; only a training source may be trained on")
+        region = self.source.info.get("generator", {}).get("region") or {}
+        self.side = region.get("lung")
+        self.split = region.get("split_x_mm")
+        if self.side is not None and (self.side not in ("left", "right") or self.split is None):
+            raise ConfigError(f"{folder}: source.json region needs lung left|right and split_x_mm, got {region}")
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.source.scans)
+
+    def get(self, i: int) -> SourceTrainingScan:
+        from noduleflow.engine.io import load_volume
+        from noduleflow.engine.preprocess import preprocess
+
+        s = self.source.scans[int(i)]
+        vol = load_volume(s.path, series_uid=None if s.path.is_file() else s.uid)
+        return SourceTrainingScan(preprocess(vol, self.spec), np.asarray(s.nodules, np.float64),
+                                  np.asarray(s.excluded, np.float64), self.split, self.side)
 
 
 def build(det, cache, seeds, out_dir, spec: Stage2DataSpec = Stage2DataSpec(), progress: bool = True) -> Path:
@@ -170,7 +231,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-candidates", type=int, default=150, help="stage-1 cap (default 150)")
     ap.add_argument("--min-response", type=float, default=None,
                     help="blob response threshold (default: engine.contract.Stage1Spec's)")
+    ap.add_argument("--source", metavar="DIR",
+                    help="instead of phantoms: the scans of this training-source folder (seeds 0..n-1 name them)")
+    ap.add_argument("--phantom-generator", default="default", choices=("default", "wide"),
+                    help="the phantoms' generator (default: the cohorts'; wide: the training generator)")
+    ap.add_argument("--full", action="store_true",
+                    help="the next package's whole stage 1 (blobs 150, subsolid 50, pleural 10, ground-glass 25) "
+                         "with every supplementary pass's negatives")
     a = ap.parse_args(argv)
+    if a.source:
+        a.seeds = a.seeds if a.seeds != ["train", "validation"] else ["0-999999"]
     seeds = [s for name in a.seeds for s in cohort_seeds(name)]
     if a.reverse:
         seeds = seeds[::-1]
@@ -183,10 +253,24 @@ def main(argv=None) -> int:
     elif a.wall:
         spec = Stage2DataSpec(stage1=replace(supplement, subsolid_candidates=50, wall_candidates=a.wall),
                               jittered_per_nodule=0, source=3)
+    elif a.full:
+        spec = Stage2DataSpec(stage1=FULL_STAGE1, supplement_negatives=True)
     else:
         blob = {} if a.min_response is None else {"blob_min_response": a.min_response}
         spec = Stage2DataSpec(stage1=Stage1Spec(generator=a.generator, max_candidates=a.max_candidates, **blob))
-    build(Detector(a.model), kernel_cache(a.kernel), seeds, a.out, spec)
+    det = Detector(a.model)
+    if a.source:
+        from noduleflow.engine.preprocess import PreprocessSpec
+
+        scans = SourceScans(a.source, PreprocessSpec())
+        seeds = [s for s in seeds if s < len(scans)]
+        build(det, scans, seeds, a.out, spec)
+    elif a.phantom_generator != "default":
+        from .cohort import CohortCache
+
+        build(det, CohortCache(phantom_kwargs={"generator": a.phantom_generator}), seeds, a.out, spec)
+    else:
+        build(det, kernel_cache(a.kernel), seeds, a.out, spec)
     return 0
 
 

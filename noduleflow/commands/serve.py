@@ -53,7 +53,7 @@ def _detail(s: dict) -> str:
     if s.get("refused"):
         parts.append(f"{len(s['refused'])} instance(s) refused, not received since (cannot be COMPLETE)")
     if s.get("complete") is False:
-        parts.append("processed as PARTIAL")
+        parts.append("processed as PARTIAL" + (f" ({s['coverage']})" if s.get("coverage") else ""))
     if s.get("duplicates"):
         parts.append(f"{s['duplicates']} duplicate instance(s) ignored")
     if s.get("error"):

@@ -154,7 +154,8 @@ def test_a_tail_never_sent_gives_a_partial_sr_and_says_why(make_service, series_
     (row,) = [s for s in svc.spool.status()["series"] if s["series_uid"] == uid]
     assert row["complete"] is False and "the lungs reach the last slice" in row["coverage"]
     print_status(svc.spool.status())
-    assert "processed as PARTIAL" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "processed as PARTIAL" in shown and "the lungs reach the last slice" in shown
     assert "the lungs reach the last slice" in (svc.spool.root / "serve.log").read_text()
 
 

@@ -86,8 +86,9 @@ def hard_pool(model, x, neg, k: int, score: int = 0, previous=None, rng=None) ->
 
 
 def present_files(data_dirs, seeds):
-    """Seeds whose file exists in the first folder (the main data; supplements are optional)."""
-    return [s for s in seeds if (Path(data_dirs[0]) / f"{s}.npz").exists()]
+    """Seeds whose file exists in one of the folders (a scan's examples may come from several:
+    main data and supplements of the same seeds, or sources of their own seeds)."""
+    return [s for s in seeds if any((Path(d) / f"{s}.npz").exists() for d in data_dirs)]
 
 
 def load_examples(data_dirs, seeds):

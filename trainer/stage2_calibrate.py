@@ -28,6 +28,8 @@ from noduleflow.engine.postprocess import sigmoid
 
 from .data.cohort import CohortCache, cohort_seeds
 from .data.labels import label_candidates
+from .data.stage2 import SourceScans
+from .evaluate.calibration import expected_calibration_error
 
 
 def platt(logits: np.ndarray, labels: np.ndarray, iters: int = 100, ridge: float = 1e-6) -> tuple[float, float]:
@@ -62,26 +64,11 @@ def platt(logits: np.ndarray, labels: np.ndarray, iters: int = 100, ridge: float
     return float(w[0]), float(w[1])
 
 
-def expected_calibration_error(prob: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """ECE: the mean over equal-width probability bins of |mean probability - hit rate|, weighted
-    by the bin's share of candidates."""
-    p = np.asarray(prob, np.float64)
-    y = np.asarray(labels, np.float64)
-    if not len(p):
-        return float("nan")
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    err = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            err += m.sum() / len(p) * abs(p[m].mean() - y[m].mean())
-    return float(err)
-
-
-def candidate_logits(det, scan):
-    """Stage-1 candidates of a `CohortScan` and their uncalibrated stage-2 logits, with labels."""
+def candidate_logits(det, scan, cand=None):
+    """Stage-1 candidates (``cand``, else ``det.stage1``) of a `CohortScan` (or a
+    `trainer.data.stage2.SourceTrainingScan`) and their uncalibrated stage-2 logits, with labels."""
     pre = scan.pre
-    cand = det.stage1(pre)
+    cand = det.stage1(pre) if cand is None else cand
     logits = det.stage2_scorer(pre, cand.centres_zyx)
     vol = pre.volume
 
@@ -99,6 +86,9 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a two-stage model package (noduleflow export --stage2)")
     ap.add_argument("--cohort", default="validation", help="calibration scans (default: validation, 2000-2005)")
+    ap.add_argument("--source", action="append", default=[], metavar="DIR",
+                    help="also the scans of this training-source folder (repeatable; only the lung its "
+                         "source.json names): real anatomy beside the phantoms")
     ap.add_argument("--out", required=True, help="the stage-2 spec JSON to write")
     a = ap.parse_args(argv)
     if a.cohort in ("heldout", "tuning"):
@@ -112,6 +102,16 @@ def main(argv=None) -> int:
         z, y = candidate_logits(det, cache.get(s))
         zs.append(z[y >= 0])
         ys.append(y[y >= 0])
+    n_phantom = sum(len(y) for y in ys)
+    for folder in a.source:
+        scans = SourceScans(folder, det.contract.preprocess)
+        for i in tqdm(range(len(scans)), desc=Path(folder).name, unit="scan"):
+            scan = scans.get(i)
+            cand = det.stage1(scan.pre)
+            z, y = candidate_logits(det, scan, cand)
+            y[~scan.inside(scan.pre.volume.voxel_to_world(cand.centres_zyx).reshape(-1, 3))] = -1
+            zs.append(z[y >= 0])
+            ys.append(y[y >= 0])
     z, y = np.concatenate(zs), np.concatenate(ys)
     scale, bias = platt(z, y)
     raw = sigmoid(z)
@@ -120,6 +120,7 @@ def main(argv=None) -> int:
            "stage2": {**dataclasses.asdict(spec), "calibration_scale": round(scale, 6),
                       "calibration_bias": round(bias, 6)},
            "_fit": {"package": det.package.manifest.model_id, "cohort": a.cohort, "seeds": [seeds[0], seeds[-1]],
+                    "sources": list(a.source), "candidates_phantoms": int(n_phantom),
                     "candidates": int(len(y)), "positives": int(y.sum()),
                     "ece_uncalibrated": expected_calibration_error(raw, y),
                     "ece_calibrated": expected_calibration_error(cal, y),

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from noduleflow.trainer.stage2_calibrate import expected_calibration_error, platt
+from noduleflow.trainer.evaluate.calibration import expected_calibration_error
+from noduleflow.trainer.stage2_calibrate import platt
 
 
 def test_platt_recovers_the_generating_scale_and_bias():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stage2_calibrate import expected_calibration_error
+from .calibration import expected_calibration_error
 from .froc import DEFAULT_EXCLUDED_DIAMETER_MM
 from .plots import plot_reliability, plot_strata_froc
 from .stage1_recall import cnn_list

@@ -157,11 +157,11 @@ def split_stage_settings(raw: dict) -> tuple[Stage1Spec, Stage2Spec]:
     """A two-stage package's stage settings -> (Stage1Spec, Stage2Spec), from either form:
     ``{"stage1": {...}, "stage2": {...}}`` (the contract's blocks, manifest format 3), or one flat
     object holding both (a format-2 manifest's ``stage2`` block; a ``--stage2-spec`` file written
-    before stage 1 had its own block). Keys starting with "_" (notes such as a fit record) are
-    ignored; ConfigError names an unknown key."""
+    before stage 1 had its own block). Keys starting with "_" (notes such as a fit record) and a
+    ``preprocess`` block (read by `noduleflow export`) are ignored; ConfigError names an unknown key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"stage settings must be an object, got {type(raw).__name__}")
-    raw = {k: v for k, v in raw.items() if not str(k).startswith("_")}
+    raw = {k: v for k, v in raw.items() if not str(k).startswith("_") and k != "preprocess"}
     if set(raw) <= {"stage1", "stage2"} and all(isinstance(v, dict) for v in raw.values()):
         flat = {**raw.get("stage1", {}), **raw.get("stage2", {})}
     else:

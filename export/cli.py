@@ -35,7 +35,8 @@ def register(sub) -> None:
                         "\"stage2\": {...}} (engine.contract.Stage1Spec: generator, max_candidates, the blob "
                         "passes; Stage2Spec: tta_flips, calibration_scale, calibration_bias, ...), e.g. the one "
                         "python -m noduleflow.trainer.stage2_calibrate writes (a flat object of both is read too); "
-                        "default: their defaults")
+                        "default: their defaults. An optional \"preprocess\" block (engine.preprocess.PreprocessSpec) "
+                        "replaces the checkpoint's preprocessing: the one stage 2 was trained on")
     p.add_argument("--tensorrt", choices=("fp32", "fp16", "int8"),
                    help="also build TensorRT plans for this GPU into OUT/trt/ (needs tensorrt; unverified)")
     p.add_argument("--torch-compiled", action="store_true",
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from noduleflow.export.package import export_package
 
     spec = (None, None)
+    preprocess = None
     if args.stage2_spec:
         import json
 
@@ -62,13 +64,18 @@ def run(args: argparse.Namespace) -> int:
         if not args.stage2:
             raise ConfigError("--stage2-spec needs --stage2")
         try:
-            spec = split_stage_settings(json.loads(Path(args.stage2_spec).read_text()))
+            raw = json.loads(Path(args.stage2_spec).read_text())
+            spec = split_stage_settings(raw)
+            if isinstance(raw, dict) and raw.get("preprocess") is not None:
+                from noduleflow.engine.preprocess import PreprocessSpec
+
+                preprocess = PreprocessSpec.from_dict(raw["preprocess"])
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"--stage2-spec {args.stage2_spec}: {exc}") from None
 
     report = export_package(args.checkpoint, args.out, model_id=args.model_id, overwrite=args.overwrite,
                             fp16=args.fp16, slim=args.slim, torch_compiled=args.torch_compiled, stage2=args.stage2,
-                            stage1_spec=spec[0], stage2_spec=spec[1], int8=args.int8)
+                            stage1_spec=spec[0], stage2_spec=spec[1], int8=args.int8, preprocess=preprocess)
     if args.tensorrt:
         from noduleflow.export.tensorrt_build import build_plan
 

@@ -55,7 +55,7 @@ def _sample_patches(contract: InputContract, n: int = 16, seed: int = 0) -> np.n
 def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: bool = False,
                    fp16: bool = False, slim: bool = True, torch_compiled: bool = False,
                    stage2: str | None = None, stage2_spec: Stage2Spec | None = None, int8: bool = False,
-                   stage1_spec: Stage1Spec | None = None) -> dict:
+                   stage1_spec: Stage1Spec | None = None, preprocess: PreprocessSpec | None = None) -> dict:
     """Export ``checkpoint`` (safetensors + json) to ``out_dir``; returns the parity report.
 
     Raises PackageError if ONNX Runtime and PyTorch disagree beyond 1e-4 on any logit.
@@ -72,6 +72,8 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     ``stage2.onnx``, checked against PyTorch on phantom context patches like the patch graph, and
     declared in the contract by ``stage1_spec`` and ``stage2_spec`` (defaults: `Stage1Spec()`,
     `Stage2Spec()`).
+    ``preprocess``: the contract's preprocessing instead of the checkpoint's (a stage 2 trained on
+    another preprocessing than the stage-1 network's: the package runs what stage 2 was trained on).
     ``int8``: also write ``stage2_int8.onnx`` (a two-stage package; else ``patch_int8.onnx``):
     `export.int8`'s static quantization, calibrated on phantom patches; its error against fp32 on
     other phantom patches goes to the report and to ``manifest.export["int8"]`` (reported, not
@@ -84,6 +86,8 @@ def export_package(checkpoint, out_dir, model_id: str | None = None, overwrite: 
     model, config = load_checkpoint(checkpoint)
     name = config["model"]
     contract = contract_of(model, config)
+    if preprocess is not None:
+        contract = dataclasses.replace(contract, preprocess=preprocess)
     final = Path(out_dir)
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise ConfigError(f"{final} is not empty (use --overwrite)")

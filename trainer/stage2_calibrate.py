@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     scale, bias = platt(z, y)
     raw = sigmoid(z)
     cal = sigmoid(scale * z + bias)
-    out = {"stage1": dataclasses.asdict(det.contract.stage1),
+    out = {"preprocess": det.contract.preprocess.to_dict(), "stage1": dataclasses.asdict(det.contract.stage1),
            "stage2": {**dataclasses.asdict(spec), "calibration_scale": round(scale, 6),
                       "calibration_bias": round(bias, 6)},
            "_fit": {"package": det.package.manifest.model_id, "cohort": a.cohort, "seeds": [seeds[0], seeds[-1]],

@@ -30,7 +30,12 @@ def two_stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_stage")
     save_checkpoint(root / "s1", build_model("3d-1").eval(), {"model": "3d-1", "model_kwargs": {}}, "best")
     save_checkpoint(root / "s2", build_model("ms-3d1").eval(), {"model": "ms-3d1", "model_kwargs": {}}, "best")
-    spec = {"stage1": {"generator": "union", "max_candidates": 40, "blob_min_response": 10.0},
+    from noduleflow.engine.lungmask import LungMaskParams
+    from noduleflow.engine.preprocess import PreprocessSpec
+
+    # the preprocessing stage 2 was trained on replaces the stage-1 checkpoint's
+    pre = PreprocessSpec(lung=LungMaskParams(dilate_mm=3.0, wall_lesion_mm=12.0)).to_dict()
+    spec = {"preprocess": pre, "stage1": {"generator": "union", "max_candidates": 40, "blob_min_response": 10.0},
             "stage2": {"tta_flips": 4, "calibration_scale": 0.5, "calibration_bias": -1.0},
             "_note": "keys starting with _ are comments"}
     (root / "spec.json").write_text(json.dumps(spec))
@@ -55,6 +60,7 @@ def test_package_declares_both_stages(two_stage):
     assert pkg.contract.stage2 == Stage2Spec(tta_flips=4, calibration_scale=0.5, calibration_bias=-1.0)
     assert pkg.manifest.export["parity"]["stage2_max_abs_logit_diff"] <= 1e-4
     assert pkg.manifest.training["stage2"]["model"] == "ms-3d1"
+    assert pkg.contract.preprocess.lung.wall_lesion_mm == 12.0  # from the spec file, not the checkpoint
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(two_stage / "pkg" / "stage2.onnx")).metadata_props}

@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "noduleflow.commands.inspect",
     "noduleflow.commands.convert",
     "noduleflow.commands.detect",
+    "noduleflow.commands.follow",
     "noduleflow.commands.batch",
     "noduleflow.commands.demo",
     "noduleflow.commands.serve",

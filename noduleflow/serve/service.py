@@ -34,6 +34,7 @@ from .completeness import check_series, lung_coverage
 from .config import ServeConfig, allowed_networks, parse_destination
 from .files import open_private
 from .scp import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, StorageSCP
+from .seg import write_seg
 from .spool import SeriesState, Spool, SpoolError, SpoolFullError, validate_instance
 from .sr import write_sr
 
@@ -288,6 +289,9 @@ class Service:
                     warnings.simplefilter("ignore", UserWarning)   # highdicom on single-part patient names
                     write_sr(det, evidence, partial / "sr.dcm", model_id=det.model_id,
                              engine_version=det.engine_version, complete=complete, previous=previous)
+                    # the characterised findings' masks (--characterise-top N), one segment each
+                    write_seg(det, evidence, partial / "seg.dcm", model_id=det.model_id,
+                              engine_version=det.engine_version)
                 self.spool.publish(uid, partial, version, complete=complete, instances=whole.instances,
                                    **({"coverage": coverage} if coverage else {}))
                 out_s = time.perf_counter() - t

@@ -15,7 +15,8 @@ from numba import njit, prange
 
 
 @njit(cache=True, inline="always")
-def _find(parent, i):
+def uf_find(parent, i):
+    """Union-find: the root of ``i`` in ``parent`` (int array), halving the path on the way."""
     while parent[i] != i:
         parent[i] = parent[parent[i]]
         i = parent[i]
@@ -23,9 +24,10 @@ def _find(parent, i):
 
 
 @njit(cache=True, inline="always")
-def _union(parent, a, b):
-    ra = _find(parent, a)
-    rb = _find(parent, b)
+def uf_union(parent, a, b):
+    """Union-find: join the sets of ``a`` and ``b`` (the smaller root becomes the parent)."""
+    ra = uf_find(parent, a)
+    rb = uf_find(parent, b)
     if ra < rb:
         parent[rb] = ra
     elif rb < ra:
@@ -62,17 +64,17 @@ def _label6(mask):
                     labels[z, y, x] = m
                     for v in (a, b, c):
                         if v > 0 and v != m:
-                            _union(parent, m, v)
+                            uf_union(parent, m, v)
     # flatten to consecutive labels 1..n
     remap = np.zeros(nxt, dtype=np.int32)
     n = 0
     for i in range(1, nxt):
-        r = _find(parent, i)
+        r = uf_find(parent, i)
         if r == i:
             n += 1
             remap[i] = n
     for i in range(1, nxt):
-        remap[i] = remap[_find(parent, i)]
+        remap[i] = remap[uf_find(parent, i)]
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
@@ -195,7 +197,7 @@ def _union_runs(row_start, starts, ends, nz, ny):
                 j1 = row_start[prev + 1]
                 while i < a1 and j < j1:  # sweep two sorted run lists; overlap = 6-connected
                     if starts[i] < ends[j] and starts[j] < ends[i]:
-                        _union(parent, i, j)
+                        uf_union(parent, i, j)
                     if ends[i] < ends[j]:
                         i += 1
                     else:
@@ -209,7 +211,7 @@ def _run_components(row_start, starts, ends, parent, nz, ny, nx):
     comp = np.zeros(n, dtype=np.int64)
     ncomp = 0
     for i in range(n):  # roots are the smallest run index of their component: raster order
-        if _find(parent, i) == i:
+        if uf_find(parent, i) == i:
             ncomp += 1
             comp[i] = ncomp
     sizes = np.zeros(ncomp + 1, dtype=np.int64)
@@ -221,7 +223,7 @@ def _run_components(row_start, starts, ends, parent, nz, ny, nx):
         for y in range(ny):
             r = z * ny + y
             for i in range(row_start[r], row_start[r + 1]):
-                c = comp[_find(parent, i)]
+                c = comp[uf_find(parent, i)]
                 comp[i] = c
                 sizes[c] += ends[i] - starts[i]
                 if y == 0 or y == ny - 1 or starts[i] == 0 or ends[i] == nx:

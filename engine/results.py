@@ -236,17 +236,7 @@ def findings_csv_text(rows) -> str:
     w.writerow(FINDINGS_HEADER)
     for r in rows:
         uid, x, y, z, p = r[:5]
-        cells = [printable(uid), f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}"]
-        for v in r[5:]:
-            if v is None:
-                cells.append("")
-            elif isinstance(v, bool):
-                cells.append("1" if v else "0")
-            elif isinstance(v, float):
-                cells.append(f"{v:.2f}")
-            else:
-                cells.append(printable(str(v)))
-        w.writerow(cells)
+        w.writerow([printable(uid), f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{p:.6f}", *map(csv_cell, r[5:])])
     return buf.getvalue()
 
 
@@ -261,6 +251,18 @@ def safe_name(uid: str, fallback_seed: str = "") -> str:
     if not name.strip("_"):
         name = "series-" + hashlib.sha256(fallback_seed.encode()).hexdigest()[:12]
     return name
+
+
+def csv_cell(v) -> str:
+    """One CSV cell of a measurement: "" for None, 1/0 for booleans, floats to 0.01, anything else
+    as printable text (control characters escaped)."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return printable(str(v))
 
 
 def csv_text(rows) -> str:

@@ -19,24 +19,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .ccl import RunComponents
+from .ccl import RunComponents, uf_find, uf_union
 
 BONE_HU = 300.0  # the lesions' balls stop at bone (a rib beside a juxta-pleural lesion)
-
-
-@njit(cache=True, inline="always")
-def _find(parent, i):
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-@njit(cache=True, inline="always")
-def _union(parent, a, b):
-    ra, rb = _find(parent, a), _find(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
 
 
 @njit(cache=True)
@@ -262,14 +247,14 @@ def _wall_pockets(mask, ids, sy, sx, mid_x, max_area, max_w, max_r, out, circles
             j, j1 = row0[r - 1], row0[r]
             while i < i1 and j < j1:
                 if sp0[i] < sp1[j] and sp0[j] < sp1[i]:
-                    _union(parent, i, j)
+                    uf_union(parent, i, j)
                 if sp1[i] < sp1[j]:
                     i += 1
                 else:
                     j += 1
         area = np.zeros(ns, dtype=np.int64)
         for i in range(ns):
-            area[_find(parent, i)] += sp1[i] - sp0[i]
+            area[uf_find(parent, i)] += sp1[i] - sp0[i]
         found = np.zeros(6)
         for root in range(ns):
             if parent[root] != root or area[root] > max_px:
@@ -280,7 +265,7 @@ def _wall_pockets(mask, ids, sy, sx, mid_x, max_area, max_w, max_r, out, circles
             side, between = 0, False
             for r in range(y1 - y0 + 1):
                 for i in range(row0[r], row0[r + 1]):
-                    if _find(parent, i) != root:
+                    if uf_find(parent, i) != root:
                         continue
                     y = y0 + r
                     for x in range(sp0[i], sp1[i]):

@@ -8,8 +8,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from noduleflow.engine.package import printable
-from noduleflow.engine.results import ResultFolder
+from noduleflow.engine.results import ResultFolder, csv_cell
 
 from .lungrads_followup import DISCLAIMER, SOURCE
 from .picture import pair_image
@@ -133,17 +132,7 @@ class FollowResult:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(CSV_HEADER)
         for i, f in enumerate(self.findings, 1):
-            cells = []
-            for v in f.row(i):
-                if v is None:
-                    cells.append("")
-                elif isinstance(v, bool):
-                    cells.append("1" if v else "0")
-                elif isinstance(v, float):
-                    cells.append(f"{v:.2f}")
-                else:
-                    cells.append(printable(str(v)))
-            w.writerow(cells)
+            w.writerow([csv_cell(v) for v in f.row(i)])
         return buf.getvalue()
 
     def save(self, folder, png: bool = True, detections: bool = True) -> dict:

@@ -1,53 +1,54 @@
 #!/usr/bin/env bash
-# The shipped stage-2 network (v13; the stage 2 of package v14, engine/models/default), from the
-# round before it (trainer/checkpoints/stage2/v12: the mean of three epochs of v12). This is the
-# current round only: how each earlier round (v7-v12) was made, and why, lives in each checkpoint
-# folder's history (trainer/checkpoints/*/HISTORY.md); the recipe that replayed every round is
-# this file at commit 9068c40.
+# The shipped stage-2 network (v15; the stage 2 of package noduleflow-2stage-v15, engine/models/default),
+# from the round before it (trainer/checkpoints/stage2/v13: v14's stage 2). This is the current round
+# only: how each earlier round was made lives in each checkpoint folder and in git history (the recipe
+# of v13 is this file at commit a2499b3).
 #   bash trainer/configs/stage2_recipe.sh [RUNS_DIR]
-# On a 2-core CPU: data about 30 s per training scan (phantom synthesis and preprocessing included),
-# training 5-10 min per epoch (hard-negative scoring included), selection about 1 h.
+# On a 2-core CPU: the hybrid scans about 10 s each, the phantoms about 30 s each (synthesis and
+# preprocessing included); training about 8 min per epoch plus 4-10 min per scoring of the negatives.
 set -euo pipefail
 R=${1:-runs}
 export NODULEFLOW_COHORT_CACHE=${NODULEFLOW_COHORT_CACHE:-$HOME/.cache/noduleflow/cohorts}
-S1=trainer/checkpoints/stage1_3d1_v6/best.safetensors   # 3D-1 v6: the selection packages' CNN (and stage2_train's default --init)
-PREV=trainer/checkpoints/stage2/v12/best.safetensors
-DATA="$R/stage2_data"
-SUB="$R/stage2_data_subsolid"
-WALL="$R/stage2_data_wall"
+REAL=../shared/realct/LIDC-IDRI-0314   # the real scan: its LEFT lung may be trained on, its right lung never
+PREV=trainer/checkpoints/stage2/v13/best.safetensors
 
-# Data: stage 1 as the engine runs it on the 400 training phantoms (train_more, and train_kernels
-# made with the standard, smooth and sharp reconstruction kernels) and the validation phantoms:
-# blobs >= 10 capped at 200, at most 50 of the subsolid pass, at most 30 of the pleural pass.
-for k in "validation standard" "train_more standard" "1372-1505 standard" "1506-1538 smooth" "1539-1571 sharp"; do
-  set -- $k
-  python -m noduleflow.trainer.data.stage2 --seeds "$1" --kernel "$2" --generator blobs --max-candidates 200 \
-      --min-response 10 --out "$DATA"
-  python -m noduleflow.trainer.data.stage2 --seeds "$1" --kernel "$2" --subsolid 50 --out "$SUB"
-  python -m noduleflow.trainer.data.stage2 --seeds "$1" --kernel "$2" --wall 30 --out "$WALL"
-done
+# Training sources: lesions inserted into the real scan's left lung (24 variants, role "training";
+# the right lung is left out of every label: trainer.data.stage2 --source keeps to the lung that
+# source.json names), and 8 more left-lung variants for the calibration only.
+noduleflow synth "$R/hybrid_train" --hybrid "$REAL" --lung left --scans 24 --seed 2
+noduleflow synth "$R/hybrid_calib" --hybrid "$REAL" --lung left --scans 8 --seed 3
 
-# Training: v12 continued 4 epochs on all three, half of each batch's negatives from the 3,000 the
-# model scores highest (rescored every second epoch with 10,000 others drawn afresh); every epoch kept.
-python -m noduleflow.trainer.stage2_train --data "$DATA" "$SUB" "$WALL" --out "$R/stage2" \
-    --init-stage2 "$PREV" --train-seeds train_more train_kernels --lr 1e-4 --epochs 4 --steps 150 --threads 2 \
-    --hard-negatives 0.5 --hard-pool 3000 --hard-score 10000 --rescore-every 2 --keep-epochs
-python -m noduleflow.trainer.stage2_average --checkpoints "$R"/stage2/epoch{2,3,4}.safetensors \
-    --data "$DATA" "$SUB" "$WALL" --train-seeds train_more train_kernels --out "$R/stage2/avg234"
+# Data: the whole stage 1 of v15 (blobs 150, subsolid 50, pleural 10, ground-glass 25; trainer.data
+# .stage2.FULL_STAGE1) with every negative of the supplementary passes, on the hybrid scans, on 24
+# phantoms of the wide training generator and on 30 phantoms of the default one, plus the validation
+# phantoms (2000-2005, for the validation AUC only).
+python -m noduleflow.trainer.data.stage2 --source "$R/hybrid_train" --full --out "$R/st2/hybrid"
+python -m noduleflow.trainer.data.stage2 --seeds 6000-6023 --phantom-generator wide --full --out "$R/st2/wide"
+python -m noduleflow.trainer.data.stage2 --seeds validation 1000-1029 --full --out "$R/st2/default"
 
-# Selection on the tuning cohort, each candidate at the shipped settings (spec_uncalibrated_v13.json:
-# blobs 150 + subsolid 50 + pleural 10, 8 flips for the best 25): epoch 4 was chosen.
-for e in epoch2 epoch3 epoch4 avg234; do
-  noduleflow export "$S1" "$R/pkg_$e" --stage2 "$R/stage2/$e.safetensors" \
-      --stage2-spec trainer/checkpoints/stage2/spec_uncalibrated_v13.json --model-id "stage2_$e" --overwrite
-done
-python -m noduleflow.trainer.evaluate.stage2_select --models "$R"/pkg_{epoch2,epoch3,epoch4,avg234} --cohort tuning \
-    --cache "$R/stage2_select" --out "$R/stage2_select"
+# Training: v13 continued on the three, half of each batch's negatives from the 3,000 the model scores
+# highest (10,000 others drawn afresh at each scoring). v15 is epoch 2 of a run started with --epochs 4
+# and stopped after epoch 2 for time (no epoch was chosen by any figure; the learning rate is constant,
+# so --epochs 2 runs the same two epochs). Its first epoch saw 67 of the 78 training scans (the
+# default-phantom data was still being written); this recipe waits for all of them.
+python -m noduleflow.trainer.stage2_train --data "$R/st2/hybrid" "$R/st2/wide" "$R/st2/default" --out "$R/st2/train" \
+    --init-stage2 "$PREV" --train-seeds 0-23 6000-6023 1000-1029 --min-train-scans 78 --lr 1e-4 --epochs 2 \
+    --steps 150 --threads 2 --hard-negatives 0.5 --hard-pool 3000 --hard-score 10000 --rescore-every 2 --keep-epochs
 
-# Calibration of the chosen epoch on the validation phantoms, then the package (the shipped stage-1
-# CNN, trainer/checkpoints/stage1_3de; stage 2 also in INT8) and its held-out figures.
-python -m noduleflow.trainer.stage2_calibrate --model "$R/pkg_epoch4" --out "$R/spec.json"
-noduleflow export trainer/checkpoints/stage1_3de/best.safetensors "$R/pkg" --stage2 "$R/stage2/epoch4.safetensors" \
-    --stage2-spec "$R/spec.json" --int8 --model-id noduleflow-2stage-phantom-v14 --overwrite
-python -m noduleflow.trainer.evaluate.cohort --model "$R/pkg" --cohort heldout --out "$R/accuracy_heldout"
-python -m noduleflow.trainer.evaluate.kernels --model "$R/pkg" --seeds 5000-5019 --out "$R/kernels"
+# Calibration (Platt) on the validation phantoms and the 8 calibration variants' left lung, then the
+# package (the stage-1 CNN is v14's, trainer/checkpoints/stage1_3de, run only with --stages 1; the spec
+# carries the preprocessing stage 2 was trained on: the lung mask with the wall-lesion step).
+noduleflow export trainer/checkpoints/stage1_3de/best.safetensors "$R/pkg_uncal" --stage2 "$R/st2/train/epoch2.safetensors" \
+    --stage2-spec trainer/checkpoints/stage2/spec_uncalibrated_v15.json --model-id v15-uncalibrated --overwrite
+python -m noduleflow.trainer.stage2_calibrate --model "$R/pkg_uncal" --source "$R/hybrid_calib" --out "$R/spec.json"
+noduleflow export trainer/checkpoints/stage1_3de/best.safetensors "$R/pkg" --stage2 "$R/st2/train/epoch2.safetensors" \
+    --stage2-spec "$R/spec.json" --int8 --model-id noduleflow-2stage-v15 --overwrite
+
+# Its figures, the source furthest from training first (the evaluation sources: the synth commands in
+# bench/results/accuracy_sources/README.md), and stage 1's recall per stratum on the same sources.
+noduleflow synth "$R/heldout_generator" --generator heldout --format mhd --scans 30 --seed 7000
+noduleflow synth "$R/hybrid_eval" --hybrid "$REAL" --lung right --scans 12 --seed 1
+noduleflow bench accuracy --model "$R/pkg" --source heldout_generator="$R/heldout_generator" \
+    --source hybrid_right_lung="$R/hybrid_eval" --cohort heldout --realct ../shared/realct --out "$R/accuracy_sources"
+python -m noduleflow.trainer.evaluate.stage1_sources --model "$R/pkg" --source heldout_generator="$R/heldout_generator" \
+    --source hybrid_right_lung="$R/hybrid_eval" --cohort heldout --out "$R/stage1_sources"

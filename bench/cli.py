@@ -19,6 +19,7 @@ BENCH_MODULES: list[str] = [
     "noduleflow.bench.gpu",
     "noduleflow.bench.characterise",
     "noduleflow.bench.batch",
+    "noduleflow.bench.models",
 ]
 
 

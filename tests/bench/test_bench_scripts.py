@@ -229,3 +229,17 @@ def test_speed_checkpoint_must_be_the_packages_architecture(tiny_package):
     with torch.no_grad():
         torch_logits = model.eval()(torch.from_numpy(x)).numpy().reshape(-1)
     assert np.abs(onnx_logits - torch_logits).max() < 1e-4
+
+
+def test_bench_models_refuses_bad_counts_and_reports_the_ratio(capsys):
+    from noduleflow.bench import models
+
+    with pytest.raises(SystemExit) as e:
+        models.main(["--model", "a", "--reference", "b", "--scans", "0"])
+    assert e.value.code == 2 and "--scans and --repeats must be >= 1, got 0" in capsys.readouterr().err
+    side = {"package": "p", "total_s": 3.0, "stages_s": {"stage2": 2.0}, "scored_median": 235}
+    res = {"machine": {"cpu": "x"}, "scans": 1, "repeats": 1, "shape_zyx": [1, 2, 3], "backend": "b",
+           "model": side, "reference": {**side, "package": "q", "total_s": 2.0, "stages_s": {"mask": 1.0}},
+           "ratio_total": 1.5}
+    text = models.markdown(res)
+    assert "1.50x" in text and "| mask | 0.000 | 1.000 |" in text and "| stage2 | 2.000 | 0.000 |" in text

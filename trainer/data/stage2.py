@@ -36,13 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
+from noduleflow.engine import ConfigError
 from noduleflow.engine.config import DetectorConfig
 from noduleflow.engine.context import ContextVolume
 from noduleflow.engine.contract import Stage1Spec
 from noduleflow.engine.detector import Detector
 from noduleflow.engine.fileio import atomic_path
+from noduleflow.engine.io import load_volume
+from noduleflow.engine.preprocess import PreprocessSpec, preprocess
 from noduleflow.engine.stage1 import stage1_candidates
+from noduleflow.trainer.evaluate.sources import read_source
 
+from .cohort import CohortCache, cohort_seeds, kernel_cache
 from .labels import label_candidates
 
 log = logging.getLogger(__name__)
@@ -133,9 +138,6 @@ class SourceScans:
     ``spec``; its ``source.json`` region restricts it to one lung (`SourceTrainingScan.inside`)."""
 
     def __init__(self, folder, spec):
-        from noduleflow.engine import ConfigError
-        from noduleflow.trainer.evaluate.sources import read_source
-
         self.source = read_source(Path(folder).name, folder)
         role = self.source.info.get("role")
         if role != "training":
@@ -151,9 +153,6 @@ class SourceScans:
         return len(self.source.scans)
 
     def get(self, i: int) -> SourceTrainingScan:
-        from noduleflow.engine.io import load_volume
-        from noduleflow.engine.preprocess import preprocess
-
         s = self.source.scans[int(i)]
         vol = load_volume(s.path, series_uid=None if s.path.is_file() else s.uid)
         return SourceTrainingScan(preprocess(vol, self.spec), np.asarray(s.nodules, np.float64),
@@ -209,7 +208,7 @@ def main(argv=None) -> int:
 
     from noduleflow.synthetic.phantom import RECON_KERNELS
 
-    from .cohort import cohort_seeds, kernel_cache
+
 
     ap = argparse.ArgumentParser(prog="python -m noduleflow.trainer.data.stage2", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -260,14 +259,10 @@ def main(argv=None) -> int:
         spec = Stage2DataSpec(stage1=Stage1Spec(generator=a.generator, max_candidates=a.max_candidates, **blob))
     det = Detector(a.model)
     if a.source:
-        from noduleflow.engine.preprocess import PreprocessSpec
-
         scans = SourceScans(a.source, PreprocessSpec())
         seeds = [s for s in seeds if s < len(scans)]
         build(det, scans, seeds, a.out, spec)
     elif a.phantom_generator != "default":
-        from .cohort import CohortCache
-
         build(det, CohortCache(phantom_kwargs={"generator": a.phantom_generator}), seeds, a.out, spec)
     else:
         build(det, kernel_cache(a.kernel), seeds, a.out, spec)

@@ -31,6 +31,7 @@ from noduleflow.engine.package import ModelPackage, default_package_path
 from noduleflow.engine.preprocess import preprocess
 from noduleflow.engine.stage1 import stage1_candidates
 
+from ..data.cohort import CohortCache, cohort_seeds
 from .sources import parse_source_arg, read_source
 
 PASSES = ((1, "first pass"), (2, "+ subsolid"), (3, "+ pleural"), (4, "+ ground-glass"))
@@ -78,8 +79,6 @@ def _source_scans(name, folder, spec):
 
 
 def _cohort_scans(cohort, spec):
-    from noduleflow.trainer.data.cohort import CohortCache, cohort_seeds
-
     cache = CohortCache(spec=spec)
     for seed in cohort_seeds(cohort):
         scan = cache.get(seed)

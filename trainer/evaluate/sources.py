@@ -18,6 +18,12 @@ Every scan in the folder counts (one without annotations is a negative scan, as 
 every scan of its list); annotations of series with no scan in the folder are left out and
 named in the report (`EvalSource.unmatched_uids`). Synthetic phantoms and lesions inserted into
 real scans are a regression signal, not clinical evidence.
+
+Two public dataset layouts are read too, recognised by their folders (`dataset_layout`; see
+docs/datasets.md): the temporal lung nodule dataset (`trainer.data.temporal`; a ``1.25mm`` or
+``5mm`` folder, or a root holding one of them: every time point is a scan) and the lesion
+dataset with contours (`trainer.data.lesion_contours`; nodules and ground-glass lesions are
+annotations, other lesions excluded findings). They have no strata labels.
 """
 from __future__ import annotations
 
@@ -176,12 +182,71 @@ def _labels_for(uid: str, nodules: np.ndarray, labels: dict, path: Path) -> list
     return out
 
 
+def _source_info(name: str, folder: Path) -> dict:
+    """The folder's source.json ({} without one)."""
+    if not (folder / "source.json").is_file():
+        return {}
+    try:
+        info = json.loads((folder / "source.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"source {name}: {folder / 'source.json'} is not JSON ({e})") from e
+    if not isinstance(info, dict):
+        raise ConfigError(f"source {name}: {folder / 'source.json'} must hold an object, got {type(info).__name__}")
+    return info
+
+
+def dataset_layout(folder: Path) -> str | None:
+    """"temporal" or "lesion" when ``folder`` is one of the public dataset layouts (module
+    docstring), None for an evaluation-source folder."""
+    from noduleflow.trainer.data.lesion_contours import is_lesion_root
+    from noduleflow.trainer.data.temporal import THICKNESSES
+
+    if folder.name in THICKNESSES and (folder / "annotations.csv").is_file():
+        return "temporal"
+    if (folder / "annotations.csv").is_file():
+        return None
+    if any((folder / t).is_dir() for t in THICKNESSES):
+        return "temporal"
+    return "lesion" if is_lesion_root(folder) else None
+
+
+def _layout_scans(name: str, folder: Path, layout: str) -> tuple[list[SourceScan], str]:
+    """The scans of a public dataset layout -> (`SourceScan`s, a description)."""
+    def xyzd(findings):
+        return np.array([[*f.center_xyz_mm, f.diameter_mm] for f in findings], float).reshape(-1, 4)
+
+    if layout == "lesion":
+        from noduleflow.trainer.data.lesion_contours import lesion_scans
+
+        items = [(scan.series_dir, uid, ann, exc) for scan, uid, ann, exc in lesion_scans(folder)]
+        what = "pulmonary lesion dataset with contours (seeds/004): nodules and ground-glass lesions"
+    else:
+        from noduleflow.trainer.data.temporal import THICKNESSES, find_thickness_folders, read_thickness_folder
+
+        sub = [folder] if folder.name in THICKNESSES else find_thickness_folders(folder)
+        if len(sub) != 1:
+            raise ConfigError(f"source {name}: {folder} holds {' and '.join(p.name for p in sub)} series of the "
+                              f"temporal dataset, whose scans share names; give one: {name}={sub[0]}")
+        items = [(s.scan, s.seriesuid, s.nodules, ()) for s in read_thickness_folder(sub[0])]
+        what = f"cross spatio-temporal lung nodule dataset (seeds/002), {sub[0].name} series, every time point"
+    scans = [SourceScan(p, uid, xyzd(ann), (UNKNOWN,) * len(ann), (UNKNOWN,) * len(ann), (UNKNOWN,) * len(ann),
+                        xyzd(exc)) for p, uid, ann, exc in items]
+    return scans, f"{what} in {folder}"
+
+
 def read_source(name: str, folder) -> EvalSource:
     """Read the evaluation-source folder ``folder`` (module docstring) as source ``name``; every
     problem is one `ConfigError` that names the folder or file and the bad value."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"source {name}: {folder} is not a folder")
+    layout = dataset_layout(folder)
+    if layout is not None:
+        scans, description = _layout_scans(name, folder, layout)
+        if not scans:
+            raise ConfigError(f"source {name}: no scans in {folder}")
+        return EvalSource(name, folder, tuple(scans),
+                          {"layout": layout, "description": description, **_source_info(name, folder)})
     ann_path = folder / "annotations.csv"
     if not ann_path.is_file():
         raise ConfigError(f"source {name}: {ann_path} missing (an evaluation source needs annotations.csv)")
@@ -190,14 +255,7 @@ def read_source(name: str, folder) -> EvalSource:
     exc = read_findings(exc_path).by_uid if exc_path.is_file() else {}
     lab_path = folder / "findings.csv"
     labels = read_labels(lab_path) if lab_path.is_file() else None
-    info = {}
-    if (folder / "source.json").is_file():
-        try:
-            info = json.loads((folder / "source.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"source {name}: {folder / 'source.json'} is not JSON ({e})") from e
-        if not isinstance(info, dict):
-            raise ConfigError(f"source {name}: {folder / 'source.json'} must hold an object, got {type(info).__name__}")
+    info = _source_info(name, folder)
     paths = scan_paths(folder)
     if not paths:
         raise ConfigError(f"source {name}: no scans (.mhd/.mha/.nii files or DICOM folders) in {folder}")

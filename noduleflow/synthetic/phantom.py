@@ -107,6 +107,7 @@ class Phantom:
     nodules: tuple[Nodule, ...]
     excluded: tuple[Nodule, ...] = ()
     meta: dict = field(default_factory=dict)
+    lesion_shapes: tuple = ()      # wide / held-out: one `phantom_lesions.LesionShape` (or None) per nodule
 
 
 def _draw_spacing(rng, shape_zyx, spacing_zyx_mm, params):
@@ -125,7 +126,8 @@ def _draw_spacing(rng, shape_zyx, spacing_zyx_mm, params):
 
 
 def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
-                     params: PhantomParams | None = None, generator: str | GeneratorConfig | None = None) -> Phantom:
+                     params: PhantomParams | None = None, generator: str | GeneratorConfig | None = None,
+                     noise_seed: int | None = None) -> Phantom:
     """Make one synthetic chest CT.
 
     Args:
@@ -137,6 +139,10 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
             or a `GeneratorConfig` (see the module docstring). The variants draw their scan settings
             from their own stream (``default_rng([seed, 3501])``); ``params.kernel`` must stay
             "standard" for them (they draw the kernel: set ``GeneratorConfig.kernels`` to fix it).
+        noise_seed: ``None`` (the phantom as it always was) or, wide and held-out generators only,
+            another noise realisation of the same scan: the noise (and the held-out streaks) drawn
+            from their own stream of (seed, noise_seed); anatomy, lesions and every other draw
+            unchanged (repeatability).
 
     Returns:
         `Phantom` with an int16 HU `Volume` (identity direction, scanner-like origin),
@@ -145,8 +151,11 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
     """
     params = params or PhantomParams()
     cfg = resolve_generator(generator)
+    if noise_seed is not None and cfg is None:
+        raise ConfigError(f"noise_seed needs the wide or held-out generator, got noise_seed={noise_seed} "
+                          f"with the default one")
     if cfg is not None:
-        return _generate_variant(seed, shape_zyx, spacing_zyx_mm, params, cfg)
+        return _generate_variant(seed, shape_zyx, spacing_zyx_mm, params, cfg, noise_seed)
     rng = np.random.default_rng(seed)
     shape, spacing = _draw_spacing(rng, shape_zyx, spacing_zyx_mm, params)
     nz, ny, nx = shape
@@ -345,7 +354,8 @@ def _uid_tag(cfg: GeneratorConfig) -> str:
     return hashlib.sha256(repr(cfg).encode()).hexdigest()[:16]
 
 
-def _generate_variant(seed: int, shape_zyx, spacing_zyx_mm, params: PhantomParams, cfg: GeneratorConfig) -> Phantom:
+def _generate_variant(seed: int, shape_zyx, spacing_zyx_mm, params: PhantomParams, cfg: GeneratorConfig,
+                      noise_seed: int | None = None) -> Phantom:
     """`generate_phantom` for the wide and held-out generators."""
     if params.kernel != "standard":
         raise ConfigError(f"the {cfg.family} generator draws its kernel (GeneratorConfig.kernels); "
@@ -364,18 +374,21 @@ def _generate_variant(seed: int, shape_zyx, spacing_zyx_mm, params: PhantomParam
     grid = Grid(shape, spacing, origin)
     anat = Anatomy(rng, grid, scale, grid.z[0], grid.z[-1], params, style)
     hu, lung = anat.render()
-    nodules, excluded, records = place_findings_variant(rng, grid, hu, lung, anat, params, cfg)
+    shapes: list = []
+    nodules, excluded, records = place_findings_variant(rng, grid, hu, lung, anat, params, cfg, shapes=shapes)
     confounders = add_confounders(seed, grid, hu, lung, anat, params.confounders) if params.confounders else []
 
     heldout = cfg.family == "heldout"
+    # the noise is the last thing drawn from ``rv``: its own stream gives the same scan, noise aside
+    rn = rv if noise_seed is None else np.random.default_rng([int(seed), 3501, int(noise_seed)])
     profile = slice_profile(spacing[0], d["thickness"], "gaussian" if heldout else "box")
     sigma = float(d["sigma"])
     if heldout:  # Gaussian blur, Gaussian slice profile, unsharp mask, ramp noise and streaks
         hu = _convolve_axis(_gaussian_in_plane(hu, d["blur_mm"], spacing), profile, 0)
         hu += np.float32(d["gain"]) * (hu - _gaussian_in_plane(hu, 1.0, spacing))
         if sigma > 0:
-            hu += np.float32(sigma) * _heldout_noise(rv, shape, spacing, d["corr"], d["aniso"], d["angle"], profile)
-            hu += _streaks(rv, grid, anat.spine[:2], sigma)
+            hu += np.float32(sigma) * _heldout_noise(rn, shape, spacing, d["corr"], d["aniso"], d["angle"], profile)
+            hu += _streaks(rn, grid, anat.spine[:2], sigma)
         kernel = "heldout"
     else:  # the default's kernels, a box slice profile, Gaussian-correlated noise
         blur3(hu, axes=(1, 2))
@@ -387,7 +400,7 @@ def _generate_variant(seed: int, shape_zyx, spacing_zyx_mm, params: PhantomParam
             for _ in range(2):
                 blur3(hu, axes=(1, 2))
         if sigma > 0:
-            hu += np.float32(sigma) * _wide_noise(rv, shape, spacing, d["corr"], d["band"], profile)
+            hu += np.float32(sigma) * _wide_noise(rn, shape, spacing, d["corr"], d["band"], profile)
     yy = grid.y[:, None] - (origin[1] + (ny - 1) / 2 * spacing[1])
     xx = grid.x[None, :] - (origin[0] + (nx - 1) / 2 * spacing[2])
     fov_r = 0.5 * d["fov"] * min(fov_x, fov_y) - spacing[1]
@@ -405,8 +418,10 @@ def _generate_variant(seed: int, shape_zyx, spacing_zyx_mm, params: PhantomParam
             "kernel": kernel, "slice_thickness_mm": d["thickness"], "slice_profile": "gaussian" if heldout else "box",
             "noise_corr_mm": d["corr"], "pad_hu": d["pad"], "fov_radius_mm": fov_r, "lesions": records,
             "anatomy": asdict(style)}
+    if noise_seed is not None:
+        meta["noise_seed"] = int(noise_seed)
     if heldout:
         meta.update(noise_anisotropy=d["aniso"], blur_mm=d["blur_mm"], unsharp_gain=d["gain"])
     else:
         meta.update(noise_band=d["band"])
-    return Phantom(vol, lung, tuple(nodules), tuple(excluded), meta=meta)
+    return Phantom(vol, lung, tuple(nodules), tuple(excluded), meta=meta, lesion_shapes=tuple(shapes))

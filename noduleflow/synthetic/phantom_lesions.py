@@ -1,6 +1,8 @@
 """Nodules of the phantom: sizes from LUNA16, kinds, shapes and locations."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from .phantom_base import KINDS, LOCATIONS, SHAPES, Nodule, random_rotation, smoothstep_inside
@@ -341,18 +343,59 @@ class HeldoutShape:
         return sd * unit, depth, cav
 
 
-def render_lesion(hu, grid, center, d, kind, shape, rng, edge_mm, cfg, values, warp=None):
+@dataclass(frozen=True, eq=False)
+class LesionShape:
+    """One variant lesion's drawn shape, to evaluate again at any points (the truth a measurement of
+    the lesion is compared with). ``center_xyz_mm``; ``radius_mm``: half the drawn diameter;
+    ``reach_mm``: the half-width of the box it was drawn in (nothing of it lies beyond). The draws:
+    ``rng_state`` (wide: the stream's state before the shape's draws, replayed), ``model`` (held-out:
+    its `HeldoutShape`) and ``warp``; ``core_share`` (None without a core) and ``core_offset_mm``
+    (wide: the core's centre, x, y, z offsets); ``lung_sdf``: the lungs' signed distance."""
+    center_xyz_mm: tuple[float, float, float]
+    radius_mm: float
+    shape: str
+    reach_mm: float
+    rng_state: dict | None = None
+    model: HeldoutShape | None = None
+    warp: np.ndarray | None = None
+    core_share: float | None = None
+    core_offset_mm: np.ndarray | None = None
+    lung_sdf: object = None     # `Anatomy.lung_sdf` (x, y, z mm -> mm): a part beyond it lies in the wall's place
+
+    def signed_distances(self, dx, dy, dz):
+        """At offsets ``dx, dy, dz`` (mm from the centre, broadcastable float arrays): (the lesion's
+        signed distance mm, negative inside; the core's or None; the cavity's or None): the surfaces
+        where the renderer's occupancy is one half."""
+        r = self.radius_mm
+        if self.model is not None:
+            sd, depth, cavity = self.model.evaluate(np.stack(np.broadcast_arrays(dx, dy, dz)), r, self.warp)
+            return sd, None if self.core_share is None else (1.0 - self.core_share - depth) * r, cavity
+        rng = np.random.Generator(getattr(np.random, self.rng_state["bit_generator"])())
+        rng.bit_generator.state = self.rng_state
+        sd, cavity = _wide_distance(rng, dx, dy, dz, r, self.shape)
+        core = None
+        if self.core_share is not None:
+            o = self.core_offset_mm
+            core = np.sqrt((dx - o[0]) ** 2 + (dy - o[1]) ** 2 + (dz - o[2]) ** 2) - self.core_share * r
+        return sd, core, cavity
+
+
+def render_lesion(hu, grid, center, d, kind, shape, rng, edge_mm, cfg, values, warp=None, *, shapes=None):
     """Draw one variant lesion into ``hu`` (float32, in place). ``values``: `lesion_hu`'s triple.
-    Returns (box, fraction inside (float32, the box's shape)) for the true lung mask."""
+    Returns (box, fraction inside (float32, the box's shape)) for the true lung mask. ``shapes``: a
+    list that gets the lesion's `LesionShape` (None when it was not drawn); the draws are unchanged."""
     r = d / 2.0
     c = np.asarray(center, float)
     reach = (2.2 if shape == "spiculated" else 1.6) * r + 2.0
     box = grid.box(c - reach, c + reach)
     if any(sl.stop <= sl.start for sl in box):
+        if shapes is not None:
+            shapes.append(None)
         return None, None
     z, y, x = grid.coords(box)
     dx, dy, dz = x - c[0], y - c[1], z - c[2]
     main, core, core_share = values
+    model = state = off = None
     if cfg.family == "heldout":
         model = HeldoutShape(rng, shape)
         offsets = np.stack(np.broadcast_arrays(dx, dy, dz))
@@ -362,12 +405,16 @@ def render_lesion(hu, grid, center, d, kind, shape, rng, edge_mm, cfg, values, w
         value = (main - fade * (1.0 - np.sqrt(depth))).astype(np.float32)
         core_sd = (1.0 - core_share - depth) * r if core is not None else None
     else:
+        state = rng.bit_generator.state   # a copy: the shape's draws, to replay for `LesionShape`
         sd, cavity = _wide_distance(rng, dx, dy, dz, r, shape)
         value = np.float32(main)
         if core is not None:
             off = rng.standard_normal(3)
             off *= rng.uniform(0, 0.25) * r / np.linalg.norm(off)
             core_sd = np.sqrt((dx - off[0]) ** 2 + (dy - off[1]) ** 2 + (dz - off[2]) ** 2) - core_share * r
+    if shapes is not None:
+        shapes.append(LesionShape(tuple(float(v) for v in c), r, shape, reach, state, model, warp,
+                                  None if core is None else float(core_share), off))
     f = smoothstep_inside(sd, edge_mm).astype(np.float32)
     sub = hu[box]
     np.maximum(sub, sub + f * (value - sub), out=sub)
@@ -442,10 +489,11 @@ def _choose_center_variant(rng, grid, lung, anat, r, kind, location, placed, cfg
     return None, location, None
 
 
-def place_findings_variant(rng, grid, hu, lung, anat, params, cfg):
+def place_findings_variant(rng, grid, hu, lung, anat, params, cfg, *, shapes=None):
     """`place_findings` for the wide and held-out generators: nodules (>= 3 mm), excluded findings
     (< 3 mm, classic solid spheres) and one record per nodule (its HU and depth) for ``meta``. The
-    lesions' voxels are added to the true lung mask ``lung`` (in place), wall-attached parts too."""
+    lesions' voxels are added to the true lung mask ``lung`` (in place), wall-attached parts too.
+    ``shapes``: a list that gets one `LesionShape` per nodule (see `render_lesion`)."""
     if params.n_nodules is None:
         lo, hi = cfg.nodules_per_scan
         n = 0 if rng.uniform() < cfg.nodule_free_p else int(rng.integers(lo, hi + 1))
@@ -469,7 +517,9 @@ def place_findings_variant(rng, grid, hu, lung, anat, params, cfg):
         k = np.clip(grid.index_of(c), 0, np.array(grid.shape) - 1)
         around = hu[max(k[0] - 1, 0):k[0] + 2, max(k[1] - 1, 0):k[1] + 2, max(k[2] - 1, 0):k[2] + 2]
         values = lesion_hu(rng, cfg, kind, float(np.median(around)))
-        box, f = render_lesion(hu, grid, c, d, kind, shape, rng, anat.edge, cfg, values, warp)
+        box, f = render_lesion(hu, grid, c, d, kind, shape, rng, anat.edge, cfg, values, warp, shapes=shapes)
+        if shapes and shapes[-1] is not None:
+            shapes[-1] = replace(shapes[-1], lung_sdf=anat.lung_sdf)
         if box is not None:
             inside[box] |= f >= 0.5
         nodules.append(Nodule(tuple(float(v) for v in c), d, kind, shape, loc))

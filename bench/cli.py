@@ -18,6 +18,7 @@ BENCH_MODULES: list[str] = [
     "noduleflow.bench.serve_load",
     "noduleflow.bench.gpu",
     "noduleflow.bench.characterise",
+    "noduleflow.bench.follow",
     "noduleflow.bench.batch",
     "noduleflow.bench.models",
 ]

@@ -57,7 +57,8 @@ from .phantom_confounders import add_confounders
 from .phantom_lesions import place_findings, place_findings_variant
 
 __all__ = ["GENERATORS", "HELDOUT", "KINDS", "LOCATIONS", "PAD_HU", "RECON_KERNELS", "SHAPES", "WIDE",
-           "GeneratorConfig", "Nodule", "Phantom", "PhantomParams", "generate_phantom", "slice_profile"]
+           "GeneratorConfig", "Nodule", "Phantom", "PhantomParams", "Scene", "default_scene", "generate_phantom",
+           "scanner_default", "slice_profile"]
 
 PAD_HU = -2048  # outside the circular field of view
 
@@ -156,6 +157,48 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
                           f"with the default one")
     if cfg is not None:
         return _generate_variant(seed, shape_zyx, spacing_zyx_mm, params, cfg, noise_seed)
+    scene = default_scene(seed, shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm, params=params)
+    rng, grid, anat, hu, lung = scene.rng, scene.grid, scene.anatomy, scene.hu, scene.lung
+    nodules, excluded = place_findings(rng, grid, hu, lung, anat, params)
+    confounders = []
+    if params.confounders:  # their own random stream: phantoms without them are unchanged
+        confounders = add_confounders(seed, grid, hu, lung, anat, params.confounders)
+    sigma = params.noise_hu if params.noise_hu is not None else float(rng.uniform(15, 40))
+    out = scanner_default(hu, lung, grid, sigma, rng, params.kernel)
+
+    vol = Volume(out, scene.spacing_zyx_mm, scene.origin_xyz_mm,
+                 series_uid=generate_uid(entropy_srcs=["noduleflow-phantom", str(seed)]),
+                 meta={"source": f"phantom seed={seed}", "format": "phantom"})
+    return Phantom(vol, lung, tuple(nodules), tuple(excluded),
+                   meta={"seed": seed, "noise_hu": sigma, "scale": scene.scale, "len_z_mm": scene.len_z_mm,
+                         "touching_lungs": params.touching_lungs, "one_lung": params.one_lung,
+                         "confounders": confounders, "kernel": params.kernel})
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """The default generator's chest before any lesion and before the scanner (blur, noise, field
+    of view): what `generate_phantom` draws first. ``hu``: float32 (z, y, x), ``lung``: bool true
+    lungs, both on ``grid``; ``rng``: the seed's stream at the point where the findings are drawn
+    (`generate_phantom` goes on with it, so its phantoms are unchanged); ``scale``: the patient's
+    size factor; ``len_z_mm``: the scanned length; ``spacing_zyx_mm`` / ``origin_xyz_mm``: the
+    grid's, as the `Volume` takes them. A follow-up pair (`followup`) renders one scene twice with
+    changed lesions."""
+    rng: np.random.Generator
+    grid: Grid
+    anatomy: Anatomy
+    hu: np.ndarray
+    lung: np.ndarray
+    scale: float
+    len_z_mm: float
+    spacing_zyx_mm: tuple[float, float, float]
+    origin_xyz_mm: tuple[float, float, float]
+
+
+def default_scene(seed: int, *, shape_zyx=None, spacing_zyx_mm=None, params: PhantomParams | None = None) -> Scene:
+    """The default generator's lesion-free chest for ``seed`` (see `Scene`); the arguments as in
+    `generate_phantom`."""
+    params = params or PhantomParams()
     rng = np.random.default_rng(seed)
     shape, spacing = _draw_spacing(rng, shape_zyx, spacing_zyx_mm, params)
     nz, ny, nx = shape
@@ -166,31 +209,32 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
               -(ny - 1) / 2 * spacing[1] + float(rng.uniform(-5, 5)) - 15 * scale,
               float(rng.uniform(-400, -100)))
     grid = Grid(shape, spacing, origin)
-    z_top = grid.z[-1]
-    z0 = grid.z[0]
-
-    anat = Anatomy(rng, grid, scale, z0, z_top, params)
+    anat = Anatomy(rng, grid, scale, grid.z[0], grid.z[-1], params)
     hu, lung = anat.render()
-    nodules, excluded = place_findings(rng, grid, hu, lung, anat, params)
-    confounders = []
-    if params.confounders:  # their own random stream: phantoms without them are unchanged
-        confounders = add_confounders(seed, grid, hu, lung, anat, params.confounders)
+    return Scene(rng, grid, anat, hu, lung, scale, len_z, spacing, origin)
 
-    # Partial-volume blur and correlated low-dose noise (shaped by the reconstruction kernel), then
-    # the field of view.
+
+def scanner_default(hu: np.ndarray, lung: np.ndarray, grid: Grid, sigma: float, rng: np.random.Generator,
+                    kernel: str = "standard") -> np.ndarray:
+    """The default generator's scanner on a rendered chest: partial-volume blur and correlated
+    low-dose noise (``sigma`` HU, drawn from ``rng``, shaped by the reconstruction ``kernel``),
+    then the circular field of view (`PAD_HU` outside, where ``lung`` is cleared in place).
+    ``hu``: float32 (z, y, x), modified in place. -> int16 HU on ``grid``."""
+    nz, ny, nx = grid.shape
+    spacing, origin = grid.spacing, grid.origin
+    fov_x, fov_y = nx * spacing[2], ny * spacing[1]
     blur3(hu, axes=(1, 2))
-    sigma = params.noise_hu if params.noise_hu is not None else float(rng.uniform(15, 40))
     noise = rng.standard_normal(hu.shape, dtype=np.float32)
     # The standard noise is the draw blurred by [1,2,1]/4 along y and x and scaled by sigma / 0.6124:
     # 0.6124 is the blur's factor on the std along one axis, both axes keep 0.375, so its std is
     # 0.375 / 0.6124 = 0.61 x sigma (left as it is: every cohort was made with it).
     std_noise = sigma * 0.375 / 0.6124
-    if params.kernel == "sharp":
+    if kernel == "sharp":
         hu += np.float32(0.8) * (hu - blur3(hu.copy(), axes=(1, 2)))
         hu += noise * np.float32(1.5 * std_noise)                 # grainy: uncorrelated in plane
     else:
         blur3(noise, axes=(1, 2))
-        if params.kernel == "smooth":
+        if kernel == "smooth":
             for _ in range(2):
                 blur3(hu, axes=(1, 2))
                 blur3(noise, axes=(1, 2))
@@ -200,15 +244,8 @@ def generate_phantom(seed: int, *, shape_zyx=None, spacing_zyx_mm=None,
     xx = grid.x[None, :] - (origin[0] + (nx - 1) / 2 * spacing[2])
     outside = yy ** 2 + xx ** 2 > (0.5 * min(fov_x, fov_y) - spacing[1]) ** 2
     hu[:, outside] = PAD_HU
-    out = np.clip(np.rint(hu), -3024, 3071).astype(np.int16)
     lung[:, outside] = False
-
-    vol = Volume(out, spacing, origin, series_uid=generate_uid(entropy_srcs=["noduleflow-phantom", str(seed)]),
-                 meta={"source": f"phantom seed={seed}", "format": "phantom"})
-    return Phantom(vol, lung, tuple(nodules), tuple(excluded),
-                   meta={"seed": seed, "noise_hu": sigma, "scale": scale, "len_z_mm": len_z,
-                         "touching_lungs": params.touching_lungs, "one_lung": params.one_lung,
-                         "confounders": confounders, "kernel": params.kernel})
+    return np.clip(np.rint(hu), -3024, 3071).astype(np.int16)
 
 
 # -- the wide and held-out generators -----------------------------------------------------------------

@@ -23,6 +23,7 @@ PATCH_SIZE = 41            # voxels per axis: the receptive field of every netwo
 NORMALISATIONS = ("window_to_unit",)
 # stage 1's candidate generators (`Stage1Spec.generator`): the one tuple of their names
 STAGE1_GENERATORS = ("cnn", "blobs", "union")
+GGO_METHODS = ("regions", "peaks")   # engine.ggo's methods (engine.ggo imports this table)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,11 @@ class Stage1Spec:
     ``ggo_candidates`` (0: off) more candidates come from a fourth pass for ground-glass lesions,
     appended last: regions of the parenchyma (voxels below ``ggo_dense_hu``) at least
     ``ggo_min_contrast_hu`` denser than the parenchyma around them (`engine.ggo`), which the blob
-    passes rank below the vessel branchings or do not answer at all."""
+    passes rank below the vessel branchings or do not answer at all. ``ggo_method`` "regions" (one
+    candidate per connected region) or "peaks" (one per local maximum of the contrast, with its own
+    extent, ranked down when elongated; a candidate already in the list drops it only when it lies
+    within the smaller of the two extents, not the larger: a ground-glass region spans vessels
+    that earlier passes proposed). Manifests without the key get "regions", as they were made."""
 
     generator: str = "union"
     max_candidates: int = 150
@@ -68,6 +73,7 @@ class Stage1Spec:
     ggo_candidates: int = 0
     ggo_dense_hu: float = -350.0
     ggo_min_contrast_hu: float = 50.0
+    ggo_method: str = "regions"
 
     def __post_init__(self) -> None:
         if self.generator not in STAGE1_GENERATORS:
@@ -103,6 +109,8 @@ class Stage1Spec:
         if not _is_number(self.ggo_min_contrast_hu) or not 0 < self.ggo_min_contrast_hu <= 500:
             raise ConfigError(f"stage1.ggo_min_contrast_hu must be a number in (0, 500] HU, got "
                               f"{self.ggo_min_contrast_hu!r}")
+        if self.ggo_method not in GGO_METHODS:
+            raise ConfigError(f"stage1.ggo_method must be one of {GGO_METHODS}, got {self.ggo_method!r}")
 
     @property
     def uses_cnn(self) -> bool:

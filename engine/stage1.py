@@ -179,7 +179,8 @@ def subsolid_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, spec: Stage1Spec = 
 
 def ggo_params(spec: Stage1Spec) -> GroundGlassParams:
     """The ground-glass pass's settings from the stage-1 spec (the others at their defaults)."""
-    return GroundGlassParams(dense_hu=spec.ggo_dense_hu, min_contrast_hu=spec.ggo_min_contrast_hu)
+    return GroundGlassParams(dense_hu=spec.ggo_dense_hu, min_contrast_hu=spec.ggo_min_contrast_hu,
+                             method=spec.ggo_method)
 
 
 def ggo_regions(hu_1mm: np.ndarray, mask_1mm: np.ndarray, spec: Stage1Spec = Stage1Spec()):
@@ -211,9 +212,12 @@ def wall_blobs(hu_1mm: np.ndarray, mask_1mm: np.ndarray, spec: Stage1Spec = Stag
     return detect_blobs(flat, band, wall_params(spec))
 
 
-def append_distinct(first: Stage1Candidates, centres, radius, response, n: int, source: int = 2) -> Stage1Candidates:
+def append_distinct(first: Stage1Candidates, centres, radius, response, n: int, source: int = 2,
+                    nested: bool = False) -> Stage1Candidates:
     """``first`` followed by at most ``n`` of the ranked (centres, radius, response), skipping any
-    inside the extent of a candidate already kept (or one of those inside its extent)."""
+    inside the extent of a candidate already kept (or one of those inside its extent). ``nested``:
+    skip only one within the smaller of the two extents (at least `MIN_RADIUS_MM`) of a kept one:
+    a large region whose extent holds earlier candidates off its centre is still proposed."""
     centres = np.asarray(centres, np.float64).reshape(-1, 3)
     radius = np.asarray(radius, np.float64)
     k = len(first)
@@ -225,8 +229,11 @@ def append_distinct(first: Stage1Candidates, centres, radius, response, n: int, 
         if len(add) >= n:
             break
         m = k + len(add)
-        if m and (np.linalg.norm(keep_c[:m] - centres[j], axis=1) < np.maximum(keep_r[:m], radius[j])).any():
-            continue
+        if m:
+            reach = np.maximum(np.minimum(keep_r[:m], radius[j]), MIN_RADIUS_MM) if nested \
+                else np.maximum(keep_r[:m], radius[j])
+            if (np.linalg.norm(keep_c[:m] - centres[j], axis=1) < reach).any():
+                continue
         keep_c[m], keep_r[m] = centres[j], radius[j]
         add.append(j)
     a = np.asarray(add, np.int64)
@@ -270,6 +277,7 @@ def stage1_candidates(pre, spec: Stage1Spec, scorer: GridScorer | None = None,
     if spec.ggo_candidates > 0:
         t = time.perf_counter()
         g = ggo_regions(pre.volume.hu, pre.mask, spec)
-        cand = append_distinct(cand, g.centres_zyx, g.radius_mm, g.response, spec.ggo_candidates, source=4)
+        cand = append_distinct(cand, g.centres_zyx, g.radius_mm, g.response, spec.ggo_candidates, source=4,
+                               nested=spec.ggo_method == "peaks")
         timings["ground_glass"] = time.perf_counter() - t
     return cand

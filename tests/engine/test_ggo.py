@@ -47,9 +47,10 @@ def _first(found, c, r):
     return int(hit[0]) + 1 if len(hit) else 0
 
 
-def test_finds_faint_ground_glass_with_a_vessel_through_it_and_leaves_solid_and_vessels_alone():
+@pytest.mark.parametrize("method", ["regions", "peaks"])
+def test_finds_faint_ground_glass_with_a_vessel_through_it_and_leaves_solid_and_vessels_alone(method):
     hu, mask, ggo, ggo2, solid = _lung()
-    found = ground_glass_regions(hu, mask)
+    found = ground_glass_regions(hu, mask, GroundGlassParams(method=method))
     assert _first(found, ggo, 6) in (1, 2) and _first(found, ggo2, 4.5) in (1, 2)
     assert _first(found, solid, 3) == 0            # solid lesions are the other passes'
     # the region's size is the nodule's: radius about 6 mm
@@ -61,11 +62,12 @@ def test_finds_faint_ground_glass_with_a_vessel_through_it_and_leaves_solid_and_
     assert _first(blobs, ggo, 6) != 1
 
 
-def test_the_gravity_gradient_is_not_a_region():
+@pytest.mark.parametrize("method", ["regions", "peaks"])
+def test_the_gravity_gradient_is_not_a_region(method):
     hu, mask, *_ = _lung(gradient=True)
     flat = np.full_like(hu, -850.0)
     flat += np.linspace(0, 80, hu.shape[1], dtype=np.float32)[None, :, None]  # the gradient alone
-    assert len(ground_glass_regions(flat, mask)) == 0
+    assert len(ground_glass_regions(flat, mask, GroundGlassParams(method=method))) == 0
 
 
 def test_a_higher_contrast_threshold_drops_the_faint_region_first():
@@ -94,8 +96,96 @@ def test_stage1_appends_the_ground_glass_candidates_as_source_4():
     assert _first(with_ggo, ggo, 6) > 1 and not _first(without, ggo, 6)
 
 
+def _lesion_on_dense_lung(seed=0):
+    """Lung (-850 HU, 20 HU noise) with a slightly denser zone (+80 HU, 12 x 12 x 24 mm: a smudge of
+    dependent lung or atelectasis) and a 9 mm ground-glass nodule (+180 HU) touching its end."""
+    rng = np.random.default_rng(seed)
+    shape = (64, 80, 96)
+    hu = (-850.0 + rng.normal(0, 20, shape)).astype(np.float32)
+    hu[26:38, 34:46, 22:46] += 80.0
+    nod = np.array([32, 40, 50])
+    hu[_ball(shape, nod, 4.5)] += 180.0
+    mask = np.zeros(shape, bool)
+    mask[3:-3, 3:-3, 3:-3] = True
+    return hu, mask, nod
+
+
+def test_peaks_keep_a_lesion_apart_from_the_denser_lung_it_touches():
+    hu, mask, nod = _lesion_on_dense_lung()
+    # one region holds the lesion and the zone: its centroid is off the lesion
+    regions = ground_glass_regions(hu, mask, GroundGlassParams(method="regions"))
+    assert not _first(regions, nod, 4.5)
+    peaks = ground_glass_regions(hu, mask, GroundGlassParams(method="peaks"))
+    j = _first(peaks, nod, 4.5)
+    assert j == 1
+    assert 3.0 <= peaks.radius_mm[j - 1] <= 7.0
+
+
+def test_peaks_rank_a_round_lesion_above_a_tube_of_the_same_contrast():
+    rng = np.random.default_rng(1)
+    shape = (64, 64, 64)
+    hu = (-850.0 + rng.normal(0, 15, shape)).astype(np.float32)
+    ball = np.array([32, 20, 20])
+    hu[_ball(shape, ball, 4)] += 200.0
+    zz, yy, xx = np.indices(shape)
+    hu[((yy - 44) ** 2 + (xx - 44) ** 2 <= 9) & (zz > 10) & (zz < 54)] += 200.0  # a tube below dense_hu
+    mask = np.zeros(shape, bool)
+    mask[3:-3, 3:-3, 3:-3] = True
+    found = ground_glass_regions(hu, mask, GroundGlassParams(method="peaks"))
+    assert _first(found, ball, 4) == 1
+    on_tube = np.flatnonzero((np.abs(found.centres_zyx[:, 1] - 44) < 4) & (np.abs(found.centres_zyx[:, 2] - 44) < 4))
+    assert len(on_tube) and found.response[on_tube].max() < 0.7 * found.response[0]
+    # the plain regions score both alike (peak x sqrt(diameter)): the tube's region is the larger
+    plain = ground_glass_regions(hu, mask, GroundGlassParams(method="regions"))
+    assert _first(plain, ball, 4) != 1
+
+
+def test_elongation_of_a_ball_and_a_rod():
+    from noduleflow.engine.ggo import elongation
+
+    def moments(pts):
+        pts = np.asarray(pts, float)
+        m1 = np.r_[len(pts), pts.sum(0)][None]
+        z, y, x = pts.T
+        m2 = np.array([[(z * z).sum(), (y * y).sum(), (x * x).sum(), (z * y).sum(), (z * x).sum(), (y * x).sum()]])
+        return m1, m2
+
+    ball = np.argwhere(_ball((9, 9, 9), (4, 4, 4), 4))
+    rod = [(k, 0, 0) for k in range(12)]
+    assert elongation(*moments(ball))[0] == pytest.approx(1.0, abs=0.05)
+    assert elongation(*moments(rod))[0] > 10
+    assert np.isfinite(elongation(*moments([(3, 3, 3)]))[0])
+
+
+def test_peaks_candidates_survive_earlier_candidates_inside_their_extent():
+    """A large ground-glass region holds vessels that earlier passes proposed, off its centre: with
+    the peaks method it is still proposed (the regions method's extent rule drops it)."""
+    hu, mask, ggo, *_ = _lung()
+    vol = Volume(np.ascontiguousarray(np.clip(hu, -1024, 3000).astype(np.int16)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    pre = Preprocessed(vol, mask, (0, 64, 0, 80, 0, 96), {})
+    base = Stage1Spec(generator="blobs", max_candidates=1, blob_min_response=10.0)
+    first = stage1_candidates(pre, base).centres_zyx[0]
+    # an earlier candidate 4 mm off the nodule's centre, inside its 6 mm extent
+    from noduleflow.engine.stage1 import Stage1Candidates, append_distinct
+    off = Stage1Candidates(np.array([ggo + [0, 4, 0], first], float), np.array([3.0, 3.0]), np.full(2, np.nan),
+                           np.full(2, np.nan), np.zeros(2, np.int8))
+    g = ground_glass_regions(hu, mask, GroundGlassParams(method="peaks"))
+    extent = append_distinct(off, g.centres_zyx, g.radius_mm, g.response, 3, source=4)
+    nested = append_distinct(off, g.centres_zyx, g.radius_mm, g.response, 3, source=4, nested=True)
+    d = lambda c: np.linalg.norm(c.centres_zyx[2:] - ggo, axis=1)  # noqa: E731
+    assert not (d(extent) <= 2.0).any() and (d(nested) <= 2.0).any()
+
+
+def test_manifests_without_the_method_keep_regions():
+    assert Stage1Spec(ggo_candidates=5).ggo_method == "regions"
+    assert GroundGlassParams().method == "regions"
+    with pytest.raises(ConfigError, match="ground-glass method"):
+        GroundGlassParams(method="blobs")
+
+
 @pytest.mark.parametrize("bad", [{"ggo_candidates": -1}, {"ggo_candidates": 2.5}, {"ggo_dense_hu": 100.0},
-                                 {"ggo_min_contrast_hu": 0.0}, {"ggo_min_contrast_hu": "x"}])
+                                 {"ggo_min_contrast_hu": 0.0}, {"ggo_min_contrast_hu": "x"},
+                                 {"ggo_method": "blobs"}])
 def test_contract_refuses_bad_ground_glass_settings(bad):
     with pytest.raises(ConfigError, match="ggo"):
         Stage1Spec(**bad)

@@ -32,6 +32,7 @@ from .distance import close_ball, dilate_ball, distance_mm, erode_ball, gaussian
 from .finding import Finding
 from .location import Location
 from .lungrads import category as lung_rads_category
+from .rays import cut
 from .shape import axial_axes, lobulated, protrusions
 
 
@@ -41,15 +42,21 @@ class CharacteriseParams:
     crop_half_mm: float = 22.0          # the crop around the centre, +- this (a size hint widens it to 32)
     smooth_mm: float = 0.5              # Gaussian sigma of the smoothing
     search_mm: float = 4.0              # how far from the centre the seed may be
+    peak_mm: float = 1.5                # the lesion's peak: the highest smoothed value this near the seed
     solid_hu: float = -300.0            # solid tissue: at or above
     calcified_hu: float = 200.0         # calcium: at or above
     calcified_fraction: float = 0.04    # calcified lesion: at least this share of its volume
     total_calcified_fraction: float = 0.5
     wall_close_mm: float = 12.0         # closing radius of the lung's air (the wall's surface)
+    wall_close_max_mm: float = 20.0     # ... and its largest, for a large lesion
     open_share: float = 0.8             # vessel cut: opening radius / the lesion's inscribed radius
     glass_contrast_hu: float = 110.0    # glass: at least this far above the parenchyma
+    solid_level_min_hu: float = -100.0  # a solid lesion's level (its solid part's 90th percentile) at least this
+    ring_mm: tuple = (1.8, 3.0)         # glass is looked for this far (in plane) from the solid part
     reach_share: float = 2.2            # a region reaches no farther from the seed than this x its inscribed
                                         # radius + 1.5 mm (an ellipsoid of axes 1 : 2.5 fits)
+    ray_keep: float = 1.25              # attachments: rays beyond this x the fitted outline (0: no ray cut)
+    ray_margin_mm: float = 0.3          # ... + this; they are cut at the outline + this
 
     def __post_init__(self) -> None:
         for name in ("crop_half_mm", "smooth_mm", "search_mm", "wall_close_mm", "open_share"):
@@ -105,6 +112,10 @@ class _Crop:
         dist = distance_mm(comp, self.spacing)
         near = _ball(comp.shape, self.seed, max(self.p.search_mm, 3.0), self.spacing)
         r_in = float(dist[near & comp].max(initial=0.0))
+        # the lesion's centre: deep inside it and near the seed (a thicker vessel nearby is not it)
+        pts = np.argwhere(near & comp)
+        off_mm = np.sqrt((((pts - np.asarray(self.seed)) * self.spacing) ** 2).sum(1))
+        centre = pts[int(np.argmax(dist[tuple(pts.T)] - 0.5 * off_mm))].astype(np.float64)
         open_mm = max(self.p.open_share * r_in, 0.55 * max(self.spacing[1:]))
         core = erode_ball(comp, open_mm, self.spacing)
         core = _component(core, self.seed, self.spacing, self.p.search_mm + open_mm)
@@ -119,6 +130,13 @@ class _Crop:
         # of this inscribed radius reaches (an elongated one included)
         region &= _ball(region.shape, self.seed, self.p.reach_share * r_in + 1.5, self.spacing)
         filled = fill_holes_2d(np.ascontiguousarray(region))
+        if self.p.ray_keep > 0:
+            margin = max(self.p.ray_margin_mm, 0.75 * max(self.spacing))   # rays end on voxels
+            star, cut_share = cut(filled, centre, self.spacing, self.p.ray_keep, margin, wall=~self.inside)
+            if cut_share > 0:
+                star = _component(star, self.seed, self.spacing, self.p.search_mm + open_mm)
+                if star is not None:
+                    filled, region = star, region & star
         return filled, filled & ~region, open_mm
 
 
@@ -127,6 +145,59 @@ def _empty(center_zyx, spacing, location, note) -> Finding:
     return Finding(False, np.zeros((0, 0, 0), bool), tuple(int(round(v)) for v in c), tuple(spacing), c, 0.0, 0.0,
                    0.0, 0.0, int(round(c[0])), None, None, 0.0, 0.0, "none", "none", False, False, False, False,
                    False, location, None, note)
+
+
+@dataclass(frozen=True, eq=False)
+class _Local:
+    """The crop around a candidate: raw and smoothed HU, lung mask, parenchyma, seed and peak."""
+    raw: np.ndarray
+    lung: np.ndarray
+    sm: np.ndarray
+    par: np.ndarray
+    bg: float
+    seed: tuple
+    peak: float
+    off: np.ndarray
+
+
+def _local(hu, lung_mask, center_zyx, half, spacing, p) -> _Local | str:
+    """The crop of +-``half`` mm (module's steps 1-2); a note when there is nothing to segment."""
+    box = _box(center_zyx, np.ceil(half / np.asarray(spacing)).astype(int), hu.shape)
+    off = np.array([s.start for s in box])
+    seed0 = np.clip(np.round(np.asarray(center_zyx, float)).astype(int) - off, 0,
+                    np.array([s.stop - s.start for s in box]) - 1)
+    raw = np.asarray(hu[box], dtype=np.float32)
+    if raw.size == 0 or min(raw.shape) < 3:
+        return "the centre lies outside the scan"
+    lung = np.asarray(lung_mask[box], dtype=bool)
+    sm = gaussian_smooth(raw, p.smooth_mm, spacing)
+    par = sm[lung & (sm < -500)]
+    bg = float(np.clip(np.median(par), -950.0, -700.0)) if par.size > 50 else -850.0
+    near = _ball(sm.shape, seed0, p.search_mm, spacing) & (sm >= bg + 80.0)
+    if not near.any():
+        return "nothing denser than lung at the point"
+    pts = np.argwhere(near)
+    seed = tuple(int(v) for v in pts[np.argmin((((pts - seed0) * spacing) ** 2).sum(1))])
+    peak = float(sm[_ball(sm.shape, seed, p.peak_mm, spacing)].max())
+    return _Local(raw, lung, sm, par, bg, seed, peak, off)
+
+
+_DIRS = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)],
+                 float)
+_DIRS /= np.linalg.norm(_DIRS, axis=1, keepdims=True)
+
+
+def _extent_mm(sm, seed, spacing, level) -> float:
+    """The lesion's size (mm): twice the median, over 26 directions, of how far from ``seed`` the
+    smoothed crop stays at or above ``level`` (a ray that leaves the crop counts its length)."""
+    t = np.arange(0.0, 64.0, 0.5)
+    p = np.asarray(seed, float)[None, None, :] + t[None, :, None] * _DIRS[:, None, :] / np.asarray(spacing)
+    idx = np.rint(p).astype(np.int64)
+    ok = np.all((idx >= 0) & (idx < np.asarray(sm.shape)), axis=2)
+    idx = np.clip(idx, 0, np.asarray(sm.shape) - 1)
+    above = ok & (sm[idx[..., 0], idx[..., 1], idx[..., 2]] >= level)
+    stop = np.where(above.all(1), len(t), np.argmin(above, axis=1))
+    return float(2.0 * np.median(t[np.clip(stop, 0, len(t) - 1)]))
 
 
 def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_zyx, params=None, *,
@@ -143,30 +214,34 @@ def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_z
     spacing = tuple(float(s) for s in spacing_zyx_mm)
     if hu.ndim != 3 or lung_mask.shape != hu.shape:
         raise ConfigError(f"hu (3-D) and lung mask must share a shape, got {hu.shape} and {lung_mask.shape}")
-    half = p.crop_half_mm if not size_hint_mm else float(np.clip(1.2 * size_hint_mm + 10.0, p.crop_half_mm, 32.0))
-    box = _box(center_zyx, np.ceil(half / np.asarray(spacing)).astype(int), hu.shape)
-    off = np.array([s.start for s in box])
-    seed0 = np.clip(np.round(np.asarray(center_zyx, float)).astype(int) - off, 0,
-                    np.array([s.stop - s.start for s in box]) - 1)
-    raw = np.asarray(hu[box], dtype=np.float32)
-    if raw.size == 0 or min(raw.shape) < 3:
-        return _empty(center_zyx, spacing, location, "the centre lies outside the scan")
-    lung = np.asarray(lung_mask[box], dtype=bool)
-    sm = gaussian_smooth(raw, p.smooth_mm, spacing)
-    par = sm[lung & (sm < -500)]
-    bg = float(np.clip(np.median(par), -950.0, -700.0)) if par.size > 50 else -850.0
-
-    near = _ball(sm.shape, seed0, p.search_mm, spacing) & (sm >= bg + 80.0)
-    if not near.any():
-        return _empty(center_zyx, spacing, location, "nothing denser than lung at the point")
-    pts = np.argwhere(near)
-    seed = tuple(int(v) for v in pts[np.argmin((((pts - seed0) * spacing) ** 2).sum(1))])
-    peak = float(sm[_ball(sm.shape, seed, 1.5, spacing)].max())
+    own = not size_hint_mm
+    half = p.crop_half_mm if own else float(np.clip(1.2 * size_hint_mm + 10.0, p.crop_half_mm, 32.0))
+    loc = _local(hu, lung_mask, center_zyx, half, spacing, p)
+    if isinstance(loc, str):
+        return _empty(center_zyx, spacing, location, loc)
+    if own:
+        # no size from the detector: the lesion's own extent (a large one needs a wider crop and a
+        # wall surface that bridges it)
+        size_hint_mm = _extent_mm(loc.sm, loc.seed, spacing, loc.bg + 0.5 * (loc.peak - loc.bg))
+        need = float(np.clip(1.2 * size_hint_mm + 10.0, p.crop_half_mm, 32.0))
+        if need > half + 1.0:
+            loc = _local(hu, lung_mask, center_zyx, need, spacing, p)
+            if isinstance(loc, str):
+                return _empty(center_zyx, spacing, location, loc)
+    raw, lung, sm, par, bg, seed, peak, off = loc.raw, loc.lung, loc.sm, loc.par, loc.bg, loc.seed, loc.peak, loc.off
 
     air = lung & (sm < bg + 100.0)
-    radius = p.wall_close_mm if not size_hint_mm else float(np.clip(0.75 * size_hint_mm + 3, 6.0, 20.0))
+    radius = float(np.clip(0.75 * size_hint_mm + 3, p.wall_close_mm, p.wall_close_max_mm)) if own else \
+        float(np.clip(0.75 * size_hint_mm + 3, 6.0, p.wall_close_max_mm))
     # one voxel of tolerance: a closing leaves a shallow cap of a wall-attached lesion outside
     inside = dilate_ball(close_ball(air, radius, spacing), 0.75 * max(spacing), spacing) if air.any() else lung
+    if not inside[seed]:
+        # a wall-attached lesion drawn from a centre in the wall's place: seed it on the lung side
+        near = _ball(sm.shape, seed, p.search_mm, spacing) & inside & (sm >= bg + 80.0)
+        if near.any():
+            pts = np.argwhere(near)
+            seed = tuple(int(v) for v in pts[np.argmin((((pts - np.asarray(seed)) * spacing) ** 2).sum(1))])
+            peak = float(sm[_ball(sm.shape, seed, p.peak_mm, spacing) & inside].max())
     cr = _Crop(sm, inside, seed, spacing, p)
 
     solid, glass_level = None, None
@@ -180,9 +255,9 @@ def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_z
         whole, holes, r_open = cr.region(bg + 0.5 * (level - bg))
         kind = "ground_glass"
     else:
-        # the ring 1.2-2.5 mm around the solid part, in plane (slices are thicker than pixels)
+        # a ring around the solid part, in plane (slices are thicker than pixels), beyond its blurred edge
         d_solid = distance_mm(~solid, (1e3, spacing[1], spacing[2]))
-        ring = (d_solid > 1.2) & (d_solid <= 2.5) & inside & (sm < p.solid_hu)   # glass is not solid
+        ring = (d_solid > p.ring_mm[0]) & (d_solid <= p.ring_mm[1]) & inside & (sm < p.solid_hu)   # glass is not solid
         area = solid.sum(axis=(1, 2))
         ring[area < 0.5 * area.max()] = False   # the solid's end slices: partial volume, not glass
         glass_level = float(np.median(sm[ring])) if ring.sum() > 10 else bg
@@ -194,7 +269,7 @@ def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_z
             if whole is not None:
                 whole |= solid
         else:
-            level = float(np.clip(np.percentile(sm[solid], 90), -100.0, 100.0))
+            level = float(np.clip(np.percentile(sm[solid], 90), p.solid_level_min_hu, 100.0))
             whole, holes, r_open = cr.region(bg + 0.5 * (level - bg))
             kind = "solid"
     if whole is None or not whole.any():

@@ -61,6 +61,18 @@ def test_sphere_volume_and_diameter(r):
     assert not f.juxta_pleural and not f.cavity and f.calcification == "none"
 
 
+def test_a_large_lesion_without_a_size_hint():
+    # wider than the default crop's wall closing: its own extent sizes the crop and the wall surface
+    r = 12.0
+    hu, rng, noise = _scene(7)
+    _paint(hu, _sphere_sd(r), 30.0)
+    f = characterise(_finish(hu, rng, noise), SPACING, LUNG, CENTRE)
+    true_v = 4 / 3 * np.pi * r ** 3
+    assert f.segmented and f.type == "solid"
+    assert abs(f.volume_mm3 - true_v) / true_v < 0.05, (f.volume_mm3, true_v)
+    assert f.mean_diameter_mm == pytest.approx(2 * r, abs=1.0) and f.lung_rads == "4B"
+
+
 def test_juxta_pleural_sphere_keeps_its_volume_and_loses_the_wall():
     r = 5.0
     z, y, x = _coords()

@@ -191,6 +191,8 @@ def summarise(records: list[dict], pairs: list[dict]) -> dict:
     s["volume_change_error_pct_points"] = ({"median_abs": round(float(np.median(np.abs(dv))), 1),
                                             "mean": round(float(dv.mean()), 1), "n": int(len(dv))} if len(dv) else None)
     s["counts"] = {st: len(of((st,))) for st in ("stable", "grown", "shrunk", "new", "resolved")}
+    kinds = [p["registration_kind"] for p in pairs if "registration_kind" in p]
+    s["registration_kinds"] = {k: kinds.count(k) for k in sorted(set(kinds))}
     s["pairs"] = len(pairs)
     return s
 
@@ -234,6 +236,8 @@ def report_md(doc: dict) -> str:
               f"| registration error mm: mean / median / p95 / max (n) | {reg.get('mean')} / {reg.get('median')} / "
               f"{reg.get('p95')} / {reg.get('max')} ({reg.get('n')}) |",
               f"| true motion of the lesion sites, mean mm (no registration) | {s['true_motion_mm_mean']} |",
+              "| registrations by the stages kept | " + (", ".join(f"{k} {n}" for k, n in
+                                                          s["registration_kinds"].items()) or "-") + " |",
               f"| volume change error, correctly matched: median abs / mean, % points (n) | {dv.get('median_abs')} / "
               f"{dv.get('mean')} ({dv.get('n')}) |",
               f"| seconds per pair: make + write / follow | {doc['seconds_per_pair']['make']} / "
@@ -283,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
             records += rec
             pairs.append({"seed": seed, **counts, "interval_days": pair.interval_days,
                           "interval_reported": res.interval_days, "interval_source": res.interval_source,
-                          "lung_dice": res.registration["lung_dice"], "motion": pair.motion.to_dict(),
+                          "lung_dice": res.registration["lung_dice"], "registration_kind": res.registration["kind"],
+                          "motion": pair.motion.to_dict(),
                           "timings_s": {k: round(v, 2) for k, v in res.timings_s.items()}})
             ok = sum(r["outcome"] == "matched" for r in records)
             bar.set_postfix(matched=f"{ok}/{sum(r['status'] in PERSISTENT for r in records)}")

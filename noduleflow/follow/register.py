@@ -13,6 +13,9 @@ their slice thickness, and only around the lungs. Steps:
 3. optionally (``deformable``) a cubic B-spline on a coarse mesh over the affine result (mean
    squares, L-BFGS-B): breathing changes the lungs' shape, which no affine map follows.
 
+A stage is kept only when it does not lower the overlap (Dice) of the two lung masks; otherwise
+the result stays the previous stage's, and the stage's record says so (``kept``: False).
+
 The prior is the *fixed* image: the transform then maps a prior world point (x, y, z mm, LPS)
 straight onto the current scan, which is what moving the prior findings needs (a B-spline has no
 closed-form inverse).
@@ -74,9 +77,10 @@ class RegistrationParams:
 @dataclass(frozen=True, eq=False)
 class Registration:
     """The result: ``transform`` (SimpleITK) maps prior world (x, y, z mm) to current world;
-    ``stages``: per stage its metric value, iterations, stop reason and seconds;
-    ``lung_dice_before`` / ``lung_dice``: overlap of the two lung masks after the moments
-    initialisation and after the whole registration (a low value says it failed)."""
+    ``stages``: per stage its metric value, iterations, stop reason, seconds, the lungs' Dice
+    after it and whether it was ``kept``; ``kind``: the stages kept ("rigid", "affine", with
+    "+bspline"); ``lung_dice_before`` / ``lung_dice``: overlap of the two lung masks after the
+    moments initialisation and after the stages kept (a low value says it failed)."""
     transform: object
     kind: str
     stages: tuple[dict, ...]
@@ -223,7 +227,9 @@ def register(prior: Volume, prior_mask: np.ndarray, current: Volume, current_mas
 
     ``prior`` / ``current``: the scans (int16 HU (z, y, x), any grid; the detector's 1 mm lung
     boxes are what `noduleflow.follow.follow` passes); ``prior_mask`` / ``current_mask``: bool
-    lung masks on those grids. ConfigError when a mask is empty or its shape differs from its scan's."""
+    lung masks on those grids. A stage that lowers the lungs' overlap is dropped (logged), so the
+    result is never worse, by that overlap, than the stage before. ConfigError when a mask is empty
+    or its shape differs from its scan's."""
     p = params or RegistrationParams()
     for name, vol, m in (("prior", prior, prior_mask), ("current", current, current_mask)):
         if np.shape(m) != vol.shape:
@@ -239,17 +245,31 @@ def register(prior: Volume, prior_mask: np.ndarray, current: Volume, current_mas
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
     before = _dice(fmask_f, mmask_f, init)
     stages: list[dict] = [{"stage": "lungs", "translation_mm": [round(v, 3) for v in
-                                                                sitk.Euler3DTransform(init).GetTranslation()]}]
-    # 2. rigid, then affine
-    t = _linear_stage("rigid", p, fixed, moving, fixed_mask, init, stages, 4.0)
+                                                                sitk.Euler3DTransform(init).GetTranslation()],
+                           "lung_dice": round(before, 4)}]
+    # 2. rigid, then affine; 3. the optional deformable step. Each stage is kept only when it does
+    # not lower the lungs' overlap: an optimiser can leave a stage worse than it found it (an affine
+    # step that squashes the lungs by a sixth, 10 mm off at the lesions), and a stage that made
+    # the registration worse is no reason to report it.
+    t, best, last, bspline = init, before, "lungs", False
+    todo = [("rigid", lambda prev: _linear_stage("rigid", p, fixed, moving, fixed_mask, prev, stages, 4.0))]
     if p.transform == "affine":
-        t = _linear_stage("affine", p, fixed, moving, fixed_mask, _as_affine(t), stages, 1.0)
-    kind = p.transform
-    # 3. the optional deformable step
+        todo.append(("affine", lambda prev: _linear_stage("affine", p, fixed, moving, fixed_mask, _as_affine(prev),
+                                                          stages, 1.0)))
     if p.deformable:
-        t = _bspline_stage(p, fixed, moving, fixed_mask, t, stages)
-        kind += "+bspline"
-    after = _dice(fmask_f, mmask_f, t)
-    if after < before:
-        log.warning("registration lowered the lungs' overlap (Dice %.3f -> %.3f): check the result", before, after)
-    return Registration(t, kind, tuple(stages), float(before), float(after), time.perf_counter() - t0)
+        todo.append(("bspline", lambda prev: _bspline_stage(p, fixed, moving, fixed_mask, prev, stages)))
+    for name, stage in todo:
+        cand = stage(t)
+        dice = _dice(fmask_f, mmask_f, cand)
+        stages[-1]["lung_dice"] = round(dice, 4)
+        stages[-1]["kept"] = bool(dice >= best)
+        if dice < best:
+            log.warning("registration: the %s stage lowered the lungs' overlap (Dice %.3f -> %.3f): kept the %s "
+                        "result", name, best, dice, last)
+            continue
+        t, best, last = cand, dice, name
+        bspline = bspline or name == "bspline"
+    # the lungs' centres alone are a rigid transform (a translation)
+    kind = ("affine" if any(s["stage"] == "affine" and s["kept"] for s in stages) else "rigid") + \
+        ("+bspline" if bspline else "")
+    return Registration(t, kind, tuple(stages), float(before), float(best), time.perf_counter() - t0)

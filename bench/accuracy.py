@@ -224,8 +224,9 @@ def evaluate_sources(det, entries, out, keep: int = 100, bootstrap: int = 1000, 
     cohort names, in the order to report them), score each on its own (`sources.source_figures`),
     check the real folder ``realct`` if given (`sources.realct_check`), and write the report into
     ``out``: ``accuracy.json``, ``accuracy.md``, per source ``NAME/candidates.json``, ``NAME/froc.png``
-    and ``NAME/calibration.png`` (``realct/candidates.json``). ``cohort_cache``: a `CohortCache` or
-    its root (default ``$NODULEFLOW_COHORT_CACHE``). Returns the report (as ``accuracy.json``)."""
+    and ``NAME/calibration.png`` (``realct/candidates.json``, ``realct/right_lung_top15_*.png``).
+    ``cohort_cache``: a `CohortCache` or its root (default ``$NODULEFLOW_COHORT_CACHE``). Returns the
+    report (as ``accuracy.json``)."""
     from noduleflow.trainer.evaluate.cohort import candidate_records, compact, detect_cohort
     from noduleflow.trainer.evaluate.plots import plot_reliability, plot_strata_froc
     from noduleflow.trainer.evaluate.sources import detect_source, realct_check, source_figures
@@ -262,8 +263,8 @@ def evaluate_sources(det, entries, out, keep: int = 100, bootstrap: int = 1000, 
         plot_reliability(fig["calibration"], folder / "calibration.png", block["name"])
     real = None
     if realct:
-        real, results = realct_check(det, realct, progress)
         (out / "realct").mkdir(parents=True, exist_ok=True)
+        real, results = realct_check(det, realct, progress, picture_dir=out / "realct")
         (out / "realct" / "candidates.json").write_text(json.dumps(
             [{"uid": r.uid, "xyz": r.xyz.tolist(), "prob": r.prob.tolist()} for r in results]))
     meta = {"package": det.provenance(), "training": det.package.manifest.training, "keep": keep,
@@ -351,6 +352,11 @@ def format_sources_report(report: dict) -> str:
                 desc = (f"{tuple(n['xyz_mm'])}; {n['diameter_mm']} mm | {n['side']} | {n['rank']} | "
                         + (f"{n['prob']:.3f}" if n["prob"] is not None else "-")) if n else "none annotated | - | - | -"
                 md.append(f"| {s['uid']} | {desc} | {counts} |")
+        pics = [s["picture"] for s in report["realct"]["scans"] if s.get("picture")]
+        if pics:
+            md += ["", "The right lung's candidates among each scan's 15 most probable, in rank order (the labels "
+                   "number them within the picture; their ranks in the whole list are in `realct/candidates.json`): "
+                   + ", ".join(f"`realct/{p}`" for p in pics) + "."]
     return "\n".join(md) + "\n"
 
 

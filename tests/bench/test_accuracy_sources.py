@@ -235,6 +235,32 @@ def test_realct_reports_the_nodule_rank_and_right_lung_counts(report, tmp_path):
     c = scan["at_prob"]["0.9"]
     assert 0 <= c["right_lung_false"] <= c["right_lung"] <= scan["candidates"]
     assert "## Real scan" in (out / "accuracy.md").read_text()
+    from PIL import Image
+    assert Image.open(out / "realct" / scan["picture"]).size[0] > 0
+
+
+def test_right_lung_picture_shows_only_the_right_lung_among_the_top(tmp_path):
+    from PIL import Image
+
+    from noduleflow.engine.results import Candidate, Detections
+    from noduleflow.engine.volume import Volume
+    from noduleflow.trainer.evaluate.sources import right_lung_picture
+    from noduleflow.trainer.evaluate.strata import ScanResult
+
+    vol = Volume(np.full((40, 64, 64), -850, np.int16), (1.0, 1.0, 1.0), (-32.0, -32.0, -20.0))
+    xs = [-20, 15, -10, -25, 20, -5]          # right lung: x < 0 (the midline here)
+    cands = tuple(Candidate((float(x), 0.0, 0.0), 0.9 - 0.1 * i, diameter_mm=6.0) for i, x in enumerate(xs))
+    d = Detections("1.2.3", cands, {}, "test", "dense", "m", "0", volume=vol)
+    r = ScanResult("1.2.3", np.array([c.center_xyz_mm for c in cands]), np.array([c.prob for c in cands]),
+                   np.array([[-20.0, 0, 0, 8.0]]), ("solid",), ("isolated",), np.zeros((0, 4)))
+
+    def rows(top):
+        im = Image.open(right_lung_picture(d, r, 0.0, tmp_path / f"p{top}.png", top=top))
+        return im.size[1]
+
+    # the picture grows by one row of crops (two candidates a row) per two right-lung candidates kept
+    h2, h4, h6 = rows(2), rows(4), rows(6)     # right-lung ones: 1 (of 2), 3 (of 4), 4 (of 6)
+    assert h2 < h4 and h4 == h6
 
 
 def test_false_candidates_follow_the_luna16_rules():

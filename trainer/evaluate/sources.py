@@ -327,13 +327,28 @@ def midline_x_mm(pre) -> float:
     return float(pre.volume.voxel_to_world(np.array([z, y, float(mid)]))[0])
 
 
-def realct_check(det, folder, progress: bool = True) -> dict:
+def right_lung_picture(d, result, midline_mm: float, out_path, top: int = 15):
+    """The picture (`engine.render.candidates_png`) of the right-lung candidates (world x below
+    ``midline_mm``) among the ``top`` most probable of one scan's `Detections` ``d`` (its
+    `strata.ScanResult` ``result`` gives the true nodules), in rank order; on the 1 mm lung box the
+    detection kept (``keep_preprocessed``), else the loaded scan. -> the PNG's path."""
+    from dataclasses import replace
+
+    from noduleflow.engine.render import candidates_png
+
+    keep = tuple(c for c in d.candidates[:top] if c.center_xyz_mm[0] < midline_mm)
+    volume = d.preprocessed.volume if d.preprocessed is not None else d.volume
+    return candidates_png(volume, replace(d, candidates=keep), out_path, truth=result.nodules)
+
+
+def realct_check(det, folder, progress: bool = True, picture_dir=None) -> dict:
     """The real-scan check (evaluation only; read, never written): for each scan of the LUNA16-style
     ``folder`` (a DICOM series folder and annotations.csv), the rank (1-based among the detector's
     list; 0: not in it) and probability of each annotated nodule's best hit, and the candidates
     at p >= 0.5 and 0.9 in the right lung (world x below `midline_x_mm`; patient right is -x in
     LPS): all of them and the false ones (on no nodule and no excluded finding); each scan's right-lung
     candidates among the top 15 (overall rank, probability, label as `cohort.candidate_labels`).
+    ``picture_dir``: also each scan's `right_lung_picture` there, as ``right_lung_top15_<uid end>.png``.
     -> (that summary, list of `strata.ScanResult`)."""
     source = read_source("realct", folder)
     results, dets = detect_source(det, source, progress, keep_preprocessed=True)
@@ -347,6 +362,9 @@ def realct_check(det, folder, progress: bool = True) -> dict:
                     "prob": float(r.prob[order[k - 1]]) if k else None} for n, k in zip(r.nodules, rank)]
         right = r.xyz[:, 0] < mid
         false = candidate_labels(r) == 0
+        picture = None
+        if picture_dir is not None:
+            picture = right_lung_picture(d, r, mid, Path(picture_dir) / f"right_lung_top15_{scan.uid[-12:]}.png").name
         counts = {f"{t:g}": {"right_lung": int((right & (r.prob >= t)).sum()),
                              "right_lung_false": int((right & false & (r.prob >= t)).sum())} for t in (0.5, 0.9)}
         scans.append({"uid": scan.uid, "path": str(scan.path), "midline_x_mm": round(mid, 2),
@@ -355,5 +373,6 @@ def realct_check(det, folder, progress: bool = True) -> dict:
                                             "prob": round(float(r.prob[j]), 5), "label": int(lab)}
                                            for i, (j, lab) in enumerate(zip(order, candidate_labels(r)[order]))
                                            if right[j] and i < 15],
+                      "picture": picture,
                       "detect_seconds": round(float(d.timings_s.get("total", float("nan"))), 3)})
     return {"folder": str(source.folder), "scans": scans}, results

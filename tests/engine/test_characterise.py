@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from noduleflow.engine.characterise import CharacteriseParams, Finding, characterise, scan_category
+from noduleflow.engine.characterise import CharacteriseParams, Finding, characterise, lung_mask_on, scan_category
 from noduleflow.engine.characterise.lungrads import category
 from noduleflow.engine.errors import ConfigError
 from noduleflow.engine.results import CSV_HEADER, FINDINGS_HEADER, Candidate, Detections, findings_csv_text
+from noduleflow.engine.volume import Volume
 
 SPACING = (1.25, 0.7, 0.7)
 SHAPE = (48, 80, 80)
@@ -215,3 +216,18 @@ def test_plain_detections_keep_their_json():
     doc = d.to_dict()
     assert "lung_rads" not in doc and set(doc["candidates"][0]) == {"center_xyz_mm", "prob", "n_points",
                                                                      "diameter_mm"}
+
+
+def test_lung_mask_on_matches_the_world_round_trip():
+    rng = np.random.default_rng(0)
+    vol = Volume(np.zeros((30, 40, 40), np.int16), (1.2345, 0.7123, 0.7123), (-30.0137, -20.0771, -100.0313))
+    mvol = Volume(np.zeros((50, 40, 40), np.int16), (1.0, 1.0, 1.0), (-31.3, -19.6, -101.2))
+    mask = rng.uniform(size=mvol.shape) > 0.5
+    box = (slice(3, 28), slice(5, 40), slice(0, 40))
+    zz, yy, xx = np.meshgrid(*[np.arange(b.start, b.stop, dtype=float) for b in box], indexing="ij")
+    src = np.rint(mvol.world_to_voxel(vol.voxel_to_world(np.stack([zz, yy, xx], -1)))).astype(int)
+    ok = np.all((src >= 0) & (src < np.asarray(mask.shape)), axis=-1)
+    want = np.zeros(zz.shape, bool)
+    want[ok] = mask[src[ok][:, 0], src[ok][:, 1], src[ok][:, 2]]
+    got = lung_mask_on(vol, box, mvol, mask)
+    assert got.shape == want.shape and np.array_equal(got, want) and 0 < got.mean() < ok.mean()

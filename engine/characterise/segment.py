@@ -129,6 +129,8 @@ class _Crop:
         # a vessel as thick as the lesion survives the cut: it is followed no farther than a lesion
         # of this inscribed radius reaches (an elongated one included)
         region &= _ball(region.shape, self.seed, self.p.reach_share * r_in + 1.5, self.spacing)
+        if not region.any():   # the nearest component lies beyond the reach of so thin a lesion
+            return None, None, 0.0
         filled = fill_holes_2d(np.ascontiguousarray(region))
         if self.p.ray_keep > 0:
             margin = max(self.p.ray_margin_mm, 0.75 * max(self.spacing))   # rays end on voxels

@@ -18,8 +18,8 @@ isolates the follow-up logic (registration, matching, measurement). Also: false 
 detection probability >= 0.5, `REPORT_PROB`: ``follow`` reports every characterised finding), and the
 registration error, the distance between each lesion's true prior centre mapped by follow's
 registration (its 4x4 matrix: the whole map for the default rigid/affine registration) and the
-same point's true place in the current scan. Writes bench/results/follow/<name>.json and .md and
-one example picture (follow's own pair_<n>.png of a correctly matched grown lesion).
+same point's true place in the current scan. Writes OUT/<name>.json and .md (``--out``, default
+./bench-follow) and one example picture (follow's own pair_<n>.png of a correctly matched grown lesion).
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 HELP = "follow-up (registration, matching, growth) on synthetic pairs with known changes"
 DESCRIPTION = __doc__.split("\n\n")[0]
-OUT = Path(__file__).resolve().parent / "results" / "follow"
 HIT_MIN_MM = 3.0        # a finding hits a lesion within max(its radius, this) of its centre
 GROWTH_PCT = 25.0       # measured volume change that counts as growth (and -25 % as shrinkage)
 REPORT_PROB = 0.5       # false reports are also counted among the findings at least this probable
@@ -335,7 +334,8 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="detector backend (default auto)")
     p.add_argument("--work", help="keep each pair's DICOM series, truth and follow output here (default: a "
                                   "temporary folder, removed)")
-    p.add_argument("--out", default=str(OUT), help="report folder (default bench/results/follow)")
+    p.add_argument("--out", default="bench-follow", help="report folder (default ./bench-follow; the committed "
+                   "figures are in bench/results/follow)")
     p.add_argument("--name", help="report name (default pairs_<first>-<last seed>)")
     p.set_defaults(func=run)
     return p

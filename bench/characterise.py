@@ -9,8 +9,10 @@ inside of the surface where the renderer drew it at half its contrast, evaluated
 grid, less any part in the chest wall's place (it adds no density there); its volume, its
 Lung-RADS mean diameter ((long + short) / 2 on the axial slice of largest area among the scan's
 slice positions), the part-solid core's mean diameter, and the Lung-RADS v2022 category of the
-true type, diameter and core. Source folders (hybrids) carry only the drawn diameter d: there the
-truth is approximate (volume pi d^3 / 6, mean diameter d, no core).
+true type, diameter and core. Hybrids: the same for each inserted lesion, from the fine grid it was
+drawn on (`hybrid_lesions.fine_truth`, in ``lesions.json``; the real nodules have no such truth and
+are left out). Other source folders carry only the drawn diameter d: there the truth is
+approximate (volume pi d^3 / 6, mean diameter d, no core).
 
 ``--repeatability`` measures every phantom twice, on two noise realisations of the same scan
 (`generate_phantom(noise_seed=1)`: the anatomy and lesions unchanged), and reports, as the
@@ -65,7 +67,38 @@ def _phantom_cases(seeds, generator: str, noise_seed: int | None = None):
         yield f"{generator}-{seed}", v, truth
 
 
+def _drawn_truth(les: dict) -> dict:
+    """The truth record of one inserted lesion of a hybrid's ``lesions.json`` (its ``truth``:
+    `hybrid_lesions.fine_truth`)."""
+    t, kind = les["truth"], les["kind"]
+    core = t.get("core_mean_diameter_mm") if kind == "part_solid" else None
+    return {"center_xyz_mm": tuple(les["center_xyz_mm"]), "kind": kind, "shape": les["shape"],
+            "location": les["location"], "diameter_mm": les["diameter_mm"], "true_volume_mm3": t["volume_mm3"],
+            "true_mean_diameter_mm": t["mean_diameter_mm"], "true_long_axis_mm": t["long_axis_mm"],
+            "true_short_axis_mm": t["short_axis_mm"], "true_solid_core_mm": core,
+            "true_lung_rads": category(kind, t["mean_diameter_mm"], core)}
+
+
+def _has_drawn_truth(folder: Path) -> bool:
+    drawn = folder / "lesions.json"
+    if not drawn.exists():
+        return False
+    lesions = json.loads(drawn.read_text())
+    return bool(lesions) and all("truth" in les for les in lesions)
+
+
 def _source_cases(folder: Path, region_x):
+    """(name, volume, truth dicts) per scan of a source folder. Hybrids whose ``lesions.json``
+    carries each inserted lesion's drawn truth are measured against it (their real nodules have
+    none and are left out); other folders against the drawn diameter of ``findings.csv``."""
+    if _has_drawn_truth(folder):
+        lesions = json.loads((folder / "lesions.json").read_text())
+        for uid in sorted({les["seriesuid"] for les in lesions}):
+            truth = [_drawn_truth(les) for les in lesions if les["seriesuid"] == uid
+                     and (region_x is None or region_x[0] <= les["center_xyz_mm"][0] <= region_x[1])]
+            if truth:
+                yield uid[-12:], load_volume(folder / f"{uid}.mhd"), truth
+        return
     rows = list(csv.DictReader(open(folder / "findings.csv")))
     for uid in sorted({r["seriesuid"] for r in rows}):
         truth = []
@@ -212,7 +245,11 @@ def run(args: argparse.Namespace) -> int:
         name = args.name or Path(args.source).name
         cmd = f"noduleflow bench characterise --source {args.source}" + (
             f" --region-x {args.region_x[0]} {args.region_x[1]}" if args.region_x else "")
-        truth = "truth: the drawn diameter d (volume pi d^3 / 6, mean diameter d; approximate for non-round shapes)"
+        truth = ("truth: each inserted lesion's drawn shape (its half-occupancy surface on the fine grid it was drawn "
+                 "on, less any part outside its lung; spicules and cavities included): volume, Lung-RADS mean diameter "
+                 "on the scan's slices, solid core, category (noduleflow.synthetic.hybrid_lesions.fine_truth); the "
+                 "real nodules have none and are left out" if _has_drawn_truth(Path(args.source)) else
+                 "truth: the drawn diameter d (volume pi d^3 / 6, mean diameter d; approximate for non-round shapes)")
     else:
         seeds = range(args.seed, args.seed + args.scans)
         cases = _phantom_cases(seeds, args.generator)

@@ -417,7 +417,7 @@ def insert_lesions(sub: Substrate, lung: str, specs, rng: np.random.Generator,
                      spec.diameter_mm)
             continue
         design: dict = {}
-        box, body, core = lesion_occupancy(spec, c, sub.optics, hu.shape, design)
+        box, body, core = lesion_occupancy(spec, c, sub.optics, hu.shape, design, lung=placer.side)
         draw_values(spec, placer.background_hu(c, spec.diameter_mm / 2), design)
         noise = sub.noise.sample(np.random.default_rng([spec.seed, 4]), body.shape)
         new, foot = blend_lesion(hu[box], body, core, spec, design, noise, sub.noise.std_hu_z[box[0]])

@@ -322,7 +322,46 @@ def _add_spicules(body: np.ndarray, rng, d: tuple, r: float, h: float, design: d
         body[box] = np.maximum(body[box], occ)
 
 
-def lesion_occupancy(spec: LesionSpec, center_zyx: np.ndarray, optics: ScanOptics, shape_zyx, design: dict):
+def fine_truth(body: np.ndarray, core, f, spacing_zyx_mm, lung=None) -> dict:
+    """A drawn lesion's own measurements, from its occupancy on the fine grid (``f`` sub-samples per
+    voxel along each axis), before the scanner's blur: the inside is where the occupancy reaches
+    one half (where the drawn lesion reaches half its contrast), less any part where ``lung`` (bool,
+    the box's voxels) is False (drawn in the chest wall's place, it adds nothing visible there).
+
+    - volume (mm^3): the inside's sub-samples x their volume;
+    - Lung-RADS mean diameter: (long + short axis) / 2 on the axial slice of largest area among the
+      scan's own slices (each slice's sub-sample nearest its centre), as `axial_axes` measures it;
+    - for a core (part-solid): the same for the core.
+    """
+    from noduleflow.engine.characterise.shape import axial_axes
+
+    h = tuple(float(a) / k for a, k in zip(spacing_zyx_mm, f))
+    keep = None
+    if lung is not None:
+        keep = np.asarray(lung, bool)
+        for ax, k in enumerate(f):
+            keep = np.repeat(keep, k, axis=ax)
+
+    def measure(occ):
+        inside = occ >= 0.5
+        if keep is not None:
+            inside &= keep
+        if not inside.any():
+            return 0.0, 0.0, 0.0, 0.0
+        long_mm, short_mm, _ = axial_axes(inside[f[0] // 2::f[0]], (spacing_zyx_mm[0], h[1], h[2]))
+        return float(inside.sum()) * h[0] * h[1] * h[2], long_mm, short_mm, round((long_mm + short_mm) / 2.0, 1)
+
+    vol, long_mm, short_mm, mean_d = measure(body)
+    out = {"volume_mm3": round(vol, 2), "long_axis_mm": round(long_mm, 2), "short_axis_mm": round(short_mm, 2),
+           "mean_diameter_mm": mean_d}
+    if core is not None:
+        core_vol, _, _, core_d = measure(core)
+        out.update({"core_volume_mm3": round(core_vol, 2), "core_mean_diameter_mm": core_d})
+    return out
+
+
+def lesion_occupancy(spec: LesionSpec, center_zyx: np.ndarray, optics: ScanOptics, shape_zyx, design: dict,
+                     lung=None):
     """The lesion imaged on the scan's grid.
 
     Args:
@@ -330,7 +369,10 @@ def lesion_occupancy(spec: LesionSpec, center_zyx: np.ndarray, optics: ScanOptic
         center_zyx: its centre in continuous voxel indices (z, y, x).
         optics: the scan's spacing, slice profile and in-plane blur.
         shape_zyx: the scan's shape (the box is clipped to it).
-        design: filled with what was drawn (axes, spicules, core fraction).
+        design: filled with what was drawn (axes, spicules, core fraction) and its ``truth``
+            (`fine_truth`: volume, Lung-RADS mean diameter, core).
+        lung: bool (z, y, x) of the scan's shape, the lung the lesion lies in: the truth leaves out
+            what is drawn outside it (None: nothing left out).
 
     Returns:
         (box, body, core): the box (3 slices into the scan), the body's occupancy and the core's
@@ -354,6 +396,8 @@ def lesion_occupancy(spec: LesionSpec, center_zyx: np.ndarray, optics: ScanOptic
     if spec.kind == "calcified":
         design["pattern"] = "central" if rng.uniform() < 0.5 else "diffuse"
     body, core = _fine_fields(spec, rng, tuple(d), min(sp[i] / f[i] for i in range(3)), design)
+    design["truth"] = fine_truth(body, core if spec.kind == "part_solid" else None, f, sp,
+                                 None if lung is None else lung[box])
     weights = [_axis_weights(box[i].stop - box[i].start, f[i], sp[i], sig[i]) for i in range(3)]
     return box, _to_grid(body, weights), (None if core is None else _to_grid(core, weights))
 

@@ -2,12 +2,16 @@
 second noise realisation and the repeatability coefficients."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from noduleflow.bench.characterise import RC_FACTOR, block, repeatability
+from noduleflow.bench.characterise import RC_FACTOR, _source_cases, block, repeatability
 from noduleflow.bench.characterise_truth import lesion_truth
 from noduleflow.engine.errors import ConfigError
+from noduleflow.engine.io import save_volume
+from noduleflow.engine.volume import Volume
 from noduleflow.synthetic.phantom import HELDOUT, WIDE, generate_phantom
 from noduleflow.synthetic.phantom_base import Grid
 from noduleflow.synthetic.phantom_lesions import LesionShape, render_lesion
@@ -98,3 +102,27 @@ def test_repeatability_coefficient_and_accuracy_block():
     b = block(rs)
     assert b["n"] == 4 and b["mean_diameter_within_1_5mm"] == 1.0 and b["lung_rads_agreement"] == 1.0
     assert b["volume_abs_rel_err_median"] == pytest.approx(np.median([0.0, 1.0, 0.5, 0.9]), abs=1e-3)
+
+
+def test_a_hybrid_folder_is_measured_against_its_drawn_truth(tmp_path):
+
+    uid = "1.2.3.4"
+    save_volume(Volume(np.full((12, 16, 16), -850, np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), series_uid=uid),
+                tmp_path / f"{uid}.mhd")
+    les = {"seriesuid": uid, "kind": "part_solid", "shape": "round", "location": "isolated", "diameter_mm": 9.0,
+           "center_xyz_mm": [8.0, 8.0, 4.0],
+           "truth": {"volume_mm3": 400.0, "long_axis_mm": 9.6, "short_axis_mm": 9.0, "mean_diameter_mm": 9.3,
+                     "core_volume_mm3": 30.0, "core_mean_diameter_mm": 4.0}}
+    (tmp_path / "lesions.json").write_text(json.dumps([les]))
+    (tmp_path / "findings.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm,kind,shape,location\n"
+                                           f"{uid},8,8,4,9.0,part_solid,round,isolated\n"
+                                           f"{uid},2,2,2,15.5,solid,irregular,isolated\n")   # a real one: no truth
+    (name, vol, truth), = list(_source_cases(tmp_path, None))
+    assert len(truth) == 1 and vol.shape == (12, 16, 16)
+    t = truth[0]
+    assert (t["true_volume_mm3"], t["true_mean_diameter_mm"], t["true_solid_core_mm"]) == (400.0, 9.3, 4.0)
+    assert t["true_lung_rads"] == "3"           # part-solid >= 6 mm with a solid core of 4 mm (< 6 mm)
+    assert list(_source_cases(tmp_path, (20.0, 30.0))) == []
+    (tmp_path / "lesions.json").unlink()        # without drawn truth: the drawn diameters, both rows
+    (name, vol, truth), = list(_source_cases(tmp_path, None))
+    assert [t["true_mean_diameter_mm"] for t in truth] == [9.0, 15.5]

@@ -20,7 +20,7 @@ from noduleflow.synthetic.hybrid import (
     load_substrate,
     write_hybrids,
 )
-from noduleflow.synthetic.hybrid_lesions import LesionSpec
+from noduleflow.synthetic.hybrid_lesions import LesionSpec, fine_truth
 from noduleflow.synthetic.phantom import PhantomParams
 from noduleflow.synthetic.synth import write_cohort
 from noduleflow.trainer.evaluate.sources import read_source
@@ -191,3 +191,38 @@ def test_real_scan_right_lung_keeps_its_nodule(tmp_path):
     split = info["generator"]["region"]["split_x_mm"]
     assert all(float(r["coordX"]) < split for r in ann)    # right lung: patient right is -x
     assert info["generator"]["optics"]["slice_thickness_mm"] == pytest.approx(1.0)
+
+
+def test_fine_truth_of_a_ball_a_half_ball_and_a_core():
+    h, f, sp = 0.2, (5, 4, 4), (1.0, 0.8, 0.8)
+    ax = [((np.arange(n * k) + 0.5) / k - n / 2) * s for n, k, s in zip((24, 30, 30), f, sp)]
+    dz, dy, dx = np.meshgrid(*ax, indexing="ij", sparse=True)
+    dist = np.sqrt(dz ** 2 + dy ** 2 + dx ** 2)
+    body = np.clip(0.5 - (dist - 8.0) / h, 0, 1)            # a ball of 16 mm
+    core = np.clip(0.5 - (dist - 3.0) / h, 0, 1)            # ... with a 6 mm core
+    t = fine_truth(body, core, f, sp)
+    assert t["volume_mm3"] == pytest.approx(4 / 3 * np.pi * 8.0 ** 3, rel=0.02)
+    assert t["mean_diameter_mm"] == pytest.approx(16.0, abs=0.5)
+    assert t["core_volume_mm3"] == pytest.approx(4 / 3 * np.pi * 3.0 ** 3, rel=0.05)
+    assert t["core_mean_diameter_mm"] == pytest.approx(6.0, abs=0.5)
+    lung = np.ones((24, 30, 30), bool)
+    lung[:, :, 15:] = False                                  # the wall's place: half the ball
+    half = fine_truth(body, None, f, sp, lung)
+    assert half["volume_mm3"] == pytest.approx(t["volume_mm3"] / 2, rel=0.03)
+    assert "core_volume_mm3" not in half
+
+
+def test_inserted_lesions_carry_their_drawn_truth(substrate):
+    specs = [LesionSpec("solid", "round", "isolated", 10.0, 0), LesionSpec("part_solid", "round", "isolated", 14.0, 1),
+             LesionSpec("solid", "round", "juxta_pleural", 12.0, 2)]
+    _, placed, _ = insert_lesions(substrate, "left", specs, np.random.default_rng(4))
+    assert len(placed) == 3
+    by_kind = {(p.spec.kind, p.spec.location): p for p in placed}
+    iso = by_kind[("solid", "isolated")].design["truth"]
+    assert iso["volume_mm3"] == pytest.approx(np.pi * 10.0 ** 3 / 6, rel=0.05)
+    assert iso["mean_diameter_mm"] == pytest.approx(10.0, abs=1.0)
+    ps = by_kind[("part_solid", "isolated")]
+    assert 0 < ps.design["truth"]["core_volume_mm3"] < ps.design["truth"]["volume_mm3"]
+    jp = by_kind[("solid", "juxta_pleural")]
+    d = jp.spec.diameter_mm
+    assert jp.design["truth"]["volume_mm3"] < 0.97 * np.pi * d ** 3 / 6     # less the part in the wall's place

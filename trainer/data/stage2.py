@@ -39,7 +39,7 @@ import numpy as np
 from noduleflow.engine import ConfigError
 from noduleflow.engine.config import DetectorConfig
 from noduleflow.engine.context import ContextVolume
-from noduleflow.engine.contract import Stage1Spec
+from noduleflow.engine.contract import GGO_METHODS, Stage1Spec
 from noduleflow.engine.detector import Detector
 from noduleflow.engine.fileio import atomic_path
 from noduleflow.engine.io import load_volume
@@ -237,6 +237,10 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true",
                     help="the next package's whole stage 1 (blobs 150, subsolid 50, pleural 10, ground-glass 25) "
                          "with every supplementary pass's negatives")
+    ap.add_argument("--ggo-method", choices=GGO_METHODS, default=FULL_STAGE1.ggo_method,
+                    help="with --full: the ground-glass pass's method (default %(default)s, as the shipped package)")
+    ap.add_argument("--ggo-candidates", type=int, default=FULL_STAGE1.ggo_candidates, metavar="N",
+                    help="with --full: at most N ground-glass candidates per scan (default %(default)s)")
     a = ap.parse_args(argv)
     if a.source:
         a.seeds = a.seeds if a.seeds != ["train", "validation"] else ["0-999999"]
@@ -253,7 +257,8 @@ def main(argv=None) -> int:
         spec = Stage2DataSpec(stage1=replace(supplement, subsolid_candidates=50, wall_candidates=a.wall),
                               jittered_per_nodule=0, source=3)
     elif a.full:
-        spec = Stage2DataSpec(stage1=FULL_STAGE1, supplement_negatives=True)
+        spec = Stage2DataSpec(stage1=replace(FULL_STAGE1, ggo_method=a.ggo_method, ggo_candidates=a.ggo_candidates),
+                              supplement_negatives=True)
     else:
         blob = {} if a.min_response is None else {"blob_min_response": a.min_response}
         spec = Stage2DataSpec(stage1=Stage1Spec(generator=a.generator, max_candidates=a.max_candidates, **blob))

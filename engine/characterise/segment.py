@@ -14,10 +14,15 @@ Gaussian (noise) so that thresholds meet edges at their half-maximum:
    off), then grown back by the same radius within the thresholded voxels (the margin's detail
    returns, the vessels do not), holes filled slice by slice (cavities belong to the lesion).
 5. Type: no voxel near the seed reaches ``solid_hu`` (-300): ground glass, the region at half way
-   from ``bg`` to its own level. Else the solid region at ``solid_hu``; the ring 1.5-3 mm around it
-   tells glass (its median well above ``bg``: part-solid, the whole lesion at half way to the
-   glass) from lung (solid, the whole lesion at half way to the solid level). Calcified: at least
-   ``calcified_fraction`` of the lesion above ``calcified_hu`` (200).
+   from ``bg`` to its own level. That level is the median of 1 mm shell medians around the seed out
+   to where they fall below half way (vessels and texture inside the glass do not raise it), and a
+   large lesion is segmented smoothed by 0.1 x its radius (at most 1 mm), so that its texture does
+   not break it into pieces. Else the solid region at ``solid_hu``; the ring 1.8-3 mm around it
+   (in plane) tells glass from lung: its median at least 75 HU and 1.2 x the noise above ``bg``
+   (below 150 HU, the ring 3-4.5 mm out must keep 40 % of that: a solid lesion's blurred edge does
+   not reach so far) is part-solid, the whole lesion at half way to the glass (smoothed like ground
+   glass of its size); else solid, the whole lesion at half way to the solid level. Calcified: at
+   least ``calcified_fraction`` of the lesion above ``calcified_hu`` (200).
 """
 from __future__ import annotations
 
@@ -50,9 +55,15 @@ class CharacteriseParams:
     wall_close_mm: float = 12.0         # closing radius of the lung's air (the wall's surface)
     wall_close_max_mm: float = 20.0     # ... and its largest, for a large lesion
     open_share: float = 0.8             # vessel cut: opening radius / the lesion's inscribed radius
-    glass_contrast_hu: float = 110.0    # glass: at least this far above the parenchyma
+    glass_smooth_share: float = 0.1     # ground glass is segmented smoothed by this x its radius (mm) ...
+    glass_smooth_max_mm: float = 1.0    # ... at most this, at least smooth_mm
+    glass_contrast_hu: float = 75.0     # glass: at least this far above the parenchyma ...
+    glass_noise_factor: float = 1.2     # ... and this x the parenchyma's noise (its MAD x 1.4826); below
+    glass_clear_hu: float = 150.0       # this, the glass goes on in the ring farther out ...
+    glass_far_share: float = 0.4        # ... at least this share of the ring's contrast
     solid_level_min_hu: float = -100.0  # a solid lesion's level (its solid part's 90th percentile) at least this
     ring_mm: tuple = (1.8, 3.0)         # glass is looked for this far (in plane) from the solid part
+    ring_far_mm: tuple = (3.0, 4.5)     # ... and, when faint, this far
     reach_share: float = 2.2            # a region reaches no farther from the seed than this x its inscribed
                                         # radius + 1.5 mm (an ellipsoid of axes 1 : 2.5 fits)
     ray_keep: float = 1.25              # attachments: rays beyond this x the fitted outline (0: no ray cut)
@@ -202,6 +213,28 @@ def _extent_mm(sm, seed, spacing, level) -> float:
     return float(2.0 * np.median(t[np.clip(stop, 0, len(t) - 1)]))
 
 
+def _plateau_level(sm, inside, seed, spacing, bg, start, shell_mm: float = 1.0, rounds: int = 4):
+    """(level HU, radius mm) of a ground-glass lesion: the level is the median of the medians of
+    1 mm shells around ``seed`` (inside the lung) out to the radius where they fall below half way
+    from ``bg`` to that level, found by repeating from ``start``. Shell medians step over the vessels
+    and the texture that a threshold at the lesion's peak would follow."""
+    g = np.ogrid[tuple(slice(0, n) for n in sm.shape)]
+    d = np.sqrt(sum(((g[i] - seed[i]) * spacing[i]) ** 2 for i in range(3)))
+    k = (d / shell_mm).astype(np.int64)
+    sel = inside & (k < 64)
+    kk, vv = k[sel], sm[sel]
+    order = np.argsort(kk, kind="stable")
+    kk, vv = kk[order], vv[order]
+    edges = np.searchsorted(kk, np.arange(kk.max(initial=0) + 2))
+    med = np.array([np.median(vv[a:b]) if b - a >= 3 else np.nan for a, b in zip(edges[:-1], edges[1:])])
+    level, n = float(start), 1
+    for _ in range(rounds):
+        below = np.flatnonzero(~(med >= bg + 0.5 * (level - bg)))
+        n = max(int(below[0]) if below.size else len(med), 1)
+        level = float(np.nanmedian(med[:n]))
+    return level, n * shell_mm
+
+
 def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_zyx, params=None, *,
                  size_hint_mm: float | None = None, location: Location | None = None) -> Finding:
     """Segment, measure and type the lesion at ``center_zyx``.
@@ -253,8 +286,11 @@ def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_z
         first, _, _ = cr.region(bg + 0.5 * (peak - bg))
         if first is None:
             return _empty(center_zyx, spacing, location, "no region at the point")
-        level = float(np.median(sm[first]))
-        whole, holes, r_open = cr.region(bg + 0.5 * (level - bg))
+        level, radius_mm = _plateau_level(sm, inside, seed, spacing, bg, float(np.median(sm[first])))
+        # a large lesion's texture breaks a threshold at half its contrast into pieces: smooth it more
+        sigma = float(np.clip(radius_mm * p.glass_smooth_share, p.smooth_mm, p.glass_smooth_max_mm))
+        gcr = cr if sigma <= p.smooth_mm else _Crop(gaussian_smooth(raw, sigma, spacing), inside, seed, spacing, p)
+        whole, holes, r_open = gcr.region(bg + 0.5 * (level - bg))
         kind = "ground_glass"
     else:
         # a ring around the solid part, in plane (slices are thicker than pixels), beyond its blurred edge
@@ -264,9 +300,25 @@ def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_z
         ring[area < 0.5 * area.max()] = False   # the solid's end slices: partial volume, not glass
         glass_level = float(np.median(sm[ring])) if ring.sum() > 10 else bg
         noise = float(1.4826 * np.median(np.abs(par - np.median(par)))) if par.size > 50 else 30.0
-        if glass_level - bg >= max(p.glass_contrast_hu, 3.0 * noise):
+        contrast = glass_level - bg
+        if p.glass_contrast_hu <= contrast < p.glass_clear_hu:
+            # a faint ring: glass goes on farther out, the blurred edge of a solid lesion does not
+            far = (d_solid > p.ring_far_mm[0]) & (d_solid <= p.ring_far_mm[1]) & inside & (sm < p.solid_hu)
+            far[area < 0.5 * area.max()] = False
+            far_contrast = float(np.median(sm[far])) - bg if far.sum() > 10 else 0.0
+            if far_contrast < p.glass_far_share * contrast:
+                contrast = 0.0
+        if contrast >= max(p.glass_contrast_hu, p.glass_noise_factor * noise):
             level = float(np.percentile(sm[ring & (sm > bg + 0.5 * (glass_level - bg))], 50))
-            whole, holes, r_open = cr.region(bg + 0.5 * (min(level, p.solid_hu) - bg))
+            threshold = bg + 0.5 * (min(level, p.solid_hu) - bg)
+            whole, holes, r_open = cr.region(threshold)
+            if whole is not None:   # a large glass halo: again, smoothed as a ground-glass lesion of its size
+                radius_mm = float((3.0 * whole.sum() * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0))
+                sigma = float(np.clip(radius_mm * p.glass_smooth_share, p.smooth_mm, p.glass_smooth_max_mm))
+                if sigma > p.smooth_mm:
+                    again = _Crop(gaussian_smooth(raw, sigma, spacing), inside, seed, spacing, p).region(threshold)
+                    if again[0] is not None:
+                        whole, holes, r_open = again
             kind = "part_solid"
             if whole is not None:
                 whole |= solid

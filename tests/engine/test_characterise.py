@@ -231,3 +231,41 @@ def test_lung_mask_on_matches_the_world_round_trip():
     want[ok] = mask[src[ok][:, 0], src[ok][:, 1], src[ok][:, 2]]
     got = lung_mask_on(vol, box, mvol, mask)
     assert got.shape == want.shape and np.array_equal(got, want) and 0 < got.mean() < ok.mean()
+
+
+def _texture(rng, sigma_mm=1.5, amp=60.0):
+    from noduleflow.engine.characterise.distance import gaussian_smooth
+    t = gaussian_smooth(rng.normal(0, 1, SHAPE).astype(np.float32), sigma_mm, SPACING)
+    return amp * t / t.std()
+
+
+def test_a_large_textured_ground_glass_lesion_with_a_vessel_through_it():
+    # glass 130 HU above the lung, its texture +-40 HU, a vessel along z through it: a threshold at
+    # half way to its peak (on the texture) would keep a fragment of it
+    r = 10.0
+    z, y, x = _coords()
+    hu, rng, noise = _scene(8)
+    inside = np.clip(0.5 - _sphere_sd(r) / 2.0, 0.0, 1.0)
+    hu += inside * (130.0 + _texture(rng, amp=40.0))
+    _paint(hu, np.sqrt(y ** 2 + (x - 5.0) ** 2) - 1.2, 40.0)
+    f = characterise(_finish(hu, rng, noise), SPACING, LUNG, CENTRE)
+    true_v = 4 / 3 * np.pi * r ** 3
+    assert f.segmented and f.type == "ground_glass"
+    assert abs(f.volume_mm3 - true_v) / true_v < 0.25, (f.volume_mm3, true_v)
+    assert f.mean_diameter_mm == pytest.approx(2 * r, abs=2.0)
+
+
+def test_a_faint_glass_halo_is_part_solid_and_a_blurred_solid_edge_is_not():
+    r = 7.0
+    hu, rng, noise = _scene(9)
+    _paint(hu, _sphere_sd(r), -760.0)                 # glass 90 HU above the lung
+    _paint(hu, _sphere_sd(3.0), 30.0)
+    f = characterise(_finish(hu, rng, noise), SPACING, LUNG, CENTRE)
+    assert f.type == "part_solid", f.note
+    assert f.mean_diameter_mm == pytest.approx(2 * r, abs=1.5)
+    from noduleflow.engine.characterise.distance import gaussian_smooth
+    hu, rng, noise = _scene(10)
+    _paint(hu, _sphere_sd(5.0), 30.0)
+    hu = gaussian_smooth(hu.astype(np.float32), 1.2, SPACING)   # a soft reconstruction: a long edge
+    f = characterise(_finish(hu, rng, noise), SPACING, LUNG, CENTRE)
+    assert f.type == "solid", f.note

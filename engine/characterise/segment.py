@@ -218,6 +218,7 @@ def _plateau_level(sm, inside, seed, spacing, bg, start, shell_mm: float = 1.0, 
     1 mm shells around ``seed`` (inside the lung) out to the radius where they fall below half way
     from ``bg`` to that level, found by repeating from ``start``. Shell medians step over the vessels
     and the texture that a threshold at the lesion's peak would follow."""
+    shell_mm = max(shell_mm, max(spacing))   # each shell holds voxels on thick slices too
     g = np.ogrid[tuple(slice(0, n) for n in sm.shape)]
     d = np.sqrt(sum(((g[i] - seed[i]) * spacing[i]) ** 2 for i in range(3)))
     k = (d / shell_mm).astype(np.int64)
@@ -229,9 +230,12 @@ def _plateau_level(sm, inside, seed, spacing, bg, start, shell_mm: float = 1.0, 
     med = np.array([np.median(vv[a:b]) if b - a >= 3 else np.nan for a, b in zip(edges[:-1], edges[1:])])
     level, n = float(start), 1
     for _ in range(rounds):
-        below = np.flatnonzero(~(med >= bg + 0.5 * (level - bg)))
+        below = np.flatnonzero(med < bg + 0.5 * (level - bg))   # a shell too small to tell (nan) is not
         n = max(int(below[0]) if below.size else len(med), 1)
-        level = float(np.nanmedian(med[:n]))
+        inner = med[:n][np.isfinite(med[:n])]
+        if not inner.size:
+            break
+        level = float(np.median(inner))
     return level, n * shell_mm
 
 

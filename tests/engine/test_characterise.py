@@ -269,3 +269,18 @@ def test_a_faint_glass_halo_is_part_solid_and_a_blurred_solid_edge_is_not():
     hu = gaussian_smooth(hu.astype(np.float32), 1.2, SPACING)   # a soft reconstruction: a long edge
     f = characterise(_finish(hu, rng, noise), SPACING, LUNG, CENTRE)
     assert f.type == "solid", f.note
+
+
+@pytest.mark.parametrize("r", [3.0, 6.5])
+def test_ground_glass_on_thick_slices(r):
+    # 2 mm slices, 1.25 mm pixels: the level's innermost shells hold few voxels
+    sp, shape = (2.0, 1.25, 1.25), (24, 48, 48)
+    g = np.indices(shape).astype(np.float64)
+    c = (np.asarray(shape) - 1) / 2
+    sd = np.sqrt(sum(((g[i] - c[i]) * sp[i]) ** 2 for i in range(3))) - r
+    rng = np.random.default_rng(11)
+    hu = -850.0 + np.clip(0.5 - sd / 0.7, 0.0, 1.0) * 250.0 + rng.normal(0, 15.0, shape)
+    f = characterise(hu.astype(np.float32), sp, np.ones(shape, bool), c)
+    true_v = 4 / 3 * np.pi * r ** 3
+    assert f.segmented and f.type == "ground_glass", f.note
+    assert abs(f.volume_mm3 - true_v) / true_v < 0.3, (f.volume_mm3, true_v)

@@ -255,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
         cases = _phantom_cases(seeds, args.generator)
         if args.repeatability:
             reps = _phantom_cases(seeds, args.generator, noise_seed=1)
-        name = args.name or f"{args.generator}_{args.seed}-{args.seed + args.scans - 1}"
+        name = args.name or (f"{args.generator}_{args.seed}-{args.seed + args.scans - 1}"
+                             + ("_repeatability" if args.repeatability else ""))
         cmd = (f"noduleflow bench characterise --generator {args.generator} --seed {args.seed} --scans {args.scans}"
                + (" --repeatability" if args.repeatability else ""))
         truth = ("truth: each lesion's drawn shape (its half-contrast surface on a fine grid, less any part in the "

@@ -21,8 +21,10 @@ def register(sub) -> None:
                     "its diameter and volume change, volume-doubling time (from the StudyDates, or "
                     "--interval-days) and the Lung-RADS v2022 follow-up category: a proposal for a reader "
                     "to confirm, not a diagnosis. Writes OUT/follow.json, OUT/follow.csv, OUT/pair_<n>.png "
-                    "(prior and current crops with contours, per matched nodule) and each scan's "
-                    "detections (OUT/prior_detections.json, OUT/current_detections.json).")
+                    "(prior and current crops with contours, per matched nodule), each scan's "
+                    "detections (OUT/prior_detections.json, OUT/current_detections.json) and, for a DICOM "
+                    "current scan, OUT/follow_sr.dcm (TID 1500; a matched nodule keeps the prior report's "
+                    "tracking UID).")
     p.add_argument("prior", metavar="PRIOR")
     p.add_argument("current", metavar="CURRENT")
     p.add_argument("--out", default="noduleflow-follow", help="output folder (default ./noduleflow-follow)")
@@ -38,6 +40,10 @@ def register(sub) -> None:
     p.add_argument("--min-prob", type=float, default=0.0, metavar="P",
                    help="findings below this probability take no part (default 0)")
     p.add_argument("--no-png", action="store_true", help="skip the pictures")
+    p.add_argument("--no-sr", action="store_true",
+                   help="skip OUT/follow_sr.dcm, the DICOM SR of the current scan that tracks each nodule by the "
+                        "prior report's UID (written when CURRENT is a DICOM series and the 'serve' extra is "
+                        "installed)")
     add_model_options(p)
     add_detector_options(p, defaults={"characterise_top": 10})
     p.set_defaults(func=run)
@@ -73,6 +79,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {printable(w)}")
     for line in res.table():
         print(line)
-    written = res.save(out, png=not args.no_png)
+    written = res.save(out, png=not args.no_png, sr=None if args.no_sr else _sr_bytes(res))
     print(f"wrote {printable(out)}: " + ", ".join(sorted(p.name for p in written.values())))
     return 0
+
+
+def _sr_bytes(res) -> bytes | None:
+    """The follow-up SR, encoded; None (with the reason printed) when it cannot be written."""
+    import io
+
+    from noduleflow.engine import __version__
+    from noduleflow.engine.errors import ConfigError
+    from noduleflow.engine.extras import require_extra
+    from noduleflow.follow.sr import build_follow_sr, series_headers
+
+    try:
+        require_extra("serve", "the follow-up SR")
+        tp = res.current_tp
+        evidence = series_headers(tp.volume) if tp is not None else []
+        sr = build_follow_sr(res, evidence, model_id=tp.detections.model_id if tp is not None else "",
+                             engine_version=__version__)
+    except ConfigError as e:
+        print(f"no follow_sr.dcm: {e}")
+        return None
+    buf = io.BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

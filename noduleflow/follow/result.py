@@ -135,11 +135,12 @@ class FollowResult:
             w.writerow([csv_cell(v) for v in f.row(i)])
         return buf.getvalue()
 
-    def save(self, folder, png: bool = True, detections: bool = True) -> dict:
+    def save(self, folder, png: bool = True, detections: bool = True, sr: bytes | None = None) -> dict:
         """Write ``follow.json``, ``follow.csv``, one ``pair_<n>.png`` per matched nodule (``png``;
         n: its index in ``findings``, 1-based) and, with ``detections``, each time point's
         detections as ``prior_detections.json`` / ``current_detections.json`` (a later follow-up
-        can take the current one as its prior) into ``folder``: all or nothing, files 0600
+        can take the current one as its prior) and, given ``sr`` (the encoded follow-up SR,
+        `noduleflow.follow.sr`), ``follow_sr.dcm`` into ``folder``: all or nothing, files 0600
         (`engine.results.ResultFolder`). -> {name: path}."""
         out = {}
         with ResultFolder(folder) as rf:
@@ -150,6 +151,8 @@ class FollowResult:
                     if ff.status == "matched":
                         out[f"pair_{n}"] = rf.write(f"pair_{n}.png", _png(pair_image(ff, self.prior_tp,
                                                                                      self.current_tp)))
+            if sr is not None:
+                out["sr"] = rf.write("follow_sr.dcm", sr)
             if detections:
                 for role, tp in (("prior", self.prior_tp), ("current", self.current_tp)):
                     if tp is not None:

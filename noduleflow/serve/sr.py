@@ -50,11 +50,17 @@ def _with_type2(ds):
 
 
 def build_sr(detections, evidence, *, model_id: str, engine_version: str, device_uid: str | None = None,
-             complete: bool = True, previous=None):
+             complete: bool = True, previous=None, tracking=None, extra=None, extra_groups=None,
+             description: str | None = None):
     """``evidence``: the source CT instances' headers (pydicom Datasets, pixel data not needed).
     ``complete``: whether the series is known to be whole; False gives CompletionFlag PARTIAL
     (a series whose sender was cut off). ``previous``: the SR this one supersedes (an earlier
-    version of the series), referenced as its predecessor document. Returns a highdicom
+    version of the series), referenced as its predecessor document. ``tracking``: {candidate
+    index (0-based): (tracking UID, identifier)} in place of a characterised finding's own (a
+    follow-up gives a matched nodule the prior report's UID); ``extra``: {candidate index:
+    callable (highdicom module, algorithm id) -> (measurements, qualitative evaluations)} added
+    to its group; ``extra_groups``: callable
+    (highdicom module, algorithm id) -> more groups at the end. Returns a highdicom
     ``Comprehensive3DSR``."""
     import highdicom as hd
     import numpy as np
@@ -92,13 +98,20 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
         if characterised:
             measurements += _finding_measurements(hd, codes, f, algorithm)
             qualitative = _finding_evaluations(hd, f)
-        if f is not None:
-            tracking = hd.sr.TrackingIdentifier(uid=tracking_uid(detections.series_uid, i - 1, c.center_xyz_mm),
-                                                identifier=f"finding {i}")
+        if tracking and (i - 1) in tracking:
+            uid, name = tracking[i - 1]
+            track = hd.sr.TrackingIdentifier(uid=uid, identifier=name)
+        elif f is not None:
+            track = hd.sr.TrackingIdentifier(uid=tracking_uid(detections.series_uid, i - 1, c.center_xyz_mm),
+                                             identifier=f"finding {i}")
         else:
-            tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"candidate {i}")
+            track = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"candidate {i}")
+        if extra and (i - 1) in extra:
+            more_m, more_q = extra[i - 1](hd, algorithm)
+            measurements += more_m
+            qualitative += more_q
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
+            tracking_identifier=track,
             referenced_volume_surface=surface,
             finding_type=codes.SCT.Nodule,
             finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
@@ -113,9 +126,11 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
                 uid=generate_uid(entropy_srcs=[detections.series_uid, "lung-rads"]), identifier="Lung-RADS"),
             algorithm_id=algorithm,
             qualitative_evaluations=[
-                _evaluation(hd, "LungRADS", "Lung-RADS v2022 category (proposal)", lr.category),
-                _evaluation(hd, "LungRADSDriver", "Finding that drives the category", driver),
-                _evaluation(hd, "Note", "Note", lr.note)]))
+                private_evaluation(hd, "LungRADS", "Lung-RADS v2022 category (proposal)", lr.category),
+                private_evaluation(hd, "LungRADSDriver", "Finding that drives the category", driver),
+                private_evaluation(hd, "Note", "Note", lr.note)]))
+    if extra_groups is not None:
+        groups += extra_groups(hd, algorithm)
     if not groups:   # TID 1500 needs one group: say "Nodule: absent" for the series (TID 1501)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="no candidates"),
@@ -128,17 +143,18 @@ def build_sr(detections, evidence, *, model_id: str, engine_version: str, device
     return hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="noduleflow",
-        series_description=f"noduleflow nodule candidates ({model_id})", is_complete=bool(complete),
+        series_description=description or f"noduleflow nodule candidates ({model_id})", is_complete=bool(complete),
         previous_versions=[previous] if previous is not None else None)
 
 
-def _code(hd, value: str, meaning: str):
+def private_code(hd, value: str, meaning: str):
     return hd.sr.CodedConcept(value[:16], PRIVATE_SCHEME, meaning[:64])
 
 
-def _evaluation(hd, name: str, meaning: str, value: str):
+def private_evaluation(hd, name: str, meaning: str, value: str):
     """A TID 1500 qualitative evaluation in the private scheme: ``meaning`` = ``value``."""
-    return hd.sr.QualitativeEvaluation(_code(hd, name, meaning), _code(hd, str(value).replace(" ", "_"), str(value)))
+    return hd.sr.QualitativeEvaluation(private_code(hd, name, meaning),
+                                       private_code(hd, str(value).replace(" ", "_"), str(value)))
 
 
 def _finding_measurements(hd, codes, f, algorithm) -> list:
@@ -152,26 +168,27 @@ def _finding_measurements(hd, codes, f, algorithm) -> list:
            m(codes.SCT.LongAxis, f.long_axis_mm, mm), m(codes.SCT.ShortAxis, f.short_axis_mm, mm),
            m(codes.SCT.Diameter, f.mean_diameter_mm, mm, codes.SCT.Mean)]
     if f.solid_core_mean_diameter_mm is not None:
-        out.append(m(_code(hd, "SolidCoreDiam", "Solid component mean diameter"), f.solid_core_mean_diameter_mm, mm))
-    out += [m(_code(hd, "MeanHU", "Mean attenuation"), f.mean_hu, hu),
-            m(_code(hd, "MaxHU", "Maximum attenuation"), f.max_hu, hu)]
+        out.append(m(private_code(hd, "SolidCoreDiam", "Solid component mean diameter"),
+                     f.solid_core_mean_diameter_mm, mm))
+    out += [m(private_code(hd, "MeanHU", "Mean attenuation"), f.mean_hu, hu),
+            m(private_code(hd, "MaxHU", "Maximum attenuation"), f.max_hu, hu)]
     return out
 
 
 def _finding_evaluations(hd, f) -> list:
     yes = {True: "present", False: "absent"}
-    out = [_evaluation(hd, "NoduleType", "Nodule type", f.type),
-           _evaluation(hd, "Calcification", "Calcification", f.calcification),
-           _evaluation(hd, "Spiculation", "Spiculation", yes[f.spiculation]),
-           _evaluation(hd, "Lobulation", "Lobulation", yes[f.lobulation]),
-           _evaluation(hd, "Cavity", "Cavity", yes[f.cavity]),
-           _evaluation(hd, "JuxtaPleural", "Juxta-pleural", yes[f.juxta_pleural]),
-           _evaluation(hd, "JuxtaVascular", "Juxta-vascular", yes[f.juxta_vascular])]
+    out = [private_evaluation(hd, "NoduleType", "Nodule type", f.type),
+           private_evaluation(hd, "Calcification", "Calcification", f.calcification),
+           private_evaluation(hd, "Spiculation", "Spiculation", yes[f.spiculation]),
+           private_evaluation(hd, "Lobulation", "Lobulation", yes[f.lobulation]),
+           private_evaluation(hd, "Cavity", "Cavity", yes[f.cavity]),
+           private_evaluation(hd, "JuxtaPleural", "Juxta-pleural", yes[f.juxta_pleural]),
+           private_evaluation(hd, "JuxtaVascular", "Juxta-vascular", yes[f.juxta_vascular])]
     if f.location is not None:
-        out += [_evaluation(hd, "Side", "Lung side", f.location.side),
-                _evaluation(hd, "Zone", "Lung zone", f.location.zone)]
+        out += [private_evaluation(hd, "Side", "Lung side", f.location.side),
+                private_evaluation(hd, "Zone", "Lung zone", f.location.zone)]
     if f.lung_rads is not None:
-        out.append(_evaluation(hd, "LungRADS", "Lung-RADS v2022 category (proposal)", f.lung_rads))
+        out.append(private_evaluation(hd, "LungRADS", "Lung-RADS v2022 category (proposal)", f.lung_rads))
     return out
 
 

@@ -132,6 +132,7 @@ def test_cli_on_result_jsons(pair, pair_detections, tmp_path, capsys):
     assert {f["prior_tracking_uid"] for f in d["findings"] if f["prior_tracking_uid"]} <= prior_uids
     rc = main(["follow", str(paths[0]), str(tmp_path / "missing"), "--out", str(tmp_path / "out2")])
     assert rc == 2 and "current scan" in capsys.readouterr().err
+    assert "no follow_sr.dcm: a follow-up SR needs the current scan as a DICOM series" in text
 
 
 def test_study_date_from_dicom_headers(tmp_path):
@@ -166,3 +167,91 @@ def test_detector_end_to_end(pair):
     assert not at("stable", "matched").growing
     at("new", "new")
     at("resolved", "resolved")
+
+
+def _sr_groups(path):
+    """[(tracking UID, identifier, {concept meaning: value})] of each measurement group of an SR."""
+    ds = pydicom.dcmread(path)
+    out = []
+
+    def walk(items):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
+            if name in ("Volumetric ROI Measurements", "Measurement Group"):
+                uid = ident = None
+                values = {}
+                for sub in it.ContentSequence:
+                    m = sub.ConceptNameCodeSequence[0].CodeMeaning
+                    if sub.ValueType == "UIDREF" and m == "Tracking Unique Identifier":
+                        uid = str(sub.UID)
+                    elif sub.ValueType == "TEXT" and m == "Tracking Identifier":
+                        ident = str(sub.TextValue)
+                    elif sub.ValueType == "NUM":
+                        values[m] = float(sub.MeasuredValueSequence[0].NumericValue)
+                    elif sub.ValueType == "CODE":
+                        values[m] = sub.ConceptCodeSequence[0].CodeMeaning
+                out.append((uid, ident, values))
+            elif "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(ds.ContentSequence)
+    return out
+
+
+def test_follow_sr_tracks_each_nodule_by_the_prior_uid(pair, pair_detections, tmp_path):
+    pytest.importorskip("highdicom")
+    from noduleflow.follow.sr import build_follow_sr, series_headers
+
+    res = follow(*pair_detections, interval_days=INTERVAL_DAYS)
+    cur = res.current_tp.volume
+    write_dicom_series(cur, tmp_path / "ct", series_uid=cur.series_uid)
+    evidence = series_headers(load_volume(tmp_path / "ct"))
+    assert len(evidence) == cur.shape[0] and all("PixelData" not in ds for ds in evidence)
+    assert series_headers(load_volume(save_volume(cur, tmp_path / "cur.mha"))) == []   # not DICOM: none
+    with pytest.raises(ConfigError, match="DICOM series"):
+        build_follow_sr(res, [], model_id="m", engine_version="0")
+    sr = build_follow_sr(res, evidence, model_id="m", engine_version="0")
+    sr.save_as(tmp_path / "follow_sr.dcm", enforce_file_format=True)
+    groups = _sr_groups(tmp_path / "follow_sr.dcm")
+    by_uid = {uid: (ident, values) for uid, ident, values in groups}
+    matched, new, resolved = res.of_status("matched"), res.of_status("new"), res.of_status("resolved")
+    assert matched and new and resolved
+    for ff in matched:   # the prior report's UID, the changes beside
+        ident, values = by_uid[ff.prior_tracking_uid]
+        assert ident == f"finding {ff.current_rank} (prior finding {ff.prior_rank})"
+        assert values["Follow-up status"] == "matched"
+        assert values["Volume change"] == pytest.approx(ff.volume_change_pct, abs=0.01)
+        assert ff.current_tracking_uid not in by_uid
+    for ff in new:
+        assert by_uid[ff.current_tracking_uid][1]["Follow-up status"] == "new"
+    for ff in resolved:   # a group of its own, no geometry in this scan
+        ident, values = by_uid[ff.prior_tracking_uid]
+        assert ident == f"prior finding {ff.prior_rank}" and values == {"Follow-up status": "resolved"}
+    ds = pydicom.dcmread(tmp_path / "follow_sr.dcm")
+    assert ds.SeriesDescription == "noduleflow nodule follow-up"
+    assert ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID == \
+        evidence[0].SeriesInstanceUID
+    out = res.save(tmp_path / "out", png=False, sr=(tmp_path / "follow_sr.dcm").read_bytes())
+    assert out["sr"].name == "follow_sr.dcm" and out["sr"].stat().st_size > 1000
+
+
+def test_cli_on_dicom_series_writes_the_follow_sr(pair, tmp_path, capsys):
+    pytest.importorskip("highdicom")
+    dirs = []
+    for role, vol, date in (("prior", pair.prior, "20230101"), ("current", pair.current, "20230301")):
+        for f in write_dicom_series(vol, tmp_path / role):
+            ds = pydicom.dcmread(f)
+            ds.StudyDate = date
+            ds.save_as(f)
+        dirs.append(str(tmp_path / role))
+    rc = main(["follow", *dirs, "--out", str(tmp_path / "out"), "--no-png", "--transform", "rigid"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    d = json.loads((tmp_path / "out" / "follow.json").read_text())
+    assert d["interval_days"] == 59 and "follow_sr.dcm" in text
+    groups = _sr_groups(tmp_path / "out" / "follow_sr.dcm")
+    uids = {uid for uid, _, _ in groups}
+    matched = [f for f in d["findings"] if f["status"] == "matched"]
+    assert matched and all(f["prior_tracking_uid"] in uids for f in matched)
+    rc = main(["follow", *dirs, "--out", str(tmp_path / "out2"), "--no-png", "--no-sr", "--transform", "rigid"])
+    assert rc == 0 and not (tmp_path / "out2" / "follow_sr.dcm").exists()

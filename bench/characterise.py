@@ -79,20 +79,19 @@ def _drawn_truth(les: dict) -> dict:
             "true_lung_rads": category(kind, t["mean_diameter_mm"], core)}
 
 
-def _has_drawn_truth(folder: Path) -> bool:
+def _drawn_lesions(folder: Path) -> list | None:
+    """The inserted lesions of a hybrid's ``lesions.json`` when each carries its drawn truth, else None."""
     drawn = folder / "lesions.json"
-    if not drawn.exists():
-        return False
-    lesions = json.loads(drawn.read_text())
-    return bool(lesions) and all("truth" in les for les in lesions)
+    lesions = json.loads(drawn.read_text()) if drawn.exists() else []
+    return lesions if lesions and all("truth" in les for les in lesions) else None
 
 
 def _source_cases(folder: Path, region_x):
     """(name, volume, truth dicts) per scan of a source folder. Hybrids whose ``lesions.json``
     carries each inserted lesion's drawn truth are measured against it (their real nodules have
     none and are left out); other folders against the drawn diameter of ``findings.csv``."""
-    if _has_drawn_truth(folder):
-        lesions = json.loads((folder / "lesions.json").read_text())
+    lesions = _drawn_lesions(folder)
+    if lesions is not None:
         for uid in sorted({les["seriesuid"] for les in lesions}):
             truth = [_drawn_truth(les) for les in lesions if les["seriesuid"] == uid
                      and (region_x is None or region_x[0] <= les["center_xyz_mm"][0] <= region_x[1])]
@@ -248,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         truth = ("truth: each inserted lesion's drawn shape (its half-occupancy surface on the fine grid it was drawn "
                  "on, less any part outside its lung; spicules and cavities included): volume, Lung-RADS mean diameter "
                  "on the scan's slices, solid core, category (noduleflow.synthetic.hybrid_lesions.fine_truth); the "
-                 "real nodules have none and are left out" if _has_drawn_truth(Path(args.source)) else
+                 "real nodules have none and are left out" if _drawn_lesions(Path(args.source)) is not None else
                  "truth: the drawn diameter d (volume pi d^3 / 6, mean diameter d; approximate for non-round shapes)")
     else:
         seeds = range(args.seed, args.seed + args.scans)

@@ -113,6 +113,16 @@ class _Crop:
     def __init__(self, sm, inside, seed, spacing, p):
         self.sm, self.inside, self.seed, self.spacing, self.p = sm, inside, seed, spacing, p
 
+    def for_glass(self, raw, radius_mm: float) -> _Crop:
+        """This crop, or for glass of ``radius_mm`` large enough, the crop of ``raw`` smoothed by
+        ``glass_smooth_share`` x that radius (at most ``glass_smooth_max_mm``): a large lesion's
+        texture breaks a threshold at half its contrast into pieces."""
+        p = self.p
+        sigma = float(np.clip(radius_mm * p.glass_smooth_share, p.smooth_mm, p.glass_smooth_max_mm))
+        if sigma <= p.smooth_mm:
+            return self
+        return _Crop(gaussian_smooth(raw, sigma, self.spacing), self.inside, self.seed, self.spacing, p)
+
     def region(self, threshold):
         """(region, its holes, radius of the vessel cut mm) at ``threshold`` (module's step 4);
         (None, None, 0) when nothing at the seed passes it."""
@@ -291,24 +301,25 @@ def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_z
         if first is None:
             return _empty(center_zyx, spacing, location, "no region at the point")
         level, radius_mm = _plateau_level(sm, inside, seed, spacing, bg, float(np.median(sm[first])))
-        # a large lesion's texture breaks a threshold at half its contrast into pieces: smooth it more
-        sigma = float(np.clip(radius_mm * p.glass_smooth_share, p.smooth_mm, p.glass_smooth_max_mm))
-        gcr = cr if sigma <= p.smooth_mm else _Crop(gaussian_smooth(raw, sigma, spacing), inside, seed, spacing, p)
-        whole, holes, r_open = gcr.region(bg + 0.5 * (level - bg))
+        whole, holes, r_open = cr.for_glass(raw, radius_mm).region(bg + 0.5 * (level - bg))
         kind = "ground_glass"
     else:
         # a ring around the solid part, in plane (slices are thicker than pixels), beyond its blurred edge
         d_solid = distance_mm(~solid, (1e3, spacing[1], spacing[2]))
-        ring = (d_solid > p.ring_mm[0]) & (d_solid <= p.ring_mm[1]) & inside & (sm < p.solid_hu)   # glass is not solid
         area = solid.sum(axis=(1, 2))
-        ring[area < 0.5 * area.max()] = False   # the solid's end slices: partial volume, not glass
+
+        def ring_at(mm):
+            r = (d_solid > mm[0]) & (d_solid <= mm[1]) & inside & (sm < p.solid_hu)   # glass is not solid
+            r[area < 0.5 * area.max()] = False   # the solid's end slices: partial volume, not glass
+            return r
+
+        ring = ring_at(p.ring_mm)
         glass_level = float(np.median(sm[ring])) if ring.sum() > 10 else bg
         noise = float(1.4826 * np.median(np.abs(par - np.median(par)))) if par.size > 50 else 30.0
         contrast = glass_level - bg
         if p.glass_contrast_hu <= contrast < p.glass_clear_hu:
             # a faint ring: glass goes on farther out, the blurred edge of a solid lesion does not
-            far = (d_solid > p.ring_far_mm[0]) & (d_solid <= p.ring_far_mm[1]) & inside & (sm < p.solid_hu)
-            far[area < 0.5 * area.max()] = False
+            far = ring_at(p.ring_far_mm)
             far_contrast = float(np.median(sm[far])) - bg if far.sum() > 10 else 0.0
             if far_contrast < p.glass_far_share * contrast:
                 contrast = 0.0
@@ -317,10 +328,9 @@ def characterise(hu: np.ndarray, spacing_zyx_mm, lung_mask: np.ndarray, center_z
             threshold = bg + 0.5 * (min(level, p.solid_hu) - bg)
             whole, holes, r_open = cr.region(threshold)
             if whole is not None:   # a large glass halo: again, smoothed as a ground-glass lesion of its size
-                radius_mm = float((3.0 * whole.sum() * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0))
-                sigma = float(np.clip(radius_mm * p.glass_smooth_share, p.smooth_mm, p.glass_smooth_max_mm))
-                if sigma > p.smooth_mm:
-                    again = _Crop(gaussian_smooth(raw, sigma, spacing), inside, seed, spacing, p).region(threshold)
+                gcr = cr.for_glass(raw, float((3.0 * whole.sum() * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0)))
+                if gcr is not cr:
+                    again = gcr.region(threshold)
                     if again[0] is not None:
                         whole, holes, r_open = again
             kind = "part_solid"

@@ -16,10 +16,9 @@ proposals for a reader to confirm, not a diagnosis.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from noduleflow.engine.errors import ConfigError
 
+from . import timepoint
 from .result import FollowResult
 
 DESCRIPTION = "noduleflow nodule follow-up"
@@ -28,23 +27,7 @@ DESCRIPTION = "noduleflow nodule follow-up"
 def series_headers(volume) -> list:
     """The headers (pydicom Datasets, no pixel data) of the DICOM files of ``volume``'s series
     under its ``meta["source"]``, sorted by InstanceNumber; [] when it was not read from DICOM."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    meta = getattr(volume, "meta", None) or {}
-    if meta.get("format") != "dicom" or not meta.get("source"):
-        return []
-    src = Path(meta["source"])
-    files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file()) if src.is_dir() else []
-    out = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError):
-            continue
-        if str(ds.get("SeriesInstanceUID", "")) == volume.series_uid:
-            out.append(ds)
-    return sorted(out, key=lambda d: int(d.get("InstanceNumber", 0) or 0))
+    return sorted(timepoint.series_headers(volume), key=lambda d: int(d.get("InstanceNumber", 0) or 0))
 
 
 def _changes(ff):

@@ -71,18 +71,27 @@ def study_date(volume: Volume) -> datetime.date | None:
     for key in ("StudyDate", "study_date"):
         if meta.get(key):
             return parse_date(meta[key])
+    for ds in series_headers(volume, limit=MAX_HEADERS_READ, tags=["SeriesInstanceUID", "StudyDate"]):
+        return parse_date(ds.get("StudyDate", ""))
+    return None
+
+
+def series_headers(volume: Volume, limit: int | None = None, tags=None):
+    """The headers (pydicom Datasets, no pixel data; only ``tags`` when given) of the DICOM files
+    of ``volume``'s series under its ``meta["source"]``, in file-name order, of at most ``limit``
+    files tried; nothing when it was not read from DICOM."""
+    meta = volume.meta or {}
     if meta.get("format") != "dicom" or not meta.get("source"):
-        return None
+        return
     src = Path(meta["source"])
     files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file()) if src.is_dir() else []
-    for f in files[:MAX_HEADERS_READ]:
+    for f in files[:limit]:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "StudyDate"])
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags)
         except (InvalidDicomError, OSError, ValueError):
             continue
         if str(ds.get("SeriesInstanceUID", "")) == volume.series_uid:
-            return parse_date(ds.get("StudyDate", ""))
-    return None
+            yield ds
 
 
 def detections_from_json(path) -> Detections:
